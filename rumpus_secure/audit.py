@@ -1,0 +1,166 @@
+"""
+Audit trail: security events as structured records.
+
+Every security-relevant event (a refused cleartext login, an exposed password,
+a ban, a login) goes through an L{IAuditLog}.  The JSON-lines backend appends
+one object per line to ``DATA-DIR/audit.log``; the memory backend keeps them in
+a list for tests.  Fields are plain JSON values; a password never appears here
+(callers never pass one, and L{_FORBIDDEN} keys are dropped defensively).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+_log = Logger()
+
+_FORBIDDEN = frozenset({"password", "pass", "passwd", "secret", "credentials"})
+
+
+class IAuditLog(Interface):
+    """
+    Where security events go.
+    """
+
+    def record(event: str, **fields: Any) -> None:
+        """
+        Record one event.
+
+        @param event: a short dotted name such as ``ftp.cleartext_user``.
+        @param fields: JSON-serialisable details: ``client``, ``account``,
+            ``protocol``, ``tls``, ``software``, ``outcome``, ...
+        """
+
+
+def _now_iso(clock: Callable[[], float] | None) -> str:
+    if clock is None:
+        moment = datetime.now(timezone.utc)
+    else:
+        moment = datetime.fromtimestamp(clock(), timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _clean(event: str, fields: dict[str, Any], clock: Callable[[], float] | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"time": _now_iso(clock), "event": event}
+    for key, value in fields.items():
+        if key.lower() in _FORBIDDEN:
+            continue
+        if value is None:
+            continue
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        elif not isinstance(value, (str, int, float, bool, list, dict)):
+            value = str(value)
+        entry[key] = value
+    return entry
+
+
+@implementer(IAuditLog)
+class MemoryAuditLog:
+    """
+    Keeps events in memory; for tests.
+    """
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._clock = clock
+
+    def record(self, event: str, **fields: Any) -> None:
+        self.events.append(_clean(event, fields, self._clock))
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        """
+        The recorded events with this name.
+        """
+        return [e for e in self.events if e["event"] == event]
+
+
+@implementer(IAuditLog)
+class JSONLinesAuditLog:
+    """
+    Appends one JSON object per line to a file, rotating it by size.
+
+    Writes are small appends to a file opened in append mode, done under a
+    lock so threads (the password checker) can record too.  When the file
+    grows past C{max_bytes} it is renamed to ``audit.log.1`` (older ones
+    shift up to C{keep}) and a new file is started.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int = 10 * 1024 * 1024,
+        keep: int = 5,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._max_bytes = max_bytes
+        self._keep = keep
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def record(self, event: str, **fields: Any) -> None:
+        line = json.dumps(_clean(event, fields, self._clock), sort_keys=True) + "\n"
+        data = line.encode("utf-8")
+        with self._lock:
+            try:
+                self._rotate_if_needed(len(data))
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                # The audit trail must never take the server down; say so loudly.
+                _log.error(
+                    "cannot write audit event {event} to {path}: {error}",
+                    event=event, path=str(self.path), error=e.strerror,
+                )
+
+    def _rotate_if_needed(self, incoming: int) -> None:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size + incoming <= self._max_bytes:
+            return
+        for n in range(self._keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """
+    Read every event from an audit log and its rotated files, oldest first.
+
+    Lines that are not valid JSON (a torn write after a crash) are skipped.
+    """
+    path = Path(path)
+    files = sorted(
+        path.parent.glob(path.name + ".*"),
+        key=lambda p: int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0,
+        reverse=True,
+    )
+    files = [p for p in files if p.suffix[1:].isdigit()] + [path]
+    events = []
+    for p in files:
+        try:
+            with open(p, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        events.append(json.loads(line))
+                    except ValueError:
+                        continue
+        except FileNotFoundError:
+            continue
+    return events
