@@ -1,0 +1,296 @@
+"""
+The one assembly point: twistd options and L{makeService}.
+
+``twistd rumpus-secure`` (through the dropin in ``twisted/plugins``) and every
+``.tac`` file call L{makeService}; nothing else reads command-line options.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.python import usage
+
+from rumpus_secure.config import OPTIONS, ConfigError, ServerConfig, build_config
+
+_log = Logger()
+
+_PROG = "rumpus-secure"
+
+
+class Options(usage.Options):
+    """
+    twistd options; each is declared once in L{rumpus_secure.config.OPTIONS}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "A secure multi-protocol file server: FTP with explicit FTPS, "
+        "implicit FTPS, HTTP redirect and an HTTPS web file manager. Every "
+        "option may also be set in a TOML file given with --config (the same "
+        "names as keys); the command line wins."
+    )
+    optParameters = [["config", "c", None, "TOML configuration file."]] + [
+        [option.name, None, None, option.help + _default_suffix(option.default)]
+        for option in OPTIONS
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.server_config: ServerConfig | None = None
+
+    def parseOptions(self, options: Any = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise SystemExit(
+                f"{_PROG}: error: {e} (see: twistd {_PROG} --help)"
+            ) from None
+
+    def postOptions(self) -> None:
+        given = {
+            option.name: self[option.name]
+            for option in OPTIONS
+            if self[option.name] is not None
+        }
+        try:
+            self.server_config = build_config(given, self["config"])
+        except ConfigError as e:
+            raise SystemExit(f"{_PROG}: error: {e}") from None
+
+
+def _default_suffix(value: Any) -> str:
+    if value is None or value == ():
+        return ""
+    if value is True:
+        return " [default: on]"
+    if value is False:
+        return " [default: off]"
+    return f" [default: {value}]"
+
+
+def _fail(message: str) -> SystemExit:
+    return SystemExit(f"{_PROG}: error: {message}")
+
+
+def _as_config(options: Any) -> ServerConfig:
+    if isinstance(options, ServerConfig):
+        return options
+    if isinstance(options, Options):
+        if options.server_config is None:
+            options.postOptions()
+        assert options.server_config is not None
+        return options.server_config
+    if isinstance(options, Mapping):
+        given = {k: v for k, v in options.items() if k != "config" and v is not None}
+        try:
+            return build_config(given, options.get("config"))
+        except ConfigError as e:
+            raise _fail(str(e)) from None
+    raise TypeError(f"cannot make a configuration from {options!r}")
+
+
+def ensure_writable_dir(path: Path, what: str) -> None:
+    """
+    Create C{path} if needed and prove we can write there, or exit clearly.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o750)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise _fail(f"{what} {path} cannot be written: {e.strerror or e}") from None
+
+
+class ListenerService(StreamServerEndpointService):
+    """
+    A listening endpoint that names itself and fails start-up clearly.
+
+    A port that cannot be bound (in use, no permission) stops start-up with
+    one line naming the listener, instead of a log line nobody reads while
+    the server runs without that port.
+    """
+
+    def __init__(self, label: str, description: str, endpoint: Any, factory: Any) -> None:
+        super().__init__(endpoint, factory)
+        self.label = label
+        self.description = description
+        self.setName(label)
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise _fail(
+                f"cannot listen for {self.label} on {self.description}: "
+                f"{e.socketError}"
+            ) from None
+
+    def startService(self) -> None:
+        super().startService()
+        self._waitingForPort.addCallback(self._announce)
+
+    def _announce(self, port: Any) -> Any:
+        if port is not None:
+            address = port.getHost()
+            _log.info(
+                "{label} listening on {host}:{port}",
+                label=self.label, host=getattr(address, "host", "?"),
+                port=getattr(address, "port", "?"),
+            )
+        return port
+
+
+def _endpoint(reactor: Any, label: str, description: str) -> Any:
+    try:
+        return serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise _fail(f"--{label}: bad endpoint {description!r}: {e}") from None
+
+
+@dataclass
+class Server:
+    """
+    The pieces makeService assembled, kept for tests and admin tooling.
+    """
+
+    config: ServerConfig
+    store: Any
+    checker: Any
+    portal: Any
+    tls: Any
+    audit: Any
+    ftp_factory: Any = None
+    http_site: Any = None
+    https_site: Any = None
+
+
+def bootstrap_admin(store: Any, data_dir: Path, out: Any = None) -> str | None:
+    """
+    On the very first run create account C{admin} with a random password.
+
+    The password is printed once on the console (never logged); a marker
+    file makes sure nothing is regenerated later, even if every account is
+    deleted afterwards.
+
+    @returns: the password when the account was created, else L{None}.
+    """
+    marker = data_dir / ".bootstrapped"
+    if marker.exists():
+        return None
+    created = None
+    if not store.list():
+        password = secrets.token_urlsafe(15)
+        store.add("admin", password)
+        created = password
+        stream = out if out is not None else sys.stdout
+        stream.write(
+            "\n"
+            "  First run: created account 'admin' with password:\n"
+            f"      {password}\n"
+            "  It is shown only this once. Change it with:\n"
+            f"      rumpus-secure --data-dir {data_dir} user passwd admin\n"
+            "\n"
+        )
+        stream.flush()
+    marker.write_text("bootstrap done; delete this file to create 'admin' again\n")
+    return created
+
+
+def build_server(config: ServerConfig, reactor: Any) -> Server:
+    """
+    Open the data directory, accounts, certificate and audit log.
+    """
+    from twisted.cred.portal import Portal
+
+    from rumpus_secure.accounts.checker import ArgonChecker
+    from rumpus_secure.accounts.store import AccountError, SQLiteAccountStore
+    from rumpus_secure.audit import JSONLinesAuditLog
+    from rumpus_secure.ftp.realm import FTPRealm
+    from rumpus_secure.tls import TLSConfigError, TLSContextSource, ensure_certificate
+
+    ensure_writable_dir(config.data_dir, "data directory")
+    ensure_writable_dir(config.file_root, "file root")
+    try:
+        store = SQLiteAccountStore(config.data_dir / "accounts.sqlite3", config.file_root)
+    except AccountError as e:
+        raise _fail(str(e)) from None
+    bootstrap_admin(store, config.data_dir)
+    try:
+        info = ensure_certificate(
+            config.data_dir, config.public_host, config.cert, config.key,
+            allow_expired=config.allow_expired,
+        )
+        tls = TLSContextSource(info.cert_path, info.key_path)
+    except TLSConfigError as e:
+        raise _fail(str(e)) from None
+    for warning in info.warnings:
+        _log.warn("certificate: {warning}", warning=warning)
+        if info.generated:
+            sys.stdout.write(f"  Warning: {warning}\n")
+    audit = JSONLinesAuditLog(config.data_dir / "audit.log")
+    checker = ArgonChecker(store, reactor)
+    portal = Portal(FTPRealm(store), [checker])
+    return Server(config=config, store=store, checker=checker, portal=portal,
+                  tls=tls, audit=audit)
+
+
+def makeService(options: Any, reactor: Any = None) -> service.MultiService:
+    """
+    Build the whole server as one L{MultiService}.
+
+    @param options: L{Options} (from twistd), a L{ServerConfig}, or a mapping
+        of option names to values (from a ``.tac`` file).
+    @param reactor: the reactor to listen with; the global one by default.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    config = _as_config(options)
+    server = build_server(config, reactor)
+
+    from rumpus_secure.ftp.control import build_ftp_factory
+    from rumpus_secure.web.redirect import build_http_site
+    from rumpus_secure.web.site import build_https_site
+
+    top = service.MultiService()
+    top.setName(_PROG)
+    top.server = server  # type: ignore[attr-defined]
+
+    server.ftp_factory = ftp_factory = build_ftp_factory(server, reactor)
+    if config.ftp:
+        ListenerService(
+            "ftp", config.ftp, _endpoint(reactor, "ftp", config.ftp),
+            ftp_factory.plain(),
+        ).setServiceParent(top)
+    if config.ftps:
+        ListenerService(
+            "ftps", config.ftps, _endpoint(reactor, "ftps", config.ftps),
+            server.tls.wrap_factory(ftp_factory.implicit(), [b"ftp"]),
+        ).setServiceParent(top)
+    if config.https:
+        server.https_site = build_https_site(server, reactor)
+        ListenerService(
+            "https", config.https, _endpoint(reactor, "https", config.https),
+            server.tls.wrap_factory(server.https_site, [b"http/1.1"]),
+        ).setServiceParent(top)
+    if config.http:
+        server.http_site = build_http_site(server, reactor)
+        ListenerService(
+            "http", config.http, _endpoint(reactor, "http", config.http),
+            server.http_site,
+        ).setServiceParent(top)
+    return top
