@@ -1,0 +1,699 @@
+"""
+The FTP control connection: TLS upgrade, the pre-login policy, login.
+
+L{ControlProtocol} extends Twisted's L{twisted.protocols.ftp.FTP} (whose file
+and data commands it still uses) with what Twisted lacks:
+
+ - RFC 4217: AUTH TLS/SSL, PBSZ, PROT, CCC (refused), REIN (never drops TLS);
+ - the pre-login TLS policy of L{rumpus_secure.ftp.policy};
+ - cleartext-credential containment: a cleartext USER is refused, nothing else
+   is executed, a PASS sent anyway is checked off the reactor thread and an
+   exposed password quarantines its account;
+ - the cross-protocol (ALPACA) defence;
+ - its own command loop, which never executes bytes that arrived behind
+   AUTH TLS and uses the injected reactor (Twisted's uses the global one).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import datetime, timezone
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.cred import error as cred_error
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.protocols import ftp
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from rumpus_secure.ftp import data as data_channel
+from rumpus_secure.ftp.policy import (
+    AUTH_MECHANISMS,
+    ControlPolicy,
+    Verdict,
+    split_command,
+)
+
+_log = Logger()
+
+#: Lines we queue while a command runs before we stop reading the socket.
+MAX_PENDING_LINES = 32
+
+#: Commands that need no login.
+_SESSIONLESS = frozenset(
+    {"AUTH", "FEAT", "SYST", "NOOP", "QUIT", "HELP", "CLNT", "HOST", "PBSZ",
+     "PROT", "CCC", "REIN", "USER", "PASS", "ACCT", "OPTS"}
+)
+
+
+def _peer_host(transport: Any) -> str:
+    try:
+        host = transport.getPeer().host
+    except Exception:
+        return "?"
+    if host.startswith("::ffff:") and "." in host:
+        return host[len("::ffff:"):]
+    return host
+
+
+@implementer(IHandshakeListener)
+class ControlProtocol(ftp.FTP):
+    """
+    One FTP control connection (plain port or implicit FTPS port).
+    """
+
+    _encoding = "utf-8"
+    MAX_LENGTH = 8192
+
+    def __init__(self, session_factory: "ControlFactory") -> None:
+        self.session_factory = session_factory
+        self.reactor = session_factory.reactor
+        self.policy: ControlPolicy = session_factory.policy
+        self.config = session_factory.config
+        self.audit = session_factory.audit
+        self.implicit = session_factory.implicit
+        self.secure = self.implicit
+        self.tls_version: str | None = None
+        self.prot = "P" if self.implicit else "C"
+        self.pbsz_done = self.implicit
+        self.client_software: str | None = None
+        self.account: str | None = None
+        self.listenFactory = self.reactor.listenTCP
+        self.passivePortRange = session_factory.passive_port_range
+        self._pending: deque[str] = deque()
+        self._busy = False
+        self._reading_paused = False
+        self._watch: _CleartextWatch | None = None
+        self._closing = False
+        self._user: str | None = None
+        self.workingDirectory: list[str] = []
+
+    # -- plumbing -------------------------------------------------------
+
+    def callLater(self, period: float, func: Any) -> Any:
+        return self.reactor.callLater(period, func)
+
+    @property
+    def client_host(self) -> str:
+        return _peer_host(self.transport)
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        self.audit.record(
+            event,
+            client=self.client_host,
+            protocol="ftps-implicit" if self.implicit else "ftp",
+            tls=self.tls_version,
+            software=self.client_software,
+            **fields,
+        )
+
+    def sendLine(self, line: str | bytes) -> None:
+        if isinstance(line, str):
+            line = line.encode("utf-8", "surrogateescape")
+        if self.transport is not None and not self._transport_gone():
+            ftp.basic.LineReceiver.sendLine(self, line)
+
+    def _transport_gone(self) -> bool:
+        return self.transport is None or getattr(self.transport, "disconnected", False)
+
+    def close(self) -> None:
+        """
+        Stop executing commands and close after what we wrote is sent.
+        """
+        self._closing = True
+        self.disconnected = True
+        self._pending.clear()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # -- connection life --------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.state = self.UNAUTH
+        self.setTimeout(self.timeOut)
+        if not self.implicit and self.policy.plain_port_closed:
+            self.sendLine(self.policy.implicit_only_greeting())
+            self._audit("ftp.plain_port_refused", outcome="closed")
+            self.close()
+            return
+        if not self.implicit:
+            self.sendLine(self._greeting())
+        # On the implicit port the greeting waits for handshakeCompleted: a
+        # client that speaks plaintext there never sees a banner.
+
+    def _greeting(self) -> str:
+        if self.secure or self.policy.mode == "allow-plain":
+            return "220 rumpus-secure FTP server ready."
+        return (
+            "220 rumpus-secure FTP server ready. TLS is required: send "
+            "AUTH TLS before logging in."
+        )
+
+    def handshakeCompleted(self) -> None:
+        connection = self._tls_connection()
+        if connection is not None:
+            self.tls_version = connection.get_protocol_version_name()
+        self._audit("ftp.tls_established", outcome="ok",
+                    mode="implicit" if self.implicit else "explicit")
+        if self.implicit:
+            self.sendLine(self._greeting())
+
+    def _tls_connection(self) -> SSL.Connection | None:
+        try:
+            handle = self.transport.getHandle()
+        except Exception:
+            return None
+        return handle if isinstance(handle, SSL.Connection) else None
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if reason.check(SSL.Error) is not None:
+            _log.info(
+                "TLS handshake with {client} failed: {error}",
+                client=self.client_host, error=reason.getErrorMessage(),
+            )
+            self._audit("ftp.tls_failed", outcome="refused",
+                        error=reason.getErrorMessage()[:200])
+        self._closing = True
+        if self._watch is not None:
+            self._watch.connection_lost()
+        super().connectionLost(reason)
+
+    def timeoutConnection(self) -> None:
+        self.sendLine("421 Idle timeout: closing the control connection.")
+        self.close()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.sendLine("500 Command line too long; closing.")
+        self._audit("ftp.protocol_garbage", reason="line too long")
+        self.close()
+
+    # -- the command loop -------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._closing:
+            return
+        self.resetTimeout()
+        text = line.decode("utf-8", "surrogateescape").rstrip("\r")
+        if self._watch is not None:
+            self._watch.line(text)
+            return
+        if self._busy:
+            self._pending.append(text)
+            if len(self._pending) >= MAX_PENDING_LINES and not self._reading_paused:
+                self._reading_paused = True
+                self.transport.pauseProducing()
+            return
+        self._handle(text)
+
+    def _has_buffered_input(self) -> bool:
+        return bool(self._pending) or bool(getattr(self, "_buffer", b""))
+
+    def _handle(self, text: str) -> None:
+        verdict = self.policy.verdict(text, self.secure)
+        verb, argument = split_command(text)
+        if verdict is Verdict.CROSS_PROTOCOL:
+            self._audit("ftp.cross_protocol", command=verb[:16], outcome="closed")
+            self.close()
+            return
+        if verdict is Verdict.CLEARTEXT_LOGIN:
+            self._cleartext_login(verb, argument)
+            return
+        if verdict is not Verdict.EXECUTE:
+            self._audit("ftp.refused_before_tls", command=verb[:16])
+            if verb == "CCC":
+                self.sendLine("533 CCC: the control connection is not protected.")
+            else:
+                self.sendLine(self.policy.refusal(verdict, verb))
+            return
+        self._execute(verb, argument)
+
+    def _execute(self, verb: str, argument: str | None) -> None:
+        result = defer.maybeDeferred(self._dispatch, verb, argument)
+        if result.called:
+            result.addCallbacks(self._replied, self._failed)
+            return
+        self._busy = True
+        result.addCallbacks(self._replied, self._failed)
+        result.addBoth(self._finished)
+
+    def _finished(self, ignored: Any) -> None:
+        self._busy = False
+        while self._pending and not self._busy and not self._closing:
+            text = self._pending.popleft()
+            if self._watch is not None:
+                self._watch.line(text)
+                continue
+            self._handle(text)
+        if self._reading_paused and not self._busy and not self._closing:
+            self._reading_paused = False
+            if self.transport is not None:
+                self.transport.resumeProducing()
+
+    def _replied(self, result: Any) -> None:
+        if isinstance(result, tuple):
+            self.reply(*result)
+        elif isinstance(result, str) and result[:3].isdigit() and len(result) > 3:
+            self.sendLine(result)
+        elif result is not None:
+            self.reply(result)
+
+    def _failed(self, failure: Failure) -> None:
+        if failure.check(ftp.FTPCmdError):
+            self.sendLine(failure.value.response())
+        elif failure.check(_MissingArgument):
+            self.sendLine(f"501 {failure.value.args[0]} needs an argument.")
+        else:
+            _log.failure("unexpected error in FTP command", failure)
+            self.sendLine("451 Requested action aborted: internal error.")
+
+    def _dispatch(self, verb: str, argument: str | None) -> Any:
+        if verb not in _SESSIONLESS:
+            if self.state in (self.UNAUTH, self.INAUTH):
+                return "530 Please log in with USER and PASS first."
+            if self.state == self.RENAMING and verb != "RNTO":
+                self.state = self.AUTHED
+                return "503 RNTO must follow RNFR."
+        method = getattr(self, "ftp_" + verb, None)
+        if method is None:
+            return f"502 Command {verb[:32]} not implemented."
+        if argument is None:
+            try:
+                return method()
+            except TypeError as e:
+                if "positional argument" in str(e):
+                    raise _MissingArgument(verb) from None
+                raise
+        return method(argument)
+
+    # -- RFC 4217 ---------------------------------------------------------
+
+    def ftp_AUTH(self, mechanism: str) -> str:
+        mechanism = mechanism.strip().upper()
+        if not self.policy.explicit_tls_offered and not self.secure:
+            return "534 AUTH is not offered here. " + self.policy.how_to_connect()
+        if self.secure:
+            return "503 The connection is already protected by TLS."
+        if mechanism not in AUTH_MECHANISMS:
+            return "504 Only AUTH TLS is supported."
+        if self._has_buffered_input():
+            # Bytes sent behind AUTH in the clear would otherwise be read as
+            # if they came inside TLS (the STARTTLS injection, CVE-2011-0411).
+            self._audit("ftp.auth_injection", outcome="closed")
+            self.sendLine("503 Spurious data after AUTH command; closing.")
+            self.close()
+            return ""
+        self.sendLine("234 AUTH TLS successful; start the TLS handshake.")
+        self._reset_session()
+        if AUTH_MECHANISMS[mechanism] == "P":
+            self.prot = "P"
+            self.pbsz_done = True
+        self.secure = True
+        self.transport.startTLS(self.session_factory.tls_context)
+        return ""
+
+    def _reset_session(self) -> None:
+        """
+        Forget login and transfer state (RFC 4217 section 4.2, and REIN).
+        """
+        if self.dtpFactory is not None:
+            self.cleanupDTP()
+        if self.shell is not None and getattr(self, "logout", None):
+            self.logout()
+        self.shell = None
+        self.state = self.UNAUTH
+        self._user = None
+        self.account = None
+        self.binary = True
+        self.workingDirectory = []
+        self.prot = "P" if self.implicit else "C"
+        self.pbsz_done = self.implicit
+
+    def ftp_PBSZ(self, size: str) -> str:
+        if not self.secure:
+            return "503 PBSZ is only valid after AUTH TLS."
+        if not size.strip().isdigit():
+            return "501 PBSZ needs a number; use PBSZ 0."
+        self.pbsz_done = True
+        return "200 PBSZ=0"
+
+    def ftp_PROT(self, level: str) -> str:
+        level = level.strip().upper()
+        if not self.secure:
+            return "503 PROT is only valid after AUTH TLS."
+        if not self.pbsz_done:
+            return "503 Send PBSZ 0 before PROT."
+        if level in ("S", "E"):
+            return f"536 Protection level {level} is not supported; use PROT P."
+        if level not in ("C", "P"):
+            return f"504 Unknown protection level {level[:8]!r}; use PROT P."
+        self.prot = level
+        if level == "C" and self.config.data_tls == "required":
+            return ("200 Protection level C set, but this server transfers "
+                    "only encrypted data: send PROT P before transferring.")
+        return f"200 Protection level {level} set."
+
+    def ftp_CCC(self) -> str:
+        self._audit("ftp.ccc_refused")
+        return "534 CCC refused by policy: the control connection stays encrypted."
+
+    def ftp_REIN(self) -> str:
+        self._reset_session()
+        if self.secure:
+            return ("220 Session reinitialized; log in again (the connection "
+                    "stays encrypted).")
+        return "220 Session reinitialized; log in again."
+
+    # -- session-free commands -------------------------------------------
+
+    def ftp_FEAT(self) -> None:
+        features = []
+        if self.policy.explicit_tls_offered and not self.implicit:
+            features += ["AUTH TLS", "AUTH SSL"]
+        features += ["PBSZ", "PROT", "CLNT", "HOST", "EPRT", "EPSV", "MDTM",
+                     "PASV", "REST STREAM", "SIZE", "TYPE A;I", "UTF8"]
+        self.sendLine("211-Features:")
+        for feature in sorted(features):
+            self.sendLine(" " + feature)
+        self.sendLine("211 End")
+
+    def ftp_SYST(self) -> str:
+        return "215 UNIX Type: L8"
+
+    def ftp_NOOP(self) -> str:
+        return "200 OK."
+
+    def ftp_HELP(self, topic: str = "") -> None:
+        commands = sorted(
+            name[4:] for name in dir(self) if name.startswith("ftp_")
+        )
+        self.sendLine("214-The following commands are recognized:")
+        for start in range(0, len(commands), 10):
+            self.sendLine(" " + " ".join(commands[start:start + 10]))
+        self.sendLine("214 " + self.policy.how_to_connect())
+
+    def ftp_CLNT(self, software: str) -> str:
+        self.client_software = software.strip()[:128]
+        return "200 Noted."
+
+    def ftp_HOST(self, host: str) -> str:
+        return "220 Host accepted."
+
+    def ftp_OPTS(self, option: str) -> str:
+        name, _, value = option.strip().partition(" ")
+        if name.upper() == "UTF8" and value.strip().upper() in ("ON", ""):
+            return "200 UTF8 is always on."
+        return f"501 Option {name[:32]} not understood."
+
+    def ftp_QUIT(self) -> None:
+        self.sendLine("221 Goodbye.")
+        self.close()
+
+    def ftp_ACCT(self, account: str) -> str:
+        return "202 ACCT not needed on this server."
+
+    # -- login ---------------------------------------------------------
+
+    def ftp_USER(self, username: str) -> str:
+        if self.state not in (self.UNAUTH, self.INAUTH):
+            return "503 Already logged in; send REIN to log in as another user."
+        username = username.strip()
+        if not username:
+            return "501 USER needs a user name."
+        self._user = username
+        self.state = self.INAUTH
+        return f"331 Password required for {username[:64]}."
+
+    def ftp_PASS(self, password: str = "") -> Any:
+        if self.state != self.INAUTH or self._user is None:
+            return "503 Send USER first."
+        name, self._user = self._user, None
+        self.state = self.UNAUTH
+        creds = UsernamePassword(name.encode("utf-8", "surrogateescape"),
+                                 password.encode("utf-8", "surrogateescape"))
+        d = self.session_factory.portal.login(creds, None, ftp.IFTPShell)
+
+        def logged_in(result: Any) -> str:
+            interface, avatar, logout = result
+            self.shell = avatar
+            self.logout = logout
+            self.account = name
+            self.workingDirectory = []
+            self.state = self.AUTHED
+            self._audit("ftp.login", account=name, outcome="ok")
+            return f"230 Welcome, {name[:64]}: logged in."
+
+        def refused(failure: Failure) -> str:
+            from rumpus_secure.accounts.checker import LockedAccountError
+
+            if failure.check(LockedAccountError):
+                reason = getattr(failure.value, "reason", None) or "locked"
+                self._audit("ftp.login", account=name, outcome="locked")
+                return (f"530 Login refused: this account is locked ({reason}). "
+                        "Ask your administrator to unlock it or reset the password.")
+            failure.trap(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials)
+            self._audit("ftp.login", account=name, outcome="failed")
+            return "530 Login incorrect."
+
+        return d.addCallbacks(logged_in, refused)
+
+    # -- cleartext credentials -----------------------------------------
+
+    def _cleartext_login(self, verb: str, argument: str | None) -> None:
+        """
+        Refuse a login sent without TLS, then watch for a PASS sent anyway.
+        """
+        user = (argument or "").strip() if verb == "USER" else None
+        self._audit("ftp.cleartext_user", account=user, command=verb,
+                    outcome="refused")
+        self.sendLine(self.policy.refusal(Verdict.CLEARTEXT_LOGIN, verb))
+        self._watch = _CleartextWatch(self, user)
+        if verb == "PASS":
+            self._watch.line(f"PASS {argument or ''}")
+        # What is still queued came in the clear behind the USER: watch it too.
+        while self._pending:
+            self._watch.line(self._pending.popleft())
+
+    # -- transfers under PROT -----------------------------------------
+
+    def _data_refusal(self) -> str | None:
+        if self.prot == "P" or not self.secure:
+            return None
+        if self.config.data_tls == "required":
+            self._audit("ftp.prot_c_refused", account=self.account)
+            return ("521 Data connections must be encrypted on this server: "
+                    "send PBSZ 0 and PROT P, then retry.")
+        return None
+
+    def ftp_LIST(self, path: str = "") -> Any:
+        return self._data_refusal() or super().ftp_LIST(path)
+
+    def ftp_NLST(self, path: str = "") -> Any:
+        return self._data_refusal() or super().ftp_NLST(path)
+
+    def ftp_RETR(self, path: str) -> Any:
+        return self._data_refusal() or super().ftp_RETR(path)
+
+    def ftp_STOR(self, path: str) -> Any:
+        return self._data_refusal() or super().ftp_STOR(path)
+
+    # -- data connections (delegated) ---------------------------------
+
+    def ftp_PASV(self) -> Any:
+        return data_channel.passive(self, extended=False)
+
+    def ftp_EPSV(self, protocol: str = "") -> Any:
+        return data_channel.extended_passive(self, protocol)
+
+    def ftp_PORT(self, address: str) -> Any:
+        return data_channel.active(self, address, extended=False)
+
+    def ftp_EPRT(self, address: str) -> Any:
+        return data_channel.active(self, address, extended=True)
+
+
+class _MissingArgument(Exception):
+    pass
+
+
+class _CleartextWatch:
+    """
+    After a cleartext USER: execute nothing, catch a PASS, then close.
+
+    The connection stays open for the grace period so that a client which
+    pipelined ``USER``/``PASS`` (or sends PASS without reading our reply) has
+    its password read by us rather than left in a socket buffer; we need it
+    to tell whether the real password was exposed.  Whatever happens, the
+    reply never says whether the user exists or the password was right.
+    """
+
+    def __init__(self, control: ControlProtocol, user: str | None) -> None:
+        self._control = control
+        self._user = user
+        self._done = False
+        self._timer = control.reactor.callLater(
+            control.config.cleartext_grace, self._expire
+        )
+
+    def line(self, text: str) -> None:
+        if self._done:
+            return
+        verb, argument = split_command(text)
+        if verb == "USER" and argument:
+            self._user = argument.strip()
+            self._control.sendLine(
+                self._control.policy.refusal(Verdict.CLEARTEXT_LOGIN, verb))
+            return
+        if verb != "PASS":
+            # Never executed; a short answer so the client is not left waiting.
+            self._control.sendLine(
+                self._control.policy.refusal(Verdict.NEEDS_TLS, verb[:16] or "command"))
+            return
+        self._control.sendLine(
+            self._control.policy.refusal(Verdict.CLEARTEXT_LOGIN, "PASS"))
+        self._finish()
+        self._control.session_factory.check_exposure(
+            self._control, self._user, argument or ""
+        )
+
+    def _expire(self) -> None:
+        self._timer = None
+        if not self._done:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._control.close()
+
+    def connection_lost(self) -> None:
+        self._done = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+class ControlFactory(protocol.ServerFactory):
+    """
+    Builds control connections for one listener (plain or implicit FTPS).
+    """
+
+    def __init__(self, shared: "FTPFactories", implicit: bool) -> None:
+        self.shared = shared
+        self.implicit = implicit
+        self.reactor = shared.reactor
+        self.config = shared.config
+        self.policy = shared.policy
+        self.audit = shared.audit
+        self.portal = shared.portal
+        self.passive_port_range = shared.passive_port_range
+
+    @property
+    def tls_context(self) -> Any:
+        return self.shared.tls.context_factory([b"ftp"])
+
+    def buildProtocol(self, addr: Any) -> ControlProtocol:
+        p = ControlProtocol(self)
+        p.factory = self
+        p.timeOut = self.config.idle_timeout
+        return p
+
+    def check_exposure(self, control: ControlProtocol, user: str | None,
+                       password: str) -> defer.Deferred[bool]:
+        return self.shared.check_exposure(control.client_host, control.client_software,
+                                          control.tls_version, user, password)
+
+
+class FTPFactories:
+    """
+    What the FTP listeners share: policy, accounts, TLS and pending checks.
+    """
+
+    def __init__(self, server: Any, reactor: Any) -> None:
+        self.server = server
+        self.reactor = reactor
+        self.config = server.config
+        self.audit = server.audit
+        self.portal = server.portal
+        self.tls = server.tls
+        self.policy = ControlPolicy(
+            mode=self.config.ftp_security,
+            explicit_port=self.config.ftp_port,
+            implicit_port=self.config.ftps_port,
+        )
+        if self.config.passive_ports:
+            low, high = self.config.passive_ports
+            self.passive_port_range: range = range(low, high + 1)
+        else:
+            self.passive_port_range = range(0, 1)
+        self.pending_checks: set[defer.Deferred[Any]] = set()
+
+    def plain(self) -> ControlFactory:
+        return ControlFactory(self, implicit=False)
+
+    def implicit(self) -> ControlFactory:
+        return ControlFactory(self, implicit=True)
+
+    def check_exposure(self, client: str, software: str | None, tls: str | None,
+                       user: str | None, password: str) -> defer.Deferred[bool]:
+        """
+        Was a real password sent in cleartext?  If so, contain it.
+
+        The check runs in a thread (argon2id); the connection may be long
+        gone when it finishes.  The password itself is never logged.
+        """
+        audit = self.audit
+        if not user or not password:
+            audit.record("ftp.cleartext_pass", client=client, account=user,
+                         software=software, outcome="no-user" if not user else "empty")
+            return defer.succeed(False)
+        checker = self.server.checker
+        d: defer.Deferred[bool] = checker.check_password(user, password)
+
+        def checked(exposed: bool) -> Any:
+            audit.record("ftp.cleartext_pass", client=client, account=user,
+                         software=software,
+                         outcome="real-password" if exposed else "not-the-password")
+            if not exposed:
+                return False
+            moment = datetime.fromtimestamp(self.reactor.seconds(), timezone.utc)
+            reason = (f"password sent unencrypted from {client} at "
+                      f"{moment.strftime('%Y-%m-%d %H:%M:%S UTC')}")
+            action = self.config.exposed_password
+            audit.record("account.password_exposed", client=client, account=user,
+                         software=software, action=action, protocol="ftp")
+            if action != "quarantine":
+                return True
+            locked = deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(),
+                self.server.store.lock, user, reason,
+            )
+            return locked.addCallback(lambda _: True)
+
+        def failed(failure: Failure) -> bool:
+            _log.failure("checking a cleartext password failed", failure)
+            return False
+
+        d.addCallback(checked).addErrback(failed)
+        self.pending_checks.add(d)
+        d.addBoth(self._forget, d)
+        return d
+
+    def _forget(self, result: Any, d: defer.Deferred[Any]) -> Any:
+        self.pending_checks.discard(d)
+        return result
+
+
+def build_ftp_factory(server: Any, reactor: Any) -> FTPFactories:
+    """
+    The FTP side of the server, for L{rumpus_secure.tap.makeService}.
+    """
+    return FTPFactories(server, reactor)
+
+
