@@ -1,0 +1,182 @@
+"""
+The twisted.cred checker: user name and password against the account store.
+
+L{ArgonChecker} does the whole login (database read and argon2 verify) in a
+thread, so a burst of logins never stalls the reactor.  Unknown users cost
+the same as known ones (a dummy hash is verified; see
+L{rumpus_secure.accounts.hashing.verify_password}) and fail with the same
+L{UnauthorizedLogin}.  A locked account is only revealed to someone who
+gave its right password: they get L{LockedAccountError}, whose C{reason}
+the protocol can show ("locked: password seen in cleartext").
+
+User names and passwords arrive as bytes or text depending on the
+protocol; both are normalised with
+L{rumpus_secure.accounts.hashing.normalise_text}, the same function used
+when the password was stored.
+
+Nothing is cached: every login reads the database, so a password change,
+lock or unlock made with the CLI works at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+from argon2 import PasswordHasher
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorCore, IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from rumpus_secure.accounts.hashing import (
+    hash_password,
+    needs_rehash,
+    normalise_text,
+    verify_password,
+)
+from rumpus_secure.accounts.store import IAccountStore
+
+_log = Logger()
+
+
+class LockedAccountError(UnauthorizedLogin):
+    """
+    The password was right but the account is locked.
+
+    @ivar name: the account name.
+    @ivar reason: why it was locked, one line (may be empty).
+    """
+
+    def __init__(self, name: str, reason: str | None) -> None:
+        super().__init__(f"account {name} is locked: {reason or 'no reason given'}")
+        self.name = name
+        self.reason = reason or ""
+
+
+@implementer(ICredentialsChecker)
+class ArgonChecker:
+    """
+    Checks L{IUsernamePassword} credentials against an L{IAccountStore}.
+
+    @param store: the accounts.
+    @param reactor: provides L{IReactorThreads}; its thread pool is used
+        unless C{threadpool} is given.
+    @param threadpool: where verification runs; see L{verify_thread_pool}.
+    @param hasher: argon2 parameters for the dummy hash and for re-hashing;
+        leave out in production.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(
+        self,
+        store: IAccountStore,
+        reactor: IReactorThreads,
+        threadpool: ThreadPool | None = None,
+        hasher: PasswordHasher | None = None,
+    ) -> None:
+        self._store = store
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._hasher = hasher
+
+    def _pool(self) -> ThreadPool:
+        return self._threadpool or self._reactor.getThreadPool()
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
+        """
+        Fire with the account name (UTF-8 bytes) if the password is right.
+
+        Fails with L{UnauthorizedLogin} for an unknown user or a wrong
+        password (the same error, after the same work), and with
+        L{LockedAccountError} when the password is right but the account is
+        locked.
+        """
+        name = normalise_text(credentials.username)
+        password = normalise_text(credentials.password)
+        return deferToThreadPool(
+            self._reactor, self._pool(), self._login, name, password
+        )
+
+    def check_password(self, name: str | bytes, password: str | bytes) -> Deferred[bool]:
+        """
+        Fire with whether C{password} is the real password of account C{name}.
+
+        True even if the account is locked: used to tell whether a password
+        seen in cleartext was a real one.  Same cost for unknown accounts.
+        """
+        return deferToThreadPool(
+            self._reactor,
+            self._pool(),
+            self._matches,
+            normalise_text(name),
+            normalise_text(password),
+        )
+
+    def _matches(self, name: str, password: str) -> bool:
+        """
+        In a thread: read the hash and verify.
+        """
+        return verify_password(self._store.password_hash(name), password, self._hasher)
+
+    def _login(self, name: str, password: str) -> bytes:
+        """
+        In a thread: the whole login decision.
+        """
+        stored = self._store.password_hash(name)
+        if not verify_password(stored, password, self._hasher):
+            raise UnauthorizedLogin("wrong user name or password")
+        assert stored is not None
+        account = self._store.get(name)
+        if account is None:
+            # Deleted between the two reads.
+            raise UnauthorizedLogin("wrong user name or password")
+        if account.locked:
+            raise LockedAccountError(account.name, account.lock_reason)
+        self._rehash_if_needed(name, stored, password)
+        return account.name.encode("utf-8")
+
+    def _rehash_if_needed(self, name: str, stored: str, password: str) -> None:
+        """
+        Re-hash with the current parameters after a successful login.
+
+        Failure to store the new hash never fails the login.
+        """
+        if not needs_rehash(stored, self._hasher):
+            return
+        try:
+            self._store.replace_hash(name, stored, hash_password(password, self._hasher))
+        except (sqlite3.Error, OSError) as e:
+            _log.warn(
+                "could not store a re-hashed password for {account}: {error}",
+                account=name, error=str(e),
+            )
+
+
+def verify_thread_pool(
+    reactor: IReactorCore, max_threads: int | None = None
+) -> ThreadPool:
+    """
+    A thread pool for password verification, started and stopped with C{reactor}.
+
+    Each verification holds 64 MiB for its duration, and the reactor's
+    shared pool (10 threads) is also used for DNS and file work, so a
+    dedicated pool bounds both memory (C{max_threads} x 64 MiB) and the
+    effect of a login burst on everything else.  Logins beyond
+    C{max_threads} queue.
+
+    @param max_threads: default: the number of CPUs, at least 2, at most 8.
+    """
+    if max_threads is None:
+        max_threads = max(2, min(8, os.cpu_count() or 2))
+    pool = ThreadPool(minthreads=0, maxthreads=max_threads, name="rumpus-verify")
+    reactor.callWhenRunning(pool.start)
+    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+    return pool

@@ -1,0 +1,456 @@
+"""
+The account store: names, password hashes, homes, permissions, locks.
+
+L{IAccountStore} is the interface the rest of the server uses; the only
+implementation today is L{SQLiteAccountStore}, one SQLite file at
+``DATA-DIR/accounts.sqlite3``.  A shared PostgreSQL store for several nodes
+can implement the same interface later.
+
+The SQLite store is written for two processes at once: the running server
+and the ``rumpus-secure user ...`` admin command.  The database is in WAL
+mode (readers never block the writer), every connection waits up to
+L{BUSY_TIMEOUT_MS} for a lock instead of failing with "database is locked",
+and writes take the write lock up front (C{BEGIN IMMEDIATE}) so two writers
+cannot deadlock upgrading a read lock.  A connection is opened per operation
+and closed after it, so a store object can be shared by threads (SQLite
+connections must not be) and nothing is cached: a change made by the CLI is
+seen by the server's next login.
+
+All methods block on disk I/O; the server calls them from a thread (see
+L{rumpus_secure.accounts.checker}).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import time
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from argon2 import PasswordHasher
+from zope.interface import Interface, implementer
+
+from rumpus_secure.accounts.hashing import hash_password
+
+ALL_PERMISSIONS: frozenset[str] = frozenset(
+    {"list", "download", "upload", "overwrite", "delete", "rename", "mkdir"}
+)
+
+# The order permissions are shown and stored in.
+PERMISSION_ORDER: tuple[str, ...] = (
+    "list", "download", "upload", "overwrite", "delete", "rename", "mkdir",
+)
+
+DATABASE_NAME = "accounts.sqlite3"
+BUSY_TIMEOUT_MS = 10_000
+MAX_REASON_LENGTH = 200
+HOME_MODE = 0o750
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9._@-]{0,63}\Z")
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    password_hash TEXT NOT NULL,
+    home TEXT NOT NULL,
+    perms TEXT NOT NULL,
+    locked INTEGER NOT NULL DEFAULT 0,
+    lock_reason TEXT,
+    created REAL NOT NULL,
+    changed REAL NOT NULL,
+    password_changed REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1
+)
+"""
+_COLUMNS = (
+    "name, home, perms, locked, lock_reason, created, changed, "
+    "password_changed, version"
+)
+
+
+class AccountError(Exception):
+    """
+    An account operation was refused; the message is one line for a person.
+    """
+
+
+@dataclass(frozen=True)
+class Account:
+    """
+    One account as stored; never holds the password or its hash.
+
+    C{version} goes up by one on every change to the account (password,
+    lock, permissions), so a cache keyed on C{(name, version)} can tell it
+    is stale; C{password_changed} is when the password was last set.
+    """
+
+    name: str
+    home: Path
+    perms: frozenset[str]
+    locked: bool
+    lock_reason: str | None
+    created: float
+    changed: float
+    password_changed: float
+    version: int
+
+
+class IAccountStore(Interface):
+    """
+    Where accounts live.  Every method may block; call them off the reactor.
+
+    Lookups by name are exact (case-sensitive); names that differ only in
+    case cannot both exist, so two accounts never share a home on a
+    case-insensitive file system.
+    """
+
+    def add(
+        name: str,
+        password: str,
+        home: Path | None = None,
+        perms: Iterable[str] | None = None,
+    ) -> Account:
+        """
+        Create an account and its home directory.
+
+        @param home: L{None} for C{ROOT/NAME}; an absolute path; or a path
+            relative to the root.
+        @param perms: permission names, L{None} for all of them.
+        @raises AccountError: bad name, empty password, unknown permission,
+            duplicate account, or a home that cannot be created.
+        """
+
+    def get(name: str) -> Account | None:
+        """
+        The account called C{name}, or L{None}.
+        """
+
+    def list() -> list[Account]:
+        """
+        Every account, sorted by name.
+        """
+
+    def password_hash(name: str) -> str | None:
+        """
+        The stored hash for C{name}, or L{None}; for the checker only.
+        """
+
+    def replace_hash(name: str, old_hash: str, new_hash: str) -> bool:
+        """
+        Swap in a re-hashed form of the same password, if C{old_hash} is
+        still the stored one.  Does not count as a change (C{version} and
+        C{password_changed} stay): the password is the same.
+        """
+
+    def set_password(name: str, password: str) -> None:
+        """
+        Set a new password and clear any lock.
+
+        An administrator's password reset is how a quarantined account (one
+        locked because its password was seen in cleartext) comes back.
+        """
+
+    def set_perms(name: str, perms: Iterable[str]) -> None:
+        """
+        Replace the account's permissions.
+        """
+
+    def lock(name: str, reason: str) -> None:
+        """
+        Lock the account: its password stops working until unlocked or reset.
+        """
+
+    def unlock(name: str) -> None:
+        """
+        Unlock the account; its password works again.
+        """
+
+    def delete(name: str) -> None:
+        """
+        Delete the account; its home directory is left on disk.
+        """
+
+
+def check_name(name: str) -> str:
+    """
+    Return C{name} if it is a valid account name, else raise L{AccountError}.
+
+    1 to 64 ASCII letters, digits and ``. _ - @``, not starting with ``.``
+    or ``-`` (so it is never a hidden file, ``..``, or an option).
+    """
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise AccountError(
+            f"invalid account name {name!r}: use 1 to 64 letters, digits and "
+            "'._-@', not starting with '.' or '-'"
+        )
+    return name
+
+
+def parse_permissions(perms: Iterable[str] | str) -> frozenset[str]:
+    """
+    Turn permission names (or one comma-separated string) into a set.
+
+    @raises AccountError: a name is not one of L{ALL_PERMISSIONS}.
+    """
+    if isinstance(perms, str):
+        perms = perms.split(",")
+    wanted = {p.strip().lower() for p in perms if p.strip()}
+    unknown = sorted(wanted - ALL_PERMISSIONS)
+    if unknown:
+        raise AccountError(
+            f"unknown permission {', '.join(unknown)}: choose from "
+            + ", ".join(PERMISSION_ORDER)
+        )
+    return frozenset(wanted)
+
+
+def format_permissions(perms: Iterable[str]) -> str:
+    """
+    Permission names comma-separated in the canonical order.
+    """
+    have = set(perms)
+    return ",".join(p for p in PERMISSION_ORDER if p in have)
+
+
+def _clean_reason(reason: str) -> str:
+    """
+    One line of at most L{MAX_REASON_LENGTH} characters.
+
+    The reason is shown in FTP replies, so it must never carry a line break.
+    """
+    text = " ".join(str(reason).split())
+    if not text:
+        raise AccountError("a lock needs a reason")
+    return text[:MAX_REASON_LENGTH]
+
+
+@implementer(IAccountStore)
+class SQLiteAccountStore:
+    """
+    Accounts in one SQLite file, safe for several threads and processes.
+
+    @param path: the database file; its directory is created (mode 0o700)
+        if missing.
+    @param root: the file root; default homes are C{ROOT/NAME}.
+    @param hasher: argon2 parameters; leave out in production.
+    @param clock: seconds since the epoch, for timestamps.
+    @raises AccountError: the directory or database cannot be created or
+        opened.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        root: Path,
+        hasher: PasswordHasher | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.root = Path(os.path.abspath(Path(root).expanduser()))
+        self._hasher = hasher
+        self._clock = clock
+        self._initialise()
+
+    @classmethod
+    def in_data_dir(
+        cls, data_dir: Path, root: Path, hasher: PasswordHasher | None = None
+    ) -> SQLiteAccountStore:
+        """
+        The store at C{DATA-DIR/accounts.sqlite3}.
+        """
+        return cls(Path(data_dir) / DATABASE_NAME, root, hasher=hasher)
+
+    def _initialise(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise AccountError(
+                f"cannot create data directory {self.path.parent}: {e.strerror}"
+            ) from None
+        try:
+            # Create the file ourselves so password hashes are never
+            # world-readable; SQLite gives the -wal/-shm files the same mode.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        except OSError as e:
+            raise AccountError(
+                f"cannot create accounts database {self.path}: {e.strerror}"
+            ) from None
+        try:
+            with closing(self._connect()) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                with self._write(db):
+                    db.execute(_SCHEMA)
+                    if db.execute("PRAGMA user_version").fetchone()[0] == 0:
+                        db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        except sqlite3.Error as e:
+            raise AccountError(f"cannot open accounts database {self.path}: {e}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+        )
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    @contextmanager
+    def _write(self, db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        with closing(self._connect()) as db, self._write(db):
+            yield db
+
+    def _update(
+        self, name: str, assignments: str, *values: object, now: float | None = None
+    ) -> None:
+        with self._writing() as db:
+            cursor = db.execute(
+                f"UPDATE accounts SET {assignments}, changed = ?, "
+                "version = version + 1 WHERE name = ? COLLATE BINARY",
+                (*values, self._clock() if now is None else now, name),
+            )
+            if cursor.rowcount == 0:
+                raise AccountError(f"no account named {name!r}")
+
+    def _home_for(self, name: str, home: Path | str | None) -> Path:
+        if home is None or str(home) == "":
+            return self.root / name
+        given = Path(home).expanduser()
+        if given.is_absolute():
+            return Path(os.path.normpath(given))
+        if ".." in given.parts:
+            raise AccountError(f"home {str(home)!r} must not contain '..'")
+        return Path(os.path.normpath(self.root / given))
+
+    def add(
+        self,
+        name: str,
+        password: str,
+        home: Path | None = None,
+        perms: Iterable[str] | None = None,
+    ) -> Account:
+        check_name(name)
+        if not password:
+            raise AccountError("empty password: an account needs a password")
+        granted = ALL_PERMISSIONS if perms is None else parse_permissions(perms)
+        home_path = self._home_for(name, home)
+        hashed = hash_password(password, self._hasher)
+        now = self._clock()
+        with self._writing() as db:
+            try:
+                db.execute(
+                    "INSERT INTO accounts (name, password_hash, home, perms, "
+                    "locked, lock_reason, created, changed, password_changed, "
+                    "version) VALUES (?, ?, ?, ?, 0, NULL, ?, ?, ?, 1)",
+                    (name, hashed, str(home_path), format_permissions(granted),
+                     now, now, now),
+                )
+            except sqlite3.IntegrityError:
+                row = db.execute(
+                    "SELECT name FROM accounts WHERE name = ?", (name,)
+                ).fetchone()
+                existing = name if row is None else row[0]
+                raise AccountError(
+                    f"an account named {existing!r} already exists"
+                ) from None
+            # Inside the transaction: if the home cannot be made, no account.
+            try:
+                home_path.mkdir(parents=True, exist_ok=True, mode=HOME_MODE)
+            except OSError as e:
+                raise AccountError(
+                    f"cannot create home directory {home_path}: {e.strerror}"
+                ) from None
+        return Account(
+            name=name, home=home_path, perms=granted, locked=False,
+            lock_reason=None, created=now, changed=now, password_changed=now,
+            version=1,
+        )
+
+    def get(self, name: str) -> Account | None:
+        with closing(self._connect()) as db:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM accounts WHERE name = ? COLLATE BINARY",
+                (name,),
+            ).fetchone()
+        return None if row is None else _account(row)
+
+    def list(self) -> list[Account]:
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM accounts ORDER BY name COLLATE BINARY"
+            ).fetchall()
+        return [_account(row) for row in rows]
+
+    def password_hash(self, name: str) -> str | None:
+        with closing(self._connect()) as db:
+            row = db.execute(
+                "SELECT password_hash FROM accounts WHERE name = ? COLLATE BINARY",
+                (name,),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def replace_hash(self, name: str, old_hash: str, new_hash: str) -> bool:
+        with self._writing() as db:
+            cursor = db.execute(
+                "UPDATE accounts SET password_hash = ? "
+                "WHERE name = ? COLLATE BINARY AND password_hash = ?",
+                (new_hash, name, old_hash),
+            )
+            return cursor.rowcount == 1
+
+    def set_password(self, name: str, password: str) -> None:
+        if not password:
+            raise AccountError("empty password: an account needs a password")
+        hashed = hash_password(password, self._hasher)
+        now = self._clock()
+        self._update(
+            name,
+            "password_hash = ?, password_changed = ?, locked = 0, lock_reason = NULL",
+            hashed, now, now=now,
+        )
+
+    def set_perms(self, name: str, perms: Iterable[str]) -> None:
+        self._update(name, "perms = ?", format_permissions(parse_permissions(perms)))
+
+    def lock(self, name: str, reason: str) -> None:
+        self._update(name, "locked = 1, lock_reason = ?", _clean_reason(reason))
+
+    def unlock(self, name: str) -> None:
+        self._update(name, "locked = 0, lock_reason = NULL")
+
+    def delete(self, name: str) -> None:
+        with self._writing() as db:
+            cursor = db.execute(
+                "DELETE FROM accounts WHERE name = ? COLLATE BINARY", (name,)
+            )
+            if cursor.rowcount == 0:
+                raise AccountError(f"no account named {name!r}")
+
+
+def _account(row: tuple) -> Account:  # type: ignore[type-arg]
+    name, home, perms, locked, reason, created, changed, pw_changed, version = row
+    return Account(
+        name=name,
+        home=Path(home),
+        perms=frozenset(p for p in perms.split(",") if p),
+        locked=bool(locked),
+        lock_reason=reason,
+        created=created,
+        changed=changed,
+        password_changed=pw_changed,
+        version=version,
+    )

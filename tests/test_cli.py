@@ -1,0 +1,366 @@
+"""
+Tests for the ``rumpus-secure`` admin command.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from argon2 import PasswordHasher
+
+from rumpus_secure import cli
+from rumpus_secure.accounts import hashing
+from rumpus_secure.accounts.hashing import verify_password
+from rumpus_secure.accounts.store import ALL_PERMISSIONS, SQLiteAccountStore
+
+REPO = Path(__file__).resolve().parent.parent
+CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+@pytest.fixture(autouse=True)
+def cheap_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    In-process CLI runs hash with cheap parameters; the subprocess tests
+    use the real ones.
+    """
+    monkeypatch.setattr(hashing, "DEFAULT_HASHER", CHEAP)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+class Run:
+    """
+    Calls L{cli.main} in-process with the data directory and captured output.
+    """
+
+    def __init__(self, data_dir: Path, capsys, monkeypatch) -> None:
+        self.data_dir = data_dir
+        self.capsys = capsys
+        self.monkeypatch = monkeypatch
+
+    def __call__(self, *argv: str, stdin: str = "") -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        self.monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        code = cli.main(["--data-dir", str(self.data_dir), *argv])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def store(self) -> SQLiteAccountStore:
+        return SQLiteAccountStore.in_data_dir(self.data_dir, self.data_dir / "files")
+
+
+@pytest.fixture
+def run(data_dir: Path, capsys, monkeypatch) -> Run:
+    return Run(data_dir, capsys, monkeypatch)
+
+
+def assert_one_error(code: int, err: str, fragment: str) -> None:
+    assert code == 1
+    assert err.startswith("rumpus-secure: error: "), err
+    assert err.count("\n") == 1, err
+    assert fragment in err
+    assert "Traceback" not in err
+
+
+def test_add_with_password_stdin(run: Run, data_dir: Path) -> None:
+    code, out, err = run("user", "add", "alice", "--password-stdin", stdin="s3cret\n")
+    assert (code, err) == (0, "")
+    assert "added account alice" in out
+    assert "s3cret" not in out
+    account = run.store().get("alice")
+    assert account.home == data_dir / "files" / "alice"
+    assert account.home.is_dir()
+    assert account.perms == ALL_PERMISSIONS
+    assert verify_password(run.store().password_hash("alice"), "s3cret")
+
+
+def test_password_stdin_strips_only_the_newline(run: Run) -> None:
+    run("user", "add", "alice", "--password-stdin", stdin="  spaced pw \r\nsecond line\n")
+    assert verify_password(run.store().password_hash("alice"), "  spaced pw ")
+
+
+def test_add_with_generated_password(run: Run) -> None:
+    code, out, err = run("user", "add", "bob", "--generate-password")
+    assert code == 0
+    password = out.strip().splitlines()[-1].rsplit(" ", 1)[1]
+    assert len(password) == 20
+    assert verify_password(run.store().password_hash("bob"), password)
+    # Shown once: a second account gets a different one.
+    _, out2, _ = run("user", "add", "carol", "--generate-password")
+    assert out2.strip().rsplit(" ", 1)[1] != password
+
+
+def test_add_with_prompt(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = iter(["typed pw", "typed pw"])
+    monkeypatch.setattr(cli.getpass, "getpass", lambda prompt="": next(answers))
+    code, out, err = run("user", "add", "alice")
+    assert code == 0
+    assert verify_password(run.store().password_hash("alice"), "typed pw")
+
+
+def test_prompt_mismatch_refused(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = iter(["one", "two"])
+    monkeypatch.setattr(cli.getpass, "getpass", lambda prompt="": next(answers))
+    code, out, err = run("user", "add", "alice")
+    assert_one_error(code, err, "do not match")
+    assert run.store().get("alice") is None
+
+
+def test_prompt_without_terminal(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    def eof(prompt: str = "") -> str:
+        raise EOFError
+
+    monkeypatch.setattr(cli.getpass, "getpass", eof)
+    code, out, err = run("user", "add", "alice")
+    assert_one_error(code, err, "--password-stdin")
+
+
+def test_password_options_are_exclusive(run: Run) -> None:
+    code, out, err = run("user", "add", "a", "--password-stdin", "--generate-password")
+    assert code == 2
+    assert "not allowed with" in err
+
+
+def test_add_with_perms_and_home(run: Run, tmp_path: Path) -> None:
+    home = tmp_path / "shared" / "dropbox"
+    code, out, err = run(
+        "user", "add", "drop", "--perms", "list,upload", "--home", str(home),
+        "--password-stdin", stdin="pw\n",
+    )
+    assert code == 0, err
+    account = run.store().get("drop")
+    assert account.perms == {"list", "upload"}
+    assert account.home == home and home.is_dir()
+
+
+@pytest.mark.parametrize(
+    "argv, stdin, fragment",
+    [
+        (["user", "add", "x", "--perms", "list,write", "--password-stdin"], "pw\n",
+         "unknown permission write"),
+        (["user", "add", "x", "--perms", ",", "--password-stdin"], "pw\n",
+         "--perms needs at least one"),
+        (["user", "add", ".x", "--password-stdin"], "pw\n", "invalid account name"),
+        (["user", "add", "x", "--password-stdin"], "\n", "empty password"),
+        (["user", "add", "x", "--password-stdin"], "", "empty password"),
+    ],
+)
+def test_add_bad_input(run: Run, argv: list[str], stdin: str, fragment: str) -> None:
+    code, out, err = run(*argv, stdin=stdin)
+    assert_one_error(code, err, fragment)
+
+
+def test_add_duplicate(run: Run) -> None:
+    run("user", "add", "alice", "--password-stdin", stdin="pw\n")
+    for name in ("alice", "ALICE"):
+        code, out, err = run("user", "add", name, "--password-stdin", stdin="pw\n")
+        assert_one_error(code, err, "'alice' already exists")
+
+
+def test_passwd(run: Run) -> None:
+    run("user", "add", "alice", "--password-stdin", stdin="old\n")
+    code, out, err = run("user", "passwd", "alice", "--password-stdin", stdin="new\n")
+    assert code == 0
+    assert "password of alice changed" in out
+    stored = run.store().password_hash("alice")
+    assert verify_password(stored, "new") and not verify_password(stored, "old")
+
+
+def test_passwd_unlocks_and_says_so(run: Run) -> None:
+    run("user", "add", "alice", "--password-stdin", stdin="old\n")
+    run("user", "lock", "alice", "--reason", "password seen in cleartext")
+    code, out, err = run("user", "passwd", "alice", "--generate-password")
+    assert code == 0
+    assert "unlocked (was locked: password seen in cleartext)" in out
+    assert not run.store().get("alice").locked
+
+
+def test_passwd_unknown(run: Run) -> None:
+    run("user", "add", "alice", "--password-stdin", stdin="pw\n")
+    code, out, err = run("user", "passwd", "ghost", "--password-stdin", stdin="pw\n")
+    assert_one_error(code, err, "no account named 'ghost'")
+
+
+def test_list(run: Run, data_dir: Path) -> None:
+    run("user", "add", "alice", "--password-stdin", stdin="pw\n")
+    run("user", "add", "bob", "--perms", "download,list", "--password-stdin", stdin="pw\n")
+    run("user", "lock", "bob", "--reason", "left the company")
+    code, out, err = run("user", "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "HOME", "PERMS", "LOCKED"]
+    assert lines[1].split() == ["alice", str(data_dir / "files" / "alice"), "all", "no"]
+    assert lines[2].split()[:4] == ["bob", str(data_dir / "files" / "bob"),
+                                    "list,download", "yes:"]
+    assert lines[2].endswith("yes: left the company")
+
+
+def test_list_empty(run: Run) -> None:
+    run.store()
+    assert run("user", "list")[1] == "no accounts\n"
+
+
+def test_commands_other_than_add_need_an_existing_database(
+    run: Run, data_dir: Path
+) -> None:
+    code, out, err = run("user", "list")
+    assert_one_error(code, err, "no accounts database")
+    assert not data_dir.exists()
+
+
+def test_lock_unlock(run: Run) -> None:
+    run("user", "add", "alice", "--password-stdin", stdin="pw\n")
+    code, out, err = run("user", "lock", "alice", "--reason", "on holiday")
+    assert code == 0
+    assert run.store().get("alice").lock_reason == "on holiday"
+    code, out, err = run("user", "unlock", "alice")
+    assert code == 0
+    assert not run.store().get("alice").locked
+
+
+def test_lock_needs_reason(run: Run) -> None:
+    run("user", "add", "alice", "--password-stdin", stdin="pw\n")
+    code, out, err = run("user", "lock", "alice")
+    assert code == 2
+    assert "--reason" in err
+
+
+def test_lock_unknown(run: Run) -> None:
+    run.store()
+    code, out, err = run("user", "lock", "ghost", "--reason", "x")
+    assert_one_error(code, err, "no account named 'ghost'")
+    code, out, err = run("user", "unlock", "ghost")
+    assert_one_error(code, err, "no account named 'ghost'")
+
+
+def test_del_keeps_home(run: Run) -> None:
+    run("user", "add", "alice", "--password-stdin", stdin="pw\n")
+    home = run.store().get("alice").home
+    code, out, err = run("user", "del", "alice")
+    assert code == 0
+    assert "left in place" in out and str(home) in out
+    assert home.is_dir()
+    assert run.store().get("alice") is None
+    code, out, err = run("user", "del", "alice")
+    assert_one_error(code, err, "no account named 'alice'")
+
+
+def test_root_option(run: Run, tmp_path: Path) -> None:
+    code, out, err = run(
+        "--root", str(tmp_path / "srv"), "user", "add", "alice",
+        "--password-stdin", stdin="pw\n",
+    )
+    assert code == 0, err
+    assert (tmp_path / "srv" / "alice").is_dir()
+
+
+def test_config_file(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "server.toml"
+    data = tmp_path / "server-data"
+    root = tmp_path / "server-files"
+    config.write_text(f'data-dir = "{data}"\nroot = "{root}"\nftp = "tcp:2121"\n')
+    monkeypatch.setattr(sys, "stdin", io.StringIO("pw\n"))
+    code = cli.main(["--config", str(config), "user", "add", "alice", "--password-stdin"])
+    assert code == 0, capsys.readouterr().err
+    assert (data / "accounts.sqlite3").exists()
+    assert (root / "alice").is_dir()
+
+
+def test_bad_config_file(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "server.toml"
+    config.write_text("no-such-option = 1\n")
+    code = cli.main(["--config", str(config), "user", "list"])
+    assert_one_error(code, capsys.readouterr().err, "unknown option")
+    code = cli.main(["--config", str(tmp_path / "missing.toml"), "user", "list"])
+    assert_one_error(code, capsys.readouterr().err, "does not exist")
+
+
+def test_data_dir_that_cannot_be_created(tmp_path: Path, capsys, monkeypatch) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("pw\n"))
+    code = cli.main(["--data-dir", str(blocker / "data"), "user", "add", "alice",
+                     "--password-stdin"])
+    assert_one_error(code, capsys.readouterr().err, "cannot create data directory")
+
+
+def test_default_data_dir(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("pw\n"))
+    assert cli.main(["user", "add", "alice", "--password-stdin"]) == 0
+    assert (tmp_path / "rumpus-data" / "accounts.sqlite3").exists()
+    assert (tmp_path / "rumpus-data" / "files" / "alice").is_dir()
+
+
+def test_usage_errors(capsys) -> None:
+    assert cli.main([]) == 2
+    assert cli.main(["user"]) == 2
+    assert cli.main(["user", "frobnicate"]) == 2
+    assert cli.main(["--help"]) == 0
+    assert "user" in capsys.readouterr().out
+
+
+def test_adding_a_command_is_one_registration(
+    monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    def add_hello(subparsers) -> None:
+        hello = subparsers.add_parser("hello")
+        hello.set_defaults(handler=lambda args, context: context.say(
+            f"data in {context.config.data_dir}") or 0)
+
+    monkeypatch.setattr(cli, "COMMANDS", [*cli.COMMANDS, add_hello])
+    assert cli.main(["--data-dir", "/srv/x", "hello"]) == 0
+    assert capsys.readouterr().out == "data in /srv/x\n"
+
+
+def _subprocess(*argv: str, stdin: str = "", cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "rumpus_secure.cli", *argv],
+        input=stdin, capture_output=True, text=True, cwd=cwd, env=env, timeout=60,
+    )
+
+
+def test_subprocess_change_seen_by_open_store(tmp_path: Path) -> None:
+    """
+    The real command, real argon2 parameters: a password changed by the CLI
+    while the server's store is open is used at the very next check.
+    """
+    data = tmp_path / "data"
+    server_store = SQLiteAccountStore.in_data_dir(data, data / "files")
+    server_store.add("alice", "before")
+    before = server_store.get("alice")
+
+    result = _subprocess("--data-dir", str(data), "user", "passwd", "alice",
+                         "--password-stdin", stdin="after\n", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "password of alice changed" in result.stdout
+
+    stored = server_store.password_hash("alice")
+    assert stored.startswith("$argon2id$v=19$m=65536,t=2,p=4$")
+    assert verify_password(stored, "after")
+    assert server_store.get("alice").version == before.version + 1
+
+    result = _subprocess("--data-dir", str(data), "user", "lock", "alice",
+                         "--reason", "test", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert server_store.get("alice").locked
+
+
+def test_subprocess_error_is_one_line(tmp_path: Path) -> None:
+    result = _subprocess("--data-dir", str(tmp_path / "d"), "user", "add", "bad/name",
+                         "--password-stdin", stdin="pw\n", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("rumpus-secure: error: invalid account name")
+    assert result.stderr.count("\n") == 1
