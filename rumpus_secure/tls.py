@@ -1,0 +1,405 @@
+"""
+Certificates and the one reloadable TLS context source behind every TLS port.
+
+The server's certificate and key (checked, or generated once) come from
+L{rumpus_secure.certificates}; L{ensure_certificate}, L{CertificateInfo} and
+L{TLSConfigError} are re-exported here.  L{TLSContextSource} turns those files
+into one C{OpenSSL.SSL.Context} per ALPN profile (C{[b"ftp"]} for FTP,
+C{[b"http/1.1"]} for HTTPS) and hands out connection creators usable by
+L{TLSMemoryBIOFactory} and C{startTLS}; it can re-read the files without
+touching connections that are already open.
+
+Why our own connection creator and not L{twisted.internet.ssl.CertificateOptions}:
+pyOpenSSL forbids changing a context once a connection was made from it, so a
+reload must build new contexts; a thin creator that looks up the current
+context of its profile at each connection makes every listener and every
+C{AUTH TLS} pick up a reload with no re-plumbing.  Owning the context also
+lets us refuse a non-matching ALPN offer with the proper alert (Twisted's
+selector returns an empty protocol, which OpenSSL turns into an
+C{internal_error} alert) and keep session resumption on, which the FTPS data
+channel needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from OpenSSL import SSL
+from OpenSSL._util import lib as _openssl_lib
+from twisted.internet.interfaces import (
+    IOpenSSLContextFactory,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IReactorTime,
+)
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from zope.interface import implementer
+
+from rumpus_secure.certificates import (
+    CertificateInfo,
+    CertificateMaterial,
+    TLSConfigError,
+    ensure_certificate,
+    load_certificate,
+    load_material,
+)
+
+__all__ = [
+    "FTP_ALPN",
+    "HTTPS_ALPN",
+    "ALPNRefused",
+    "CertificateInfo",
+    "TLSConfigError",
+    "TLSContextSource",
+    "ensure_certificate",
+    "keep_session_resumable",
+    "load_certificate",
+    "pinned_context_factory",
+    "session_reused",
+]
+
+_log = Logger()
+
+FTP_ALPN: tuple[bytes, ...] = (b"ftp",)
+HTTPS_ALPN: tuple[bytes, ...] = (b"http/1.1",)
+
+DEFAULT_SESSION_TIMEOUT = 24 * 3600
+"""Seconds a TLS session (cache entry or ticket) may be resumed: a long FTP
+session's data connections resume the control connection's session."""
+
+# TLS 1.2: forward-secret AEAD only (Mozilla "intermediate" without DHE).
+# TLS 1.3 suites are OpenSSL's defaults, all of which are fine.
+_TLS12_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+_SIGNATURE = tuple[int, int, int, int, int] | None
+
+
+class ALPNRefused(SSL.Error):
+    """
+    A client offered ALPN protocols, none of them the one this port serves.
+
+    A subclass of C{SSL.Error} so that Twisted's TLS layer treats it as a
+    failed handshake; OpenSSL has already queued a C{no_application_protocol}
+    alert for the client when this is raised.  Its argument is shaped like
+    OpenSSL's error queue (a list of C{(library, function, reason)}), which
+    Twisted's TLS layer unpacks when the handshake fails.
+    """
+
+    def __init__(self, offered: Sequence[bytes], accepted: Sequence[bytes]) -> None:
+        self.offered = tuple(offered)
+        self.accepted = tuple(accepted)
+        reason = (
+            f"no application protocol: client offered {list(self.offered)!r},"
+            f" this port serves {list(self.accepted)!r}"
+        )
+        super().__init__([("rumpus-secure", "alpn_select", reason)])
+
+
+def session_reused(connection: SSL.Connection) -> bool:
+    """
+    Whether this connection's handshake resumed an earlier TLS session.
+
+    pyOpenSSL 26 has no public API for this; it reads C{SSL_session_reused}.
+    """
+    return bool(_openssl_lib.SSL_session_reused(connection._ssl))
+
+
+def keep_session_resumable(connection: SSL.Connection) -> None:
+    """
+    Keep this connection's session resumable even if it ends without close_notify.
+
+    OpenSSL evicts the session of a connection freed before it sent
+    close_notify (and marks it not resumable on the client side).  For an
+    aborted FTPS data connection that is the control connection's session,
+    so every later data connection would fail to resume it.  Call this
+    before dropping a data connection that is closed abnormally on purpose.
+    """
+    connection.set_shutdown(connection.get_shutdown() | SSL.SENT_SHUTDOWN)
+
+
+def pinned_context_factory(connection: SSL.Connection) -> _PinnedCreator:
+    """
+    A connection creator on the very context that served C{connection}.
+
+    The FTPS data channel must resume the control connection's session, which
+    only the control connection's C{SSL.Context} can do (its session cache and
+    ticket keys); after a reload the profile's current context is a new one.
+    """
+    return _PinnedCreator(connection.get_context())
+
+
+@implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
+class _ProfileCreator:
+    """
+    Server-side connections on the current context of one ALPN profile.
+    """
+
+    def __init__(self, source: TLSContextSource, profile: tuple[bytes, ...]) -> None:
+        self._source = source
+        self.alpn = profile
+
+    def getContext(self) -> SSL.Context:
+        return self._source._context_for(self.alpn)
+
+    def serverConnectionForTLS(
+        self, tlsProtocol: TLSMemoryBIOProtocol
+    ) -> SSL.Connection:
+        return SSL.Connection(self.getContext(), None)
+
+
+@implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
+class _PinnedCreator:
+    """
+    Server-side connections on one fixed context.
+    """
+
+    def __init__(self, context: SSL.Context) -> None:
+        self._context = context
+
+    def getContext(self) -> SSL.Context:
+        return self._context
+
+    def serverConnectionForTLS(
+        self, tlsProtocol: TLSMemoryBIOProtocol
+    ) -> SSL.Connection:
+        return SSL.Connection(self._context, None)
+
+
+class TLSContextSource:
+    """
+    One reloadable source of server TLS contexts, one context per ALPN profile.
+
+    Every listener and every C{AUTH TLS} of a profile shares one
+    C{SSL.Context}, so the TLS session cache and session tickets are shared:
+    an FTPS data connection resumes its control connection's session.  The
+    contexts require TLS 1.2 or later, offer forward-secret AEAD ciphers only,
+    serve the full chain from the certificate file and refuse (alert
+    C{no_application_protocol}) a client whose ALPN offer does not include
+    the profile's protocol; a client that offers no ALPN is served.
+
+    A reload builds new contexts from the re-read files; connections already
+    open keep their old context.  L{files_changed} lets a periodic checker
+    elsewhere decide when to call L{reload}.
+    """
+
+    def __init__(
+        self,
+        cert_path: Path,
+        key_path: Path,
+        *,
+        public_host: str | None = None,
+        allow_expired: bool = False,
+        clock: IReactorTime | None = None,
+        session_timeout: int = DEFAULT_SESSION_TIMEOUT,
+    ) -> None:
+        """
+        Load the files now.
+
+        :param public_host: the name clients connect to, for L{info}'s
+            coverage check and warnings.
+        :param clock: the time source for expiry checks; the system clock if
+            not given.
+        :raises TLSConfigError: the files cannot serve as the server's identity.
+        """
+        self._cert_path = cert_path
+        self._key_path = key_path
+        self._public_host = public_host
+        self._allow_expired = allow_expired
+        self._clock = clock
+        self._session_timeout = session_timeout
+        self._creators: dict[tuple[bytes, ...], _ProfileCreator] = {}
+        self._signature = self._file_signature()
+        self._material = self._read()
+        self._contexts: dict[tuple[bytes, ...], SSL.Context] = {
+            (): self._build_context(self._material, ())
+        }
+
+    @property
+    def info(self) -> CertificateInfo:
+        """
+        The certificate currently served to new connections.
+        """
+        return self._material.info
+
+    def context_factory(self, alpn: Sequence[bytes] | None) -> _ProfileCreator:
+        """
+        The connection creator of one ALPN profile (the same object each time).
+
+        Usable as C{TLSMemoryBIOFactory(creator, False, factory)} and as
+        C{transport.startTLS(creator)}.  Its C{getContext()} is the profile's
+        one C{SSL.Context} until the next successful reload.
+
+        :param alpn: acceptable protocols in order of preference, or L{None}
+            (or empty) for no ALPN check.
+        """
+        profile = tuple(alpn or ())
+        creator = self._creators.get(profile)
+        if creator is None:
+            creator = self._creators[profile] = _ProfileCreator(self, profile)
+        return creator
+
+    def wrap_factory(
+        self,
+        factory: IProtocolFactory,
+        alpn: Sequence[bytes] | None,
+        clock: IReactorTime | None = None,
+    ) -> TLSMemoryBIOFactory:
+        """
+        Wrap a server factory in TLS from the start (implicit FTPS, HTTPS).
+
+        :param clock: schedules the flush of small writes that Twisted's TLS
+            layer aggregates; the source's clock if not given, and the global
+            reactor if neither is.
+        """
+        return TLSMemoryBIOFactory(
+            self.context_factory(alpn), False, factory, clock=clock or self._clock
+        )
+
+    def files_changed(self) -> bool:
+        """
+        Whether the certificate or key file changed since they were last read.
+
+        Compares device, inode, size, mtime and ctime, so a renewal that
+        replaces a file or a symlink target is seen.  A failed reload counts
+        as a read: the files are tried again only once they change again.
+        """
+        return self._file_signature() != self._signature
+
+    def reload(self) -> bool:
+        """
+        Re-read the files; new connections get the new certificate.
+
+        On any problem the current contexts stay in service, the reason is
+        logged, and C{False} is returned.
+        """
+        self._signature = self._file_signature()
+        try:
+            material = self._read()
+            contexts = {
+                profile: self._build_context(material, profile)
+                for profile in self._contexts
+            }
+        except TLSConfigError as e:
+            _log.error(
+                "Keeping the current TLS certificate, the new files are unusable:"
+                " {reason}",
+                reason=str(e),
+            )
+            return False
+        self._material = material
+        self._contexts = contexts
+        _log.info(
+            "Reloaded TLS certificate {subject}, valid until {not_after},"
+            " SHA-256 fingerprint {fingerprint}",
+            subject=material.info.subject,
+            not_after=material.info.not_after.isoformat(),
+            fingerprint=material.info.sha256_fingerprint,
+        )
+        return True
+
+    def _context_for(self, profile: tuple[bytes, ...]) -> SSL.Context:
+        context = self._contexts.get(profile)
+        if context is None:
+            context = self._contexts[profile] = self._build_context(
+                self._material, profile
+            )
+        return context
+
+    def _now(self) -> datetime:
+        if self._clock is None:
+            return datetime.now(UTC)
+        return datetime.fromtimestamp(self._clock.seconds(), UTC)
+
+    def _read(self) -> CertificateMaterial:
+        return load_material(
+            self._cert_path,
+            self._key_path,
+            self._public_host,
+            self._allow_expired,
+            self._now(),
+            False,
+        )
+
+    def _file_signature(self) -> tuple[_SIGNATURE, _SIGNATURE]:
+        return (_stat_signature(self._cert_path), _stat_signature(self._key_path))
+
+    def _build_context(
+        self, material: CertificateMaterial, profile: tuple[bytes, ...]
+    ) -> SSL.Context:
+        """
+        A server context for one profile, from already validated material.
+
+        The certificates and key are loaded from the parsed objects (the
+        equivalent of C{use_certificate_chain_file} and C{use_privatekey_file})
+        so what is served is exactly what was checked, even if a file changes
+        meanwhile.
+        """
+        try:
+            context = SSL.Context(SSL.TLS_SERVER_METHOD)
+            context.set_min_proto_version(SSL.TLS1_2_VERSION)
+            context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+            context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+            context.set_cipher_list(_TLS12_CIPHERS)
+            context.use_certificate(material.chain[0])
+            for intermediate in material.chain[1:]:
+                context.add_extra_chain_cert(intermediate)
+            context.use_privatekey(material.key)  # type: ignore[arg-type]
+            context.check_privatekey()
+        except SSL.Error as e:
+            raise TLSConfigError(
+                f"OpenSSL refuses {self._cert_path} / {self._key_path}: {e}"
+            ) from e
+        # Resumption: a server-side session cache under a per-profile session
+        # id context, plus stateless session tickets (OpenSSL's default; not
+        # OP_NO_TICKET).  Stateless TLS 1.3 tickets may be resumed many times,
+        # which an FTP client does for each data connection.
+        context.set_session_id(
+            b"rumpus/" + hashlib.sha256(b"\0".join(profile)).digest()[:16]
+        )
+        context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+        context.set_timeout(self._session_timeout)
+        if profile:
+            context.set_alpn_select_callback(_alpn_selector(profile))
+        return context
+
+
+def _alpn_selector(profile: tuple[bytes, ...]):  # type: ignore[no-untyped-def]
+    """
+    An ALPN select callback that picks from C{profile} or fails the handshake.
+
+    Returning C{SSL.NO_OVERLAPPING_PROTOCOLS} would NOT fail it: pyOpenSSL
+    maps it to C{SSL_TLSEXT_ERR_NOACK}, and the handshake goes on without
+    ALPN.  Raising makes pyOpenSSL return C{SSL_TLSEXT_ERR_ALERT_FATAL}:
+    OpenSSL sends C{no_application_protocol} and C{do_handshake} re-raises
+    our exception.
+    """
+
+    def select(connection: SSL.Connection, offered: list[bytes]) -> bytes:
+        for protocol in profile:
+            if protocol in offered:
+                return protocol
+        _log.info(
+            "Refused a TLS client offering ALPN {offered} on a port for {accepted}",
+            offered=[p.decode("ascii", "replace") for p in offered],
+            accepted=[p.decode("ascii", "replace") for p in profile],
+        )
+        raise ALPNRefused(offered, profile)
+
+    return select
+
+
+def _stat_signature(path: Path) -> _SIGNATURE:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
