@@ -172,9 +172,20 @@ class Server:
     portal: Any
     tls: Any
     audit: Any
+    reactor: Any = None
     ftp_factory: Any = None
     http_site: Any = None
     https_site: Any = None
+
+    def run_in_thread(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """
+        Run blocking work (database, hashing, disk) off the reactor thread.
+        """
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), function, *args, **kwargs
+        )
 
 
 def bootstrap_admin(store: Any, data_dir: Path, out: Any = None) -> str | None:
@@ -215,7 +226,7 @@ def build_server(config: ServerConfig, reactor: Any) -> Server:
     """
     from twisted.cred.portal import Portal
 
-    from rumpus_secure.accounts.checker import ArgonChecker
+    from rumpus_secure.accounts.checker import ArgonChecker, verify_thread_pool
     from rumpus_secure.accounts.store import AccountError, SQLiteAccountStore
     from rumpus_secure.audit import JSONLinesAuditLog
     from rumpus_secure.ftp.realm import FTPRealm
@@ -233,18 +244,28 @@ def build_server(config: ServerConfig, reactor: Any) -> Server:
             config.data_dir, config.public_host, config.cert, config.key,
             allow_expired=config.allow_expired,
         )
-        tls = TLSContextSource(info.cert_path, info.key_path)
+        tls = TLSContextSource(
+            info.cert_path, info.key_path, public_host=config.public_host,
+            allow_expired=config.allow_expired, clock=reactor,
+        )
     except TLSConfigError as e:
         raise _fail(str(e)) from None
+    _log.info(
+        "certificate {subject}, SHA-256 {fingerprint}, valid until {not_after}",
+        subject=info.subject, fingerprint=info.sha256_fingerprint,
+        not_after=info.not_after.isoformat(),
+    )
     for warning in info.warnings:
         _log.warn("certificate: {warning}", warning=warning)
         if info.generated:
             sys.stdout.write(f"  Warning: {warning}\n")
     audit = JSONLinesAuditLog(config.data_dir / "audit.log")
-    checker = ArgonChecker(store, reactor)
+    # Argon2id holds 64 MiB per verification: a pool of its own bounds that
+    # memory and keeps a login burst from starving other thread work.
+    checker = ArgonChecker(store, reactor, threadpool=verify_thread_pool(reactor))
     portal = Portal(FTPRealm(store), [checker])
     return Server(config=config, store=store, checker=checker, portal=portal,
-                  tls=tls, audit=audit)
+                  tls=tls, audit=audit, reactor=reactor)
 
 
 def makeService(options: Any, reactor: Any = None) -> service.MultiService:

@@ -25,7 +25,6 @@ from twisted.cred import error as cred_error
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.python.failure import Failure
@@ -234,11 +233,11 @@ class ControlProtocol(ftp.FTP):
 
     def _execute(self, verb: str, argument: str | None) -> None:
         result = defer.maybeDeferred(self._dispatch, verb, argument)
+        result.addCallbacks(self._replied, self._failed)
+        result.addErrback(self._reply_failed)
         if result.called:
-            result.addCallbacks(self._replied, self._failed)
             return
         self._busy = True
-        result.addCallbacks(self._replied, self._failed)
         result.addBoth(self._finished)
 
     def _finished(self, ignored: Any) -> None:
@@ -271,6 +270,10 @@ class ControlProtocol(ftp.FTP):
             _log.failure("unexpected error in FTP command", failure)
             self.sendLine("451 Requested action aborted: internal error.")
 
+    def _reply_failed(self, failure: Failure) -> None:
+        _log.failure("could not reply to an FTP command", failure)
+        self.close()
+
     def _dispatch(self, verb: str, argument: str | None) -> Any:
         if verb not in _SESSIONLESS:
             if self.state in (self.UNAUTH, self.INAUTH):
@@ -292,7 +295,7 @@ class ControlProtocol(ftp.FTP):
 
     # -- RFC 4217 ---------------------------------------------------------
 
-    def ftp_AUTH(self, mechanism: str) -> str:
+    def ftp_AUTH(self, mechanism: str) -> str | None:
         mechanism = mechanism.strip().upper()
         if not self.policy.explicit_tls_offered and not self.secure:
             return "534 AUTH is not offered here. " + self.policy.how_to_connect()
@@ -306,7 +309,7 @@ class ControlProtocol(ftp.FTP):
             self._audit("ftp.auth_injection", outcome="closed")
             self.sendLine("503 Spurious data after AUTH command; closing.")
             self.close()
-            return ""
+            return None
         self.sendLine("234 AUTH TLS successful; start the TLS handshake.")
         self._reset_session()
         if AUTH_MECHANISMS[mechanism] == "P":
@@ -314,7 +317,7 @@ class ControlProtocol(ftp.FTP):
             self.pbsz_done = True
         self.secure = True
         self.transport.startTLS(self.session_factory.tls_context)
-        return ""
+        return None
 
     def _reset_session(self) -> None:
         """
@@ -670,10 +673,7 @@ class FTPFactories:
                          software=software, action=action, protocol="ftp")
             if action != "quarantine":
                 return True
-            locked = deferToThreadPool(
-                self.reactor, self.reactor.getThreadPool(),
-                self.server.store.lock, user, reason,
-            )
+            locked = self.server.run_in_thread(self.server.store.lock, user, reason)
             return locked.addCallback(lambda _: True)
 
         def failed(failure: Failure) -> bool:

@@ -21,6 +21,8 @@ from twisted.internet.error import CannotListenError
 from twisted.protocols import ftp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from rumpus_secure.tls import pinned_context_factory
+
 
 def normalise_host(host: str) -> str:
     """
@@ -71,8 +73,15 @@ def _new_dtp_factory(control: Any, peer_host: str | None = None) -> ftp.DTPFacto
 
 
 def _tls_wrapped(control: Any, factory: protocol.Factory) -> protocol.Factory:
+    """
+    Wrap a data factory in TLS (server side) when PROT P is in force.
+
+    The context is pinned to the one the control connection uses, so the
+    client can resume its control session even after a certificate reload.
+    """
     if control.secure and control.prot == "P":
-        return TLSMemoryBIOFactory(control.session_factory.tls_context, False, factory)
+        creator = pinned_context_factory(control.transport.getHandle())
+        return TLSMemoryBIOFactory(creator, False, factory, clock=control.reactor)
     return factory
 
 

@@ -1,0 +1,150 @@
+"""
+In-memory stand-ins for driving the FTP control protocol without sockets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from zope.interface import implementer
+
+from rumpus_secure.accounts.checker import LockedAccountError
+from rumpus_secure.audit import MemoryAuditLog
+from rumpus_secure.config import ServerConfig
+from rumpus_secure.ftp.control import ControlProtocol, FTPFactories
+from rumpus_secure.ftp.realm import FTPRealm
+
+
+@dataclass
+class FakeAccount:
+    name: str
+    home: Path
+    password: str
+    locked: bool = False
+    lock_reason: str | None = None
+    perms: frozenset[str] = frozenset(
+        {"list", "download", "upload", "overwrite", "delete", "rename", "mkdir"}
+    )
+
+
+class FakeStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.accounts: dict[str, FakeAccount] = {}
+
+    def add(self, name: str, password: str) -> FakeAccount:
+        home = self.root / name
+        home.mkdir(parents=True, exist_ok=True)
+        self.accounts[name] = FakeAccount(name, home, password)
+        return self.accounts[name]
+
+    def get(self, name: str) -> FakeAccount | None:
+        return self.accounts.get(name)
+
+    def lock(self, name: str, reason: str) -> None:
+        account = self.accounts[name]
+        self.accounts[name] = replace(account, locked=True, lock_reason=reason)
+
+
+@implementer(ICredentialsChecker)
+class FakeChecker:
+    """
+    Checks against L{FakeStore}; the real one hashes in a thread.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+        self.checked: list[str] = []
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes]:
+        name = credentials.username.decode("utf-8")
+        account = self.store.get(name)
+        if account is None or account.password != credentials.password.decode("utf-8"):
+            return defer.fail(UnauthorizedLogin())
+        if account.locked:
+            return defer.fail(LockedAccountError(name, account.lock_reason or "locked"))
+        return defer.succeed(credentials.username)
+
+    def check_password(self, name: str, password: str) -> defer.Deferred[bool]:
+        self.checked.append(name)
+        account = self.store.get(name)
+        return defer.succeed(account is not None and account.password == password)
+
+
+class FakeTLS:
+    def __init__(self) -> None:
+        self.context = object()
+
+    def context_factory(self, alpn: Any) -> Any:
+        return self.context
+
+
+class TLSStringTransport(StringTransport):
+    """
+    A StringTransport that records startTLS and can be told it is closed.
+    """
+
+    def __init__(self, peer: str = "192.0.2.7") -> None:
+        super().__init__(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 2121),
+            peerAddress=IPv4Address("TCP", peer, 40000),
+        )
+        self.tls_started: Any = None
+
+    def startTLS(self, context: Any) -> None:
+        self.tls_started = context
+
+    def lines(self) -> list[str]:
+        return self.value().decode("utf-8").splitlines()
+
+
+@dataclass
+class FakeServer:
+    config: ServerConfig
+    store: FakeStore
+    checker: FakeChecker
+    audit: MemoryAuditLog
+    tls: FakeTLS
+    portal: Portal
+    threaded: list[Any] = field(default_factory=list)
+
+    def run_in_thread(self, function: Any, *args: Any) -> defer.Deferred[Any]:
+        self.threaded.append(function)
+        return defer.maybeDeferred(function, *args)
+
+
+def make_server(tmp_path: Path, **config: Any) -> FakeServer:
+    settings = {"data_dir": tmp_path, "root": tmp_path / "files"}
+    settings.update(config)
+    cfg = ServerConfig(**settings)
+    store = FakeStore(cfg.file_root)
+    store.add("alice", "right")
+    checker = FakeChecker(store)
+    return FakeServer(
+        config=cfg, store=store, checker=checker, audit=MemoryAuditLog(),
+        tls=FakeTLS(), portal=Portal(FTPRealm(store), [checker]),
+    )
+
+
+def connect(
+    server: FakeServer, implicit: bool = False, peer: str = "192.0.2.7",
+    reactor: MemoryReactorClock | None = None,
+) -> tuple[ControlProtocol, TLSStringTransport, MemoryReactorClock]:
+    reactor = reactor or MemoryReactorClock()
+    factories = FTPFactories(server, reactor)
+    factory = factories.implicit() if implicit else factories.plain()
+    proto = factory.buildProtocol(None)
+    transport = TLSStringTransport(peer)
+    proto.makeConnection(transport)
+    return proto, transport, reactor
