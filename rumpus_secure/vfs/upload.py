@@ -1,0 +1,213 @@
+"""
+Uploads in progress: atomic stores and in-place writes.
+
+An atomic store writes to a hidden temporary file,
+``.rumpus-upload-<32 hex>.part``, created with ``O_CREAT|O_EXCL|O_NOFOLLOW``
+(mode 0o640, or the permission bits of the file it replaces) in the
+destination's directory, and renames it into place on ``commit``.  The
+directory is held open by descriptor for the whole upload, so the rename lands
+where the upload began even if the directory is moved or replaced by a
+symbolic link meanwhile.
+
+An in-place upload (append, or write at an offset for a resumed transfer)
+writes straight into the destination file.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import weakref
+from types import TracebackType
+
+from ._syscalls import rename_noreplace, write_all
+from .errors import AlreadyExists, PermissionDenied, from_os_error
+
+
+class AbortOutcome(enum.Enum):
+    """What ``Upload.abort`` left on disk, so a reply can tell the user."""
+
+    #: Nothing of this upload remains; the destination is as it was.
+    DISCARDED = "discarded"
+    #: The bytes received so far are in the destination file (resumable).
+    KEPT_PARTIAL = "kept-partial"
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class Upload:
+    """
+    One upload in progress.  Not thread-safe: one transfer drives it.
+
+    Call ``write`` for each chunk, then exactly one of ``commit`` or
+    ``abort``.  Used as a context manager, leaving the block without having
+    committed aborts.
+
+    :ivar path: the virtual destination path.
+    :ivar bytes_written: bytes written by this upload so far.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        dir_fd: int,
+        fd: int,
+        name: str,
+        temp_name: str | None,
+        dest_existed: bool,
+        may_replace: bool,
+        exclusive: bool,
+        fsync: bool,
+    ) -> None:
+        self.path = path
+        self.bytes_written = 0
+        self._dir_fd = dir_fd
+        self._fd = fd
+        self._name = name
+        self._temp_name = temp_name
+        self._dest_existed = dest_existed
+        self._may_replace = may_replace
+        self._exclusive = exclusive
+        self._fsync = fsync
+        self._finished = False
+        # Last resort against descriptor leaks if a caller forgets to finish.
+        self._finalizer = weakref.finalize(self, _close_fds, fd, dir_fd)
+
+    @property
+    def atomic(self) -> bool:
+        """Whether this upload goes through a temporary file."""
+        return self._temp_name is not None
+
+    @property
+    def finished(self) -> bool:
+        """Whether ``commit`` or ``abort`` has been called."""
+        return self._finished
+
+    def write(self, data: bytes) -> None:
+        """
+        Append ``data`` to the upload.
+
+        :raises DiskFull: when the disk or quota is full; the upload stays
+            open, and ``abort`` then decides what to keep.
+        """
+        self._check_open()
+        try:
+            self.bytes_written += write_all(self._fd, data)
+        except OSError as err:
+            raise from_os_error(err, self.path) from None
+
+    def commit(self) -> None:
+        """
+        Finish the upload: the destination now holds the data.
+
+        For an atomic store the temporary file is renamed over the
+        destination.  If the account may not overwrite and the destination
+        appeared meanwhile (or ``exclusive`` was asked), nothing is replaced:
+        the temporary file is removed and an error raised.
+        """
+        self._check_open()
+        self._finished = True
+        try:
+            try:
+                try:
+                    if self._fsync:
+                        os.fsync(self._fd)
+                finally:
+                    os.close(self._fd)
+            except OSError:
+                if self._temp_name is not None:
+                    self._remove_temp()
+                raise
+            if self._temp_name is None:
+                return
+            try:
+                if self._may_replace and not self._exclusive:
+                    os.replace(
+                        self._temp_name, self._name,
+                        src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd,
+                    )
+                else:
+                    rename_noreplace(
+                        self._dir_fd, self._temp_name, self._dir_fd, self._name
+                    )
+            except FileExistsError:
+                self._remove_temp()
+                if self._exclusive:
+                    raise AlreadyExists(self.path) from None
+                raise PermissionDenied("overwrite", self.path) from None
+            except OSError:
+                self._remove_temp()
+                raise
+            if self._fsync:
+                os.fsync(self._dir_fd)
+        except OSError as err:
+            raise from_os_error(err, self.path) from None
+        finally:
+            self._release()
+
+    def abort(self) -> AbortOutcome:
+        """
+        Give up the upload and say what was kept.
+
+        * replacing an existing file: the old file is untouched and the
+          temporary file removed (``DISCARDED``);
+        * a new file with some data: the partial data is renamed to the
+          destination name so the client can resume it with REST+STOR or
+          APPE (``KEPT_PARTIAL``), unless the name was taken meanwhile or
+          no byte arrived (``DISCARDED``);
+        * an in-place append or write: what was written stays
+          (``KEPT_PARTIAL``).
+        """
+        if self._finished:
+            raise ValueError("upload already finished")
+        self._finished = True
+        try:
+            _close_fds(self._fd)
+            if self._temp_name is None:
+                return AbortOutcome.KEPT_PARTIAL
+            if not self._dest_existed and self.bytes_written > 0:
+                try:
+                    rename_noreplace(
+                        self._dir_fd, self._temp_name, self._dir_fd, self._name
+                    )
+                    return AbortOutcome.KEPT_PARTIAL
+                except OSError:
+                    pass
+            self._remove_temp()
+            return AbortOutcome.DISCARDED
+        finally:
+            self._release()
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._finished:
+            self.abort()
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise ValueError("upload already finished")
+
+    def _remove_temp(self) -> None:
+        assert self._temp_name is not None
+        try:
+            os.unlink(self._temp_name, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            pass
+
+    def _release(self) -> None:
+        self._finalizer.detach()
+        _close_fds(self._dir_fd)
