@@ -29,6 +29,16 @@ _log = Logger()
 _PROG = "rumpus-secure"
 
 
+def _default_suffix(value: Any) -> str:
+    if value is None or value == ():
+        return ""
+    if value is True:
+        return " [default: on]"
+    if value is False:
+        return " [default: off]"
+    return f" [default: {value}]"
+
+
 class Options(usage.Options):
     """
     twistd options; each is declared once in L{rumpus_secure.config.OPTIONS}.
@@ -68,16 +78,6 @@ class Options(usage.Options):
             self.server_config = build_config(given, self["config"])
         except ConfigError as e:
             raise SystemExit(f"{_PROG}: error: {e}") from None
-
-
-def _default_suffix(value: Any) -> str:
-    if value is None or value == ():
-        return ""
-    if value is True:
-        return " [default: on]"
-    if value is False:
-        return " [default: off]"
-    return f" [default: {value}]"
 
 
 def _fail(message: str) -> SystemExit:

@@ -86,6 +86,7 @@ class ControlProtocol(ftp.FTP):
         self.passivePortRange = session_factory.passive_port_range
         self._pending: deque[str] = deque()
         self._busy = False
+        self._drain_call: Any = None
         self._reading_paused = False
         self._watch: _CleartextWatch | None = None
         self._closing = False
@@ -178,6 +179,9 @@ class ControlProtocol(ftp.FTP):
             self._audit("ftp.tls_failed", outcome="refused",
                         error=reason.getErrorMessage()[:200])
         self._closing = True
+        if self._drain_call is not None and self._drain_call.active():
+            self._drain_call.cancel()
+        self._drain_call = None
         if self._watch is not None:
             self._watch.connection_lost()
         super().connectionLost(reason)
@@ -241,6 +245,13 @@ class ControlProtocol(ftp.FTP):
         result.addBoth(self._finished)
 
     def _finished(self, ignored: Any) -> None:
+        # Resume on the next turn of the reactor, not inside whatever fired
+        # the command's Deferred (a data connection's connectionMade, say).
+        if not self._closing:
+            self._drain_call = self.reactor.callLater(0, self._drain)
+
+    def _drain(self) -> None:
+        self._drain_call = None
         self._busy = False
         while self._pending and not self._busy and not self._closing:
             text = self._pending.popleft()
@@ -596,6 +607,7 @@ class ControlFactory(protocol.ServerFactory):
         self.audit = shared.audit
         self.portal = shared.portal
         self.passive_port_range = shared.passive_port_range
+        self.timeOut = self.config.idle_timeout
 
     @property
     def tls_context(self) -> Any:
