@@ -173,6 +173,7 @@ class Server:
     tls: Any
     audit: Any
     reactor: Any = None
+    exposure: Any = None
     ftp_factory: Any = None
     http_site: Any = None
     https_site: Any = None
@@ -229,6 +230,7 @@ def build_server(config: ServerConfig, reactor: Any) -> Server:
     from rumpus_secure.accounts.checker import ArgonChecker, verify_thread_pool
     from rumpus_secure.accounts.store import AccountError, SQLiteAccountStore
     from rumpus_secure.audit import JSONLinesAuditLog
+    from rumpus_secure.exposure import ExposureGuard
     from rumpus_secure.ftp.realm import FTPRealm
     from rumpus_secure.tls import TLSConfigError, TLSContextSource, ensure_certificate
 
@@ -264,8 +266,10 @@ def build_server(config: ServerConfig, reactor: Any) -> Server:
     # memory and keeps a login burst from starving other thread work.
     checker = ArgonChecker(store, reactor, threadpool=verify_thread_pool(reactor))
     portal = Portal(FTPRealm(store), [checker])
-    return Server(config=config, store=store, checker=checker, portal=portal,
-                  tls=tls, audit=audit, reactor=reactor)
+    server = Server(config=config, store=store, checker=checker, portal=portal,
+                    tls=tls, audit=audit, reactor=reactor)
+    server.exposure = ExposureGuard(server, reactor)
+    return server
 
 
 def makeService(options: Any, reactor: Any = None) -> service.MultiService:

@@ -20,6 +20,7 @@ from zope.interface import implementer
 from rumpus_secure.accounts.checker import LockedAccountError
 from rumpus_secure.audit import MemoryAuditLog
 from rumpus_secure.config import ServerConfig
+from rumpus_secure.exposure import ExposureGuard
 from rumpus_secure.ftp.control import ControlProtocol, FTPFactories
 from rumpus_secure.ftp.realm import FTPRealm
 
@@ -118,6 +119,7 @@ class FakeServer:
     tls: FakeTLS
     portal: Portal
     threaded: list[Any] = field(default_factory=list)
+    exposure: Any = None
 
     def run_in_thread(self, function: Any, *args: Any) -> defer.Deferred[Any]:
         self.threaded.append(function)
@@ -131,10 +133,12 @@ def make_server(tmp_path: Path, **config: Any) -> FakeServer:
     store = FakeStore(cfg.file_root)
     store.add("alice", "right")
     checker = FakeChecker(store)
-    return FakeServer(
+    server = FakeServer(
         config=cfg, store=store, checker=checker, audit=MemoryAuditLog(),
         tls=FakeTLS(), portal=Portal(FTPRealm(store), [checker]),
     )
+    server.exposure = ExposureGuard(server, MemoryReactorClock())
+    return server
 
 
 def connect(

@@ -148,7 +148,7 @@ def test_cleartext_wrong_password_gives_same_reply_and_no_lock(tmp_path: Path) -
     assert wrong == right == unknown
     assert not server.store.get("alice").locked
     assert server2.store.get("alice").locked
-    [outcome] = server.audit.named("ftp.cleartext_pass")
+    [outcome] = server.audit.named("ftp.cleartext_password")
     assert outcome["outcome"] == "not-the-password"
 
 

@@ -17,7 +17,6 @@ and data commands it still uses) with what Twisted lacks:
 from __future__ import annotations
 
 from collections import deque
-from datetime import datetime, timezone
 from typing import Any
 
 from OpenSSL import SSL
@@ -622,7 +621,7 @@ class ControlFactory(protocol.ServerFactory):
     def check_exposure(self, control: ControlProtocol, user: str | None,
                        password: str) -> defer.Deferred[bool]:
         return self.shared.check_exposure(control.client_host, control.client_software,
-                                          control.tls_version, user, password)
+                                          user, password)
 
 
 class FTPFactories:
@@ -647,7 +646,7 @@ class FTPFactories:
             self.passive_port_range: range = range(low, high + 1)
         else:
             self.passive_port_range = range(0, 1)
-        self.pending_checks: set[defer.Deferred[Any]] = set()
+        self.exposure = server.exposure
 
     def plain(self) -> ControlFactory:
         return ControlFactory(self, implicit=False)
@@ -655,51 +654,10 @@ class FTPFactories:
     def implicit(self) -> ControlFactory:
         return ControlFactory(self, implicit=True)
 
-    def check_exposure(self, client: str, software: str | None, tls: str | None,
+    def check_exposure(self, client: str, software: str | None,
                        user: str | None, password: str) -> defer.Deferred[bool]:
-        """
-        Was a real password sent in cleartext?  If so, contain it.
-
-        The check runs in a thread (argon2id); the connection may be long
-        gone when it finishes.  The password itself is never logged.
-        """
-        audit = self.audit
-        if not user or not password:
-            audit.record("ftp.cleartext_pass", client=client, account=user,
-                         software=software, outcome="no-user" if not user else "empty")
-            return defer.succeed(False)
-        checker = self.server.checker
-        d: defer.Deferred[bool] = checker.check_password(user, password)
-
-        def checked(exposed: bool) -> Any:
-            audit.record("ftp.cleartext_pass", client=client, account=user,
-                         software=software,
-                         outcome="real-password" if exposed else "not-the-password")
-            if not exposed:
-                return False
-            moment = datetime.fromtimestamp(self.reactor.seconds(), timezone.utc)
-            reason = (f"password sent unencrypted from {client} at "
-                      f"{moment.strftime('%Y-%m-%d %H:%M:%S UTC')}")
-            action = self.config.exposed_password
-            audit.record("account.password_exposed", client=client, account=user,
-                         software=software, action=action, protocol="ftp")
-            if action != "quarantine":
-                return True
-            locked = self.server.run_in_thread(self.server.store.lock, user, reason)
-            return locked.addCallback(lambda _: True)
-
-        def failed(failure: Failure) -> bool:
-            _log.failure("checking a cleartext password failed", failure)
-            return False
-
-        d.addCallback(checked).addErrback(failed)
-        self.pending_checks.add(d)
-        d.addBoth(self._forget, d)
-        return d
-
-    def _forget(self, result: Any, d: defer.Deferred[Any]) -> Any:
-        self.pending_checks.discard(d)
-        return result
+        return self.exposure.check(protocol="ftp", client=client, user=user,
+                                   password=password, software=software)
 
 
 def build_ftp_factory(server: Any, reactor: Any) -> FTPFactories:
