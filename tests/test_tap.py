@@ -1,0 +1,295 @@
+"""
+Options, configuration precedence and service assembly (no sockets opened).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from twisted.application import service
+from twisted.application.service import IServiceCollection
+from twisted.internet.testing import MemoryReactorClock
+
+from rumpus_secure import tap
+from rumpus_secure.config import ConfigError, ServerConfig, build_config, endpoint_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Reactor(MemoryReactorClock):
+    """
+    A memory reactor with the thread-pool hooks makeService uses.
+    """
+
+    def getThreadPool(self):  # pragma: no cover - not reached without logins
+        raise AssertionError("no thread work expected")
+
+
+def parse(*argv: str) -> tap.Options:
+    options = tap.Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def listeners(top: service.MultiService) -> dict[str, tap.ListenerService]:
+    return {s.name: s for s in top if isinstance(s, tap.ListenerService)}
+
+
+# -- options and config ------------------------------------------------------
+
+
+def test_defaults() -> None:
+    config = parse().server_config
+    assert config == ServerConfig()
+    assert config.data_dir == Path("rumpus-data")
+    assert config.file_root == Path("rumpus-data/files")
+    assert (config.ftp, config.ftps, config.http, config.https) == (
+        "tcp:2121", "tcp:9990", "tcp:8080", "tcp:8443")
+    assert config.public_host == "localhost"
+    assert config.ftp_security == "require-tls"
+    assert config.exposed_password == "quarantine"
+
+
+def test_every_option_is_a_flag() -> None:
+    options = tap.Options()
+    text = str(options)
+    for name in ("--data-dir", "--root", "--ftp", "--ftps", "--http", "--https",
+                 "--public-host", "--cert", "--key", "--config", "--ftp-security",
+                 "--exposed-password"):
+        assert name in text
+
+
+def test_none_disables_a_listener() -> None:
+    config = parse("--ftp", "none", "--http", "NONE").server_config
+    assert config.ftp is None and config.http is None and config.ftps == "tcp:9990"
+
+
+def test_config_file_and_command_line_precedence(tmp_path: Path) -> None:
+    toml = tmp_path / "server.toml"
+    toml.write_text(
+        'data-dir = "/srv/rumpus"\n'
+        'public_host = "files.example.com"\n'
+        'ftp = "tcp:21"\n'
+        'ftp-security = "implicit-only"\n'
+        "cleartext-grace = 1.5\n"
+    )
+    config = parse("--config", str(toml), "--ftp", "tcp:2100").server_config
+    assert config.data_dir == Path("/srv/rumpus")
+    assert config.public_host == "files.example.com"
+    assert config.ftp == "tcp:2100"
+    assert config.ftp_security == "implicit-only"
+    assert config.cleartext_grace == 1.5
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("data-dir = [unclosed\n", "not valid TOML"),
+        ('colour = "blue"\n', "unknown option 'colour'"),
+        ('ftp-security = "sometimes"\n', "ftp-security: expected one of"),
+        ("passive-ports = \"10-5\"\n", "passive-ports"),
+    ],
+)
+def test_bad_config_file_is_one_line(tmp_path: Path, content: str, message: str) -> None:
+    toml = tmp_path / "bad.toml"
+    toml.write_text(content)
+    with pytest.raises(SystemExit) as e:
+        parse("--config", str(toml))
+    text = str(e.value.code)
+    assert text.startswith("rumpus-secure: error: ") and message in text
+    assert "\n" not in text
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse("--config", str(tmp_path / "absent.toml"))
+    assert "does not exist" in str(e.value.code)
+
+
+def test_unknown_option_is_one_line() -> None:
+    with pytest.raises(SystemExit) as e:
+        parse("--colour", "blue")
+    text = str(e.value.code)
+    assert text.startswith("rumpus-secure: error: ") and "colour" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--ftp", "2121x"), "ftp: expected a Twisted endpoint"),
+    (("--cert", "/x.pem"), "--cert and --key must be given together"),
+    (("--ftp", "none", "--ftps", "none", "--http", "none", "--https", "none"),
+     "nothing to serve"),
+    (("--ftp-security", "implicit-only", "--ftps", "none"), "implicit FTPS listener"),
+    (("--public-host", "evil.com/x"), "public-host"),
+])
+def test_bad_values(argv: tuple[str, ...], message: str) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse(*argv)
+    assert message in str(e.value.code)
+
+
+def test_endpoint_port() -> None:
+    assert endpoint_port("tcp:2121:interface=127.0.0.1") == 2121
+    assert endpoint_port("tcp:port=990") == 990
+    assert endpoint_port("haproxy:tcp:21") == 21
+    assert endpoint_port(None) is None
+
+
+def test_build_config_rejects_unknown_names() -> None:
+    with pytest.raises(ConfigError):
+        build_config({"no-such-option": 1})
+
+
+# -- assembly ---------------------------------------------------------------
+
+
+def test_make_service_children(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    options = parse("--data-dir", str(tmp_path / "data"))
+    top = tap.makeService(options, reactor=Reactor())
+    assert IServiceCollection.providedBy(top)
+    found = listeners(top)
+    assert set(found) == {"ftp", "ftps", "http", "https"}
+    assert found["ftp"].description == "tcp:2121"
+    assert found["ftps"].description == "tcp:9990"
+    # The implicit FTPS and HTTPS listeners are TLS-wrapped; plain ones are not.
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    assert isinstance(found["ftps"].factory, TLSMemoryBIOFactory)
+    assert isinstance(found["https"].factory, TLSMemoryBIOFactory)
+    assert not isinstance(found["ftp"].factory, TLSMemoryBIOFactory)
+    assert not isinstance(found["http"].factory, TLSMemoryBIOFactory)
+    data = tmp_path / "data"
+    assert (data / "accounts.sqlite3").exists()
+    assert (data / "tls" / "cert.pem").exists()
+    assert (data / "files" / "admin").is_dir()
+    out = capsys.readouterr().out
+    assert "created account 'admin'" in out and "self-signed" in out
+
+
+def test_disabled_listeners_are_absent(tmp_path: Path) -> None:
+    options = parse("--data-dir", str(tmp_path), "--ftp", "none", "--http", "none")
+    top = tap.makeService(options, reactor=Reactor())
+    assert set(listeners(top)) == {"ftps", "https"}
+
+
+def test_first_run_bootstrap_happens_once(tmp_path: Path) -> None:
+    out = io.StringIO()
+    from rumpus_secure.accounts.store import SQLiteAccountStore
+
+    store = SQLiteAccountStore(tmp_path / "accounts.sqlite3", tmp_path / "files")
+    password = tap.bootstrap_admin(store, tmp_path, out)
+    assert password and password in out.getvalue()
+    assert "rumpus-secure --data-dir" in out.getvalue()
+    assert [a.name for a in store.list()] == ["admin"]
+    # A later run, even with every account gone, creates nothing.
+    store.delete("admin")
+    again = io.StringIO()
+    assert tap.bootstrap_admin(store, tmp_path, again) is None
+    assert again.getvalue() == "" and store.list() == []
+
+
+def test_second_start_keeps_certificate_and_admin(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    options = {"data-dir": str(tmp_path)}
+    tap.makeService(options, reactor=Reactor())
+    cert = (tmp_path / "tls" / "cert.pem").read_bytes()
+    capsys.readouterr()
+    tap.makeService(options, reactor=Reactor())
+    assert (tmp_path / "tls" / "cert.pem").read_bytes() == cert
+    assert "created account" not in capsys.readouterr().out
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_data_dir_nonroot(tmp_path: Path) -> None:  # pragma: no cover
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(SystemExit) as e:
+        tap.makeService({"data-dir": str(locked / "d")}, reactor=Reactor())
+    assert "cannot be written" in str(e.value.code)
+
+
+def test_data_dir_under_a_file_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as e:
+        tap.makeService({"data-dir": str(blocker / "data")}, reactor=Reactor())
+    text = str(e.value.code)
+    assert text.startswith("rumpus-secure: error: data directory") and "cannot be written" in text
+
+
+def test_bad_certificate_is_one_line(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    key = tmp_path / "key.pem"
+    cert.write_text("not a certificate")
+    key.write_text("not a key")
+    with pytest.raises(SystemExit) as e:
+        tap.makeService({"data-dir": str(tmp_path / "d"), "cert": str(cert),
+                         "key": str(key)}, reactor=Reactor())
+    assert str(e.value.code).startswith("rumpus-secure: error: ")
+
+
+def test_bad_endpoint_string_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as e:
+        tap.makeService({"data-dir": str(tmp_path), "ftp": "nonsense:1"},
+                        reactor=Reactor())
+    assert "--ftp: bad endpoint 'nonsense:1'" in str(e.value.code)
+
+
+def test_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    from twisted.internet import reactor as real_reactor
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        top = tap.makeService(
+            {"data-dir": str(tmp_path), "ftp": f"tcp:{port}:interface=127.0.0.1",
+             "ftps": "none", "http": "none", "https": "none"},
+            reactor=real_reactor,
+        )
+        [listener] = listeners(top).values()
+        with pytest.raises(SystemExit) as e:
+            listener.privilegedStartService()
+        assert f"cannot listen for ftp on tcp:{port}" in str(e.value.code)
+    finally:
+        busy.close()
+
+
+def test_tac_file_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__file__": str(REPO / "tac" / "rumpus-secure.tac")}
+    source = (REPO / "tac" / "rumpus-secure.tac").read_text()
+    exec(compile(source, "rumpus-secure.tac", "exec"), namespace)
+    application = namespace["application"]
+    top = service.IServiceCollection(application)
+    [server] = list(top)
+    assert set(listeners(server)) == {"ftp", "ftps", "http", "https"}
+    assert (tmp_path / "rumpus-data" / "accounts.sqlite3").exists()
+
+
+def test_implicit_only_tac_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    source = (REPO / "tac" / "implicit-only.tac").read_text()
+    exec(compile(source, "implicit-only.tac", "exec"), namespace)
+    [server] = list(service.IServiceCollection(namespace["application"]))
+    assert server.server.config.ftp_security == "implicit-only"
+
+
+def test_plugin_is_discoverable() -> None:
+    from twisted.application.service import IServiceMaker
+    from twisted.plugin import getPlugins
+
+    sys.path.insert(0, str(REPO))
+    try:
+        names = {p.tapname: p for p in getPlugins(IServiceMaker)}
+    finally:
+        sys.path.remove(str(REPO))
+    assert "rumpus-secure" in names
+    assert names["rumpus-secure"].options is tap.Options
