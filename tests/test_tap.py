@@ -293,3 +293,16 @@ def test_plugin_is_discoverable() -> None:
         sys.path.remove(str(REPO))
     assert "rumpus-secure" in names
     assert names["rumpus-secure"].options is tap.Options
+
+
+def test_readme_documents_every_option_and_two_commands() -> None:
+    from rumpus_secure.config import OPTIONS
+
+    readme = (REPO / "README.rst").read_text()
+    for option in OPTIONS:
+        assert f"``--{option.name}``" in readme, option.name
+    quick = readme.split("Quick start", 1)[1].split("Running\n", 1)[0]
+    commands = [line.strip() for line in quick.splitlines() if line.startswith("    python3")]
+    assert len(commands) == 2
+    assert commands[0].endswith("twistd -n rumpus-secure")
+    assert commands[1].endswith("python -m pytest")
