@@ -18,8 +18,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Self
 
 import pytest
 
@@ -173,7 +174,7 @@ class ServerProcess:
             args += [f"--{name}", value]
         return args
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         """
         Start the server and wait until every enabled port accepts.
         """
@@ -181,15 +182,12 @@ class ServerProcess:
             raise RuntimeError("already running")
         self.starts += 1
         self.log_path = self.tmp_path / f"server-{self.starts}.log"
-        log = open(self.log_path, "wb")
-        try:
+        with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 twistd_command(*self.arguments()),
                 cwd=self.tmp_path, env=subprocess_env(),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
-        finally:
-            log.close()
         deadline = time.monotonic() + START_TIMEOUT
         waiting = set(self.ports.values())
         while waiting:
@@ -246,7 +244,7 @@ class ServerProcess:
             for n in range(1, self.starts + 1)
         )
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -264,7 +262,7 @@ class ServerProcess:
         if "root" in self.options:
             argv += ["--root", self.options["root"]]
         result = subprocess.run(
-            argv + list(args), input=input, capture_output=True, text=True,
+            argv + list(args), check=False, input=input, capture_output=True, text=True,
             cwd=self.tmp_path, env=subprocess_env(), timeout=30,
         )
         if check and result.returncode != 0:
@@ -305,6 +303,6 @@ def run_twistd(tmp_path: Path, *args: str, timeout: float = 30.0
     Run twistd rumpus-secure to completion (for start-up failures).
     """
     return subprocess.run(
-        twistd_command(*args), cwd=tmp_path, env=subprocess_env(),
+        twistd_command(*args), check=False, cwd=tmp_path, env=subprocess_env(),
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
     )

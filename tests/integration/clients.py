@@ -11,7 +11,7 @@ import socket
 import ssl
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 TIMEOUT = 10.0
 
@@ -105,7 +105,7 @@ class RawControl:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "RawControl":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
