@@ -133,10 +133,14 @@ class ListenerService(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            raise _fail(
+            failure = _fail(
                 f"cannot listen for {self.label} on {self.description}: "
                 f"{e.socketError}"
-            ) from None
+            )
+            # twistd has redirected sys.stderr into its log by now; the
+            # operator starting the server must see this line on the terminal.
+            print(failure.code, file=sys.__stderr__, flush=True)
+            raise failure from None
 
     def startService(self) -> None:
         super().startService()

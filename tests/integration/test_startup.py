@@ -113,24 +113,18 @@ def _port_in_use(tmp_path: Path) -> tuple[int, subprocess.CompletedProcess[str]]
 
 def test_port_in_use(tmp_path: Path) -> None:
     """
-    One clear line that names the listener and the port, and exit 1.
-
-    (The line currently reaches only the log on stdout; see the xfail below.)
+    One clear line on stderr that names the listener and the port, and exit 1.
     """
     port, result = _port_in_use(tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "Traceback" not in output, output
-    errors = [line for line in output.splitlines() if "rumpus-secure: error:" in line]
+    errors = [line for line in result.stderr.splitlines() if "rumpus-secure: error:" in line]
     assert len(errors) == 1, output
     assert f"cannot listen for ftp on tcp:{port}" in errors[0]
     assert "Address already in use" in errors[0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a port in use is detected in privilegedStartService, after twistd has "
-    "redirected stderr to its log: the error is a '[stderr#error]' log line "
-    "on stdout, not a line on stderr"))
 def test_port_in_use_reported_on_stderr(tmp_path: Path) -> None:
     port, result = _port_in_use(tmp_path)
     _assert_clean_failure(result, "ftp", str(port))
