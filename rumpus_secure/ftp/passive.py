@@ -1,0 +1,197 @@
+"""
+Setting up data connections: passive listeners and active connectors.
+
+A passive listener is a plain listening socket watched by the reactor.  It
+accepts only the control connection's peer (anyone else is closed at once
+and reported), and it stops listening as soon as the right client arrives,
+so a range of 100 passive ports serves far more than 100 transfers over
+time.  The accepted socket is handed, untouched, to the transfer engine's
+worker thread (L{rumpus_secure.ftp.transfer}).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
+from zope.interface import implementer
+
+_log = Logger()
+
+
+def normalise_host(host: str) -> str:
+    """
+    An address in one canonical text form (IPv4-mapped IPv6 becomes IPv4).
+    """
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+class DataConnectionTimeout(Exception):
+    """
+    The client did not open the data connection in time.
+    """
+
+
+@implementer(IReadDescriptor)
+class PassiveListener:
+    """
+    Waits for one data connection from one address.
+
+    @param on_refused: called with the address of a refused connection.
+    """
+
+    def __init__(self, reactor: Any, interface: str, ports: range,
+                 allowed_peer: str, timeout: float,
+                 on_refused: Callable[[str], None] = lambda host: None) -> None:
+        self.reactor = reactor
+        self.allowed_peer = normalise_host(allowed_peer)
+        self.on_refused = on_refused
+        self._timeout = timeout
+        self._sock: socket.socket | None = None
+        self._accepted: socket.socket | None = None
+        self._waiters: list[defer.Deferred[socket.socket]] = []
+        self._timer: Any = None
+        self._failure: BaseException | None = None
+        self.port = self._bind(interface, ports)
+
+    def _bind(self, interface: str, ports: range) -> int:
+        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        last: OSError | None = None
+        for number in ports:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((interface, number))
+                sock.listen(8)
+            except OSError as e:
+                sock.close()
+                last = e
+                if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                    continue
+                raise CannotListenError(interface, number, e) from None
+            sock.setblocking(False)
+            self._sock = sock
+            self.reactor.addReader(self)
+            self._timer = self.reactor.callLater(self._timeout, self._expire)
+            return sock.getsockname()[1]
+        raise CannotListenError(interface, ports.start, last)
+
+    # IReadDescriptor
+
+    def fileno(self) -> int:
+        return self._sock.fileno() if self._sock is not None else -1
+
+    def logPrefix(self) -> str:
+        return "PassiveListener"
+
+    def connectionLost(self, reason: Any) -> None:
+        self._stop_listening()
+
+    def doRead(self) -> None:
+        while self._sock is not None:
+            try:
+                conn, address = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                _log.info("passive accept failed: {error}", error=e)
+                return
+            host = normalise_host(address[0])
+            if host != self.allowed_peer:
+                conn.close()
+                self.on_refused(host)
+                continue
+            conn.setblocking(True)
+            self._stop_listening()
+            self._accepted = conn
+            self._deliver()
+            return
+
+    # the control side
+
+    def wait(self) -> defer.Deferred[socket.socket]:
+        """
+        Fires with the accepted socket (once), or fails on timeout or close.
+        """
+        d: defer.Deferred[socket.socket] = defer.Deferred()
+        self._waiters.append(d)
+        self._deliver()
+        return d
+
+    def take(self) -> socket.socket | None:
+        """
+        The accepted socket if it is already here, else None.
+        """
+        sock, self._accepted = self._accepted, None
+        return sock
+
+    def _deliver(self) -> None:
+        if self._failure is not None:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.errback(self._failure)
+            return
+        if self._accepted is not None and self._waiters:
+            d = self._waiters.pop(0)
+            sock, self._accepted = self._accepted, None
+            d.callback(sock)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._accepted is None:
+            self._failure = DataConnectionTimeout()
+            self._stop_listening()
+            self._deliver()
+
+    def _stop_listening(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._sock is not None:
+            self.reactor.removeReader(self)
+            self._sock.close()
+            self._sock = None
+
+    def close(self) -> None:
+        """
+        Give up: stop listening, close an unused connection, fail waiters.
+        """
+        self._stop_listening()
+        if self._accepted is not None:
+            self._accepted.close()
+            self._accepted = None
+        if self._failure is None:
+            self._failure = defer.CancelledError()
+        self._deliver()
+
+    @property
+    def listening(self) -> bool:
+        return self._sock is not None
+
+
+def active_connector(host: str, port: int, source_host: str | None,
+                     timeout: float) -> Callable[[], socket.socket]:
+    """
+    A function that connects to the client (PORT/EPRT), run in a worker.
+    """
+
+    def connect() -> socket.socket:
+        source = (source_host, 0) if source_host else None
+        sock = socket.create_connection((host, port), timeout=timeout,
+                                        source_address=source)
+        sock.settimeout(None)
+        return sock
+
+    return connect

@@ -1,0 +1,438 @@
+"""
+The data-transfer engine: bulk bytes off the reactor thread.
+
+Twisted's TLS layer moves data through a memory BIO in Python and tops out
+at a few hundred MB/s; pyOpenSSL on the real socket in a worker thread runs
+OpenSSL's record layer in C with the GIL released, several times faster.  So
+the reactor only sets up a data connection (listen, accept, peer check) and
+the rest happens in a worker thread:
+
+ 1. take the connected socket (accepted passively, or connected actively);
+ 2. under PROT P, run the TLS handshake as the TLS I{server} (RFC 4217
+    section 7) with the control connection's own context, and when reuse is
+    required refuse a handshake that did not resume a session;
+ 3. run the job: send a file or a listing, or receive into an upload;
+ 4. report a L{TransferResult} to the reactor thread through a Deferred.
+
+Every blocking call has a timeout, so a client that stops reading or
+sending cannot hold a thread forever; L{TransferHandle.abort} (ABOR, or the
+control connection going away) shuts the socket down from the reactor thread
+and the worker returns at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import select
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Protocol
+
+from OpenSSL import SSL
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from rumpus_secure.tls import keep_session_resumable, session_reused
+
+_log = Logger()
+
+#: Bytes per send/receive call: large records amortise the per-call cost.
+CHUNK = 1024 * 1024
+
+
+class Outcome(enum.Enum):
+    """
+    How a transfer ended.
+    """
+
+    COMPLETE = "complete"
+    ABORTED = "aborted"  # ABOR or the control connection went away
+    CONNECTION_LOST = "connection-lost"  # reset, timeout, or cut short
+    TRUNCATED = "truncated"  # TCP closed without TLS close_notify
+    TLS_FAILED = "tls-failed"  # handshake failed
+    NOT_RESUMED = "not-resumed"  # handshake did not resume the session
+    LOCAL_ERROR = "local-error"  # disk full, read error
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    outcome: Outcome
+    bytes: int = 0
+    detail: str = ""
+    tls_version: str | None = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.COMPLETE
+
+
+class Sink(Protocol):
+    """
+    Where received bytes go (an upload from L{rumpus_secure.vfs}).
+    """
+
+    def write(self, data: bytes) -> Any: ...
+
+
+@dataclass
+class TLSSettings:
+    """
+    TLS for one data connection.
+
+    @ivar context: the control connection's C{SSL.Context}.
+    @ivar require_reuse: refuse a handshake that does not resume a session.
+    @ivar strict_eof: treat a close without close_notify as truncation.
+    """
+
+    context: SSL.Context
+    require_reuse: bool = True
+    strict_eof: bool = True
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Channel:
+    """
+    A blocking byte channel over a socket, plain or TLS, with timeouts.
+    """
+
+    def __init__(self, sock: socket.socket, timeout: float, handle: "TransferHandle") -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self.handle = handle
+        self.tls: SSL.Connection | None = None
+        sock.setblocking(False)
+
+    def _wait(self, readable: bool) -> None:
+        if self.handle.aborted:
+            raise _Aborted()
+        fd = self.sock.fileno()
+        if fd < 0:
+            raise _Aborted()
+        r, w, _ = select.select([fd] if readable else [], [] if readable else [fd], [],
+                                self.timeout)
+        if self.handle.aborted:
+            raise _Aborted()
+        if not r and not w:
+            raise TimeoutError(f"no progress for {self.timeout:.0f} s")
+
+    def start_tls(self, settings: TLSSettings) -> None:
+        tls = SSL.Connection(settings.context, self.sock)
+        tls.set_accept_state()
+        self.tls = tls
+        while True:
+            try:
+                tls.do_handshake()
+                return
+            except SSL.WantReadError:
+                self._wait(True)
+            except SSL.WantWriteError:
+                self._wait(False)
+
+    def send_all(self, data: memoryview | bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                if self.tls is not None:
+                    sent = self.tls.send(view)
+                else:
+                    sent = self.sock.send(view)
+            except SSL.WantReadError:
+                self._wait(True)
+                continue
+            except (SSL.WantWriteError, BlockingIOError, InterruptedError):
+                self._wait(False)
+                continue
+            view = view[sent:]
+
+    def recv_into(self, buffer: bytearray | memoryview) -> int:
+        """
+        Read some bytes; 0 at a clean end of data.
+
+        @raises _Truncated: TLS ended without close_notify.
+        """
+        while True:
+            try:
+                if self.tls is not None:
+                    return self.tls.recv_into(buffer)
+                return self.sock.recv_into(buffer)
+            except (SSL.WantReadError, BlockingIOError, InterruptedError):
+                self._wait(True)
+            except SSL.WantWriteError:
+                self._wait(False)
+            except SSL.ZeroReturnError:
+                return 0
+            except SSL.SysCallError as e:
+                if e.args and e.args[0] == -1:
+                    raise _Truncated() from None
+                raise ConnectionError(str(e)) from None
+
+    def finish_sending(self) -> None:
+        """
+        End the stream: TLS close_notify (where TLS), then a TCP FIN.
+        """
+        if self.tls is not None:
+            for _ in range(100):
+                try:
+                    self.tls.shutdown()
+                    break
+                except SSL.WantWriteError:
+                    self._wait(False)
+                except (SSL.WantReadError, SSL.Error):
+                    break
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def drain_until_close(self, limit: float) -> None:
+        """
+        Give the client a moment to read the end of the stream before closing.
+        """
+        self.sock.setblocking(True)
+        self.sock.settimeout(limit)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self.tls is not None:
+            # An aborted data connection must not evict the control
+            # connection's cached session (tls.keep_session_resumable).
+            keep_session_resumable(self.tls)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class _Truncated(Exception):
+    pass
+
+
+class TransferHandle:
+    """
+    A running transfer, as seen from the reactor thread.
+    """
+
+    def __init__(self) -> None:
+        self.aborted = False
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.result: defer.Deferred[TransferResult] | None = None
+        self.bytes = 0
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.aborted:
+                self._shutdown()
+
+    def abort(self) -> None:
+        """
+        Stop the transfer now (from any thread).
+        """
+        with self._lock:
+            self.aborted = True
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+Job = Callable[[_Channel, TransferHandle], int]
+
+
+def send_file(source: BinaryIO, ascii: bool = False) -> Job:
+    """
+    A job that sends a file (RETR), converting LF to CRLF in ASCII mode.
+    """
+
+    def job(channel: _Channel, handle: TransferHandle) -> int:
+        total = 0
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        pending_cr = False
+        while True:
+            n = source.readinto(buffer)  # type: ignore[attr-defined]
+            if not n:
+                break
+            if ascii:
+                data = bytes(view[:n])
+                converted = _to_crlf(data, pending_cr)
+                pending_cr = data.endswith(b"\r")
+                channel.send_all(converted)
+            else:
+                channel.send_all(view[:n])
+            total += n
+            handle.bytes = total
+        return total
+
+    return job
+
+
+def send_bytes(data: bytes) -> Job:
+    """
+    A job that sends bytes already in memory (a listing).
+    """
+
+    def job(channel: _Channel, handle: TransferHandle) -> int:
+        channel.send_all(data)
+        handle.bytes = len(data)
+        return len(data)
+
+    return job
+
+
+def _to_crlf(data: bytes, after_cr: bool) -> bytes:
+    out = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if after_cr and out.startswith(b"\r\n"):
+        # The CR of this CRLF was at the end of the previous chunk.
+        out = out[1:]
+    return out
+
+
+def receive_into(sink: Sink, ascii: bool = False) -> Job:
+    """
+    A job that receives the data connection's bytes into C{sink} (STOR).
+    """
+
+    def job(channel: _Channel, handle: TransferHandle) -> int:
+        total = 0
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        held_cr = False
+        while True:
+            n = channel.recv_into(buffer)
+            if n == 0:
+                break
+            data = bytes(view[:n])
+            if ascii:
+                if held_cr:
+                    data = b"\r" + data
+                held_cr = data.endswith(b"\r")
+                if held_cr:
+                    data = data[:-1]
+                data = data.replace(b"\r\n", b"\n")
+            sink.write(data)
+            total += n
+            handle.bytes = total
+        if held_cr:
+            sink.write(b"\r")
+        return total
+
+    return job
+
+
+class TransferEngine:
+    """
+    Runs data transfers in a thread pool of their own.
+
+    @param max_threads: transfers running at once; more wait their turn.
+    """
+
+    def __init__(self, reactor: Any, idle_timeout: float = 60.0,
+                 max_threads: int = 200, pool: ThreadPool | None = None) -> None:
+        self.reactor = reactor
+        self.idle_timeout = idle_timeout
+        if pool is None:
+            pool = ThreadPool(minthreads=0, maxthreads=max_threads, name="rumpus-data")
+            reactor.callWhenRunning(pool.start)
+            reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+        self.pool = pool
+
+    def run(self, connect: Callable[[], socket.socket], tls: TLSSettings | None,
+            job: Job, handle: TransferHandle | None = None) -> TransferHandle:
+        """
+        Start a transfer; C{handle.result} fires with a L{TransferResult}.
+
+        @param connect: called in the worker thread, returns the connected
+            data socket (already accepted, or connecting out for PORT).
+        """
+        handle = handle or TransferHandle()
+        handle.result = deferToThreadPool(
+            self.reactor, self.pool, _run, connect, tls, job, handle, self.idle_timeout,
+        )
+        return handle
+
+
+def _run(connect: Callable[[], socket.socket], tls: TLSSettings | None, job: Job,
+         handle: TransferHandle, timeout: float) -> TransferResult:
+    try:
+        sock = connect()
+    except _Aborted:
+        return TransferResult(Outcome.ABORTED)
+    except OSError as e:
+        return TransferResult(Outcome.CONNECTION_LOST, detail=f"cannot connect: {e}")
+    handle.attach(sock)
+    channel = _Channel(sock, timeout, handle)
+    version = None
+    try:
+        if tls is not None:
+            try:
+                channel.start_tls(tls)
+            except (SSL.Error, OSError, TimeoutError) as e:
+                return TransferResult(Outcome.TLS_FAILED, detail=_describe(e))
+            assert channel.tls is not None
+            version = channel.tls.get_protocol_version_name()
+            if tls.require_reuse and not session_reused(channel.tls):
+                return TransferResult(Outcome.NOT_RESUMED, tls_version=version,
+                                      detail="TLS session not resumed")
+        try:
+            total = job(channel, handle)
+        except _Truncated:
+            if tls is not None and not tls.strict_eof:
+                return TransferResult(Outcome.COMPLETE, handle.bytes, tls_version=version,
+                                      detail="closed without TLS close_notify")
+            return TransferResult(Outcome.TRUNCATED, handle.bytes, tls_version=version,
+                                  detail="the data connection closed without TLS close_notify")
+        except _Aborted:
+            return TransferResult(Outcome.ABORTED, handle.bytes, tls_version=version)
+        except (OSError, SSL.Error, TimeoutError) as e:
+            if handle.aborted:
+                return TransferResult(Outcome.ABORTED, handle.bytes, tls_version=version)
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                return TransferResult(Outcome.LOCAL_ERROR, handle.bytes, tls_version=version,
+                                      detail="disk full", error=e)
+            local = _is_local_error(e)
+            return TransferResult(
+                Outcome.LOCAL_ERROR if local else Outcome.CONNECTION_LOST,
+                handle.bytes, tls_version=version, detail=_describe(e),
+                error=e if local else None,
+            )
+        except Exception as e:  # a sink error from the file layer (DiskFull...)
+            return TransferResult(Outcome.LOCAL_ERROR, handle.bytes, tls_version=version,
+                                  detail=str(e), error=e)
+        if handle.aborted:
+            return TransferResult(Outcome.ABORTED, total, tls_version=version)
+        channel.finish_sending()
+        # Closing with the client's last bytes unread would send a reset
+        # that can destroy data the client has not read yet: wait for its
+        # side of the close (bounded by the idle timeout).
+        channel.drain_until_close(timeout)
+        return TransferResult(Outcome.COMPLETE, total, tls_version=version)
+    finally:
+        channel.close()
+
+
+def _is_local_error(e: BaseException) -> bool:
+    # Errors raised by the file (not the socket) carry no socket errno.
+    return isinstance(e, OSError) and e.errno in (errno.EIO, errno.EROFS, errno.EFBIG)
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e) or e.__class__.__name__
+    return text[:200]

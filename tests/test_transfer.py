@@ -1,0 +1,352 @@
+"""
+The data-transfer engine and passive listeners, on real loopback sockets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from OpenSSL import SSL
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+from twisted.python.threadpool import ThreadPool
+
+from rumpus_secure.ftp.passive import DataConnectionTimeout, PassiveListener
+from rumpus_secure.ftp.transfer import (
+    Outcome,
+    TLSSettings,
+    TransferEngine,
+    receive_into,
+    send_bytes,
+    send_file,
+)
+from rumpus_secure.tls import TLSContextSource, ensure_certificate, keep_session_resumable
+
+
+@pytest.fixture(scope="module")
+def server_context(tmp_path_factory: pytest.TempPathFactory) -> SSL.Context:
+    data = tmp_path_factory.mktemp("tls")
+    info = ensure_certificate(data, "localhost", None, None)
+    source = TLSContextSource(info.cert_path, info.key_path)
+    return source.context_factory([b"ftp"]).getContext()
+
+
+@pytest.fixture
+def engine() -> Any:
+    pool = ThreadPool(minthreads=0, maxthreads=8, name="test-data")
+    pool.start()
+    yield TransferEngine(reactor, idle_timeout=5.0, pool=pool)
+    pool.stop()
+
+
+def client_context(version: int | None = None) -> SSL.Context:
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
+    if version is not None:
+        ctx.set_min_proto_version(version)
+        ctx.set_max_proto_version(version)
+    return ctx
+
+
+def control_session(server_context: SSL.Context, client: SSL.Context) -> SSL.Session:
+    """
+    A full in-memory handshake against the server context: the "control
+    connection" whose session the data connection must resume.
+    """
+    server = SSL.Connection(server_context, None)
+    server.set_accept_state()
+    conn = SSL.Connection(client, None)
+    conn.set_connect_state()
+    for _ in range(20):
+        for one, other in ((conn, server), (server, conn)):
+            try:
+                one.do_handshake()
+            except SSL.WantReadError:
+                pass
+            try:
+                data = one.bio_read(65536)
+            except SSL.WantReadError:
+                data = b""
+            if data:
+                other.bio_write(data)
+    server.send(b"ok")  # TLS 1.3: tickets go out after the handshake
+    conn.bio_write(server.bio_read(65536))
+    assert conn.recv(2) == b"ok"
+    # Freed without close_notify, OpenSSL would evict the session.
+    keep_session_resumable(server)
+    keep_session_resumable(conn)
+    return conn.get_session()
+
+
+def tls_client(port: int, ctx: SSL.Context, session: SSL.Session | None,
+               upload: bytes | None = None, close_notify: bool = True) -> bytes:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.settimeout(None)  # pyOpenSSL needs a blocking socket
+    conn = SSL.Connection(ctx, sock)
+    if session is not None:
+        conn.set_session(session)
+    conn.set_connect_state()
+    received = bytearray()
+    try:
+        _talk(conn, sock, received, upload, close_notify)
+    except (SSL.Error, OSError):
+        pass  # the server refused or cut the connection: return what came
+    sock.close()
+    return bytes(received)
+
+
+def _talk(conn: SSL.Connection, sock: socket.socket, received: bytearray,
+          upload: bytes | None, close_notify: bool) -> None:
+    conn.do_handshake()
+    if upload is not None:
+        conn.sendall(upload)
+        if close_notify:
+            conn.shutdown()
+        sock.shutdown(socket.SHUT_WR)
+        try:
+            while conn.recv(65536):
+                pass
+        except (SSL.ZeroReturnError, SSL.SysCallError):
+            pass
+    else:
+        try:
+            while True:
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    break
+                received += chunk
+        except SSL.ZeroReturnError:
+            pass
+        conn.shutdown()
+
+
+def plain_client(port: int, upload: bytes | None = None, source: str = "127.0.0.1") -> bytes:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10,
+                                    source_address=(source, 0))
+    received = bytearray()
+    if upload is not None:
+        sock.sendall(upload)
+        sock.shutdown(socket.SHUT_WR)
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        received += chunk
+    sock.close()
+    return bytes(received)
+
+
+def listener(timeout: float = 5.0, refused: list[str] | None = None) -> PassiveListener:
+    return PassiveListener(reactor, "127.0.0.1", range(0, 1), "127.0.0.1", timeout,
+                           on_refused=(refused.append if refused is not None else lambda h: None))
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_download(engine: TransferEngine) -> None:
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    passive = listener()
+    client = deferToThread(plain_client, passive.port)
+    sock = await passive.wait()
+    assert not passive.listening, "the passive port closes once the client is in"
+    handle = engine.run(lambda: sock, None, send_file(io.BytesIO(payload)))
+    result = await handle.result
+    assert result.outcome is Outcome.COMPLETE and result.bytes == len(payload)
+    assert await client == payload
+
+
+@pytest.mark.parametrize("version", [SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION])
+@pytest_twisted.ensureDeferred
+async def test_tls_download_resuming_control_session(
+    engine: TransferEngine, server_context: SSL.Context, version: int
+) -> None:
+    ctx = client_context(version)
+    session = control_session(server_context, ctx)
+    payload = os.urandom(2 * 1024 * 1024)
+    passive = listener()
+    client = deferToThread(tls_client, passive.port, ctx, session)
+    sock = await passive.wait()
+    handle = engine.run(lambda: sock, TLSSettings(server_context, require_reuse=True),
+                        send_bytes(payload))
+    result = await handle.result
+    assert result.outcome is Outcome.COMPLETE, result
+    assert hashlib.sha256(await client).digest() == hashlib.sha256(payload).digest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_fresh_handshake_refused_when_reuse_required(
+    engine: TransferEngine, server_context: SSL.Context
+) -> None:
+    passive = listener()
+    client = deferToThread(tls_client, passive.port, client_context(), None)
+    sock = await passive.wait()
+    handle = engine.run(lambda: sock, TLSSettings(server_context, require_reuse=True),
+                        send_bytes(b"secret"))
+    result = await handle.result
+    assert result.outcome is Outcome.NOT_RESUMED
+    assert await client == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_fresh_handshake_accepted_when_reuse_optional(
+    engine: TransferEngine, server_context: SSL.Context
+) -> None:
+    passive = listener()
+    client = deferToThread(tls_client, passive.port, client_context(), None)
+    sock = await passive.wait()
+    handle = engine.run(lambda: sock, TLSSettings(server_context, require_reuse=False),
+                        send_bytes(b"listing"))
+    assert (await handle.result).outcome is Outcome.COMPLETE
+    assert await client == b"listing"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_upload_with_close_notify(engine: TransferEngine,
+                                            server_context: SSL.Context) -> None:
+    ctx = client_context()
+    session = control_session(server_context, ctx)
+    payload = os.urandom(5 * 1024 * 1024 + 3)
+    passive = listener()
+    client = deferToThread(tls_client, passive.port, ctx, session, payload)
+    sock = await passive.wait()
+    sink = Sink()
+    handle = engine.run(lambda: sock, TLSSettings(server_context), receive_into(sink))
+    result = await handle.result
+    await client
+    assert result.outcome is Outcome.COMPLETE
+    assert bytes(sink.buffer) == payload
+
+
+@pytest.mark.parametrize("strict, expected", [(True, Outcome.TRUNCATED),
+                                              (False, Outcome.COMPLETE)])
+@pytest_twisted.ensureDeferred
+async def test_tls_upload_without_close_notify(engine: TransferEngine,
+                                               server_context: SSL.Context,
+                                               strict: bool, expected: Outcome) -> None:
+    ctx = client_context()
+    session = control_session(server_context, ctx)
+    passive = listener()
+    client = deferToThread(tls_client, passive.port, ctx, session, b"x" * 100000, False)
+    sock = await passive.wait()
+    sink = Sink()
+    handle = engine.run(lambda: sock, TLSSettings(server_context, strict_eof=strict),
+                        receive_into(sink))
+    result = await handle.result
+    await client
+    assert result.outcome is expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_peer_is_refused_and_listener_keeps_waiting(engine: TransferEngine) -> None:
+    refused: list[str] = []
+    passive = listener(refused=refused)
+    intruder = deferToThread(plain_client, passive.port, None, "127.0.0.2")
+    assert await intruder == b""
+    assert refused == ["127.0.0.2"]
+    assert passive.listening
+    client = deferToThread(plain_client, passive.port)
+    sock = await passive.wait()
+    handle = engine.run(lambda: sock, None, send_bytes(b"mine"))
+    await handle.result
+    assert await client == b"mine"
+
+
+@pytest_twisted.ensureDeferred
+async def test_data_connection_that_never_arrives_times_out() -> None:
+    passive = listener(timeout=0.2)
+    port = passive.port
+    with pytest.raises(DataConnectionTimeout):
+        await passive.wait()
+    assert not passive.listening
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_abort_during_download(engine: TransferEngine) -> None:
+    passive = listener()
+    started = threading.Event()
+
+    def slow_reader(port: int) -> int:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        started.set()
+        got = sock.recv(1024)  # read a little, then stop reading
+        try:
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass
+        sock.close()
+        return len(got)
+
+    client = deferToThread(slow_reader, passive.port)
+    sock = await passive.wait()
+    handle = engine.run(lambda: sock, None, send_bytes(b"z" * (64 * 1024 * 1024)))
+    await deferToThread(started.wait, 5)
+    handle.abort()
+    result = await handle.result
+    assert result.outcome is Outcome.ABORTED
+    await client
+
+
+@pytest_twisted.ensureDeferred
+async def test_ascii_conversion(engine: TransferEngine) -> None:
+    passive = listener()
+    client = deferToThread(plain_client, passive.port)
+    sock = await passive.wait()
+    handle = engine.run(lambda: sock, None, send_file(io.BytesIO(b"a\nb\r\nc\n"), ascii=True))
+    await handle.result
+    assert await client == b"a\r\nb\r\nc\r\n"
+
+    passive = listener()
+    client = deferToThread(plain_client, passive.port, b"x\r\ny\r\n")
+    sock = await passive.wait()
+    sink = Sink()
+    handle = engine.run(lambda: sock, None, receive_into(sink, ascii=True))
+    await handle.result
+    await client
+    assert bytes(sink.buffer) == b"x\ny\n"
+
+
+def test_fds_do_not_leak_on_listener_close() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        passive = listener()
+        passive.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert not reactor.getReaders() or all(
+        not isinstance(r, PassiveListener) for r in reactor.getReaders())
+
+
+def test_passive_port_range_exhausted() -> None:
+    from twisted.internet.error import CannotListenError
+
+    first = PassiveListener(reactor, "127.0.0.1", range(0, 1), "127.0.0.1", 5)
+    try:
+        with pytest.raises(CannotListenError):
+            PassiveListener(reactor, "127.0.0.1", range(first.port, first.port + 1),
+                            "127.0.0.1", 5)
+    finally:
+        first.close()
+
+
+def test_file_is_read_in_large_chunks(tmp_path: Path) -> None:
+    # Guard against accidentally sending byte by byte: the job reads CHUNK at a time.
+    from rumpus_secure.ftp.transfer import CHUNK
+
+    assert CHUNK >= 256 * 1024
