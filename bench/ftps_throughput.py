@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""
+FTPS data-channel throughput: rumpus-secure vs vsftpd vs pyftpdlib.
+
+Starts all three servers on loopback, then measures with curl, under PROT P,
+RETR and STOR of one file (1 GiB by default): MB/s, the median of N rounds
+that alternate between the servers, printed side by side with ratios.
+
+    python bench/ftps_throughput.py [--size-mib 1024] [--rounds 3] [--skip vsftpd]
+
+Needs root for vsftpd (a system user, PAM); installs vsftpd with apt-get and
+pyftpdlib with pip into a private directory when missing.  Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+USER = "rumpusbench"
+PASSWORD = "bench-Passw0rd-not-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+def curl(args: list[str]) -> float:
+    out = subprocess.run(
+        ["curl", "-s", "-S", "--ssl-reqd", "-k", "--ftp-pasv", "--disable-epsv",
+         "-u", f"{USER}:{PASSWORD}", *args],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return float(out.strip()) / 1e6
+
+
+class Server:
+    name = "?"
+    port = 0
+
+    def url(self, path: str) -> str:
+        return f"ftp://127.0.0.1:{self.port}/{path}"
+
+    def stop(self) -> None:
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+class Rumpus(Server):
+    name = "rumpus-secure"
+
+    def __init__(self, work: Path, big: Path) -> None:
+        self.port = free_port()
+        data = work / "rumpus-data"
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        common = [sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(data)]
+        subprocess.run([*common, "user", "add", USER, "--password-stdin"],
+                       input=PASSWORD + "\n", text=True, check=True, env=env,
+                       capture_output=True)
+        home = data / "files" / USER
+        os.link(big, home / "big.bin") if big.stat().st_dev == home.stat().st_dev \
+            else shutil.copy(big, home / "big.bin")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", "rumpus-secure", "--data-dir", str(data),
+             "--ftp", f"tcp:{self.port}:interface=127.0.0.1", "--ftps", "none",
+             "--http", "none", "--https", f"tcp:{free_port()}:interface=127.0.0.1"],
+            cwd=work, env=env, stdout=open(work / "rumpus.log", "w"), stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port)
+
+
+class Vsftpd(Server):
+    name = "vsftpd"
+
+    def __init__(self, work: Path, big: Path, cert: Path, key: Path) -> None:
+        if not shutil.which("vsftpd") and not Path("/usr/sbin/vsftpd").exists():
+            subprocess.run(["apt-get", "install", "-y", "-qq", "vsftpd"], check=True,
+                           env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+                           capture_output=True)
+        ensure_system_user()
+        home = Path(f"/home/{USER}")
+        shutil.copy(big, home / "big.bin")
+        shutil.chown(home / "big.bin", USER)
+        Path("/var/run/vsftpd/empty").mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        conf = work / "vsftpd.conf"
+        conf.write_text("\n".join([
+            "listen=YES", "listen_ipv6=NO", f"listen_port={self.port}",
+            "listen_address=127.0.0.1", "anonymous_enable=NO", "local_enable=YES",
+            "write_enable=YES", "ssl_enable=YES", f"rsa_cert_file={cert}",
+            f"rsa_private_key_file={key}", "force_local_data_ssl=YES",
+            "force_local_logins_ssl=YES", "require_ssl_reuse=NO",
+            "pasv_enable=YES", "seccomp_sandbox=NO", "pam_service_name=vsftpd",
+            "secure_chroot_dir=/var/run/vsftpd/empty", "background=NO",
+            "ssl_ciphers=HIGH", "",
+        ]))
+        self.proc = subprocess.Popen(["/usr/sbin/vsftpd", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+
+class Pyftpdlib(Server):
+    name = "pyftpdlib"
+
+    def __init__(self, work: Path, big: Path, cert: Path, key: Path) -> None:
+        lib = work / "pylib"
+        try:
+            import pyftpdlib  # noqa: F401
+            path = ""
+        except ImportError:
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target",
+                            str(lib), "pyftpdlib", "pyopenssl"], check=True)
+            path = str(lib)
+        home = work / "pyftpd-home"
+        home.mkdir()
+        os.link(big, home / "big.bin") if big.stat().st_dev == home.stat().st_dev \
+            else shutil.copy(big, home / "big.bin")
+        self.port = free_port()
+        script = f"""
+import sys
+sys.path.insert(0, {path!r})
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import TLS_FTPHandler
+from pyftpdlib.servers import FTPServer
+a = DummyAuthorizer(); a.add_user({USER!r}, {PASSWORD!r}, {str(home)!r}, perm="elradfmw")
+h = TLS_FTPHandler; h.certfile = {str(cert)!r}; h.keyfile = {str(key)!r}
+h.tls_control_required = True; h.tls_data_required = True; h.authorizer = a
+import logging; logging.disable(logging.INFO)
+FTPServer(("127.0.0.1", {self.port}), h).serve_forever()
+"""
+        self.proc = subprocess.Popen([sys.executable, "-c", script],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+
+def ensure_system_user() -> None:
+    if subprocess.run(["id", USER], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "-m", "-s", "/bin/bash", USER], check=True)
+    subprocess.run(["chpasswd"], input=f"{USER}:{PASSWORD}\n", text=True, check=True)
+
+
+def make_file(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        block = os.urandom(1 << 20)
+        for _ in range(size >> 20):
+            f.write(block)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip", action="append", default=[],
+                        help="server to skip: vsftpd or pyftpdlib")
+    args = parser.parse_args()
+    if not shutil.which("curl"):
+        print("curl is needed", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="rumpus-bench-") as tmp:
+        work = Path(tmp)
+        big = work / "big.bin"
+        make_file(big, args.size_mib << 20)
+        servers: list[Server] = []
+        try:
+            rumpus = Rumpus(work, big)
+            servers.append(rumpus)
+            cert = work / "rumpus-data" / "tls" / "cert.pem"
+            key = work / "rumpus-data" / "tls" / "key.pem"
+            if "vsftpd" not in args.skip:
+                servers.append(Vsftpd(work, big, cert, key))
+            if "pyftpdlib" not in args.skip:
+                servers.append(Pyftpdlib(work, big, cert, key))
+            results: dict[str, dict[str, list[float]]] = {
+                s.name: {"RETR": [], "STOR": []} for s in servers}
+            for round_ in range(args.rounds):
+                for server in servers:
+                    down = curl([server.url("big.bin"), "-o", "/dev/null",
+                                 "-w", "%{speed_download}"])
+                    up = curl(["-T", str(big), server.url(f"up-{round_}.bin"),
+                               "-w", "%{speed_upload}"])
+                    results[server.name]["RETR"].append(down)
+                    results[server.name]["STOR"].append(up)
+                    print(f"round {round_ + 1} {server.name:14s} RETR {down:8.0f} MB/s"
+                          f"  STOR {up:8.0f} MB/s", flush=True)
+            print()
+            print(f"{args.size_mib} MiB, PROT P, curl, median of {args.rounds} rounds")
+            base = {k: statistics.median(v) for k, v in results["rumpus-secure"].items()}
+            print(f"{'server':14s} {'RETR MB/s':>10s} {'STOR MB/s':>10s} "
+                  f"{'rumpus/x RETR':>14s} {'rumpus/x STOR':>14s}")
+            for name, r in results.items():
+                down, up = statistics.median(r["RETR"]), statistics.median(r["STOR"])
+                print(f"{name:14s} {down:10.0f} {up:10.0f} {base['RETR'] / down:14.2f}"
+                      f" {base['STOR'] / up:14.2f}")
+        finally:
+            for server in servers:
+                server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
