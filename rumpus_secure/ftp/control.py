@@ -1,8 +1,9 @@
 """
 The FTP control connection: TLS upgrade, the pre-login policy, login.
 
-L{ControlProtocol} extends Twisted's L{twisted.protocols.ftp.FTP} (whose file
-and data commands it still uses) with what Twisted lacks:
+L{ControlProtocol} extends Twisted's L{twisted.protocols.ftp.FTP} with what
+Twisted lacks (the file and transfer commands are the L{FileCommands} mixin
+of L{rumpus_secure.ftp.files}):
 
  - RFC 4217: AUTH TLS/SSL, PBSZ, PROT, CCC (refused), REIN (never drops TLS);
  - the pre-login TLS policy of L{rumpus_secure.ftp.policy};
@@ -30,12 +31,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rumpus_secure.ftp import data as data_channel
+from rumpus_secure.ftp.files import FileCommands
 from rumpus_secure.ftp.policy import (
     AUTH_MECHANISMS,
     ControlPolicy,
     Verdict,
     split_command,
 )
+from rumpus_secure.ftp.shell import IFileShell
 
 _log = Logger()
 
@@ -60,7 +63,7 @@ def _peer_host(transport: Any) -> str:
 
 
 @implementer(IHandshakeListener)
-class ControlProtocol(ftp.FTP):
+class ControlProtocol(FileCommands, ftp.FTP):
     """
     One FTP control connection (plain port or implicit FTPS port).
     """
@@ -201,10 +204,14 @@ class ControlProtocol(ftp.FTP):
             return
         self.resetTimeout()
         text = line.decode("utf-8", "surrogateescape").rstrip("\r")
+        # Telnet IP/DM bytes some clients put before ABOR.
+        text = text.lstrip("\udcff\udcf4\udcf2")  # noqa: B005 (a set of bytes)
         if self._watch is not None:
             self._watch.line(text)
             return
         if self._busy:
+            if self.state == self.AUTHED and self.urgent_command(*split_command(text)):
+                return  # ABOR or STAT during a transfer
             self._pending.append(text)
             if len(self._pending) >= MAX_PENDING_LINES and not self._reading_paused:
                 self._reading_paused = True
@@ -387,8 +394,7 @@ class ControlProtocol(ftp.FTP):
         features = []
         if self.policy.explicit_tls_offered and not self.implicit:
             features += ["AUTH TLS", "AUTH SSL"]
-        features += ["PBSZ", "PROT", "CLNT", "HOST", "EPRT", "EPSV", "MDTM",
-                     "PASV", "REST STREAM", "SIZE", "TYPE A;I", "UTF8"]
+        features += ["PBSZ", "PROT", "CLNT", "HOST", "PASV"] + self.file_features()
         self.sendLine("211-Features:")
         for feature in sorted(features):
             self.sendLine(" " + feature)
@@ -420,6 +426,8 @@ class ControlProtocol(ftp.FTP):
         name, _, value = option.strip().partition(" ")
         if name.upper() == "UTF8" and value.strip().upper() in ("ON", ""):
             return "200 UTF8 is always on."
+        if name.upper() in ("MLST", "HASH"):
+            return self.file_options(name.upper(), value)
         return f"501 Option {name[:32]} not understood."
 
     def ftp_QUIT(self) -> None:
@@ -448,7 +456,9 @@ class ControlProtocol(ftp.FTP):
         self.state = self.UNAUTH
         creds = UsernamePassword(name.encode("utf-8", "surrogateescape"),
                                  password.encode("utf-8", "surrogateescape"))
-        d = self.session_factory.portal.login(creds, None, ftp.IFTPShell)
+        # The mind is the server: the realm does its disk work in its threads.
+        d = self.session_factory.portal.login(creds, self.session_factory.shared.server,
+                                              IFileShell)
 
         def logged_in(result: Any) -> str:
             interface, avatar, logout = result
@@ -501,18 +511,6 @@ class ControlProtocol(ftp.FTP):
             return ("521 Data connections must be encrypted on this server: "
                     "send PBSZ 0 and PROT P, then retry.")
         return None
-
-    def ftp_LIST(self, path: str = "") -> Any:
-        return self._data_refusal() or super().ftp_LIST(path)
-
-    def ftp_NLST(self, path: str = "") -> Any:
-        return self._data_refusal() or super().ftp_NLST(path)
-
-    def ftp_RETR(self, path: str) -> Any:
-        return self._data_refusal() or super().ftp_RETR(path)
-
-    def ftp_STOR(self, path: str) -> Any:
-        return self._data_refusal() or super().ftp_STOR(path)
 
     # -- data connections (delegated) ---------------------------------
 

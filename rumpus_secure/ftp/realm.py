@@ -1,38 +1,64 @@
 """
-The FTP realm: an authenticated account becomes a shell on its home.
+The FTP realm: an authenticated account becomes a jailed shell on its home.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.protocols.ftp import FTPShell, IFTPShell
-from twisted.python.filepath import FilePath
-from zope.interface import implementer
+from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
+from twisted.internet import defer
+from zope.interface import implementer
+
+from rumpus_secure.accounts.store import HOME_MODE
+from rumpus_secure.ftp.shell import FileShell, IFileShell, RunInThread
+from rumpus_secure.vfs import JailedFS
+
+
+def _run_here(function: Any, *args: Any) -> defer.Deferred[Any]:
+    return defer.maybeDeferred(function, *args)
 
 
 @implementer(IRealm)
 class FTPRealm:
     """
-    Gives each account a shell rooted at its home directory.
+    Gives each login a L{FileShell} on the account's home directory.
 
     The account is read from the store at login time, so a change made with
-    the admin command (home, permissions) applies to the next login.
+    the admin command (home, permissions) applies to the next login.  The
+    store lookup and the creation of a missing home are disk work: they run
+    through the C{mind}'s ``run_in_thread`` (the server object the control
+    connection passes to C{Portal.login}), so C{requestAvatar} returns a
+    Deferred.
     """
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, *, fsync: bool = False) -> None:
         self.store = store
+        self.fsync = fsync
 
-    def requestAvatar(self, avatarId: bytes | str, mind: Any, *interfaces: Any) -> Any:
-        if IFTPShell not in interfaces:
-            raise NotImplementedError("only IFTPShell avatars are served")
-        name = avatarId.decode("utf-8", "surrogateescape") if isinstance(avatarId, bytes) else avatarId
+    def requestAvatar(self, avatarId: bytes | str, mind: Any,
+                      *interfaces: Any) -> defer.Deferred[tuple[Any, Any, Any]]:
+        if IFileShell not in interfaces:
+            raise NotImplementedError("only IFileShell avatars are served")
+        if isinstance(avatarId, bytes):
+            name = avatarId.decode("utf-8", "surrogateescape")
+        else:
+            name = avatarId
+        run: RunInThread = getattr(mind, "run_in_thread", None) or _run_here
+
+        def made(fs: JailedFS) -> tuple[Any, Any, Any]:
+            shell = FileShell(fs, run, name)
+            return IFileShell, shell, shell.logout
+
+        return run(self._open_home, name).addCallback(made)
+
+    def _open_home(self, name: str) -> JailedFS:
+        """Look the account up and open its home (in a thread)."""
         account = self.store.get(name)
         if account is None:
-            raise KeyError(name)
-        home = FilePath(str(account.home))
-        if not home.exists():
-            home.makedirs()
-        shell = FTPShell(home)
-        return IFTPShell, shell, lambda: None
+            # Deleted between the password check and now.
+            raise UnauthorizedLogin(f"no account {name!r}")
+        home = account.home
+        home.mkdir(parents=True, exist_ok=True, mode=HOME_MODE)
+        return JailedFS(home, frozenset(account.perms), fsync=self.fsync)

@@ -1,0 +1,337 @@
+"""
+The FTP file commands, built on the jailed filesystem.
+
+L{FileCommands} is a mixin for L{rumpus_secure.ftp.control.ControlProtocol}:
+navigation (PWD, CWD, CDUP), listings (LIST, NLST, MLSD, MLST, STAT),
+metadata (SIZE, MDTM, MFMT, HASH), changes (MKD, RMD, DELE, RNFR/RNTO) and
+settings (TYPE, MODE, STRU, REST, OPTS MLST/HASH); the transfers themselves
+are in L{rumpus_secure.ftp.file_transfers}.  Every disk operation runs in a
+thread through the session's L{FileShell}; every ``VFSError`` becomes the
+matching reply, and nothing changes on disk when a command is refused.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.internet import defer
+
+from rumpus_secure.ftp import listing
+from rumpus_secure.ftp.file_transfers import DataConnection, Transfer, TransferCommands
+from rumpus_secure.vfs import split_path, wire_name
+
+#: OPTS HASH names and the hashlib names behind them.
+HASH_NAMES = {"SHA-1": "sha1", "SHA-256": "sha256", "SHA-512": "sha512", "MD5": "md5"}
+
+
+def quote_path(path: str) -> str:
+    """A path for a 257 reply: in double quotes, inner quotes doubled."""
+    return '"' + wire_name(path).replace('"', '""') + '"'
+
+
+
+class FileCommands(TransferCommands):
+    """The file commands of the control protocol (a mixin)."""
+
+    _rename_from: str | None = None
+    _mlst_facts: tuple[str, ...] = listing.DEFAULT_FACTS
+    _hash_algorithm = "SHA-256"
+
+    @staticmethod
+    def file_features() -> list[str]:
+        """The FEAT lines of the file commands."""
+        hashes = ";".join(n + ("*" if n == "SHA-256" else "") for n in HASH_NAMES)
+        return ["EPRT", "EPSV", "HASH " + hashes, listing.feat_mlst(), "MDTM",
+                "MFMT", "REST STREAM", "SIZE", "TVFS", "TYPE A;I", "UTF8"]
+
+    def file_options(self, name: str, value: str) -> str:
+        """OPTS MLST and OPTS HASH."""
+        if name == "MLST":
+            self._mlst_facts = listing.choose_facts(value)
+            return "200 MLST OPTS " + "".join(f + ";" for f in self._mlst_facts)
+        value = value.strip().upper()
+        if not value:
+            return f"200 {self._hash_algorithm}"
+        if value not in HASH_NAMES:
+            return "504 Unknown hash algorithm; use one of " + ", ".join(HASH_NAMES) + "."
+        self._hash_algorithm = value
+        return f"200 {value}"
+
+    # -- navigation ---------------------------------------------------------
+
+    def ftp_PWD(self, ignored: str = "") -> str:
+        assert self.shell is not None
+        return f"257 {quote_path(self.shell.cwd)} is the current directory."
+
+    ftp_XPWD = ftp_PWD
+
+    def ftp_CWD(self, path: str) -> defer.Deferred[Any]:
+        async def change() -> str:
+            assert self.shell is not None
+            target = self._path(path)
+            if not await self.shell.call("is_dir", target):
+                return f"550 CWD refused: no such directory: {wire_name(target)!r}"
+            self.shell.cwd = target
+            return f"250 Directory changed to {wire_name(target)}."
+
+        return self._fs_command("CWD", change())
+
+    ftp_XCWD = ftp_CWD
+
+    def ftp_CDUP(self, ignored: str = "") -> defer.Deferred[Any]:
+        return self.ftp_CWD("..")
+
+    ftp_XCUP = ftp_CDUP
+
+    # -- settings -------------------------------------------------------
+
+    def ftp_TYPE(self, kind: str) -> str:
+        words = kind.upper().split()
+        if words in (["A"], ["A", "N"]):
+            self.binary = False
+            return "200 Type set to A (line ends converted)."
+        if words in (["I"], ["L", "8"]):
+            self.binary = True
+            return "200 Type set to I."
+        return f"504 TYPE {kind[:16]} not supported; use A or I."
+
+    def ftp_MODE(self, mode: str) -> str:
+        if mode.strip().upper() == "S":
+            return "200 Mode set to S."
+        return "504 Only MODE S (stream) is supported."
+
+    def ftp_STRU(self, structure: str) -> str:
+        if structure.strip().upper() == "F":
+            return "200 Structure set to F."
+        return "504 Only STRU F (file) is supported."
+
+    def ftp_ALLO(self, size: str = "") -> str:
+        return "202 No storage allocation necessary."
+
+    def ftp_REST(self, offset: str) -> str:
+        text = offset.strip()
+        if not text.isdigit():
+            return "501 REST needs a byte offset (a whole number)."
+        self._rest = int(text)
+        return f"350 Restarting at {self._rest}. Send RETR, STOR or APPE."
+
+    def ftp_SITE(self, command: str = "") -> str:
+        return "502 SITE commands are not supported here."
+
+    # -- metadata -------------------------------------------------------
+
+    def ftp_SIZE(self, path: str) -> defer.Deferred[Any]:
+        async def size() -> str:
+            assert self.shell is not None
+            target = self._path(path)
+            entry = await self.shell.call("stat", target)
+            if entry.kind != "file":
+                return f"550 SIZE refused: not a regular file: {wire_name(target)!r}"
+            return f"213 {entry.size}"
+
+        return self._fs_command("SIZE", size())
+
+    def ftp_MDTM(self, path: str) -> defer.Deferred[Any]:
+        async def mdtm() -> str:
+            assert self.shell is not None
+            target = self._path(path)
+            entry = await self.shell.call("stat", target)
+            return f"213 {listing.ftp_time(entry.mtime)}"
+
+        return self._fs_command("MDTM", mdtm())
+
+    def ftp_MFMT(self, argument: str) -> Any:
+        stamp, _, path = argument.strip().partition(" ")
+        try:
+            mtime = listing.parse_ftp_time(stamp)
+        except ValueError:
+            return "501 MFMT needs YYYYMMDDHHMMSS and a path."
+        if not path:
+            return "501 MFMT needs YYYYMMDDHHMMSS and a path."
+
+        async def mfmt() -> str:
+            assert self.shell is not None
+            target = self._path(path)
+            await self.shell.call("set_mtime", target, mtime)
+            return f"213 Modify={stamp}; {wire_name(target)}"
+
+        return self._fs_command("MFMT", mfmt())
+
+    def ftp_HASH(self, path: str) -> defer.Deferred[Any]:
+        algorithm = self._hash_algorithm
+
+        async def digest() -> str:
+            assert self.shell is not None
+            target = self._path(path)
+            value, size = await self.shell.hash_with_size(target, HASH_NAMES[algorithm])
+            return f"213 {algorithm} 0-{size} {value} {wire_name(target)}"
+
+        return self._fs_command("HASH", digest())
+
+    # -- changes ----------------------------------------------------------
+
+    def ftp_MKD(self, path: str) -> defer.Deferred[Any]:
+        async def mkd() -> str:
+            assert self.shell is not None
+            target = self._path(path)
+            await self.shell.call("mkdir", target)
+            return f"257 {quote_path(target)} created."
+
+        return self._fs_command("MKD", mkd())
+
+    ftp_XMKD = ftp_MKD
+
+    def ftp_RMD(self, path: str) -> defer.Deferred[Any]:
+        async def rmd() -> str:
+            assert self.shell is not None
+            target = self._path(path)
+            if split_path(target) == split_path(self.shell.cwd)[: len(split_path(target))]:
+                return "550 RMD refused: cannot remove the current directory or one above it."
+            await self.shell.call("rmdir", target)
+            return f"250 Directory {wire_name(target)} removed."
+
+        return self._fs_command("RMD", rmd())
+
+    ftp_XRMD = ftp_RMD
+
+    def ftp_DELE(self, path: str) -> defer.Deferred[Any]:
+        async def dele() -> str:
+            assert self.shell is not None
+            target = self._path(path)
+            await self.shell.call("remove", target)
+            return f"250 File {wire_name(target)} deleted."
+
+        return self._fs_command("DELE", dele())
+
+    def ftp_RNFR(self, path: str) -> defer.Deferred[Any]:
+        async def rnfr() -> str:
+            assert self.shell is not None
+            target = self._path(path)
+            if not await self.shell.call("exists", target):
+                return f"550 RNFR refused: no such file or directory: {wire_name(target)!r}"
+            self._rename_from = target
+            self.state = self.RENAMING  # type: ignore[attr-defined]
+            return "350 Ready for RNTO."
+
+        return self._fs_command("RNFR", rnfr())
+
+    def ftp_RNTO(self, path: str) -> Any:
+        source, self._rename_from = self._rename_from, None
+        if self.state != self.RENAMING or source is None:  # type: ignore[attr-defined]
+            return "503 Send RNFR first."
+        self.state = self.AUTHED  # type: ignore[attr-defined]
+
+        async def rnto() -> str:
+            assert self.shell is not None
+            target = self._path(path)
+            await self.shell.call("rename", source, target)
+            return f"250 Renamed {wire_name(source)} to {wire_name(target)}."
+
+        return self._fs_command("RNTO", rnto())
+
+    # -- listings -----------------------------------------------------------
+
+    async def _entries(self, argument: str | None) -> tuple[str, Any, list[Any] | None]:
+        """The path, its entry, and its entries when it is a directory."""
+        assert self.shell is not None
+        target = self._path(_strip_ls_flags(argument or ""))
+        fs = self.shell.fs
+
+        def look() -> tuple[Any, list[Any] | None]:
+            entry = fs.stat(target)
+            return entry, (fs.list_dir(target) if entry.kind == "dir" else None)
+
+        entry, children = await self.shell.run_in_thread(look)
+        return target, entry, children
+
+    def _ls_lines(self, target: str, entry: Any, children: list[Any] | None) -> list[str]:
+        assert self.shell is not None
+        now = time.time()
+        owner = self.shell.account
+        if children is None:
+            name = split_path(target)[-1] if split_path(target) else "/"
+            return [listing.ls_line(entry, name, owner, now)]
+        return [listing.ls_line(child, child.name, owner, now) for child in children]
+
+    def ftp_LIST(self, path: str = "") -> Any:
+        async def body(dtp: DataConnection) -> str:
+            target, entry, children = await self._entries(path)
+            return await self._send_lines(dtp, "LIST", target,
+                                          self._ls_lines(target, entry, children))
+
+        return self._transfer_command("LIST", body)
+
+    def ftp_NLST(self, path: str = "") -> Any:
+        async def body(dtp: DataConnection) -> str:
+            target, _entry, children = await self._entries(path)
+            if children is None:
+                names = [wire_name(_strip_ls_flags(path or "")) or wire_name(target)]
+            else:
+                names = [wire_name(child.name) for child in children]
+            return await self._send_lines(dtp, "NLST", target, names)
+
+        return self._transfer_command("NLST", body)
+
+    def ftp_MLSD(self, path: str = "") -> Any:
+        async def body(dtp: DataConnection) -> str:
+            assert self.shell is not None
+            target, entry, children = await self._entries(path)
+            if children is None:
+                return f"501 MLSD refused: not a directory: {wire_name(target)!r}; use MLST."
+            perms, facts = self.shell.perms, self._mlst_facts
+            lines = [listing.mlsx_line(entry, ".", facts, perms, kind="cdir")]
+            lines += [listing.mlsx_line(c, c.name, facts, perms) for c in children]
+            return await self._send_lines(dtp, "MLSD", target, lines)
+
+        return self._transfer_command("MLSD", body)
+
+    def ftp_MLST(self, path: str = "") -> defer.Deferred[Any]:
+        async def mlst() -> None:
+            assert self.shell is not None
+            target = self._path(path)
+            entry = await self.shell.call("stat", target)
+            self.sendLine(f"250-Listing {wire_name(target)}")
+            self.sendLine(" " + listing.mlsx_line(entry, target, self._mlst_facts,
+                                                  self.shell.perms))
+            self.sendLine("250 End")
+
+        return self._fs_command("MLST", mlst())
+
+    def ftp_STAT(self, path: str = "") -> Any:
+        if not path:
+            self.sendLine("211-rumpus-secure FTP server status:")
+            self.sendLine(f" Connected from {self.client_host}")  # type: ignore[attr-defined]
+            self.sendLine(f" Logged in as {self.account}")  # type: ignore[attr-defined]
+            self.sendLine(f" TYPE: {'I' if self.binary else 'A'}; "
+                          f"PROT: {self.prot}")  # type: ignore[attr-defined]
+            self.sendLine(" No data transfer in progress")
+            return "211 End of status."
+
+        async def stat_path() -> None:
+            target, entry, children = await self._entries(path)
+            self.sendLine(f"213-Status of {wire_name(target)}:")
+            for line in self._ls_lines(target, entry, children):
+                self.sendLine(" " + line)
+            self.sendLine("213 End of status.")
+
+        return self._fs_command("STAT", stat_path())
+
+    async def _send_lines(self, dtp: DataConnection, verb: str, target: str,
+                          lines: list[str]) -> str:
+        if not dtp.isConnected:
+            return "425 The data connection was closed; open a new one."
+        self.sendLine(f"150 Sending the {verb} of {wire_name(target)}.")
+        payload = "".join(line + "\r\n" for line in lines).encode("utf-8", "surrogateescape")
+        self._transfer = Transfer(verb, target, dtp)
+        dtp.transport.write(payload)
+        return "226 Listing sent."
+
+
+def _strip_ls_flags(argument: str) -> str:
+    """Drop ``ls`` options (``-a``, ``-la``) clients put before a LIST path."""
+    argument = argument.strip()
+    while argument.startswith("-"):
+        _, _, argument = argument.partition(" ")
+        argument = argument.strip()
+    return argument
