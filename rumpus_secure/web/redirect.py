@@ -5,18 +5,47 @@ The target host comes from configuration (``--public-host``), never from the
 client's ``Host`` header, so a forged header cannot turn the server into an
 open redirector.  The path and query travel byte for byte.  GET and HEAD get
 ``301``; every other method gets ``308`` so a client repeats the same method
-and body against HTTPS (RFC 9110 section 15.4.9).
+and body against HTTPS (RFC 9110 section 15.4.9).  Absolute-form,
+authority-form, asterisk-form and malformed request targets get ``400``.
+
+Two exceptions:
+
+* ``/.well-known/acme-challenge/<token>`` is answered from ``--acme-webroot``
+  when that is set (see L{rumpus_secure.web.acme});
+* credentials on plain HTTP (an ``Authorization`` header, or a password
+  posted to the login form) are never acted on and never redirected (a 308
+  would make the browser send the password a second time): the request gets
+  ``403`` with an explanation, and the password is checked off-thread by the
+  exposure guard, which quarantines the account if it was real.
+
+Request bodies are not kept: only a small ``POST /login`` body is read (to
+find an exposed password); anything else is discarded as it arrives.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import re
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
 
 from rumpus_secure.config import ServerConfig
+from rumpus_secure.web.acme import acme_token, serve_challenge
+
+_log = Logger()
+
+LOGIN_PATH = b"/login"
+MAX_LOGIN_BODY = 64 * 1024
+
+#: An origin-form target: printable ASCII, no fragment, valid %-escapes.
+_ORIGIN_FORM = re.compile(rb"/(?:[!$&-;=?-Z\[\]^_a-z{|}~\\\"<>`]|%[0-9A-Fa-f]{2})*")
 
 
 def https_origin(config: ServerConfig) -> bytes:
@@ -38,12 +67,92 @@ def _valid_origin_form(target: bytes) -> bool:
     """
     Is C{target} an origin-form request target (``/path?query``)?
 
-    Absolute-form (``http://host/...``), authority-form, asterisk-form and
-    targets with bytes that may not appear in a URI are refused.
+    Absolute-form (``http://host/...``), authority-form, asterisk-form,
+    targets with a fragment, bytes that may not appear in a URI, and broken
+    percent-escapes are refused.
     """
-    if not target.startswith(b"/"):
-        return False
-    return all(0x21 <= byte <= 0x7E for byte in target)
+    return _ORIGIN_FORM.fullmatch(target) is not None
+
+
+class _Discard:
+    """A request body that is dropped as it arrives."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def tell(self) -> int:
+        return 0
+
+    def seek(self, *args: Any) -> None:
+        pass
+
+    def read(self, *args: Any) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+class PlainRequest(server.Request):
+    """
+    A request on the plain HTTP port: bodies are dropped unless it is a
+    small login form.
+    """
+
+    def gotLength(self, length: int | None) -> None:
+        command = getattr(self.channel, "_command", None)
+        target = getattr(self.channel, "_path", b"") or b""
+        if (command == b"POST" and target.split(b"?", 1)[0] == LOGIN_PATH
+                and length is not None and length <= MAX_LOGIN_BODY):
+            super().gotLength(length)
+            return
+        self._parsePOSTFormSubmission = False
+        self.content = _Discard()
+
+
+def _text(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
+def exposed_credentials(request: IRequest) -> tuple[str, str | None, str | None] | None:
+    """
+    The credentials this plain-HTTP request carries, as C{(kind, user,
+    password)}, or L{None}.
+    """
+    authorization = request.getHeader(b"authorization")
+    if authorization is not None:
+        scheme, _, value = authorization.strip().partition(b" ")
+        if scheme.lower() == b"basic":
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                return "basic-malformed", None, None
+            user, _, password = decoded.partition(b":")
+            return "basic", _text(user), _text(password)
+        return "authorization-" + _text(scheme.lower())[:20], None, None
+    if request.method == b"POST" and request.path == LOGIN_PATH:
+        passwords = request.args.get(b"password")
+        if passwords:
+            users = request.args.get(b"username") or [b""]
+            return "form", _text(users[0]), _text(passwords[0])
+    return None
+
+
+def _explanation(origin: bytes) -> bytes:
+    from rumpus_secure.web.pages import message_page
+
+    return message_page(
+        "Password not accepted over an unencrypted connection",
+        "This page was reached over plain HTTP, so the password you sent "
+        "travelled unencrypted and may have been seen by others on the network. "
+        "It was not used. As a precaution the account may be locked until an "
+        "administrator sets a new password. Always use the secure address: "
+        + origin.decode("ascii") + "/",
+        link=(origin.decode("ascii") + "/", "Go to the secure site"),
+    )
 
 
 class RedirectToHTTPS(resource.Resource):
@@ -53,31 +162,93 @@ class RedirectToHTTPS(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, server_state: Any = None) -> None:
         super().__init__()
         self._origin = https_origin(config)
+        self._server = server_state
+        self._acme = config.acme_webroot is not None
 
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: IRequest) -> bytes | int:
         target = request.uri
         if not _valid_origin_form(target):
             request.setResponseCode(400)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"Bad request: the request target must be a path such as /files.\n"
+        request.setHeader(b"cache-control", b"no-store")
+        credentials = exposed_credentials(request)
+        if credentials is not None:
+            return self._refuse_credentials(request, *credentials)
+        if self._acme and self._server is not None:
+            token = acme_token(target)
+            if token is not None:
+                return self._challenge(request, token)
         location = self._origin + target
         method = request.method
         request.setResponseCode(301 if method in (b"GET", b"HEAD") else 308)
         request.setHeader(b"location", location)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
         if method == b"HEAD":
             return b""
         return b"This server only answers over HTTPS: " + location + b"\n"
 
+    def _refuse_credentials(self, request: IRequest, kind: str, user: str | None,
+                            password: str | None) -> bytes:
+        client = str(getattr(request.getClientAddress(), "host", "?"))
+        software = _text(request.getHeader(b"user-agent") or b"")[:200] or None
+        if self._server is not None:
+            self._server.audit.record(
+                "web.cleartext_credentials", client=client, kind=kind, account=user,
+                method=_text(request.method), path=_text(request.path)[:200],
+            )
+            if password is not None and self._server.exposure is not None:
+                self._server.exposure.check(protocol="http", client=client, user=user,
+                                            password=password, software=software)
+        request.setResponseCode(403)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return _explanation(self._origin)
+
+    def _challenge(self, request: IRequest, token: bytes) -> int:
+        d = Deferred.fromCoroutine(serve_challenge(self._server, request, token))
+
+        def answer(result: tuple[int, bytes]) -> None:
+            status, body = result
+            if request._disconnected or request.finished:
+                return
+            request.setResponseCode(status)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            request.setHeader(b"content-length", b"%d" % len(body))
+            if request.method != b"HEAD":
+                request.write(body)
+            request.finish()
+
+        def failed(failure: Any) -> None:
+            _log.failure("serving an ACME challenge failed", failure)
+            answer((500, b"The challenge could not be read.\n"))
+
+        d.addCallback(answer).addErrback(failed)
+        return NOT_DONE_YET
+
+
+class PlainSite(server.Site):
+    requestFactory = PlainRequest
+    displayTracebacks = False
+
 
 def build_http_site(server_state: Any, reactor: Any) -> server.Site:
     """
-    The site behind the plain HTTP listener.
+    The site behind the plain HTTP listener: the redirect, or with
+    ``--http-redirect off`` the whole web manager without TLS (legacy).
     """
-    site = server.Site(RedirectToHTTPS(server_state.config), reactor=reactor)
-    site.displayTracebacks = False
+    config = server_state.config
+    if not config.http_redirect:
+        from rumpus_secure.web.site import build_web_site
+
+        _log.warn(
+            "INSECURE: --http-redirect off serves the web file manager and its "
+            "login over plain HTTP on {endpoint}; passwords and files cross the "
+            "network unencrypted. Use it only behind a TLS-terminating proxy.",
+            endpoint=config.http,
+        )
+        return build_web_site(server_state, reactor, secure=False)
+    site = PlainSite(RedirectToHTTPS(config, server_state), reactor=reactor)
     return site

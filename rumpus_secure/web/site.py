@@ -1,39 +1,61 @@
 """
-The HTTPS site: security headers on every response, and the landing page.
+The HTTPS site: security headers on every response, the static assets and
+the routes of the web file manager.
 
-Until the web file manager arrives, ``/`` tells a visitor how to reach the
-files with an FTP client.  Every response, errors included, carries HSTS and
-the other security headers through L{SecureSite}.
+Every response, errors and tracebacks-that-never-are included, carries HSTS
+(on HTTPS), a strict Content-Security-Policy (no inline script or style:
+the page's CSS and JS are static files), ``nosniff``, a same-origin
+Referrer-Policy and frame denial, through L{SecureRequest}.
 """
 
 from __future__ import annotations
 
-import html
+from pathlib import Path
 from typing import Any
 
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
 from rumpus_secure.config import ServerConfig
+from rumpus_secure.web.app import WebApp
+from rumpus_secure.web.auth import LoginResource, LogoutResource
+from rumpus_secure.web.manager import (
+    DeleteResource,
+    FilesResource,
+    MkdirResource,
+    RenameResource,
+    UploadResource,
+    arg,
+)
+from rumpus_secure.web.pages import message_page
+from rumpus_secure.web.upload import UPLOAD_PATH, UploadSink
 
 CSP = (
     b"default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; "
     b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 
+STATIC_DIR = Path(__file__).parent / "static"
+STATIC_TYPES = {".css": b"text/css; charset=utf-8",
+                ".js": b"text/javascript; charset=utf-8"}
 
-def security_headers(config: ServerConfig) -> list[tuple[bytes, bytes]]:
+
+def security_headers(config: ServerConfig, secure: bool = True) -> list[tuple[bytes, bytes]]:
     """
-    Headers every HTTPS response carries.
+    Headers every response carries (HSTS only over HTTPS).
     """
     headers = [
         (b"content-security-policy", CSP),
         (b"x-content-type-options", b"nosniff"),
-        (b"referrer-policy", b"no-referrer"),
+        # same-origin, not no-referrer: browsers then send a real Origin on
+        # our own form posts, which the CSRF check relies on.
+        (b"referrer-policy", b"same-origin"),
         (b"x-frame-options", b"DENY"),
         (b"cross-origin-opener-policy", b"same-origin"),
+        (b"cross-origin-resource-policy", b"same-origin"),
+        (b"cache-control", b"no-store"),
     ]
-    if config.hsts_max_age > 0:
+    if secure and config.hsts_max_age > 0:
         headers.append(
             (b"strict-transport-security", b"max-age=%d" % config.hsts_max_age)
         )
@@ -42,8 +64,31 @@ def security_headers(config: ServerConfig) -> list[tuple[bytes, bytes]]:
 
 class SecureRequest(server.Request):
     """
-    A request that adds the site's security headers before writing headers.
+    A request that adds the site's security headers before writing headers,
+    streams uploads to disk (see L{UploadSink}) and fails with a page a
+    person can read.
     """
+
+    def gotLength(self, length: int | None) -> None:
+        app = getattr(getattr(self.channel, "site", None), "app", None)
+        channel = self.channel
+        command = getattr(channel, "_command", None)
+        target = getattr(channel, "_path", b"") or b""
+        path, _, query = target.partition(b"?")
+        if app is not None and command == b"POST" and path == UPLOAD_PATH:
+            from urllib.parse import parse_qs
+
+            values = parse_qs(query.decode("latin-1"), encoding="utf-8",
+                              errors="surrogateescape").get("dir", ["/"])
+            self._parsePOSTFormSubmission = False
+            self.content = UploadSink(app, self, values[0] or "/")
+            return
+        super().gotLength(length)
+
+    def connectionLost(self, reason: Any) -> None:
+        if isinstance(self.content, UploadSink):
+            self.content.connection_lost()
+        super().connectionLost(reason)
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
@@ -51,6 +96,22 @@ class SecureRequest(server.Request):
                 if not self.responseHeaders.hasHeader(name):
                     self.responseHeaders.setRawHeaders(name, [value])
         super().write(data)
+
+    def processingFailed(self, reason: Any) -> None:
+        from twisted.logger import Logger
+
+        Logger().failure("web request failed", reason)
+        if self.finished or self._disconnected:
+            return None
+        body = message_page("Something went wrong",
+                            "The server could not complete this request. It has been "
+                            "logged; please try again.", link=("/", "Start page"))
+        self.setResponseCode(500)
+        self.setHeader(b"content-type", b"text/html; charset=utf-8")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+        return None
 
 
 class SecureSite(server.Site):
@@ -61,62 +122,101 @@ class SecureSite(server.Site):
     requestFactory = SecureRequest
     displayTracebacks = False
 
-    def __init__(self, root: resource.Resource, config: ServerConfig, **kw: Any) -> None:
+    def __init__(self, root: resource.Resource, config: ServerConfig, *,
+                 secure: bool = True, app: WebApp | None = None, **kw: Any) -> None:
         super().__init__(root, **kw)
-        self.security_headers = security_headers(config)
+        self.app = app
+        self.security_headers = security_headers(config, secure)
 
 
-def _page(title: str, body: str) -> bytes:
-    return (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        "<meta name=viewport content='width=device-width, initial-scale=1'>"
-        f"<title>{html.escape(title)}</title></head><body>"
-        f"<main><h1>{html.escape(title)}</h1>{body}</main></body></html>"
-    ).encode("utf-8")
+class StaticAssets(resource.Resource):
+    """The stylesheet and script, read once at start-up; nothing else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._files: dict[bytes, tuple[bytes, bytes]] = {}
+        for path in STATIC_DIR.iterdir():
+            if path.suffix in STATIC_TYPES:
+                self._files[path.name.encode()] = (path.read_bytes(),
+                                                   STATIC_TYPES[path.suffix])
+
+    def getChild(self, name: bytes, request: IRequest) -> resource.Resource:
+        found = self._files.get(name)
+        if found is None or request.postpath:
+            return NotFoundPage()
+        return _Asset(*found)
 
 
-class ConnectInfo(resource.Resource):
-    """
-    Tells a visitor how to connect with an FTP client.
-    """
-
+class _Asset(resource.Resource):
     isLeaf = True
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, body: bytes, content_type: bytes) -> None:
         super().__init__()
-        host = html.escape(config.public_host)
-        items = []
-        if config.ftp and config.ftp_security != "implicit-only":
-            items.append(
-                f"<li>Explicit FTPS (FTP with AUTH TLS): <code>{host}</code> "
-                f"port <code>{config.ftp_port}</code></li>"
-            )
-        if config.ftps:
-            items.append(
-                f"<li>Implicit FTPS: <code>{host}</code> port "
-                f"<code>{config.ftps_port}</code></li>"
-            )
-        self._body = _page(
-            "rumpus-secure file server",
-            "<p>Connect with an FTP client that supports TLS (FileZilla, "
-            "WinSCP, lftp, curl):</p><ul>" + "".join(items) + "</ul>"
-            "<p>Use the same user name and password as for this site.</p>",
-        )
+        self._body = body
+        self._type = content_type
 
     def render_GET(self, request: IRequest) -> bytes:
-        if request.postpath not in ([], [b""]):
-            request.setResponseCode(404)
-            return _page("Not found", "<p>There is nothing at this address. "
-                         "<a href='/'>Start page</a></p>")
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-type", self._type)
+        request.setHeader(b"cache-control", b"public, max-age=3600")
         return self._body
 
     render_HEAD = render_GET
+
+
+class NotFoundPage(resource.Resource):
+    isLeaf = True
+
+    def render(self, request: IRequest) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return message_page("Not found", "There is nothing at this address.",
+                            link=("/files/", "Your files"))
+
+
+class Root(resource.Resource):
+    """``/``: to the files when logged in, else to the login page."""
+
+    def __init__(self, app: WebApp) -> None:
+        super().__init__()
+        self.app = app
+        self.putChild(b"", self)
+        self.putChild(b"static", StaticAssets())
+        self.putChild(b"login", LoginResource(app))
+        self.putChild(b"logout", LogoutResource(app))
+        self.putChild(b"files", FilesResource(app))
+        self.putChild(b"upload", UploadResource(app))
+        self.putChild(b"mkdir", MkdirResource(app))
+        self.putChild(b"rename", RenameResource(app))
+        self.putChild(b"delete", DeleteResource(app))
+
+    def getChild(self, name: bytes, request: IRequest) -> resource.Resource:
+        return NotFoundPage()
+
+    def render_GET(self, request: IRequest) -> bytes:
+        target = b"/files/" if self.app.session(request) else b"/login"
+        request.setResponseCode(303)
+        request.setHeader(b"location", target)
+        return b""
+
+    render_HEAD = render_GET
+
+
+def build_web_site(server_state: Any, reactor: Any, *, secure: bool = True) -> SecureSite:
+    """
+    The web file manager as a site; C{secure=False} only for the legacy
+    ``--http-redirect off`` plain-HTTP mode.
+    """
+    app = WebApp(server_state, reactor, secure=secure)
+    return SecureSite(Root(app), server_state.config, secure=secure, app=app,
+                      reactor=reactor)
 
 
 def build_https_site(server_state: Any, reactor: Any) -> server.Site:
     """
     The site behind the HTTPS listener.
     """
-    config = server_state.config
-    return SecureSite(ConnectInfo(config), config, reactor=reactor)
+    return build_web_site(server_state, reactor, secure=True)
+
+
+__all__ = ["CSP", "SecureRequest", "SecureSite", "arg", "build_https_site",
+           "build_web_site", "security_headers"]

@@ -1,0 +1,187 @@
+"""
+Downloads: byte ranges (resume), content disposition, streaming from disk.
+
+Downloaded files are always attachments of type ``application/octet-stream``
+under a sandboxing CSP, so a user's uploaded HTML or script can never run in
+the site's origin.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, BinaryIO
+from urllib.parse import quote
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from rumpus_secure.vfs import wire_name
+
+CHUNK = 256 * 1024
+
+
+class Unsatisfiable(Exception):
+    """The Range header asks for bytes the file does not have (416)."""
+
+
+def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None:
+    """
+    The one byte range asked for, as C{(first, last)} inclusive, or L{None}
+    to send the whole file (no header, a malformed one, or several ranges:
+    RFC 9110 allows ignoring Range).
+
+    @raises Unsatisfiable: for a well-formed range outside the file.
+    """
+    if not header:
+        return None
+    unit, _, spec = header.partition(b"=")
+    if unit.strip().lower() != b"bytes" or b"," in spec:
+        return None
+    first_text, dash, last_text = spec.strip().partition(b"-")
+    if not dash:
+        return None
+    first_text, last_text = first_text.strip(), last_text.strip()
+    if not first_text:
+        if not last_text.isdigit():
+            return None
+        suffix = int(last_text)
+        if suffix == 0 or size == 0:
+            raise Unsatisfiable()
+        return max(0, size - suffix), size - 1
+    if not first_text.isdigit() or (last_text and not last_text.isdigit()):
+        return None
+    first = int(first_text)
+    last = int(last_text) if last_text else None
+    if last is not None and last < first:
+        return None
+    if first >= size:
+        raise Unsatisfiable()
+    if last is None:
+        last = size - 1
+    return first, min(last, size - 1)
+
+
+def content_disposition(name: str) -> bytes:
+    """
+    ``attachment`` with an ASCII ``filename`` fallback and the exact UTF-8
+    name as RFC 5987 / RFC 6266 ``filename*``.
+    """
+    shown = wire_name(name)
+    fallback = "".join(
+        c if 0x20 <= ord(c) < 0x7F and c not in '"\\%' else "_" for c in shown
+    ).strip() or "download"
+    encoded = quote(shown.encode("utf-8"), safe="")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}".encode(
+        "ascii"
+    )
+
+
+def etag_for(size: int, mtime_ns: int, ino: int) -> bytes:
+    return b'"%x-%x-%x"' % (ino, size, mtime_ns)
+
+
+@implementer(IPushProducer)
+class FileProducer:
+    """
+    Writes C{length} bytes of an open file to a request, as fast as the
+    transport takes them (it pauses us when its buffer is full), then
+    finishes the request.
+    """
+
+    def __init__(self, request: IRequest, handle: BinaryIO, length: int) -> None:
+        self._request: IRequest | None = request
+        self._handle = handle
+        self._remaining = length
+        self._paused = False
+        self._producing = False
+
+    def start(self) -> None:
+        assert self._request is not None
+        self._request.registerProducer(self, True)
+        self._produce()
+
+    def _produce(self) -> None:
+        if self._producing:
+            return
+        self._producing = True
+        try:
+            while self._request is not None and not self._paused:
+                data = self._handle.read(min(CHUNK, self._remaining))
+                if not data:
+                    self._finish()
+                    return
+                self._remaining -= len(data)
+                self._request.write(data)
+                if self._remaining <= 0:
+                    self._finish()
+                    return
+        finally:
+            self._producing = False
+
+    def _finish(self) -> None:
+        request, self._request = self._request, None
+        self._handle.close()
+        if request is not None:
+            request.unregisterProducer()
+            request.finish()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._produce()
+
+    def stopProducing(self) -> None:
+        self._request = None
+        self._handle.close()
+
+
+def send_file(request: IRequest, name: str, handle: BinaryIO) -> None:
+    """
+    Answer C{request} with the open file C{handle} (positioned at 0),
+    honouring Range and If-Range; closes the handle when done.
+    """
+    st = os.fstat(handle.fileno())
+    size = st.st_size
+    etag = etag_for(size, st.st_mtime_ns, st.st_ino)
+    request.setHeader(b"content-type", b"application/octet-stream")
+    request.setHeader(b"content-disposition", content_disposition(name))
+    request.setHeader(b"content-security-policy", b"default-src 'none'; sandbox")
+    request.setHeader(b"accept-ranges", b"bytes")
+    request.setHeader(b"etag", etag)
+    request.setLastModified(st.st_mtime)
+    request.setHeader(b"cache-control", b"private, no-cache")
+    wanted = request.getHeader(b"range")
+    if_range = request.getHeader(b"if-range")
+    if if_range is not None and if_range.strip() != etag:
+        wanted = None  # the file changed since the partial copy: send it all
+    try:
+        span = parse_range(wanted, size)
+    except Unsatisfiable:
+        handle.close()
+        request.setResponseCode(416)
+        request.setHeader(b"content-range", b"bytes */%d" % size)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"content-disposition", b"inline")
+        request.write(b"The requested range is not in this file.\n")
+        request.finish()
+        return
+    if span is None:
+        first, length = 0, size
+    else:
+        first, last = span
+        length = last - first + 1
+        request.setResponseCode(206)
+        request.setHeader(b"content-range", b"bytes %d-%d/%d" % (first, last, size))
+    request.setHeader(b"content-length", b"%d" % length)
+    if request.method == b"HEAD" or length == 0:
+        handle.close()
+        request.write(b"")
+        request.finish()
+        return
+    handle.seek(first)
+    FileProducer(request, handle, length).start()
+
+

@@ -1,0 +1,88 @@
+"""
+HTML for people: one page skeleton, escaping helpers and error pages.
+
+Every dynamic value goes through L{esc} (or L{attr}); pages load only the
+static stylesheet and script, so the strict Content-Security-Policy holds.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Iterable
+from urllib.parse import quote
+
+from rumpus_secure.vfs import wire_name
+
+
+def esc(text: str) -> str:
+    """Escape text for HTML content and quoted attributes."""
+    return html.escape(wire_name(text), quote=True)
+
+
+def url_path(vpath: str) -> str:
+    """
+    The URL path segment for a virtual path, each byte of the name
+    percent-encoded (names that are not UTF-8 on disk round-trip).
+    """
+    return quote(vpath.encode("utf-8", "surrogateescape"), safe="/")
+
+
+def url_arg(value: str) -> str:
+    """A query-string value."""
+    return quote(value.encode("utf-8", "surrogateescape"), safe="")
+
+
+def human_size(size: int) -> str:
+    """``1.5 MiB`` style sizes."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+def human_time(timestamp: float) -> str:
+    """A UTC date and time, sortable and unambiguous."""
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(timestamp)) + " UTC"
+
+
+def page(title: str, body: str, *, user: str | None = None, csrf: str | None = None,
+         flash: Iterable[tuple[str, str]] = ()) -> bytes:
+    """
+    A whole HTML document.
+
+    @param body: already-escaped HTML.
+    @param user: shows the account name and a log-out button.
+    """
+    header = ""
+    if user is not None:
+        header = (
+            "<header class=top><a class=brand href='/files/'>rumpus-secure</a>"
+            f"<span class=who>{esc(user)}</span>"
+            "<form method=post action='/logout' class=inline>"
+            f"<input type=hidden name=csrf value='{esc(csrf or '')}'>"
+            "<button type=submit>Log out</button></form></header>"
+        )
+    notes = "".join(
+        f"<p class='flash {esc(kind)}' role=status>{esc(message)}</p>"
+        for kind, message in flash
+    )
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        "<meta name=viewport content='width=device-width, initial-scale=1'>"
+        f"<title>{esc(title)}</title>"
+        "<link rel=stylesheet href='/static/app.css'>"
+        "<script src='/static/app.js' defer></script></head><body>"
+        f"{header}<main><h1>{esc(title)}</h1>{notes}{body}</main></body></html>"
+    ).encode("utf-8")
+
+
+def message_page(title: str, message: str, *, link: tuple[str, str] | None = None,
+                 user: str | None = None, csrf: str | None = None) -> bytes:
+    """A page that explains one thing, with an optional way onwards."""
+    more = ""
+    if link is not None:
+        more = f"<p><a href='{esc(link[0])}'>{esc(link[1])}</a></p>"
+    return page(title, f"<p>{esc(message)}</p>{more}", user=user, csrf=csrf)

@@ -1,0 +1,333 @@
+"""
+Uploads streamed from the network to disk, never held in memory.
+
+twisted.web normally collects a request body (into memory, or a temporary
+file past 100 KB) before the resource sees it.  For ``POST /upload`` our
+request class puts an L{UploadSink} in place of that buffer as soon as the
+headers are in: the body is parsed incrementally (L{MultipartParser}) and
+each file part goes through ``JailedFS.open_upload`` (atomic: a hidden
+temporary file renamed into place) in a thread, one operation at a time.
+When more than L{HIGH_WATER} bytes wait for the disk the transport stops
+reading, and resumes below L{LOW_WATER}; server memory stays flat whatever
+the upload's size.
+
+The session and the Origin are checked from the headers; the CSRF token must
+be the first form field, before any file, or nothing is written.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+
+from rumpus_secure.vfs import AbortOutcome, InvalidPath, JailedFS, Upload, VFSError, join_path
+from rumpus_secure.web.app import AccountGone, WebApp, friendly
+from rumpus_secure.web.multipart import (
+    MultipartError,
+    MultipartParser,
+    boundary_from_content_type,
+    parse_header_params,
+)
+
+_log = Logger()
+
+HIGH_WATER = 4 * 1024 * 1024
+LOW_WATER = 1024 * 1024
+MAX_BATCH = 4 * 1024 * 1024
+UPLOAD_PATH = b"/upload"
+
+
+def upload_name(raw: str) -> str:
+    """
+    The file name to store: the last component of what the browser sent
+    (old browsers send a whole client path).
+
+    @raises InvalidPath: for an empty or reserved name.
+    """
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if name in ("", ".", ".."):
+        raise InvalidPath(f"invalid file name: {raw!r}")
+    return name
+
+
+class FileResult:
+    """What happened to one uploaded file."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.size = 0
+        self.error: str | None = None
+        self.upload: Upload | None = None
+
+
+class UploadSink:
+    """
+    Takes the place of C{request.content} for a streamed upload.
+
+    @ivar refusal: why nothing was (or will be) stored, for the reply.
+    @ivar results: one L{FileResult} per file part.
+    """
+
+    def __init__(self, app: WebApp, request: IRequest, directory: str) -> None:
+        self._app = app
+        self._request = request
+        self.directory = directory
+        self.refusal: str | None = None
+        self.refusal_status = 400
+        self.results: list[FileResult] = []
+        self.received = 0
+        self._fs: JailedFS | None = None
+        self._csrf_ok = False
+        self._field: str | None = None
+        self._field_value = bytearray()
+        self._current: FileResult | None = None
+        self._ops: deque[tuple[Callable[..., Any], tuple[Any, ...], int]] = deque()
+        self._queued_bytes = 0
+        self._busy = False
+        self._paused = False
+        self._body_done = False
+        self._aborted = False
+        self._done: Deferred[None] | None = None
+        self.session = app.session(request)
+        self._parser: MultipartParser | None = None
+        content_type = request.getHeader(b"content-type") or b""
+        boundary = boundary_from_content_type(content_type)
+        if self.session is None:
+            self._refuse("Your session has ended; please log in again.", 401)
+        elif not app.same_origin(request):
+            self._refuse("This upload did not come from this site's own page.", 403)
+        elif boundary is None:
+            self._refuse("The upload must be sent as multipart/form-data.", 400)
+        else:
+            self._parser = MultipartParser(boundary, self)
+
+    # -- the file-like face twisted.web uses ------------------------------
+
+    def write(self, data: bytes) -> None:
+        self.received += len(data)
+        if self._parser is None:
+            return
+        try:
+            self._parser.feed(data)
+        except MultipartError as e:
+            self._refuse(f"The upload was malformed: {e}.", 400)
+
+    def tell(self) -> int:
+        return 0  # nothing for twisted.web to parse
+
+    def seek(self, *args: Any) -> None:
+        pass
+
+    def read(self, *args: Any) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+    # -- parser callbacks --------------------------------------------------
+
+    def part_begin(self, headers: dict[str, str]) -> None:
+        _, params = parse_header_params(headers.get("content-disposition", ""))
+        name = params.get("name", "")
+        if "filename" not in params:
+            self._field = name
+            self._field_value = bytearray()
+            return
+        self._field = None
+        if not params["filename"]:
+            self._current = None  # an empty file input: nothing chosen
+            return
+        if not self._csrf_ok:
+            self._refuse("The form was missing its security token; reload the "
+                         "page and try again.", 403)
+            return
+        raw = params["filename"]
+        result = FileResult(raw.replace("\\", "/").rsplit("/", 1)[-1].strip() or raw)
+        self.results.append(result)
+        self._current = result
+        self._enqueue(self._open, (result,), 0)
+
+    def part_data(self, data: bytes) -> None:
+        if self._field is not None:
+            if len(self._field_value) + len(data) > 4096:
+                self._refuse("A form field was too long.", 400)
+                return
+            self._field_value += data
+        elif self._current is not None:
+            self._current.size += len(data)
+            self._enqueue(self._write, (self._current, data), len(data))
+
+    def part_end(self) -> None:
+        if self._field == "csrf" and self.session is not None:
+            self._csrf_ok = self._app.csrf_ok(self.session, bytes(self._field_value))
+            if not self._csrf_ok:
+                self._refuse("The form's security token was wrong or expired; "
+                             "reload the page and try again.", 403)
+        elif self._current is not None:
+            self._enqueue(self._commit, (self._current,), 0)
+        self._field = None
+        self._current = None
+
+    # -- refusing and aborting ----------------------------------------------
+
+    def _refuse(self, message: str, status: int) -> None:
+        if self.refusal is None:
+            self.refusal = message
+            self.refusal_status = status
+        self._parser = None
+        self._ops.clear()
+        self._queued_bytes = 0
+        self._resume()
+        self._enqueue(self._abort_all, (), 0)
+
+    def connection_lost(self) -> None:
+        """The client went away: drop everything not yet committed."""
+        if self._aborted:
+            return
+        self._aborted = True
+        self._parser = None
+        self._ops.clear()
+        self._queued_bytes = 0
+        self._enqueue(self._abort_all, (), 0)
+        self._body_done = True
+        self._maybe_done()
+
+    # -- the operation queue -------------------------------------------------
+
+    def _enqueue(self, function: Callable[..., Any], args: tuple[Any, ...],
+                 size: int) -> None:
+        self._ops.append((function, args, size))
+        self._queued_bytes += size
+        if self._queued_bytes > HIGH_WATER and not self._paused:
+            self._paused = True
+            transport = getattr(self._request.channel, "transport", None)
+            if transport is not None:
+                transport.pauseProducing()
+        self._run_next()
+
+    def _resume(self) -> None:
+        if self._paused and (self._queued_bytes < LOW_WATER or self._body_done
+                             or self.refusal is not None):
+            self._paused = False
+            transport = getattr(self._request.channel, "transport", None)
+            if transport is not None and not self._body_done:
+                transport.resumeProducing()
+
+    def _run_next(self) -> None:
+        if self._busy or not self._ops:
+            self._maybe_done()
+            return
+        function, args, size = self._ops.popleft()
+        if function == self._write:
+            # Coalesce consecutive writes to the same file into one call.
+            result, first = args
+            pieces, size_total = [first], size
+            while (self._ops and self._ops[0][0] == self._write
+                   and self._ops[0][1][0] is result and size_total < MAX_BATCH):
+                _, (_, more), more_size = self._ops.popleft()
+                pieces.append(more)
+                size_total += more_size
+            args = (result, b"".join(pieces) if len(pieces) > 1 else first)
+            size = size_total
+        self._busy = True
+        d = self._app.server.run_in_thread(function, *args)
+        d.addErrback(self._op_failed)
+        d.addBoth(self._op_done, size)
+
+    def _op_done(self, ignored: Any, size: int) -> None:
+        self._busy = False
+        self._queued_bytes -= size
+        self._resume()
+        self._run_next()
+
+    def _op_failed(self, failure: Failure) -> None:
+        _log.failure("upload operation failed", failure)
+        if self.refusal is None:
+            self.refusal = "The server could not store the upload."
+            self.refusal_status = 500
+
+    def body_complete(self) -> Deferred[None]:
+        """
+        The whole body has arrived; fires when every file is stored or
+        discarded.
+        """
+        self._body_done = True
+        if self._parser is not None:
+            try:
+                self._parser.close()
+            except MultipartError as e:
+                self._refuse(f"The upload was malformed: {e}.", 400)
+        done: Deferred[None] = Deferred()
+        self._done = done
+        self._maybe_done()
+        return done
+
+    def _maybe_done(self) -> None:
+        if self._done is not None and self._body_done and not self._busy and not self._ops:
+            done, self._done = self._done, None
+            done.callback(None)
+
+    # -- in a thread ------------------------------------------------------
+
+    def _filesystem(self) -> JailedFS:
+        if self._fs is None:
+            assert self.session is not None
+            self._fs = self._app.open_fs(self.session.user)
+        return self._fs
+
+    def _open(self, result: FileResult) -> None:
+        try:
+            path = join_path(self.directory, upload_name(result.name))
+            result.upload = self._filesystem().open_upload(path)
+        except VFSError as e:
+            result.error = friendly(e)
+        except AccountGone:
+            result.error = "Your account is no longer available."
+
+    def _write(self, result: FileResult, data: bytes) -> None:
+        if result.upload is None or result.error is not None:
+            return
+        try:
+            result.upload.write(data)
+        except VFSError as e:
+            result.error = friendly(e)
+            self._discard(result.upload)
+            result.upload = None
+
+    def _commit(self, result: FileResult) -> None:
+        upload, result.upload = result.upload, None
+        if upload is None or result.error is not None:
+            return
+        try:
+            upload.commit()
+        except VFSError as e:
+            result.error = friendly(e)
+
+    def _abort_all(self) -> None:
+        for result in self.results:
+            upload, result.upload = result.upload, None
+            if upload is not None and not upload.finished:
+                self._discard(upload)
+                if result.error is None:
+                    result.error = "Not stored: the upload did not complete."
+
+    def _discard(self, upload: Upload) -> None:
+        """
+        Abort without leaving a partial file behind.
+
+        ``Upload.abort`` keeps the bytes of a new file under its name so an
+        FTP client can resume; a browser cannot resume, and a half file that
+        looks whole is worse than none, so it is removed (when the account
+        may delete; otherwise it stays, as it would over FTP).
+        """
+        path, atomic = upload.path, upload.atomic
+        if upload.abort() is AbortOutcome.KEPT_PARTIAL and atomic:
+            try:
+                self._filesystem().remove(path)
+            except (VFSError, AccountGone):
+                pass
