@@ -14,8 +14,10 @@ protocol; both are normalised with
 L{rumpus_secure.accounts.hashing.normalise_text}, the same function used
 when the password was stored.
 
-Nothing is cached: every login reads the database, so a password change,
-lock or unlock made with the CLI works at once.
+Every login reads the database, so a password change, lock or unlock made
+with the CLI works at once.  An optional L{VerifierCache} lets a repeat
+login with the same name and password skip argon2id while the account's
+C{version} is unchanged (see L{rumpus_secure.accounts.verifier_cache}).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from rumpus_secure.accounts.hashing import (
     verify_password,
 )
 from rumpus_secure.accounts.store import IAccountStore
+from rumpus_secure.accounts.verifier_cache import VerifierCache
 
 _log = Logger()
 
@@ -71,6 +74,7 @@ class ArgonChecker:
     @param threadpool: where verification runs; see L{verify_thread_pool}.
     @param hasher: argon2 parameters for the dummy hash and for re-hashing;
         leave out in production.
+    @param cache: remembers recent successful verifications, or L{None}.
     """
 
     credentialInterfaces = (IUsernamePassword,)
@@ -81,11 +85,13 @@ class ArgonChecker:
         reactor: IReactorThreads,
         threadpool: ThreadPool | None = None,
         hasher: PasswordHasher | None = None,
+        cache: VerifierCache | None = None,
     ) -> None:
         self._store = store
         self._reactor = reactor
         self._threadpool = threadpool
         self._hasher = hasher
+        self.cache = cache
 
     def _pool(self) -> ThreadPool:
         return self._threadpool or self._reactor.getThreadPool()
@@ -129,7 +135,18 @@ class ArgonChecker:
     def _login(self, name: str, password: str) -> bytes:
         """
         In a thread: the whole login decision.
+
+        With a cache, the account is read first: its C{version} must be read
+        before the hash, so that a password change between the two reads can
+        only make the entry stale, never vouch for an old password.
         """
+        before = None
+        if self.cache is not None:
+            before = self._store.get(name)
+            if before is not None and self.cache.hit(name, password, _stamp(before)):
+                if before.locked:
+                    raise LockedAccountError(before.name, before.lock_reason)
+                return before.name.encode("utf-8")
         stored = self._store.password_hash(name)
         if not verify_password(stored, password, self._hasher):
             raise UnauthorizedLogin("wrong user name or password")
@@ -141,6 +158,8 @@ class ArgonChecker:
         if account.locked:
             raise LockedAccountError(account.name, account.lock_reason)
         self._rehash_if_needed(name, stored, password)
+        if self.cache is not None and before is not None:
+            self.cache.remember(name, password, _stamp(before))
         return account.name.encode("utf-8")
 
     def _rehash_if_needed(self, name: str, stored: str, password: str) -> None:
@@ -158,6 +177,17 @@ class ArgonChecker:
                 "could not store a re-hashed password for {account}: {error}",
                 account=name, error=str(e),
             )
+
+
+def _stamp(account: Any) -> tuple[int, float, float]:
+    """
+    What must not change for a cached verification to stay valid.
+
+    C{version} moves on every change; C{created} and C{password_changed}
+    tell a deleted and re-created account (whose version restarts at 1)
+    from the old one.
+    """
+    return (account.version, account.password_changed, account.created)
 
 
 def verify_thread_pool(
