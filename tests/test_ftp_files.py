@@ -478,3 +478,75 @@ def test_mlsx_line_for_symlink() -> None:
     entry = Entry("l", "symlink", 3, time.time(), 0o120777, "1g2")
     line = listing.mlsx_line(entry, "l", listing.DEFAULT_FACTS, ALL_PERMISSIONS)
     assert line.startswith("type=OS.unix=symlink;") and "perm=df;" in line
+
+
+# -- how a TLS data connection ends -----------------------------------------
+
+
+def _tls_options() -> tuple[Any, Any]:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    from twisted.internet.ssl import CertificateOptions
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256()))
+    server = CertificateOptions(privateKey=key, certificate=cert)
+    return server, CertificateOptions(verify=False)
+
+
+@pytest.mark.parametrize("close_notify", [True, False])
+def test_tls_upload_end_tells_truncation(close_notify: bool) -> None:
+    """
+    A clean TLS close (close_notify) reaches the DTP as ConnectionDone; a TCP
+    close without it as ConnectionLost: only the first commits an upload.
+    """
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.task import Clock
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+    from twisted.test.iosim import connectedServerAndClient
+
+    server_options, client_options = _tls_options()
+    received: list[bytes] = []
+
+    class Owner(Factory):
+        deferred: defer.Deferred[None] = defer.Deferred()
+
+        def buildProtocol(self, addr: Any) -> DataConnection:
+            dtp = DataConnection()
+            dtp._prepare()
+            dtp.factory = self
+            dtp.attach(received.append)
+            self.dtp = dtp
+            return dtp
+
+    owner = Owner()
+    clock = Clock()
+    server_factory = TLSMemoryBIOFactory(server_options, False, owner, clock=clock)
+    client_factory = TLSMemoryBIOFactory(
+        client_options, True, Factory.forProtocol(Protocol), clock=clock)
+    client, server, pump = connectedServerAndClient(
+        lambda: server_factory.buildProtocol(None),
+        lambda: client_factory.buildProtocol(None))
+    pump.flush()
+    client.write(b"upload data")
+    clock.advance(0)  # the TLS transport aggregates small writes
+    pump.flush()
+    if close_notify:
+        client.loseConnection()
+    else:
+        client.transport.loseConnection()  # TCP close, TLS layer bypassed
+    pump.flush()
+    assert b"".join(received) == b"upload data"
+    assert owner.dtp.lost_reason is not None
+    assert owner.dtp.ended_cleanly is close_notify
+    expected = error.ConnectionDone if close_notify else error.ConnectionLost
+    assert owner.dtp.lost_reason.check(expected)
