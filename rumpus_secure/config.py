@@ -250,6 +250,35 @@ OPTIONS: tuple[Option, ...] = (
            "Idle timeout of control connections in seconds.", "SECONDS"),
     Option("safe-list", (), _cidr_list,
            "Comma-separated addresses/CIDR networks never banned.", "CIDRS"),
+    Option("ban-threshold", 15, _count,
+           "Offence score that bans an address (failed login 1, login before "
+           "TLS 3, protocol garbage 5, failed TLS handshake 1); 0 turns "
+           "banning off.", "SCORE"),
+    Option("ban-window", 600.0, _seconds,
+           "Seconds an offence counts towards the ban threshold.", "SECONDS"),
+    Option("ban-time", 900.0, _seconds,
+           "Seconds of a first ban; each repeat ban doubles it.", "SECONDS"),
+    Option("ban-max-time", 86400.0, _seconds,
+           "Longest ban in seconds; also how long a past ban still counts "
+           "for doubling.", "SECONDS"),
+    Option("login-failure-delay", 1.0, _seconds,
+           "Seconds before a failed login is answered.", "SECONDS"),
+    Option("max-connections", 500, _count,
+           "Most FTP control connections at once; 0 for no limit.", "N"),
+    Option("max-connections-per-ip", 20, _count,
+           "Most FTP control connections from one address (safe-listed "
+           "addresses are exempt); 0 for no limit.", "N"),
+    Option("max-sessions-per-account", 10, _count,
+           "Most logged-in FTP sessions of one account at once; 0 for no "
+           "limit.", "N"),
+    Option("line-timeout", 30.0, _seconds,
+           "Seconds a client may take to finish an FTP command line it has "
+           "started (slow-client protection); 0 turns it off.", "SECONDS"),
+    Option("http-timeout", 60.0, _seconds,
+           "Idle timeout of HTTP and HTTPS connections in seconds.", "SECONDS"),
+    Option("login-cache-time", 300.0, _seconds,
+           "Seconds a successful login is remembered so that repeat logins "
+           "with the same password skip argon2id; 0 turns it off.", "SECONDS"),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -284,6 +313,17 @@ class ServerConfig:
     hsts_max_age: int = 31536000
     idle_timeout: float = 600.0
     safe_list: tuple[str, ...] = field(default=())
+    ban_threshold: int = 15
+    ban_window: float = 600.0
+    ban_time: float = 900.0
+    ban_max_time: float = 86400.0
+    login_failure_delay: float = 1.0
+    max_connections: int = 500
+    max_connections_per_ip: int = 20
+    max_sessions_per_account: int = 10
+    line_timeout: float = 30.0
+    http_timeout: float = 60.0
+    login_cache_time: float = 300.0
 
     @property
     def file_root(self) -> Path:

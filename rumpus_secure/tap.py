@@ -178,6 +178,7 @@ class Server:
     audit: Any
     reactor: Any = None
     exposure: Any = None
+    guard: Any = None
     ftp_factory: Any = None
     http_site: Any = None
     https_site: Any = None
@@ -268,12 +269,39 @@ def build_server(config: ServerConfig, reactor: Any) -> Server:
     audit = JSONLinesAuditLog(config.data_dir / "audit.log")
     # Argon2id holds 64 MiB per verification: a pool of its own bounds that
     # memory and keeps a login burst from starving other thread work.
-    checker = ArgonChecker(store, reactor, threadpool=verify_thread_pool(reactor))
+    cache = None
+    if config.login_cache_time > 0:
+        from rumpus_secure.accounts.verifier_cache import VerifierCache
+
+        cache = VerifierCache(ttl=config.login_cache_time)
+    checker = ArgonChecker(store, reactor, threadpool=verify_thread_pool(reactor),
+                           cache=cache)
     portal = Portal(FTPRealm(store), [checker])
     server = Server(config=config, store=store, checker=checker, portal=portal,
                     tls=tls, audit=audit, reactor=reactor)
     server.exposure = ExposureGuard(server, reactor)
+    server.guard = build_guard(server, reactor)
     return server
+
+
+def build_guard(server: Server, reactor: Any) -> Any:
+    """
+    The abuse guard, with the bans stored in the account database.
+
+    Loading the bans blocks; this runs in makeService, before the reactor.
+    """
+    from rumpus_secure.accounts.bans import SQLiteBanStore
+    from rumpus_secure.guard import Guard, GuardSettings
+
+    guard = Guard(
+        GuardSettings.from_config(server.config), reactor,
+        store=SQLiteBanStore(server.store.path), audit=server.audit,
+        run_in_thread=server.run_in_thread,
+    )
+    active = guard.load()
+    if active:
+        _log.info("{count} address ban(s) still active", count=active)
+    return guard
 
 
 def makeService(options: Any, reactor: Any = None) -> service.MultiService:
@@ -312,12 +340,14 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
         ).setServiceParent(top)
     if config.https:
         server.https_site = build_https_site(server, reactor)
+        server.https_site.timeOut = config.http_timeout
         ListenerService(
             "https", config.https, _endpoint(reactor, "https", config.https),
             server.tls.wrap_factory(server.https_site, [b"http/1.1"]),
         ).setServiceParent(top)
     if config.http:
         server.http_site = build_http_site(server, reactor)
+        server.http_site.timeOut = config.http_timeout
         ListenerService(
             "http", config.http, _endpoint(reactor, "http", config.http),
             server.http_site,

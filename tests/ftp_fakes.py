@@ -120,6 +120,7 @@ class FakeServer:
     portal: Portal
     threaded: list[Any] = field(default_factory=list)
     exposure: Any = None
+    guard: Any = None
 
     def run_in_thread(self, function: Any, *args: Any) -> defer.Deferred[Any]:
         self.threaded.append(function)

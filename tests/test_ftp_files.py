@@ -533,7 +533,7 @@ def test_tls_upload_end_tells_truncation(close_notify: bool) -> None:
     server_factory = TLSMemoryBIOFactory(server_options, False, owner, clock=clock)
     client_factory = TLSMemoryBIOFactory(
         client_options, True, Factory.forProtocol(Protocol), clock=clock)
-    client, server, pump = connectedServerAndClient(
+    client, _server, pump = connectedServerAndClient(
         lambda: server_factory.buildProtocol(None),
         lambda: client_factory.buildProtocol(None))
     pump.flush()

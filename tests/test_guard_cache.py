@@ -12,6 +12,8 @@ from argon2 import PasswordHasher
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.testing import MemoryReactorClock
 
+from rumpus_secure import tap
+from rumpus_secure.accounts.bans import Ban, SQLiteBanStore
 from rumpus_secure.accounts.checker import ArgonChecker, LockedAccountError
 from rumpus_secure.accounts.store import SQLiteAccountStore
 from rumpus_secure.accounts.verifier_cache import VerifierCache
@@ -166,3 +168,35 @@ def test_without_a_cache_every_login_verifies(store: SQLiteAccountStore,
     checker._login("alice", "right")
     checker._login("alice", "right")
     assert hasher.verifications == 2
+
+
+# -- assembly -----------------------------------------------------------
+
+
+class Reactor(MemoryReactorClock):
+    def getThreadPool(self) -> Any:  # pragma: no cover
+        raise AssertionError("no thread work expected")
+
+
+def test_make_service_builds_the_guard_and_loads_bans(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    reactor = Reactor()
+    reactor.advance(1_800_000_000)
+    tap.makeService({"data-dir": str(data)}, reactor=reactor)
+    SQLiteBanStore(data / "accounts.sqlite3").save(
+        Ban("192.0.2.1", 1_800_000_600, 0, "login_failed", 1_800_000_000))
+
+    top = tap.makeService({"data-dir": str(data), "ban-threshold": "4",
+                           "login-cache-time": "60", "http-timeout": "45",
+                           "safe-list": "127.0.0.0/8"}, reactor=reactor)
+    server = top.server  # type: ignore[attr-defined]
+    assert server.guard.settings.threshold == 4
+    assert server.guard.is_banned("::ffff:192.0.2.1") is not None
+    assert server.guard.is_safe("127.0.0.1")
+    assert server.checker.cache.ttl == 60
+    assert server.https_site.timeOut == 45 and server.http_site.timeOut == 45
+    assert server.ftp_factory.guard is server.guard
+
+    off = tap.makeService({"data-dir": str(data), "login-cache-time": "0"},
+                          reactor=reactor)
+    assert off.server.checker.cache is None  # type: ignore[attr-defined]

@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from rumpus_secure.ftp import data as data_channel
 from rumpus_secure.ftp.files import FileCommands
+from rumpus_secure.guard import FTP_OFFENCES
 from rumpus_secure.ftp.policy import (
     AUTH_MECHANISMS,
     ControlPolicy,
@@ -94,6 +95,10 @@ class ControlProtocol(FileCommands, ftp.FTP):
         self._closing = False
         self._user: str | None = None
         self.workingDirectory: list[str] = []
+        self.guard: Any = session_factory.guard
+        self._counted_host: str | None = None
+        self._session_account: str | None = None
+        self._line_timer: Any = None
 
     # -- plumbing -------------------------------------------------------
 
@@ -113,6 +118,14 @@ class ControlProtocol(FileCommands, ftp.FTP):
             software=self.client_software,
             **fields,
         )
+        kind = FTP_OFFENCES.get(event)
+        if kind is not None and self.guard is not None:
+            self.guard.offence(self.client_host, kind, protocol=self._protocol_name,
+                               account=fields.get("account"))
+
+    @property
+    def _protocol_name(self) -> str:
+        return "ftps-implicit" if self.implicit else "ftp"
 
     def sendLine(self, line: str | bytes) -> None:
         if isinstance(line, str):
@@ -138,6 +151,8 @@ class ControlProtocol(FileCommands, ftp.FTP):
     def connectionMade(self) -> None:
         self.state = self.UNAUTH
         self.setTimeout(self.timeOut)
+        if self._refused_by_guard():
+            return
         if not self.implicit and self.policy.plain_port_closed:
             self.sendLine(self.policy.implicit_only_greeting())
             self._audit("ftp.plain_port_refused", outcome="closed")
@@ -147,6 +162,34 @@ class ControlProtocol(FileCommands, ftp.FTP):
             self.sendLine(self._greeting())
         # On the implicit port the greeting waits for handshakeCompleted: a
         # client that speaks plaintext there never sees a banner.
+
+    def _refused_by_guard(self) -> bool:
+        """
+        Greet a banned address, or one over a connection limit, with 421.
+
+        On the implicit port the 421 goes out once the handshake is done.
+        """
+        guard = self.guard
+        if guard is None:
+            return False
+        host = self.client_host
+        ban = guard.check(host, self._protocol_name)
+        if ban is not None:
+            reply = "421 " + guard.message(ban)
+        else:
+            over = guard.connection_opened(host, self._protocol_name)
+            if over is None:
+                self._counted_host = host
+                return False
+            if over.scope == "address":
+                reply = (f"421 Too many connections from your address "
+                         f"(limit {over.limit}); try again later.")
+            else:
+                reply = (f"421 Too many connections to this server "
+                         f"(limit {over.limit}); try again later.")
+        self.sendLine(reply)
+        self.close()
+        return True
 
     def _greeting(self) -> str:
         if self.secure or self.policy.mode == "allow-plain":
@@ -162,7 +205,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
             self.tls_version = connection.get_protocol_version_name()
         self._audit("ftp.tls_established", outcome="ok",
                     mode="implicit" if self.implicit else "explicit")
-        if self.implicit:
+        if self.implicit and not self._closing:
             self.sendLine(self._greeting())
 
     def _tls_connection(self) -> SSL.Connection | None:
@@ -184,6 +227,11 @@ class ControlProtocol(FileCommands, ftp.FTP):
         if self._drain_call is not None and self._drain_call.active():
             self._drain_call.cancel()
         self._drain_call = None
+        self._cancel_line_timer()
+        self._end_session()
+        if self._counted_host is not None:
+            self.guard.connection_closed(self._counted_host)
+            self._counted_host = None
         if self._watch is not None:
             self._watch.connection_lost()
         super().connectionLost(reason)
@@ -245,7 +293,11 @@ class ControlProtocol(FileCommands, ftp.FTP):
         result = defer.maybeDeferred(self._dispatch, verb, argument)
         result.addCallbacks(self._replied, self._failed)
         result.addErrback(self._reply_failed)
-        if result.called:
+        done: list[bool] = []
+        result.addBoth(done.append)
+        # Not result.called: a Deferred waiting on one its callback returned
+        # (a delayed login failure) is called but not finished.
+        if done:
             return
         self._busy = True
         result.addBoth(self._finished)
@@ -342,6 +394,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
         """
         if self.dtpFactory is not None:
             self.cleanupDTP()
+        self._end_session()
         if self.shell is not None and getattr(self, "logout", None):
             self.logout()
         self.shell = None
@@ -460,8 +513,18 @@ class ControlProtocol(FileCommands, ftp.FTP):
         d = self.session_factory.portal.login(creds, self.session_factory.shared.server,
                                               IFileShell)
 
-        def logged_in(result: Any) -> str:
+        def logged_in(result: Any) -> str | None:
             interface, avatar, logout = result
+            if self.guard is not None:
+                if not self.guard.session_started(name):
+                    logout()
+                    self._audit("ftp.login", account=name, outcome="too-many-sessions")
+                    limit = self.guard.settings.max_sessions_per_account
+                    self.sendLine(f"421 Too many sessions for this account "
+                                  f"(limit {limit}); try again later.")
+                    self.close()
+                    return None
+                self._session_account = name
             self.shell = avatar
             self.logout = logout
             self.account = name
@@ -470,7 +533,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
             self._audit("ftp.login", account=name, outcome="ok")
             return f"230 Welcome, {name[:64]}: logged in."
 
-        def refused(failure: Failure) -> str:
+        def refused(failure: Failure) -> Any:
             from rumpus_secure.accounts.checker import LockedAccountError
 
             if failure.check(LockedAccountError):
@@ -480,9 +543,68 @@ class ControlProtocol(FileCommands, ftp.FTP):
                         "Ask your administrator to unlock it or reset the password.")
             failure.trap(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials)
             self._audit("ftp.login", account=name, outcome="failed")
-            return "530 Login incorrect."
+            return self._login_failed(name)
 
         return d.addCallbacks(logged_in, refused)
+
+    def _login_failed(self, name: str) -> Any:
+        """
+        Score the failure and answer after the delay (421 and close if banned).
+
+        The command loop waits for the reply, so pipelined guesses on this
+        connection wait too; other connections are not held up.
+        """
+        guard = self.guard
+        if guard is None:
+            return "530 Login incorrect."
+        ban = guard.offence(self.client_host, "login_failed",
+                            protocol=self._protocol_name, account=name)
+        if ban is None:
+            return guard.delayed("530 Login incorrect.")
+
+        def banned(ignored: Any) -> None:
+            self.sendLine("421 " + guard.message(ban))
+            self.close()
+
+        return guard.delayed(None).addCallback(banned)
+
+    def _end_session(self) -> None:
+        if self._session_account is not None and self.guard is not None:
+            self.guard.session_ended(self._session_account)
+        self._session_account = None
+
+    # -- slow clients ------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self._watch_partial_line(b"\n" in data)
+
+    def _watch_partial_line(self, completed_a_line: bool) -> None:
+        """
+        Close a connection whose started command line does not finish in time.
+
+        The clock starts when a line is started and is not reset by further
+        bytes of the same line (a slowloris sends one byte at a time).
+        """
+        timeout = self.config.line_timeout
+        if not getattr(self, "_buffer", b"") or self._closing or timeout <= 0:
+            self._cancel_line_timer()
+            return
+        if self._line_timer is not None and completed_a_line:
+            self._cancel_line_timer()
+        if self._line_timer is None:
+            self._line_timer = self.reactor.callLater(timeout, self._line_timed_out)
+
+    def _cancel_line_timer(self) -> None:
+        if self._line_timer is not None and self._line_timer.active():
+            self._line_timer.cancel()
+        self._line_timer = None
+
+    def _line_timed_out(self) -> None:
+        self._line_timer = None
+        self._audit("ftp.slow_line", outcome="closed")
+        self.sendLine("421 Command line not completed in time; closing.")
+        self.close()
 
     # -- cleartext credentials -----------------------------------------
 
@@ -605,6 +727,7 @@ class ControlFactory(protocol.ServerFactory):
         self.portal = shared.portal
         self.passive_port_range = shared.passive_port_range
         self.timeOut = self.config.idle_timeout
+        self.guard = shared.guard
 
     @property
     def tls_context(self) -> Any:
@@ -645,6 +768,7 @@ class FTPFactories:
         else:
             self.passive_port_range = range(0, 1)
         self.exposure = server.exposure
+        self.guard = getattr(server, "guard", None)
 
     def plain(self) -> ControlFactory:
         return ControlFactory(self, implicit=False)
