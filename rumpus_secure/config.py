@@ -215,6 +215,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("key", None, _optional_path, "PEM private key for --cert.", "FILE"),
     Option("allow-expired", False, _on_off,
            "Start even if the certificate has expired (on/off).", "on|off"),
+    Option("cert-check-interval", 60.0, _seconds,
+           "Seconds between checks of the certificate and key files for a "
+           "change (reloaded without a restart; SIGHUP reloads at once); "
+           "0 turns the periodic check off.", "SECONDS"),
     Option("ftp-security", "require-tls",
            _choice("require-tls", "allow-plain", "implicit-only"),
            "FTP control policy: require-tls, allow-plain or implicit-only.",
@@ -300,6 +304,7 @@ class ServerConfig:
     cert: Path | None = None
     key: Path | None = None
     allow_expired: bool = False
+    cert_check_interval: float = 60.0
     ftp_security: str = "require-tls"
     exposed_password: str = "quarantine"
     cleartext_grace: float = 2.0

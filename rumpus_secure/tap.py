@@ -352,4 +352,10 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
             "http", config.http, _endpoint(reactor, "http", config.http),
             server.http_site,
         ).setServiceParent(top)
+    from rumpus_secure.reload import ReloadService
+
+    ReloadService(
+        server.tls, reactor, config.cert_check_interval,
+        audit=server.audit, reactor=reactor,
+    ).setServiceParent(top)
     return top

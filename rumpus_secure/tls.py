@@ -217,6 +217,8 @@ class TLSContextSource:
         self._clock = clock
         self._session_timeout = session_timeout
         self._creators: dict[tuple[bytes, ...], _ProfileCreator] = {}
+        #: Why the last L{reload} kept the old certificate, or L{None}.
+        self.last_error: str | None = None
         self._signature = self._file_signature()
         self._material = self._read()
         self._contexts: dict[tuple[bytes, ...], SSL.Context] = {
@@ -282,6 +284,7 @@ class TLSContextSource:
         logged, and C{False} is returned.
         """
         self._signature = self._file_signature()
+        self.last_error = None
         try:
             material = self._read()
             contexts = {
@@ -289,6 +292,7 @@ class TLSContextSource:
                 for profile in self._contexts
             }
         except TLSConfigError as e:
+            self.last_error = str(e)
             _log.error(
                 "Keeping the current TLS certificate, the new files are unusable:"
                 " {reason}",
