@@ -239,6 +239,14 @@ def _covers(cert: x509.Certificate, host: str) -> bool:
     return True
 
 
+def covers_host(cert: x509.Certificate, host: str) -> bool:
+    """
+    Whether C{cert} is valid for C{host} (a DNS name or an IP address), by
+    the rules clients apply (RFC 6125, through C{service_identity}).
+    """
+    return _covers(cert, host)
+
+
 def load_material(
     cert_path: Path,
     key_path: Path,

@@ -5,6 +5,8 @@ The ``rumpus-secure`` admin command.
 
     rumpus-secure [--config FILE] [--data-dir DIR] [--root DIR] user add NAME ...
     rumpus-secure ... user passwd|list|lock|unlock|del ...
+    rumpus-secure ... audit [--since WHEN] [--json]
+    rumpus-secure ... check [SERVER OPTIONS] [--host ADDR] [--strict]
 
 It works on the same files as the running server: give it the server's
 ``--config`` (or the same ``--data-dir``/``--root``) and changes take effect
@@ -39,7 +41,7 @@ from rumpus_secure.accounts.store import (
     format_permissions,
     parse_permissions,
 )
-from rumpus_secure.config import ConfigError, ServerConfig, build_config
+from rumpus_secure.config import OPTIONS, ConfigError, ServerConfig, build_config
 
 PROG = "rumpus-secure"
 GENERATED_PASSWORD_BYTES = 15  # 20 URL-safe characters
@@ -290,10 +292,116 @@ def add_user_command(subparsers: Any) -> None:
     delete.set_defaults(handler=_user_del)
 
 
+# -- audit ------------------------------------------------------------------
+
+
+def _since(text: str) -> Any:
+    from rumpus_secure.report import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _audit(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``audit``: the report from the audit log (and its rotated files).
+    """
+    import json
+
+    from rumpus_secure.report import as_json, build_report, format_text
+
+    account_locked = None
+    if (context.config.data_dir / DATABASE_NAME).exists():
+        store = context.open_store()
+
+        def account_locked(name: str) -> bool | None:
+            account = store.get(name)
+            return None if account is None else account.locked
+
+    report = build_report(
+        context.config.data_dir / "audit.log", since=args.since,
+        account_locked=account_locked,
+    )
+    if args.json:
+        context.stdout.write(json.dumps(as_json(report), indent=2) + "\n")
+    else:
+        context.stdout.write(format_text(report))
+    return 0
+
+
+def add_audit_command(subparsers: Any) -> None:
+    """
+    ``audit [--since WHEN] [--json]``: what the audit log says.
+    """
+    audit = subparsers.add_parser(
+        "audit", help="report from the audit log: cleartext clients, exposed "
+        "passwords, bans, failed logins",
+    )
+    audit.add_argument(
+        "--since", metavar="WHEN", type=_since, default=None,
+        help="only events since WHEN: a UTC date/time (2025-03-01, "
+        "2025-03-01T08:00) or an age (90m, 24h, 7d, 2w)",
+    )
+    audit.add_argument("--json", action="store_true",
+                       help="machine-readable output with the same content")
+    audit.set_defaults(handler=_audit)
+
+
+# -- check ------------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``check``: probe the running server's listeners like an outside client.
+    """
+    from rumpus_secure.selfcheck import exit_status, format_results, run_checks
+
+    results = run_checks(context.config, host=args.host)
+    context.stdout.write(format_results(results))
+    return exit_status(results, strict=args.strict)
+
+
+def add_check_command(subparsers: Any) -> None:
+    """
+    ``check``: the server's own options, then probes of its ports.
+
+    Every server option is accepted with the same name (and read from the
+    same ``--config`` file), so the check is run with the server's own
+    command line; each lands in L{Context.config}.
+    """
+    check = subparsers.add_parser(
+        "check", help="probe the running server's ports from outside: TLS "
+        "required, versions, ALPN, redirect, HSTS, certificate",
+        description="Takes the same options as 'twistd rumpus-secure'; "
+        "exit status 0 when no check failed.",
+    )
+    check.add_argument(
+        "--config", metavar="FILE", default=argparse.SUPPRESS,
+        help="the server's TOML configuration",
+    )
+    for option in OPTIONS:
+        check.add_argument(
+            f"--{option.name}", dest=option.attribute, metavar=option.metavar,
+            default=argparse.SUPPRESS, help=option.help,
+        )
+    check.add_argument(
+        "--host", metavar="ADDR", default=None,
+        help="address to connect to [default: each listener's interface, "
+        "or 127.0.0.1 / ::1]",
+    )
+    check.add_argument("--strict", action="store_true",
+                       help="warnings fail the check too (exit status 1)")
+    check.set_defaults(handler=_check)
+
+
 # -- assembly ---------------------------------------------------------------
 
 COMMANDS: list[Callable[[Any], None]] = [
     add_user_command,
+    add_audit_command,
+    add_check_command,
 ]
 
 
@@ -327,10 +435,11 @@ def _config(args: argparse.Namespace) -> ServerConfig:
     The server configuration as the server would see it, for these options.
     """
     given = {}
-    if args.data_dir is not None:
-        given["data-dir"] = args.data_dir
-    if args.root is not None:
-        given["root"] = args.root
+    for option in OPTIONS:
+        # --data-dir and --root always; a subcommand may add any other.
+        value = getattr(args, option.attribute, None)
+        if value is not None:
+            given[option.name] = value
     return build_config(given, args.config)
 
 
