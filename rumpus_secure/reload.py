@@ -10,8 +10,9 @@ matching, expired, not PEM) is refused: the old certificate stays in service,
 and the reason goes to the log and to the audit trail as ``tls.reload`` with
 ``outcome`` ``failed``.
 
-The same periodic check warns once a day while the certificate expires
-within 30 days, so a long-running server does not go quietly from "valid" to
+The same periodic check warns once a day (the first time a day after
+start-up, which warns on its own) while the certificate expires within 30
+days, so a long-running server does not go quietly from "valid" to
 "expired" between restarts.
 
 ``SIGHUP``: twistd itself uses ``SIGUSR1`` (log rotation) and the reactor
@@ -92,7 +93,9 @@ class ReloadService(service.Service):
             )
         if self.reactor is not None:
             self._install_signal_handler()
-        self._nag_if_expiring()
+        # Start-up has just warned about the certificate; the next reminder
+        # is due a day from now.
+        self._last_nag = self.clock.seconds()  # type: ignore[misc]
 
     def stopService(self) -> Any:
         if self._loop is not None and self._loop.running:
