@@ -235,6 +235,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("data-tls-reuse", "required", _choice("required", "optional"),
            "Data connections must resume the control connection's TLS "
            "session: required or optional.", "MODE"),
+    Option("data-tls-strict-eof", True, _on_off,
+           "An upload that ends without TLS close_notify is truncated and not "
+           "committed (on), or is accepted (off).", "on|off"),
+    Option("data-connect-timeout", 30.0, _seconds,
+           "Seconds a client has to open a data connection after PASV/PORT.",
+           "SECONDS"),
+    Option("data-idle-timeout", 120.0, _seconds,
+           "Seconds a data connection may make no progress before it is "
+           "aborted.", "SECONDS"),
     Option("passive-ports", None, _port_range,
            "Passive data port range LOW-HIGH [default: any free port].", "LOW-HIGH"),
     Option("passive-address", None, _optional_address,
@@ -310,6 +319,9 @@ class ServerConfig:
     cleartext_grace: float = 2.0
     data_tls: str = "required"
     data_tls_reuse: str = "required"
+    data_tls_strict_eof: bool = True
+    data_connect_timeout: float = 30.0
+    data_idle_timeout: float = 120.0
     passive_ports: tuple[int, int] | None = None
     passive_address: str | None = None
     public_https_port: int | None = None

@@ -2,71 +2,142 @@
 The FTP file commands, driven in memory over a real jailed home in tmp_path.
 
 Control lines go through L{ControlProtocol.dataReceived}; the data
-connection is the DTP that PASV's (fake) listening port builds, connected
-to a L{StringTransport}.  Disk work runs synchronously (the fake server's
-``run_in_thread``) unless a test holds it back with L{ManualThreads}.
+connection is one end of a real loopback TCP connection (the other end is a
+L{DataClient} thread), and the transfer engine's worker runs in a thread that
+L{ThreadEngine} settles on the test's thread.  Disk work outside transfers
+runs synchronously (the fake server's ``run_in_thread``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import struct
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import defer, error
-from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
+from twisted.internet import defer
 
 from rumpus_secure.ftp import listing
-from rumpus_secure.ftp.file_transfers import DataConnection
+from rumpus_secure.ftp import transfer
+from rumpus_secure.ftp.transfer import TransferHandle
 from rumpus_secure.vfs import ALL_PERMISSIONS, TEMP_PREFIX, Entry
 
 from .ftp_fakes import connect, make_server
 
 
-class ManualThreads:
-    """``run_in_thread`` that runs nothing until told to."""
+class ThreadEngine:
+    """
+    The transfer engine's worker logic in real threads, settled on demand.
+
+    Each transfer runs the real worker function on a real loopback socket;
+    L{settle} joins the threads and fires their Deferreds on the test's
+    thread, so the memory reactor never has to receive callFromThread.
+    """
 
     def __init__(self) -> None:
-        self.calls: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+        self.running: list[tuple[threading.Thread, dict[str, Any], defer.Deferred[Any]]] = []
 
-    def run(self, function: Any, *args: Any) -> defer.Deferred[Any]:
+    def run(self, connect: Any, tls: Any, job: Any, handle: TransferHandle) -> TransferHandle:
+        box: dict[str, Any] = {}
         d: defer.Deferred[Any] = defer.Deferred()
-        self.calls.append((function, args, d))
-        return d
+        handle.result = d
 
-    def step(self) -> None:
-        function, args, d = self.calls.pop(0)
+        def work() -> None:
+            box["result"] = transfer._run(connect, tls, job, handle, 5.0)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        self.running.append((thread, box, d))
+        return handle
+
+    def settle(self) -> None:
+        running, self.running = self.running, []
+        for thread, box, d in running:
+            thread.join(10)
+            assert not thread.is_alive(), "a transfer thread is stuck"
+            d.callback(box["result"])
+
+
+class DataClient:
+    """
+    The FTP client's end of a data connection, served by a thread.
+    """
+
+    def __init__(self, sock: socket.socket, upload: bytes | None = None,
+                 reset: bool = False, hold: threading.Event | None = None) -> None:
+        self.sock = sock
+        self.received = bytearray()
+        self.thread = threading.Thread(target=self._serve, args=(upload, reset, hold),
+                                       daemon=True)
+        self.thread.start()
+
+    def _serve(self, upload: bytes | None, reset: bool, hold: threading.Event | None) -> None:
+        sock = self.sock
         try:
-            result = function(*args)
-        except BaseException:  # noqa: BLE001 (handed to the Deferred)
-            d.errback(Failure())
-        else:
-            d.callback(result)
+            if upload is not None:
+                sock.sendall(upload)
+                if hold is not None:
+                    hold.wait(10)
+                if reset:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                    struct.pack("ii", 1, 0))
+                    return
+                sock.shutdown(socket.SHUT_WR)
+            elif hold is not None:
+                self.received += sock.recv(1024)
+                hold.wait(10)
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                self.received += chunk
+        except OSError:
+            pass
+        finally:
+            sock.close()
 
-    def flush(self) -> None:
-        while self.calls:
-            function, args, d = self.calls.pop(0)
-            try:
-                result = function(*args)
-            except BaseException:  # noqa: BLE001 (handed to the Deferred)
-                d.errback(Failure())
-            else:
-                d.callback(result)
+    def data(self) -> bytes:
+        self.thread.join(10)
+        return bytes(self.received)
+
+
+class SocketSource:
+    """
+    A data source that hands over one end of a real loopback connection.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.used = False
+
+    def connector(self) -> defer.Deferred[Any]:
+        self.used = True  # the engine owns the socket from now on
+        return defer.succeed(lambda: self.sock)
+
+    def close(self) -> None:
+        if not self.used:
+            self.sock.close()
+
+
+def loopback_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return server, client
 
 
 class Session:
-    def __init__(self, tmp_path: Path, perms: frozenset[str] = ALL_PERMISSIONS,
-                 threads: ManualThreads | None = None) -> None:
+    def __init__(self, tmp_path: Path, perms: frozenset[str] = ALL_PERMISSIONS) -> None:
         self.server = make_server(tmp_path, ftp_security="allow-plain")
         self.server.store.accounts["alice"].perms = frozenset(perms)
-        if threads is not None:
-            self.server.run_in_thread = threads.run  # type: ignore[method-assign]
-        self.threads = threads
+        self.engine = self.server.transfer_engine = ThreadEngine()
         self.home = self.server.store.get("alice").home
         self.proto, self.transport, self.reactor = connect(self.server)
         self.transport.clear()
@@ -76,8 +147,7 @@ class Session:
 
     def flush(self) -> None:
         for _ in range(5):
-            if self.threads is not None:
-                self.threads.flush()
+            self.engine.settle()
             self.reactor.advance(0)
 
     def send(self, *lines: str) -> list[str]:
@@ -87,31 +157,24 @@ class Session:
             self.flush()
         return self.transport.lines()
 
-    def open_data(self) -> tuple[DataConnection, StringTransport]:
+    def open_data(self, **client: Any) -> DataClient:
         [reply] = self.send("PASV")
         assert reply.startswith("227 "), reply
-        factory = self.reactor.tcpServers[-1][1]
-        dtp = factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 50000))
-        data = StringTransport()
-        dtp.makeConnection(data)
-        self.flush()
-        assert isinstance(dtp, DataConnection)
-        return dtp, data
+        server_end, client_end = loopback_pair()
+        self.proto.data_source.close()  # the real listener: not used in memory
+        self.proto.data_source = SocketSource(server_end)
+        return DataClient(client_end, **client)
 
     def retr(self, command: str) -> tuple[list[str], bytes]:
-        _dtp, data = self.open_data()
+        client = self.open_data()
         replies = self.send(command)
-        return replies, data.value()
+        return replies, client.data()
 
     def stor(self, command: str, payload: bytes, clean: bool = True) -> list[str]:
-        dtp, _data = self.open_data()
+        client = self.open_data(upload=payload, reset=not clean)
         replies = self.send(command)
-        dtp.dataReceived(payload)
-        reason = error.ConnectionDone() if clean else error.ConnectionLost()
-        self.transport.clear()
-        dtp.connectionLost(Failure(reason))
-        self.flush()
-        return replies + self.transport.lines()
+        client.data()
+        return replies
 
     def disk(self) -> dict[str, bytes]:
         found = {}
@@ -427,42 +490,47 @@ def test_line_end_converters_across_chunks() -> None:
 
 
 def test_abor_during_upload(tmp_path: Path) -> None:
-    threads = ManualThreads()
-    s = Session(tmp_path, threads=threads)
+    s = Session(tmp_path)
     (s.home / "f").write_bytes(b"old")
-    dtp, data = s.open_data()
-    assert codes(s.send("STOR f")) == ["150"]
-    dtp.dataReceived(b"partial")
+    hold = threading.Event()
+    client = s.open_data(upload=b"partial", hold=hold)
     s.transport.clear()
+    s.proto.dataReceived(b"STOR f\r\n")
+    for _ in range(200):  # wait for the worker to have read the bytes
+        if s.proto._transfer is not None and s.proto._transfer.bytes == 7:
+            break
+        time.sleep(0.01)
     s.proto.dataReceived(b"STAT\r\n")
-    [status] = s.transport.lines()
-    assert status.startswith("213 STOR /f: 7 bytes")
-    s.transport.clear()
+    assert s.transport.lines()[-1].startswith("213 STOR /f: 7 bytes")
     s.proto.dataReceived(b"\xff\xf4\xff\xf2ABOR\r\n")
-    assert data.disconnecting or dtp.transport.disconnecting
-    dtp.connectionLost(Failure(error.ConnectionAborted()))
+    hold.set()
+    client.data()
     s.flush()
-    replies = s.transport.lines()
-    assert codes(replies) == ["426", "226"], replies
-    assert "ABOR" in replies[0] and "unchanged" in replies[0]
+    replies = [r for r in s.transport.lines() if not r.startswith("213 ")]
+    assert codes(replies) == ["150", "426", "226"], replies
+    assert "ABOR" in replies[1] and "unchanged" in replies[1]
     assert s.disk() == {"f": b"old"}
     assert codes(s.send("NOOP")) == ["200"]
 
 
 def test_abor_during_download(tmp_path: Path) -> None:
-    threads = ManualThreads()
-    s = Session(tmp_path, threads=threads)
-    (s.home / "f").write_bytes(os.urandom(3 * 256 * 1024))
-    _dtp, data = s.open_data()
+    s = Session(tmp_path)
+    (s.home / "f").write_bytes(os.urandom(32 * 1024 * 1024))
+    hold = threading.Event()
+    client = s.open_data(hold=hold)  # reads 1 KiB, then stops reading
     s.transport.clear()
     s.proto.dataReceived(b"RETR f\r\n")
-    threads.step()  # open
-    threads.step()  # first chunk
-    assert 0 < len(data.value()) < 3 * 256 * 1024
+    for _ in range(200):
+        if s.proto._transfer is not None and s.proto._transfer.bytes > 0:
+            break
+        time.sleep(0.01)
     s.proto.dataReceived(b"ABOR\r\n")
     s.flush()
+    hold.set()
+    client.data()
     replies = s.transport.lines()
     assert codes(replies) == ["150", "426", "226"], replies
+    assert len(client.received) < 32 * 1024 * 1024
     assert codes(s.send("ABOR")) == ["226"]
 
 
@@ -478,75 +546,3 @@ def test_mlsx_line_for_symlink() -> None:
     entry = Entry("l", "symlink", 3, time.time(), 0o120777, "1g2")
     line = listing.mlsx_line(entry, "l", listing.DEFAULT_FACTS, ALL_PERMISSIONS)
     assert line.startswith("type=OS.unix=symlink;") and "perm=df;" in line
-
-
-# -- how a TLS data connection ends -----------------------------------------
-
-
-def _tls_options() -> tuple[Any, Any]:
-    from datetime import UTC, datetime, timedelta
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    from twisted.internet.ssl import CertificateOptions
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now - timedelta(days=1))
-            .not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256()))
-    server = CertificateOptions(privateKey=key, certificate=cert)
-    return server, CertificateOptions(verify=False)
-
-
-@pytest.mark.parametrize("close_notify", [True, False])
-def test_tls_upload_end_tells_truncation(close_notify: bool) -> None:
-    """
-    A clean TLS close (close_notify) reaches the DTP as ConnectionDone; a TCP
-    close without it as ConnectionLost: only the first commits an upload.
-    """
-    from twisted.internet.protocol import Factory, Protocol
-    from twisted.internet.task import Clock
-    from twisted.protocols.tls import TLSMemoryBIOFactory
-    from twisted.test.iosim import connectedServerAndClient
-
-    server_options, client_options = _tls_options()
-    received: list[bytes] = []
-
-    class Owner(Factory):
-        deferred: defer.Deferred[None] = defer.Deferred()
-
-        def buildProtocol(self, addr: Any) -> DataConnection:
-            dtp = DataConnection()
-            dtp._prepare()
-            dtp.factory = self
-            dtp.attach(received.append)
-            self.dtp = dtp
-            return dtp
-
-    owner = Owner()
-    clock = Clock()
-    server_factory = TLSMemoryBIOFactory(server_options, False, owner, clock=clock)
-    client_factory = TLSMemoryBIOFactory(
-        client_options, True, Factory.forProtocol(Protocol), clock=clock)
-    client, _server, pump = connectedServerAndClient(
-        lambda: server_factory.buildProtocol(None),
-        lambda: client_factory.buildProtocol(None))
-    pump.flush()
-    client.write(b"upload data")
-    clock.advance(0)  # the TLS transport aggregates small writes
-    pump.flush()
-    if close_notify:
-        client.loseConnection()
-    else:
-        client.transport.loseConnection()  # TCP close, TLS layer bypassed
-    pump.flush()
-    assert b"".join(received) == b"upload data"
-    assert owner.dtp.lost_reason is not None
-    assert owner.dtp.ended_cleanly is close_notify
-    expected = error.ConnectionDone if close_notify else error.ConnectionLost
-    assert owner.dtp.lost_reason.check(expected)

@@ -19,6 +19,7 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.python.threadpool import ThreadPool
 
+from rumpus_secure.ftp.listing import LineEndDecoder, LineEndEncoder
 from rumpus_secure.ftp.passive import DataConnectionTimeout, PassiveListener
 from rumpus_secure.ftp.transfer import (
     Outcome,
@@ -309,7 +310,7 @@ async def test_ascii_conversion(engine: TransferEngine) -> None:
     passive = listener()
     client = deferToThread(plain_client, passive.port)
     sock = await passive.wait()
-    handle = engine.run(lambda: sock, None, send_file(io.BytesIO(b"a\nb\r\nc\n"), ascii=True))
+    handle = engine.run(lambda: sock, None, send_file(io.BytesIO(b"a\nb\r\nc\n"), LineEndEncoder()))
     await handle.result
     assert await client == b"a\r\nb\r\nc\r\n"
 
@@ -317,7 +318,7 @@ async def test_ascii_conversion(engine: TransferEngine) -> None:
     client = deferToThread(plain_client, passive.port, b"x\r\ny\r\n")
     sock = await passive.wait()
     sink = Sink()
-    handle = engine.run(lambda: sock, None, receive_into(sink, ascii=True))
+    handle = engine.run(lambda: sock, None, receive_into(sink, LineEndDecoder()))
     await handle.result
     await client
     assert bytes(sink.buffer) == b"x\ny\n"

@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from rumpus_secure.ftp import data as data_channel
 from rumpus_secure.ftp.files import FileCommands
+from rumpus_secure.ftp.transfer import TransferEngine
 from rumpus_secure.guard import FTP_OFFENCES
 from rumpus_secure.ftp.policy import (
     AUTH_MECHANISMS,
@@ -234,6 +235,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
             self._counted_host = None
         if self._watch is not None:
             self._watch.connection_lost()
+        self.close_data()
         super().connectionLost(reason)
 
     def timeoutConnection(self) -> None:
@@ -392,8 +394,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
         """
         Forget login and transfer state (RFC 4217 section 4.2, and REIN).
         """
-        if self.dtpFactory is not None:
-            self.cleanupDTP()
+        self.close_data()
         self._end_session()
         if self.shell is not None and getattr(self, "logout", None):
             self.logout()
@@ -769,6 +770,9 @@ class FTPFactories:
             self.passive_port_range = range(0, 1)
         self.exposure = server.exposure
         self.guard = getattr(server, "guard", None)
+        self.data_connect_timeout = self.config.data_connect_timeout
+        self.engine = getattr(server, "transfer_engine", None) or TransferEngine(
+            reactor, idle_timeout=self.config.data_idle_timeout)
 
     def plain(self) -> ControlFactory:
         return ControlFactory(self, implicit=False)

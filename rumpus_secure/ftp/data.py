@@ -1,116 +1,107 @@
 """
-Data connections: PASV, EPSV, PORT and EPRT, under TLS when PROT P.
+Data-connection set-up commands: PASV, EPSV, PORT and EPRT.
 
-On data connections the FTP client is always the TLS client (RFC 4217
-section 7), for passive and active set-up alike, so we wrap the data factory
-as a TLS I{server} in both directions.  The context is the control
-connection's own, so a client can resume the control session.
+Each command leaves one I{data source} on the control protocol
+(C{control.data_source}); the next transfer command takes it, uses it once
+and closes it.  A passive source is a L{PassiveListener} that accepts only
+the control connection's peer; an active source connects, when the transfer
+starts, only to the control peer's own address on a port from 1024 up
+(bounce protection).  Both refusals are audited.
 
-Passive connections are accepted only from the control connection's peer;
-active connections go only to the control peer's address on ports from 1024
-up (bounce protection).  Both refusals are audited.
+Nothing here waits: PASV answers at once and the client may connect before
+or after it sends the transfer command.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.protocols import ftp
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from rumpus_secure.tls import pinned_context_factory
+from rumpus_secure.ftp.passive import PassiveListener, active_connector, normalise_host
+
+__all__ = [
+    "ActiveSource",
+    "PassiveSource",
+    "active",
+    "extended_passive",
+    "normalise_host",
+    "passive",
+]
+
+Connect = Callable[[], socket.socket]
 
 
-def normalise_host(host: str) -> str:
+class PassiveSource:
     """
-    An address in one canonical text form (IPv4-mapped IPv6 becomes IPv4).
-    """
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return str(address.ipv4_mapped)
-    return str(address)
-
-
-class _PeerCheckFactory(protocol.ServerFactory):
-    """
-    Accept a passive data connection only from the control connection's peer.
+    A passive data connection: the client connects to our listener.
     """
 
-    def __init__(self, control: Any, inner: protocol.Factory) -> None:
-        self.control = control
-        self.inner = inner
+    def __init__(self, listener: PassiveListener) -> None:
+        self.listener = listener
 
-    def doStart(self) -> None:
-        self.inner.doStart()
+    def connector(self) -> defer.Deferred[Connect]:
+        """
+        Fires with a function returning the accepted socket, once it is here.
+        """
+        return self.listener.wait().addCallback(lambda sock: (lambda: sock))
 
-    def doStop(self) -> None:
-        self.inner.doStop()
-
-    def buildProtocol(self, addr: Any) -> protocol.Protocol | None:
-        expected = normalise_host(self.control.client_host)
-        if normalise_host(addr.host) != expected:
-            self.control._audit(
-                "ftp.data_peer_refused", account=self.control.account,
-                data_client=normalise_host(addr.host), outcome="refused",
-            )
-            return None
-        return self.inner.buildProtocol(addr)
+    def close(self) -> None:
+        self.listener.close()
 
 
-def _new_dtp_factory(control: Any, peer_host: str | None = None) -> ftp.DTPFactory:
-    if control.dtpFactory is not None:
-        control.cleanupDTP()
-    factory = ftp.DTPFactory(pi=control, peerHost=peer_host, reactor=control.reactor)
-    factory.setTimeout(control.dtpTimeout)
-    control.dtpFactory = factory
-    return factory
-
-
-def _tls_wrapped(control: Any, factory: protocol.Factory) -> protocol.Factory:
+class ActiveSource:
     """
-    Wrap a data factory in TLS (server side) when PROT P is in force.
-
-    The context is pinned to the one the control connection uses, so the
-    client can resume its control session even after a certificate reload.
+    An active data connection: we connect to the client when a transfer starts.
     """
-    if control.secure and control.prot == "P":
-        creator = pinned_context_factory(control.transport.getHandle())
-        return TLSMemoryBIOFactory(creator, False, factory, clock=control.reactor)
-    return factory
+
+    def __init__(self, host: str, port: int, source_host: str | None, timeout: float) -> None:
+        self.host = host
+        self.port = port
+        self._connect = active_connector(host, port, source_host, timeout)
+
+    def connector(self) -> defer.Deferred[Connect]:
+        return defer.succeed(self._connect)
+
+    def close(self) -> None:
+        pass
 
 
-def _listen(control: Any, factory: protocol.Factory, interface: str) -> Any:
-    last_error: Exception | None = None
-    for port in control.passivePortRange:
-        try:
-            return control.listenFactory(port, factory, interface=interface)
-        except CannotListenError as e:
-            last_error = e
-    raise CannotListenError(interface, 0, f"no free passive port ({last_error})")
+def _replace_source(control: Any, source: Any) -> None:
+    old, control.data_source = control.data_source, source
+    if old is not None:
+        old.close()
 
 
-def _start_passive(control: Any) -> tuple[ftp.DTPFactory, Any] | str:
+def _listen(control: Any) -> PassiveSource | str:
     if control._epsvAll:
         return "503 Only EPSV may be used after EPSV ALL."
-    factory = _new_dtp_factory(control)
+    _replace_source(control, None)
     local = control.transport.getHost().host
+    shared = control.session_factory.shared
+
+    def refused(host: str) -> None:
+        control._audit("ftp.data_peer_refused", account=control.account,
+                       data_client=host, outcome="refused")
+
     try:
-        control.dtpPort = _listen(
-            control, _PeerCheckFactory(control, _tls_wrapped(control, factory)), local,
+        listener = PassiveListener(
+            control.reactor, local, control.passivePortRange, control.client_host,
+            timeout=shared.data_connect_timeout, on_refused=refused,
         )
     except CannotListenError:
-        control.dtpFactory = None
         return "425 No passive data port is free right now; try again shortly."
-    return factory, control.dtpPort
+    source = PassiveSource(listener)
+    control.data_source = source
+    return source
 
 
-def passive(control: Any, extended: bool = False) -> Any:
+def passive(control: Any, extended: bool = False) -> str:
     """
     PASV: listen for the client's data connection, announce ``h1,...,p2``.
     """
@@ -118,18 +109,14 @@ def passive(control: Any, extended: bool = False) -> Any:
     announced = control.config.passive_address or local
     if ipaddress.ip_address(announced).version != 4:
         return "522 PASV works only over IPv4; use EPSV."
-    started = _start_passive(control)
-    if isinstance(started, str):
-        return started
-    factory, port = started
-    number = port.getHost().port
-    control.sendLine(
-        "227 Entering Passive Mode (%s)." % ftp.encodeHostPort(announced, number)
-    )
-    return factory.deferred.addCallback(lambda ignored: None)
+    source = _listen(control)
+    if isinstance(source, str):
+        return source
+    address = ftp.encodeHostPort(announced, source.listener.port)
+    return f"227 Entering Passive Mode ({address})."
 
 
-def extended_passive(control: Any, argument: str = "") -> Any:
+def extended_passive(control: Any, argument: str = "") -> str:
     """
     EPSV (RFC 2428): like PASV, announcing only the port; EPSV ALL.
     """
@@ -137,18 +124,14 @@ def extended_passive(control: Any, argument: str = "") -> Any:
     if argument == "ALL":
         control._epsvAll = True
         return "200 EPSV ALL accepted: only EPSV from now on."
-    if argument and argument not in ("1", "2"):
-        return "522 Network protocol not supported, use (1,2)"
     local = ipaddress.ip_address(normalise_host(control.transport.getHost().host))
     wanted = "1" if local.version == 4 else "2"
     if argument and argument != wanted:
         return f"522 Network protocol not supported, use ({wanted})"
-    started = _start_passive(control)
-    if isinstance(started, str):
-        return started
-    factory, port = started
-    control.sendLine(f"229 Entering Extended Passive Mode (|||{port.getHost().port}|).")
-    return factory.deferred.addCallback(lambda ignored: None)
+    source = _listen(control)
+    if isinstance(source, str):
+        return source
+    return f"229 Entering Extended Passive Mode (|||{source.listener.port}|)."
 
 
 def _parse_port(argument: str) -> tuple[str, int]:
@@ -158,12 +141,12 @@ def _parse_port(argument: str) -> tuple[str, int]:
     numbers = [int(p) for p in parts]
     if any(not 0 <= n <= 255 for n in numbers):
         raise ValueError("PORT numbers must be 0-255")
-    return "%d.%d.%d.%d" % tuple(numbers[:4]), numbers[4] << 8 | numbers[5]
+    return ".".join(str(n) for n in numbers[:4]), numbers[4] << 8 | numbers[5]
 
 
-def active(control: Any, argument: str, extended: bool) -> Any:
+def active(control: Any, argument: str, extended: bool) -> str:
     """
-    PORT and EPRT: connect to the client, only at its own address.
+    PORT and EPRT: remember where to connect, only the client's own address.
     """
     verb = "EPRT" if extended else "PORT"
     if control._epsvAll:
@@ -183,17 +166,7 @@ def active(control: Any, argument: str, extended: bool) -> Any:
                        target=f"{host}:{port}", outcome="refused")
         return (f"504 {verb} refused: data connections go only to your own "
                 "address, on port 1024 or above.")
-    factory = _new_dtp_factory(control, peer_host=peer)
-    control.dtpPort = control.reactor.connectTCP(
-        host, port, _tls_wrapped(control, factory), timeout=control.dtpTimeout,
-    )
-
-    def connected(ignored: Any) -> str:
-        return f"200 {verb} command successful."
-
-    def failed(failure: Any) -> str:
-        failure.trap(ftp.PortConnectionError)
-        return "425 Cannot open the data connection."
-
-    d: defer.Deferred[str] = factory.deferred.addCallbacks(connected, failed)
-    return d
+    local = normalise_host(control.transport.getHost().host)
+    timeout = control.session_factory.shared.data_connect_timeout
+    _replace_source(control, ActiveSource(host, port, local, timeout))
+    return f"200 {verb} command successful."

@@ -1,42 +1,48 @@
 """
-Transfers over the data connection: RETR, STOR, APPE, STOU, ABOR.
+Transfers over the data connection: RETR, STOR, APPE, STOU, listings, ABOR.
 
 L{TransferCommands} is the transfer half of the file-command mixin
-(L{rumpus_secure.ftp.files.FileCommands}).  It uses the data connection
-``data.py`` opened (PASV, EPSV, PORT, EPRT).  Twisted's ``DTP`` does not tell
-how its connection ended, which is what decides whether an upload is
-complete, so the protocol the DTP factory builds is turned into a
-L{DataConnection} as it is handed to the control protocol (the
-``dtpInstance`` setter).
+(L{rumpus_secure.ftp.files.FileCommands}).  A transfer command takes the data
+source that PASV/EPSV/PORT/EPRT left (L{rumpus_secure.ftp.data}), prepares
+the file in a thread (open for reading, or an atomic upload), answers 150,
+and hands the bytes to the transfer engine (L{rumpus_secure.ftp.transfer}),
+which runs TLS and the copy in a worker thread.  The engine's outcome
+decides the reply:
 
-Disk work runs in threads: downloads read one chunk per thread call and are
-paced by the data connection (a push producer); uploads go through an
-L{UploadWriter} that writes in order and pauses the data connection while
-its queue is long.
-
-How an upload's end is judged: under TLS, the client's close_notify followed
-by the TCP close reaches us as ``ConnectionDone``; a TCP close without
-close_notify (a truncation attack, or a client that died) is reported by
-Twisted's TLS layer as ``ConnectionLost``, as is a reset.  Only
-``ConnectionDone`` commits; anything else aborts the upload, and the reply
-says whether the partial data was kept for resuming (a new file, or an
-in-place APPE/REST write) or discarded (the old file is intact).  Without
-TLS a FIN is all there is, so it counts as the end.
+ - a download or listing is 226 only when every byte was sent;
+ - an upload is committed (renamed into place) only when the data connection
+   ended cleanly: under TLS that means the client's close_notify; a TCP close
+   without it is truncation unless ``--data-tls-strict-eof off``.  Otherwise
+   the upload is aborted and the 426 says whether the partial data was kept
+   for resuming (a new file, or an in-place APPE/REST write) or discarded
+   (the old file is intact);
+ - a data connection that did not resume the control connection's TLS
+   session, when reuse is required, gets 522 and is audited.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer, error
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.protocols import ftp
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from rumpus_secure.ftp import listing
-from rumpus_secure.ftp.shell import FileShell, ThreadedReader, UploadWriter
+from rumpus_secure.ftp.passive import DataConnectionTimeout
+from rumpus_secure.ftp.shell import FileShell
+from rumpus_secure.ftp.transfer import (
+    Job,
+    Outcome,
+    TLSSettings,
+    TransferHandle,
+    TransferResult,
+    receive_into,
+    send_bytes,
+    send_file,
+)
 from rumpus_secure.vfs import (
     AbortOutcome,
     AlreadyExists,
@@ -69,122 +75,52 @@ def vfs_reply(err: VFSError, verb: str) -> str:
     return f"{code} {verb} refused: {wire_name(err.message)}"
 
 
-class DataConnection(ftp.DTP):
+class Refused(Exception):
     """
-    A DTP that remembers how its connection ended and feeds a sink.
-
-    Data that arrives before a transfer command attaches its sink is kept,
-    as Twisted's DTP does.
+    A transfer command refused before it started; the argument is the reply.
     """
 
-    lost_reason: Failure | None = None
-    _sink: Any = None
-    _pending_data: list[bytes]
-    _waiters: list[defer.Deferred[None]]
 
-    def _prepare(self) -> None:
-        self._pending_data = []
-        self._waiters = []
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        self.isConnected = False
-        self.lost_reason = reason
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._sink is not None:
-            self._sink(data)
-        else:
-            self._pending_data.append(data)
-
-    def attach(self, sink: Any) -> None:
-        """Send received data (and what came before) to ``sink(bytes)``."""
-        pending, self._pending_data = self._pending_data, []
-        self._sink = sink
-        for chunk in pending:
-            sink(chunk)
-
-    def when_lost(self) -> defer.Deferred[None]:
-        """Fires once the connection is closed (see ``lost_reason``)."""
-        if self.lost_reason is not None:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self._waiters.append(d)
-        return d
-
-    @property
-    def ended_cleanly(self) -> bool:
-        return self.lost_reason is not None and self.lost_reason.check(error.ConnectionDone) is not None
-
-    def close(self) -> None:
-        if self.transport is not None and self.isConnected:
-            self.transport.loseConnection()
-
-    def kill(self) -> None:
-        if self.transport is not None and self.isConnected:
-            self.transport.abortConnection()
-
-
-class TransferAborted(Exception):
-    """The data connection closed early, or ABOR was received."""
-
-
-@implementer(IPushProducer)
 class Transfer:
     """
     One transfer in progress: what ABOR and STAT act on.
-
-    For downloads it is also the producer registered on the data connection.
     """
 
-    def __init__(self, verb: str, path: str, dtp: DataConnection) -> None:
+    def __init__(self, verb: str, path: str, source: Any) -> None:
         self.verb = verb
         self.path = path
-        self.dtp = dtp
-        self.bytes = 0
-        self.aborted = False
+        self.source = source
+        self.handle = TransferHandle()
         self.by_abor = False
-        self.paused = False
-        self._resume: defer.Deferred[None] | None = None
         self.finished: defer.Deferred[None] = defer.Deferred()
 
-    # IPushProducer, for downloads
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self._wake()
-
-    def stopProducing(self) -> None:
-        self.aborted = True
-        self._wake()
-
-    def _wake(self) -> None:
-        d, self._resume = self._resume, None
-        if d is not None:
-            d.callback(None)
-
-    async def wait_resumed(self) -> None:
-        while self.paused and not self.aborted and self.dtp.isConnected:
-            self._resume = defer.Deferred()
-            await self._resume
-
-    def check(self) -> None:
-        if self.aborted or not self.dtp.isConnected:
-            raise TransferAborted()
+    @property
+    def bytes(self) -> int:
+        return self.handle.bytes
 
     def abort(self) -> defer.Deferred[None]:
-        """ABOR: cut the data connection; fires once the command replied."""
-        self.aborted = True
+        """
+        ABOR: stop now; fires once the transfer command has replied.
+        """
         self.by_abor = True
-        self.dtp.kill()
-        self._wake()
+        self.handle.abort()
+        self.source.close()
         d: defer.Deferred[None] = defer.Deferred()
         self.finished.addBoth(lambda ignored: d.callback(None))
         return d
+
+
+@dataclass
+class Plan:
+    """
+    A prepared transfer: what to send first, the job, and how to finish.
+    """
+
+    path: str
+    preamble: str
+    job: Job
+    finish: Callable[[TransferResult], Awaitable[str]]
+    cancel: Callable[[], Awaitable[Any]] | None = None
 
 
 class TransferCommands:
@@ -194,20 +130,7 @@ class TransferCommands:
     binary = True
     _rest = 0
     _transfer: Transfer | None = None
-    _dtp: Any = None
-
-    # -- the data connection ------------------------------------------
-
-    @property
-    def dtpInstance(self) -> Any:
-        return self._dtp
-
-    @dtpInstance.setter
-    def dtpInstance(self, value: Any) -> None:
-        if type(value) is ftp.DTP:
-            value.__class__ = DataConnection
-            value._prepare()
-        self._dtp = value
+    data_source: Any = None
 
     # -- helpers ----------------------------------------------------------
 
@@ -224,103 +147,172 @@ class TransferCommands:
         assert self.shell is not None
         return self.shell.path(argument)
 
-    # -- transfers ----------------------------------------------------------
+    def _data_tls(self) -> TLSSettings | None:
+        if not (self.secure and self.prot == "P"):  # type: ignore[attr-defined]
+            return None
+        config = self.config  # type: ignore[attr-defined]
+        return TLSSettings(
+            context=self.transport.getHandle().get_context(),  # type: ignore[attr-defined]
+            require_reuse=config.data_tls_reuse == "required",
+            strict_eof=config.data_tls_strict_eof,
+        )
 
-    def _transfer_command(self, verb: str, body: Any) -> Any:
+    def close_data(self) -> None:
         """
-        Run a data-connection command: check PROT and the data connection,
-        run ``body(dtp)``, close the data connection, and reply.
+        Close an unused data source (REIN, AUTH, logout, connection lost).
+        """
+        source, self.data_source = self.data_source, None
+        if source is not None:
+            source.close()
+        transfer = self._transfer
+        if transfer is not None:
+            transfer.handle.abort()
+            transfer.source.close()
+
+    # -- the transfer skeleton ------------------------------------------
+
+    def _transfer_command(self, verb: str, prepare: Callable[[], Awaitable[Plan]]) -> Any:
+        """
+        Run a data-connection command and reply.
 
         The reply is sent here rather than returned, so that a pending ABOR
         can answer 226 after it (L{Transfer.finished}).
         """
-        rest, self._rest = self._rest, 0
         refusal = self._data_refusal()  # type: ignore[attr-defined]
         if refusal:
+            self._rest = 0
             return refusal
-        dtp = self.dtpInstance
-        if not isinstance(dtp, DataConnection):
+        source, self.data_source = self.data_source, None
+        if source is None:
+            self._rest = 0
             return "425 Open a data connection first: send PASV, EPSV, PORT or EPRT."
-        self._rest = rest
         self.setTimeout(None)  # type: ignore[attr-defined]
 
         async def run() -> None:
+            transfer: Transfer | None = None
+            plan: Plan | None = None
             try:
-                reply = await body(dtp)
-            except TransferAborted as e:
-                reply = str(e) or "426 Data connection closed; transfer aborted."
+                plan = await prepare()
+                transfer = self._transfer = Transfer(verb, plan.path, source)
+                self.sendLine(plan.preamble)  # type: ignore[attr-defined]
+                connect = await source.connector()
+                engine = self.session_factory.shared.engine  # type: ignore[attr-defined]
+                engine.run(connect, self._data_tls(), plan.job, transfer.handle)
+                assert transfer.handle.result is not None
+                result = await transfer.handle.result
+                reply = await plan.finish(result)
+                self._audit_result(verb, plan.path, result)
             except VFSError as e:
                 reply = vfs_reply(e, verb)
+            except Refused as e:
+                reply = str(e)
+            except (DataConnectionTimeout, defer.CancelledError) as e:
+                if plan is not None and plan.cancel is not None:
+                    await plan.cancel()
+                if transfer is not None and transfer.by_abor:
+                    reply = "426 Transfer aborted: ABOR received before the data connection."
+                elif isinstance(e, DataConnectionTimeout):
+                    reply = "425 The data connection was not opened in time; transfer not started."
+                else:
+                    reply = "426 Data connection closed; transfer not started."
             except Exception:  # noqa: BLE001 (a bug: logged, and the client told)
                 _log.failure("{verb} failed", verb=verb)
                 reply = "451 Requested action aborted: internal error."
+                if plan is not None and plan.cancel is not None:
+                    await plan.cancel()
             finally:
                 self._rest = 0
-                self._close_data(dtp)
-                self.setTimeout(self.timeOut)  # type: ignore[attr-defined]
+                source.close()
+                if not self.disconnected:  # type: ignore[attr-defined]
+                    self.setTimeout(self.timeOut)  # type: ignore[attr-defined]
             self.sendLine(reply)  # type: ignore[attr-defined]
-            transfer, self._transfer = self._transfer, None
+            self._transfer = None
             if transfer is not None:
                 transfer.finished.callback(None)
 
         return defer.Deferred.fromCoroutine(run())
 
-    def _close_data(self, dtp: DataConnection) -> None:
-        dtp.close()
-        if self.dtpInstance is dtp and self.dtpFactory is not None:  # type: ignore[attr-defined]
-            self.cleanupDTP()  # type: ignore[attr-defined]
+    def _audit_result(self, verb: str, path: str, result: TransferResult) -> None:
+        if result.outcome is Outcome.NOT_RESUMED:
+            self._audit("ftp.data_tls_not_resumed", account=self.account,  # type: ignore[attr-defined]
+                        command=verb, outcome="refused")
+        elif result.outcome is Outcome.TLS_FAILED:
+            self._audit("ftp.data_tls_failed", account=self.account,  # type: ignore[attr-defined]
+                        command=verb, error=result.detail)
+
+    @staticmethod
+    def _failure_reply(result: TransferResult, transfer_bytes: int, by_abor: bool) -> str:
+        outcome = result.outcome
+        if outcome is Outcome.NOT_RESUMED:
+            return ("522 Data connection refused: it must resume the TLS session of "
+                    "this control connection (TLS session reuse is required). Enable "
+                    "session reuse in your client, or ask the administrator.")
+        if outcome is Outcome.TLS_FAILED:
+            return f"522 TLS handshake on the data connection failed: {result.detail}."
+        if outcome is Outcome.ABORTED or by_abor:
+            return f"426 Transfer aborted: ABOR received after {transfer_bytes} bytes."
+        if outcome is Outcome.TRUNCATED:
+            return (f"426 Transfer aborted after {transfer_bytes} bytes: the data "
+                    "connection was cut without a clean TLS close")
+        if outcome is Outcome.LOCAL_ERROR:
+            if isinstance(result.error, VFSError):
+                return vfs_reply(result.error, "transfer")
+            return f"451 Transfer aborted: local error ({result.detail})"
+        return (f"426 Transfer aborted after {transfer_bytes} bytes: the data "
+                f"connection failed ({result.detail or 'closed'})")
+
+    # -- downloads and listings ------------------------------------------
+
+    def send_listing(self, verb: str, target: str, lines: list[str]) -> Plan:
+        payload = "".join(line + "\r\n" for line in lines).encode("utf-8", "surrogateescape")
+
+        async def finish(result: TransferResult) -> str:
+            if result.ok:
+                return "226 Listing sent."
+            return self._failure_reply(result, result.bytes, self._aborted())
+
+        return Plan(target, f"150 Sending the {verb} of {wire_name(target)}.",
+                    send_bytes(payload), finish)
+
+    def _aborted(self) -> bool:
+        transfer = self._transfer
+        return transfer is not None and transfer.by_abor
 
     def ftp_RETR(self, path: str) -> Any:
-        async def body(dtp: DataConnection) -> str:
+        async def prepare() -> Plan:
             assert self.shell is not None
             target = self._path(path)
             offset, self._rest = self._rest, 0
-            if not dtp.isConnected:
-                return "425 The data connection was closed; open a new one."
             handle, size = await self.shell.open_download(target, offset)
-            reader = ThreadedReader(handle, self.shell.run_in_thread)
-            try:
-                mode = "BINARY" if self.binary else "ASCII"
-                self.sendLine(f"150 Opening {mode} mode data connection for "  # type: ignore[attr-defined]
-                              f"{wire_name(target)} ({size - offset} bytes).")
-                transfer = self._transfer = Transfer("RETR", target, dtp)
-                await self._produce(dtp, transfer, reader)
-            finally:
-                await reader.close()
-            return f"226 Transfer complete: {transfer.bytes} bytes sent."
+            encoder = None if self.binary else listing.LineEndEncoder()
+            mode = "BINARY" if self.binary else "ASCII"
 
-        return self._transfer_command("RETR", body)
+            async def close_file() -> None:
+                await self.shell.run_in_thread(handle.close)  # type: ignore[union-attr]
 
-    async def _produce(self, dtp: DataConnection, transfer: Transfer,
-                       reader: ThreadedReader) -> None:
-        encoder = None if self.binary else listing.LineEndEncoder()
-        dtp.transport.registerProducer(transfer, True)
-        try:
-            while True:
-                await transfer.wait_resumed()
-                transfer.check()
-                chunk = await reader.read()
-                transfer.check()
-                if not chunk:
-                    return
-                transfer.bytes += len(chunk)
-                dtp.transport.write(encoder.convert(chunk) if encoder else chunk)
-        except TransferAborted:
-            why = "ABOR received" if transfer.by_abor else "the data connection was closed"
-            raise TransferAborted(f"426 Transfer aborted: {why} after "
-                                  f"{transfer.bytes} bytes.") from None
-        finally:
-            if dtp.isConnected:
-                dtp.transport.unregisterProducer()
+            async def finish(result: TransferResult) -> str:
+                await close_file()
+                if result.ok:
+                    return f"226 Transfer complete: {result.bytes} bytes sent."
+                return self._failure_reply(result, result.bytes, self._aborted())
+
+            return Plan(target,
+                        f"150 Opening {mode} mode data connection for "
+                        f"{wire_name(target)} ({size - offset} bytes).",
+                        send_file(handle, encoder), finish, close_file)
+
+        return self._transfer_command("RETR", prepare)
+
+    # -- uploads ------------------------------------------------------------
 
     def ftp_STOR(self, path: str) -> Any:
-        return self._transfer_command("STOR", lambda dtp: self._store(dtp, "STOR", path))
+        return self._transfer_command("STOR", lambda: self._store("STOR", path))
 
     def ftp_APPE(self, path: str) -> Any:
-        return self._transfer_command("APPE", lambda dtp: self._store(dtp, "APPE", path))
+        return self._transfer_command("APPE", lambda: self._store("APPE", path))
 
     def ftp_STOU(self, path: str = "") -> Any:
-        return self._transfer_command("STOU", lambda dtp: self._store(dtp, "STOU", path))
+        return self._transfer_command("STOU", lambda: self._store("STOU", path))
 
     async def _open_upload(self, verb: str, path: str) -> Any:
         assert self.shell is not None
@@ -338,50 +330,38 @@ class TransferCommands:
             return await self.shell.call("open_write_at", target, offset, truncate=True)
         return await self.shell.call("open_upload", target)
 
-    async def _store(self, dtp: DataConnection, verb: str, path: str) -> str:
+    async def _store(self, verb: str, path: str) -> Plan:
         assert self.shell is not None
+        shell = self.shell
         upload = await self._open_upload(verb, path)
         target = upload.path
-        writer = UploadWriter(upload, self.shell.run_in_thread,
-                              on_high=lambda: _pause(dtp), on_low=lambda: _resume(dtp))
-        if verb == "STOU":
-            self.sendLine(f"150 FILE: {wire_name(split_path(target)[-1])}")  # type: ignore[attr-defined]
-        else:
-            self.sendLine(f"150 Ready to receive {wire_name(target)}.")  # type: ignore[attr-defined]
-        transfer = self._transfer = Transfer(verb, target, dtp)
         decoder = None if self.binary else listing.LineEndDecoder()
-
-        def sink(data: bytes) -> None:
-            transfer.bytes += len(data)
-            writer.write(decoder.convert(data) if decoder else data)
-            if writer.error is not None:
-                dtp.kill()  # a write failed (disk full): stop receiving
-
-        dtp.attach(sink)
-        await dtp.when_lost()
-        complete = dtp.ended_cleanly and not transfer.aborted and writer.error is None
-        if complete:
-            if decoder is not None:
-                writer.write(decoder.flush())
-            try:
-                await writer.commit()
-            except VFSError as e:
-                kept = "" if upload.finished else ": " + _outcome_text(
-                    await writer.abort(), upload)
-                return vfs_reply(e, verb) + kept
-            return f"226 Transfer complete: {transfer.bytes} bytes stored in {wire_name(target)}."
-        write_error = writer.error
-        outcome = await writer.abort()
-        if isinstance(write_error, VFSError):
-            return f"{vfs_reply(write_error, verb)}; {_outcome_text(outcome, upload)}"
-        if transfer.by_abor:
-            why = "ABOR received"
-        elif dtp.lost_reason is not None and dtp.lost_reason.check(error.ConnectionLost):
-            why = "the data connection was cut without a clean (TLS) close"
+        if verb == "STOU":
+            preamble = f"150 FILE: {wire_name(split_path(target)[-1])}"
         else:
-            why = "the data connection failed"
-        return (f"426 Upload aborted after {transfer.bytes} bytes: {why}; "
-                f"{_outcome_text(outcome, upload)}")
+            preamble = f"150 Ready to receive {wire_name(target)}."
+
+        async def abort() -> AbortOutcome:
+            return await shell.run_in_thread(upload.abort)
+
+        async def finish(result: TransferResult) -> str:
+            if result.ok:
+                try:
+                    await shell.run_in_thread(upload.commit)
+                except VFSError as e:
+                    kept = "" if upload.finished else ": " + _outcome_text(await abort(), upload)
+                    return vfs_reply(e, verb) + kept
+                return (f"226 Transfer complete: {result.bytes} bytes stored in "
+                        f"{wire_name(target)}.")
+            outcome = await abort()
+            if isinstance(result.error, VFSError):
+                return f"{vfs_reply(result.error, verb)}; {_outcome_text(outcome, upload)}"
+            reply = self._failure_reply(result, result.bytes, self._aborted())
+            if reply.startswith("426 Transfer aborted after"):
+                reply = "426 Upload aborted after" + reply[len("426 Transfer aborted after"):]
+            return f"{reply.rstrip('.')}; {_outcome_text(outcome, upload)}"
+
+        return Plan(target, preamble, receive_into(upload, decoder), finish, abort)
 
     # -- ABOR and STAT while a transfer runs ----------------------------------
 
@@ -403,24 +383,10 @@ class TransferCommands:
         return True
 
     def ftp_ABOR(self, ignored: str = "") -> str:
-        dtp = self.dtpInstance
-        if isinstance(dtp, DataConnection) or self.dtpFactory is not None:  # type: ignore[attr-defined]
-            if isinstance(dtp, DataConnection):
-                dtp.kill()
-            if self.dtpFactory is not None:  # type: ignore[attr-defined]
-                self.cleanupDTP()  # type: ignore[attr-defined]
+        if self.data_source is not None:
+            self.close_data()
             return "225 ABOR: no transfer was running; the data connection is closed."
         return "226 ABOR: no transfer was running."
-
-
-def _pause(dtp: DataConnection) -> None:
-    if dtp.isConnected and dtp.transport is not None:
-        dtp.transport.pauseProducing()
-
-
-def _resume(dtp: DataConnection) -> None:
-    if dtp.isConnected and dtp.transport is not None:
-        dtp.transport.resumeProducing()
 
 
 def _outcome_text(outcome: AbortOutcome, upload: Any) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet import defer
 
 from rumpus_secure.ftp import listing
-from rumpus_secure.ftp.file_transfers import DataConnection, Transfer, TransferCommands
+from rumpus_secure.ftp.file_transfers import Plan, Refused, TransferCommands
 from rumpus_secure.vfs import split_path, wire_name
 
 #: OPTS HASH names and the hashlib names behind them.
@@ -255,36 +255,36 @@ class FileCommands(TransferCommands):
         return [listing.ls_line(child, child.name, owner, now) for child in children]
 
     def ftp_LIST(self, path: str = "") -> Any:
-        async def body(dtp: DataConnection) -> str:
+        async def prepare() -> Plan:
             target, entry, children = await self._entries(path)
-            return await self._send_lines(dtp, "LIST", target,
-                                          self._ls_lines(target, entry, children))
+            return self.send_listing("LIST", target, self._ls_lines(target, entry, children))
 
-        return self._transfer_command("LIST", body)
+        return self._transfer_command("LIST", prepare)
 
     def ftp_NLST(self, path: str = "") -> Any:
-        async def body(dtp: DataConnection) -> str:
+        async def prepare() -> Plan:
             target, _entry, children = await self._entries(path)
             if children is None:
                 names = [wire_name(_strip_ls_flags(path or "")) or wire_name(target)]
             else:
                 names = [wire_name(child.name) for child in children]
-            return await self._send_lines(dtp, "NLST", target, names)
+            return self.send_listing("NLST", target, names)
 
-        return self._transfer_command("NLST", body)
+        return self._transfer_command("NLST", prepare)
 
     def ftp_MLSD(self, path: str = "") -> Any:
-        async def body(dtp: DataConnection) -> str:
+        async def prepare() -> Plan:
             assert self.shell is not None
             target, entry, children = await self._entries(path)
             if children is None:
-                return f"501 MLSD refused: not a directory: {wire_name(target)!r}; use MLST."
+                raise Refused(f"501 MLSD refused: not a directory: {wire_name(target)!r}; "
+                              "use MLST.")
             perms, facts = self.shell.perms, self._mlst_facts
             lines = [listing.mlsx_line(entry, ".", facts, perms, kind="cdir")]
             lines += [listing.mlsx_line(c, c.name, facts, perms) for c in children]
-            return await self._send_lines(dtp, "MLSD", target, lines)
+            return self.send_listing("MLSD", target, lines)
 
-        return self._transfer_command("MLSD", body)
+        return self._transfer_command("MLSD", prepare)
 
     def ftp_MLST(self, path: str = "") -> defer.Deferred[Any]:
         async def mlst() -> None:
@@ -316,16 +316,6 @@ class FileCommands(TransferCommands):
             self.sendLine("213 End of status.")
 
         return self._fs_command("STAT", stat_path())
-
-    async def _send_lines(self, dtp: DataConnection, verb: str, target: str,
-                          lines: list[str]) -> str:
-        if not dtp.isConnected:
-            return "425 The data connection was closed; open a new one."
-        self.sendLine(f"150 Sending the {verb} of {wire_name(target)}.")
-        payload = "".join(line + "\r\n" for line in lines).encode("utf-8", "surrogateescape")
-        self._transfer = Transfer(verb, target, dtp)
-        dtp.transport.write(payload)
-        return "226 Listing sent."
 
 
 def _strip_ls_flags(argument: str) -> str:

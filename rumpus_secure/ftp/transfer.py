@@ -27,8 +27,9 @@ import errno
 import select
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from OpenSSL import SSL
 from twisted.internet import defer
@@ -103,7 +104,7 @@ class _Channel:
     A blocking byte channel over a socket, plain or TLS, with timeouts.
     """
 
-    def __init__(self, sock: socket.socket, timeout: float, handle: "TransferHandle") -> None:
+    def __init__(self, sock: socket.socket, timeout: float, handle: TransferHandle) -> None:
         self.sock = sock
         self.timeout = timeout
         self.handle = handle
@@ -256,25 +257,29 @@ class TransferHandle:
 Job = Callable[[_Channel, TransferHandle], int]
 
 
-def send_file(source: BinaryIO, ascii: bool = False) -> Job:
+class Converter(Protocol):
     """
-    A job that sends a file (RETR), converting LF to CRLF in ASCII mode.
+    TYPE A line-end conversion (L{rumpus_secure.ftp.listing}).
+    """
+
+    def convert(self, data: bytes) -> bytes: ...
+
+
+def send_file(source: BinaryIO, encoder: Converter | None = None) -> Job:
+    """
+    A job that sends a file (RETR), through C{encoder} in TYPE A.
     """
 
     def job(channel: _Channel, handle: TransferHandle) -> int:
         total = 0
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
-        pending_cr = False
         while True:
             n = source.readinto(buffer)  # type: ignore[attr-defined]
             if not n:
                 break
-            if ascii:
-                data = bytes(view[:n])
-                converted = _to_crlf(data, pending_cr)
-                pending_cr = data.endswith(b"\r")
-                channel.send_all(converted)
+            if encoder is not None:
+                channel.send_all(encoder.convert(bytes(view[:n])))
             else:
                 channel.send_all(view[:n])
             total += n
@@ -297,41 +302,29 @@ def send_bytes(data: bytes) -> Job:
     return job
 
 
-def _to_crlf(data: bytes, after_cr: bool) -> bytes:
-    out = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    if after_cr and out.startswith(b"\r\n"):
-        # The CR of this CRLF was at the end of the previous chunk.
-        out = out[1:]
-    return out
-
-
-def receive_into(sink: Sink, ascii: bool = False) -> Job:
+def receive_into(sink: Sink, decoder: Any = None) -> Job:
     """
     A job that receives the data connection's bytes into C{sink} (STOR).
+
+    @param decoder: TYPE A conversion with C{convert} and C{flush}.
     """
 
     def job(channel: _Channel, handle: TransferHandle) -> int:
         total = 0
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
-        held_cr = False
         while True:
             n = channel.recv_into(buffer)
             if n == 0:
                 break
             data = bytes(view[:n])
-            if ascii:
-                if held_cr:
-                    data = b"\r" + data
-                held_cr = data.endswith(b"\r")
-                if held_cr:
-                    data = data[:-1]
-                data = data.replace(b"\r\n", b"\n")
-            sink.write(data)
+            sink.write(decoder.convert(data) if decoder is not None else data)
             total += n
             handle.bytes = total
-        if held_cr:
-            sink.write(b"\r")
+        if decoder is not None:
+            tail = decoder.flush()
+            if tail:
+                sink.write(tail)
         return total
 
     return job
@@ -413,7 +406,7 @@ def _run(connect: Callable[[], socket.socket], tls: TLSSettings | None, job: Job
                 handle.bytes, tls_version=version, detail=_describe(e),
                 error=e if local else None,
             )
-        except Exception as e:  # a sink error from the file layer (DiskFull...)
+        except Exception as e:  # noqa: BLE001 (a sink error from the file layer: DiskFull...)
             return TransferResult(Outcome.LOCAL_ERROR, handle.bytes, tls_version=version,
                                   detail=str(e), error=e)
         if handle.aborted:
