@@ -22,7 +22,26 @@ from rumpus_secure.web.pages import esc, page
 from rumpus_secure.web.respond import error_page, run, see_other, send
 
 
-def login_form(next_path: str, message: str | None = None) -> bytes:
+def ftp_note(config: Any) -> str:
+    """
+    How to reach the same files with an FTP client, for the login page.
+    """
+    host = esc(config.public_host)
+    ways = []
+    if config.ftp and config.ftp_security != "implicit-only":
+        ways.append(f"<li>Explicit FTPS (FTP with AUTH TLS): <code>{host}</code> "
+                    f"port <code>{config.ftp_port}</code></li>")
+    if config.ftps:
+        ways.append(f"<li>Implicit FTPS: <code>{host}</code> port "
+                    f"<code>{config.ftps_port}</code></li>")
+    if not ways:
+        return ""
+    return ("<section class=card><h2>FTP clients</h2><p>The same files and "
+            "account work with an FTP client that supports TLS (FileZilla, "
+            "WinSCP, lftp, curl):</p><ul>" + "".join(ways) + "</ul></section>")
+
+
+def login_form(next_path: str, message: str | None = None, footer: str = "") -> bytes:
     note = f"<p class='flash error' role=alert>{esc(message)}</p>" if message else ""
     return page("Log in", note + (
         "<form class=card method=post action='/login'>"
@@ -32,7 +51,7 @@ def login_form(next_path: str, message: str | None = None) -> bytes:
         "<label>Password <input type=password name=password "
         "autocomplete=current-password required></label>"
         "<button type=submit>Log in</button></form>"
-    ))
+    ) + footer)
 
 
 def _safe_next(value: str | None) -> str:
@@ -54,7 +73,7 @@ class LoginResource(resource.Resource):
         if self.app.session(request) is not None:
             see_other(request, next_path)
         else:
-            send(request, 200, login_form(next_path))
+            send(request, 200, login_form(next_path, footer=ftp_note(self.app.config)))
         return run(request, _nothing)
 
     render_HEAD = render_GET

@@ -51,7 +51,14 @@ def test_post_redirects_with_308(server: ServerProcess) -> None:
 
 
 def test_https_landing_page(server: ServerProcess) -> None:
-    result = _curl("-k", "-D", "/dev/stderr", f"https://127.0.0.1:{server.https_port}/")
+    """
+    The start page sends a visitor to the login page, which also tells how
+    to connect with an FTP client.
+    """
+    start = _curl("-k", "-D", "-", "-o", "/dev/null", f"https://127.0.0.1:{server.https_port}/")
+    status, headers = _headers(start.stdout)
+    assert status == 303 and headers["location"] == "/login"
+    result = _curl("-k", "-D", "/dev/stderr", f"https://127.0.0.1:{server.https_port}/login")
     status, headers = _headers(result.stderr)
     assert status == 200
     assert headers["strict-transport-security"] == "max-age=31536000"
