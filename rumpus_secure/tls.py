@@ -80,6 +80,8 @@ _TLS12_CIPHERS = (
     b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 )
 
+_TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
 _SIGNATURE = tuple[int, int, int, int, int] | None
 
 
@@ -350,7 +352,11 @@ class TLSContextSource:
         try:
             context = SSL.Context(SSL.TLS_SERVER_METHOD)
             context.set_min_proto_version(SSL.TLS1_2_VERSION)
-            context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+            context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
+                                | SSL.OP_CIPHER_SERVER_PREFERENCE)
+            # AES-128-GCM first: as safe for this use and cheaper per byte for
+            # both ends of a bulk transfer than the AES-256 clients list first.
+            context.set_tls13_ciphersuites(_TLS13_SUITES)
             context.set_mode(SSL.MODE_RELEASE_BUFFERS)
             context.set_cipher_list(_TLS12_CIPHERS)
             context.use_certificate(material.chain[0])
