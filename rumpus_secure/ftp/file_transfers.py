@@ -200,8 +200,8 @@ class TransferCommands:
                 engine.run(connect, self._data_tls(), plan.job, transfer.handle)
                 assert transfer.handle.result is not None
                 result = await transfer.handle.result
-                reply = await plan.finish(result)
                 self._audit_result(verb, plan.path, result)
+                reply = await plan.finish(result)
             except VFSError as e:
                 reply = vfs_reply(e, verb)
             except Refused as e:
@@ -281,14 +281,15 @@ class TransferCommands:
     def ftp_RETR(self, path: str) -> Any:
         async def prepare() -> Plan:
             assert self.shell is not None
+            shell = self.shell  # the session may log out before the end
             target = self._path(path)
             offset, self._rest = self._rest, 0
-            handle, size = await self.shell.open_download(target, offset)
+            handle, size = await shell.open_download(target, offset)
             encoder = None if self.binary else listing.LineEndEncoder()
             mode = "BINARY" if self.binary else "ASCII"
 
             async def close_file() -> None:
-                await self.shell.run_in_thread(handle.close)  # type: ignore[union-attr]
+                await shell.run_in_thread(handle.close)
 
             async def finish(result: TransferResult) -> str:
                 await close_file()
@@ -316,19 +317,20 @@ class TransferCommands:
 
     async def _open_upload(self, verb: str, path: str) -> Any:
         assert self.shell is not None
+        shell = self.shell
         offset, self._rest = self._rest, 0
         if verb == "STOU":
             base = self._path(path or "upload")
             parts = split_path(base)
-            directory = "/" + "/".join(parts[:-1]) if path else self.shell.cwd
-            target = await self.shell.call("unique_name", directory, parts[-1])
-            return await self.shell.call("open_upload", target, exclusive=True)
+            directory = "/" + "/".join(parts[:-1]) if path else shell.cwd
+            target = await shell.call("unique_name", directory, parts[-1])
+            return await shell.call("open_upload", target, exclusive=True)
         target = self._path(path)
         if verb == "APPE":
-            return await self.shell.call("open_append", target)
+            return await shell.call("open_append", target)
         if offset:
-            return await self.shell.call("open_write_at", target, offset, truncate=True)
-        return await self.shell.call("open_upload", target)
+            return await shell.call("open_write_at", target, offset, truncate=True)
+        return await shell.call("open_upload", target)
 
     async def _store(self, verb: str, path: str) -> Plan:
         assert self.shell is not None

@@ -289,12 +289,15 @@ class _Channel:
             # it is gone): nothing more to say to it.
             pass
 
-    def drain_until_close(self, limit: float) -> None:
+    def discard_unread(self) -> None:
         """
-        Give the client a moment to read the end of the stream before closing.
+        Read and drop what the client has already sent, without waiting.
+
+        Closing a socket with unread bytes makes the kernel send a reset
+        instead of a FIN, and a reset can destroy data the client has not
+        read yet.  Nothing is waited for: a client may well wait for our
+        226 before it closes its side.
         """
-        self.sock.setblocking(True)
-        self.sock.settimeout(limit)
         try:
             while self.sock.recv(65536):
                 pass
@@ -545,10 +548,7 @@ def _run(connect: Callable[[], socket.socket], tls: TLSSettings | None, job: Job
         if handle.aborted:
             return TransferResult(Outcome.ABORTED, total, tls_version=version)
         channel.finish_sending()
-        # Closing with the client's last bytes unread would send a reset
-        # that can destroy data the client has not read yet: wait for its
-        # side of the close (bounded by the idle timeout).
-        channel.drain_until_close(timeout)
+        channel.discard_unread()
         return TransferResult(Outcome.COMPLETE, total, tls_version=version)
     finally:
         channel.close()
