@@ -157,9 +157,27 @@ class ListenerService(StreamServerEndpointService):
         return port
 
 
+#: Listen backlog for TCP listeners that do not set one.  Twisted's default
+#: of 50 overflows when hundreds of clients connect at once (FileZilla alone
+#: opens several connections per user): the kernel then drops the handshake's
+#: last ACK and those clients wait for a greeting that never comes.
+LISTEN_BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """
+    Add C{backlog=} to a TCP endpoint description that has none.
+    """
+    kind = description.split(":", 1)[0]
+    inner = description.split(":", 2)[1] if kind == "haproxy" else kind
+    if inner in ("tcp", "tcp6") and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
+
+
 def _endpoint(reactor: Any, label: str, description: str) -> Any:
     try:
-        return serverFromString(reactor, description)
+        return serverFromString(reactor, with_backlog(description))
     except (ValueError, TypeError, KeyError) as e:
         raise _fail(f"--{label}: bad endpoint {description!r}: {e}") from None
 
@@ -226,10 +244,37 @@ def bootstrap_admin(store: Any, data_dir: Path, out: Any = None) -> str | None:
     return created
 
 
+def raise_open_file_limit(wanted: int = 65536) -> int:
+    """
+    Raise the soft limit on open files towards the hard limit.
+
+    Every FTP session holds a control connection, often a passive listener
+    and a data connection, and a file: the usual soft limit of 1024 runs
+    out at a few hundred concurrent transfers.
+
+    @returns: the soft limit now in force.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def build_server(config: ServerConfig, reactor: Any) -> Server:
     """
     Open the data directory, accounts, certificate and audit log.
     """
+    limit = raise_open_file_limit()
+    if limit < 4096:
+        _log.warn("only {limit} open files allowed: concurrent sessions are limited",
+                  limit=limit)
     from twisted.cred.portal import Portal
 
     from rumpus_secure.accounts.checker import ArgonChecker, verify_thread_pool

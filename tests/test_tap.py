@@ -306,3 +306,25 @@ def test_readme_documents_every_option_and_two_commands() -> None:
     assert len(commands) == 2
     assert commands[0].endswith("twistd -n rumpus-secure")
     assert commands[1].endswith("python -m pytest")
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("tcp:2121", "tcp:2121:backlog=1024"),
+    ("tcp:2121:interface=127.0.0.1", "tcp:2121:interface=127.0.0.1:backlog=1024"),
+    ("tcp6:2121", "tcp6:2121:backlog=1024"),
+    ("haproxy:tcp:21", "haproxy:tcp:21:backlog=1024"),
+    ("tcp:2121:backlog=10", "tcp:2121:backlog=10"),
+    ("unix:/run/ftp.sock", "unix:/run/ftp.sock"),
+])
+def test_listen_backlog_default(given: str, expected: str) -> None:
+    assert tap.with_backlog(given) == expected
+
+
+def test_backlog_reaches_the_listener(tmp_path: Path) -> None:
+    reactor = Reactor()
+    top = tap.makeService({"data-dir": str(tmp_path), "ftps": "none", "http": "none",
+                           "https": "none", "ftp": "tcp:2121"}, reactor=reactor)
+    [listener] = listeners(top).values()
+    listener.privilegedStartService()
+    [(port, factory, backlog, interface)] = reactor.tcpServers
+    assert (port, backlog) == (2121, 1024)
