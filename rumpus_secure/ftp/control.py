@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from rumpus_secure.ftp import data as data_channel
 from rumpus_secure.ftp.files import FileCommands
+from rumpus_secure.ftp.passive import PortPool
 from rumpus_secure.ftp.transfer import TransferEngine
 from rumpus_secure.guard import FTP_OFFENCES
 from rumpus_secure.ftp.policy import (
@@ -766,8 +767,10 @@ class FTPFactories:
         if self.config.passive_ports:
             low, high = self.config.passive_ports
             self.passive_port_range: range = range(low, high + 1)
+            self.port_pool: PortPool | None = PortPool(self.passive_port_range)
         else:
             self.passive_port_range = range(0, 1)
+            self.port_pool = None
         self.exposure = server.exposure
         self.guard = getattr(server, "guard", None)
         self.data_connect_timeout = self.config.data_connect_timeout

@@ -78,30 +78,90 @@ def _replace_source(control: Any, source: Any) -> None:
         old.close()
 
 
-def _listen(control: Any) -> PassiveSource | str:
+#: How long PASV waits for a passive port of the range to come free.
+PORT_WAIT = 10.0
+
+
+def _listen(control: Any) -> defer.Deferred[PassiveSource | str] | str:
+    """
+    Open a passive listener; when every port of the range is taken, wait.
+
+    A passive port is taken only from PASV until its client connects, so
+    with a port range smaller than the number of clients arriving at once
+    a short wait (bounded by L{PORT_WAIT}) for the next free port beats
+    refusing with 425.
+    """
     if control._epsvAll:
         return "503 Only EPSV may be used after EPSV ALL."
     _replace_source(control, None)
     local = control.transport.getHost().host
     shared = control.session_factory.shared
+    reactor = control.reactor
+    pool = shared.port_pool
+    deadline = reactor.seconds() + PORT_WAIT
 
     def refused(host: str) -> None:
         control._audit("ftp.data_peer_refused", account=control.account,
                        data_client=host, outcome="refused")
 
-    try:
-        listener = PassiveListener(
-            control.reactor, local, control.passivePortRange, control.client_host,
-            timeout=shared.data_connect_timeout, on_refused=refused,
-        )
-    except CannotListenError:
+    def attempt() -> PassiveSource | None:
+        try:
+            listener = PassiveListener(
+                reactor, local, control.passivePortRange, control.client_host,
+                timeout=shared.data_connect_timeout, on_refused=refused, pool=pool,
+            )
+        except CannotListenError:
+            return None
+        source = PassiveSource(listener)
+        control.data_source = source
+        return source
+
+    source = attempt()
+    if source is not None:
+        return defer.succeed(source)
+    if pool is None:
         return "425 No passive data port is free right now; try again shortly."
-    source = PassiveSource(listener)
-    control.data_source = source
-    return source
+    result: defer.Deferred[PassiveSource | str] = defer.Deferred()
+
+    def give_up() -> None:
+        waiting.cancel()
+
+    def woken(ignored: Any) -> None:
+        if control.disconnected:
+            timer.cancel()
+            result.callback("425 The connection is closing.")
+            return
+        source = attempt()
+        if source is not None:
+            timer.cancel()
+            result.callback(source)
+            return
+        rewait()
+
+    def timed_out(failure: Any) -> None:
+        failure.trap(defer.CancelledError)
+        result.callback("425 No passive data port is free right now; try again shortly.")
+
+    def rewait() -> None:
+        nonlocal waiting
+        waiting = pool.wait()
+        waiting.addCallbacks(woken, timed_out)
+
+    waiting: defer.Deferred[None]
+    timer = reactor.callLater(max(0.0, deadline - reactor.seconds()), give_up)
+    rewait()
+    return result
 
 
-def passive(control: Any, extended: bool = False) -> str:
+def _announce(listening: defer.Deferred[PassiveSource | str] | str,
+              reply: Callable[[int], str]) -> defer.Deferred[str] | str:
+    if isinstance(listening, str):
+        return listening
+    return listening.addCallback(
+        lambda source: source if isinstance(source, str) else reply(source.listener.port))
+
+
+def passive(control: Any, extended: bool = False) -> defer.Deferred[str] | str:
     """
     PASV: listen for the client's data connection, announce ``h1,...,p2``.
     """
@@ -109,14 +169,12 @@ def passive(control: Any, extended: bool = False) -> str:
     announced = control.config.passive_address or local
     if ipaddress.ip_address(announced).version != 4:
         return "522 PASV works only over IPv4; use EPSV."
-    source = _listen(control)
-    if isinstance(source, str):
-        return source
-    address = ftp.encodeHostPort(announced, source.listener.port)
-    return f"227 Entering Passive Mode ({address})."
+    return _announce(
+        _listen(control),
+        lambda port: f"227 Entering Passive Mode ({ftp.encodeHostPort(announced, port)}).")
 
 
-def extended_passive(control: Any, argument: str = "") -> str:
+def extended_passive(control: Any, argument: str = "") -> defer.Deferred[str] | str:
     """
     EPSV (RFC 2428): like PASV, announcing only the port; EPSV ALL.
     """
@@ -128,10 +186,8 @@ def extended_passive(control: Any, argument: str = "") -> str:
     wanted = "1" if local.version == 4 else "2"
     if argument and argument != wanted:
         return f"522 Network protocol not supported, use ({wanted})"
-    source = _listen(control)
-    if isinstance(source, str):
-        return source
-    return f"229 Entering Extended Passive Mode (|||{source.listener.port}|)."
+    return _announce(_listen(control),
+                     lambda port: f"229 Entering Extended Passive Mode (|||{port}|).")
 
 
 def _parse_port(argument: str) -> tuple[str, int]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
@@ -55,10 +56,14 @@ class PassiveListener:
 
     def __init__(self, reactor: Any, interface: str, ports: range,
                  allowed_peer: str, timeout: float,
-                 on_refused: Callable[[str], None] = lambda host: None) -> None:
+                 on_refused: Callable[[str], None] = lambda host: None,
+                 pool: PortPool | None = None) -> None:
         self.reactor = reactor
         self.allowed_peer = normalise_host(allowed_peer)
         self.on_refused = on_refused
+        self._pool = pool
+        if pool is not None:
+            ports = pool.candidates()  # type: ignore[assignment]
         self._timeout = timeout
         self._sock: socket.socket | None = None
         self._accepted: socket.socket | None = None
@@ -67,7 +72,7 @@ class PassiveListener:
         self._failure: BaseException | None = None
         self.port = self._bind(interface, ports)
 
-    def _bind(self, interface: str, ports: range) -> int:
+    def _bind(self, interface: str, ports: Iterable[int]) -> int:
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
         last: OSError | None = None
         for number in ports:
@@ -84,10 +89,12 @@ class PassiveListener:
                 raise CannotListenError(interface, number, e) from None
             sock.setblocking(False)
             self._sock = sock
+            if self._pool is not None:
+                self._pool.taken(sock.getsockname()[1])
             self.reactor.addReader(self)
             self._timer = self.reactor.callLater(self._timeout, self._expire)
             return sock.getsockname()[1]
-        raise CannotListenError(interface, ports.start, last)
+        raise CannotListenError(interface, 0, last or OSError("every passive port is taken"))
 
     # IReadDescriptor
 
@@ -164,6 +171,8 @@ class PassiveListener:
             self.reactor.removeReader(self)
             self._sock.close()
             self._sock = None
+            if self._pool is not None:
+                self._pool.released(self.port)
 
     def close(self) -> None:
         """
@@ -180,6 +189,50 @@ class PassiveListener:
     @property
     def listening(self) -> bool:
         return self._sock is not None
+
+
+class PortPool:
+    """
+    The passive port range, shared by every session of a server.
+
+    A port is taken from PASV until its client connects.  When every port
+    is taken, PASV waits (see L{wait}) and is woken as soon as a port comes
+    free, instead of polling: with a range smaller than a burst of clients
+    that is the difference between a short queue and a storm of bind calls.
+    """
+
+    def __init__(self, ports: range) -> None:
+        self.ports = ports
+        self.in_use: set[int] = set()
+        self._waiters: deque[defer.Deferred[None]] = deque()
+
+    def candidates(self) -> list[int]:
+        return [port for port in self.ports if port not in self.in_use]
+
+    def taken(self, port: int) -> None:
+        self.in_use.add(port)
+
+    def released(self, port: int) -> None:
+        self.in_use.discard(port)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.called:
+                waiter.callback(None)
+                return
+
+    def wait(self) -> defer.Deferred[None]:
+        """
+        Fires when a port is released (cancel it to stop waiting).
+        """
+        d: defer.Deferred[None] = defer.Deferred(lambda d: self._forget(d))
+        self._waiters.append(d)
+        return d
+
+    def _forget(self, d: defer.Deferred[None]) -> None:
+        try:
+            self._waiters.remove(d)
+        except ValueError:
+            pass
 
 
 def active_connector(host: str, port: int, source_host: str | None,

@@ -135,11 +135,13 @@ class _Channel:
         fd = self.sock.fileno()
         if fd < 0:
             raise _Aborted()
-        r, w, _ = select.select([fd] if readable else [], [] if readable else [fd], [],
-                                self.timeout)
+        # poll, not select: a busy server has descriptors above FD_SETSIZE.
+        poller = select.poll()
+        poller.register(fd, select.POLLIN if readable else select.POLLOUT)
+        ready = poller.poll(self.timeout * 1000)
         if self.handle.aborted:
             raise _Aborted()
-        if not r and not w:
+        if not ready:
             raise TimeoutError(f"no progress for {self.timeout:.0f} s")
 
     def _raw_send_all(self, view: memoryview) -> None:
@@ -266,8 +268,9 @@ class _Channel:
         """
         if self.tls is not None and (self._fed or self.tls.pending()):
             return True
-        ready, _, _ = select.select([self.sock], [], [], 0)
-        return bool(ready)
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     def finish_sending(self) -> None:
         """
