@@ -438,8 +438,10 @@ def receive_into(sink: Sink, decoder: Any = None) -> Job:
         def write_gathered() -> None:
             nonlocal filled
             if filled:
-                data = bytes(view[:filled])
-                sink.write(decoder.convert(data) if decoder is not None else data)
+                if decoder is not None:
+                    sink.write(decoder.convert(bytes(view[:filled])))
+                else:
+                    sink.write(view[:filled])  # no copy: the file layer writes it out
                 filled = 0
 
         while True:
