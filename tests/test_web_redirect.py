@@ -192,3 +192,120 @@ def test_redirect_off_serves_manager_over_http(tmp_path):
     assert response.status == 303
     cookie = response.header(b"set-cookie")
     assert b"Secure" not in cookie and b"HttpOnly" in cookie
+
+
+# -- the fast path ------------------------------------------------------------
+
+def test_redirect_headers_and_body(http):
+    response = http.get(b"/files/a?x=1")
+    location = b"https://files.example.org:8443/files/a?x=1"
+    assert response.status == 301
+    assert response.header(b"cache-control") == b"no-store"
+    assert response.header(b"content-type") == b"text/plain; charset=utf-8"
+    assert response.header(b"server") is not None
+    assert response.header(b"date") is not None
+    assert response.body == b"This server only answers over HTTPS: " + location + b"\n"
+    assert response.header(b"content-length") == b"%d" % len(response.body)
+
+
+def test_head_redirect_has_no_body(http):
+    response = http.request(b"HEAD", b"/x")
+    assert response.status == 301
+    assert response.header(b"cache-control") == b"no-store"
+    assert response.body == b""
+
+
+def test_date_header_is_current():
+    import time
+
+    from twisted.web.http import datetimeToString
+
+    from rumpus_secure.web.redirect import _http_date
+
+    before = datetimeToString(int(time.time()))
+    value = _http_date()
+    after = datetimeToString(int(time.time()))
+    assert value in (before, after)
+
+
+def test_request_paths_match_stock_traversal(server):
+    from rumpus_secure.web.redirect import RedirectToHTTPS
+
+    seen = {}
+
+    class Spy(RedirectToHTTPS):
+        def render(self, request):
+            seen.update(prepath=request.prepath, postpath=request.postpath,
+                        sitepath=request.sitepath)
+            return super().render(request)
+
+    site = build_http_site(server, server.reactor)
+    site.resource = Spy(server.config, server)
+    HTTPDriver(site, origin=None).get(b"/a%20b/c?q=1")
+    assert seen == {"prepath": [], "postpath": [b"a b", b"c"], "sitepath": []}
+
+
+def test_other_root_resource_takes_the_stock_path(server):
+    from twisted.web.resource import Resource
+
+    class Hello(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            return b"hi " + b",".join(request.postpath)
+
+    site = build_http_site(server, server.reactor)
+    site.resource = Hello()
+    http = HTTPDriver(site, origin=None)
+    response = http.get(b"/a/b")
+    assert (response.status, response.body) == (200, b"hi a,b")
+    assert response.header(b"location") is None
+
+
+def test_errors_in_render_become_500(server):
+    from rumpus_secure.web.redirect import RedirectToHTTPS
+
+    class Broken(RedirectToHTTPS):
+        def render(self, request):
+            raise RuntimeError("boom")
+
+    site = build_http_site(server, server.reactor)
+    site.resource = Broken(server.config, server)
+    response = HTTPDriver(site, origin=None).get(b"/")
+    assert response.status == 500
+    assert b"boom" not in response.body
+
+
+def test_authorization_checked_for_every_method(server, http):
+    server.store.add("alice", "s3cret")
+    token = base64.b64encode(b"alice:s3cret")
+    response = http.request(b"PUT", b"/x", body=b"", headers={b"authorization": b"Basic " + token})
+    assert response.status == 403
+    assert server.checker.checked == [("alice", "s3cret")]
+
+
+def test_no_access_log_line_per_request(server):
+    """
+    The redirect listener deliberately writes no access log (see
+    L{rumpus_secure.web.redirect.PlainSite}); the stock site would.
+    """
+    import io
+
+    from twisted.web import server as web_server
+
+    site = build_http_site(server, server.reactor)
+    site._logFile = io.StringIO()
+    HTTPDriver(site, origin=None).get(b"/x")
+    assert site._logFile.getvalue() == ""
+
+    stock = web_server.Site(site.resource, reactor=server.reactor)
+    stock._logFile = io.StringIO()
+    HTTPDriver(stock, origin=None).get(b"/x")
+    assert b"/x" in stock._logFile.getvalue().encode()
+
+
+def test_redirect_off_site_keeps_access_log(tmp_path):
+    from rumpus_secure.web.redirect import PlainSite
+
+    server = make_server(tmp_path, http_redirect=False)
+    assert not isinstance(build_http_site(server, server.reactor), PlainSite)
