@@ -351,3 +351,37 @@ def test_file_is_read_in_large_chunks(tmp_path: Path) -> None:
     from rumpus_secure.ftp.transfer import CHUNK
 
     assert CHUNK >= 256 * 1024
+
+
+class FullDisk:
+    """
+    A sink that fails like a full disk after some bytes.
+    """
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        if self.written + len(data) > self.room:
+            raise OSError(28, "No space left on device")
+        self.written += len(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_to_a_full_disk_stops_with_a_local_error(engine: TransferEngine) -> None:
+    def sender(port: int) -> None:
+        try:
+            plain_client(port, os.urandom(8 * 1024 * 1024))
+        except OSError:
+            pass  # the server stops reading and resets: expected
+
+    passive = listener()
+    client = deferToThread(sender, passive.port)
+    sock = await passive.wait()
+    sink = FullDisk(room=2 * 1024 * 1024)
+    handle = engine.run(lambda: sock, None, receive_into(sink))
+    result = await handle.result
+    await client
+    assert result.outcome is Outcome.LOCAL_ERROR and result.detail == "disk full"
+    assert sink.written <= 2 * 1024 * 1024
