@@ -23,7 +23,10 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.protocols import ftp
 
+from twisted.python.failure import Failure
+
 from rumpus_secure.ftp.passive import PassiveListener, active_connector, normalise_host
+from rumpus_secure.ftp.transfer import TransferHandle
 
 __all__ = [
     "ActiveSource",
@@ -40,19 +43,64 @@ Connect = Callable[[], socket.socket]
 class PassiveSource:
     """
     A passive data connection: the client connects to our listener.
+
+    Under PROT P the TLS handshake starts as soon as the client is in (in a
+    worker thread), since some clients handshake before they send the
+    transfer command; the transfer then takes the ready channel.
     """
 
-    def __init__(self, listener: PassiveListener) -> None:
+    def __init__(self, listener: PassiveListener, control: Any) -> None:
         self.listener = listener
+        self._control = control
+        self._handle = TransferHandle()
+        self._outcome: tuple[bool, Any] | None = None
+        self._waiters: list[defer.Deferred[Any]] = []
+        self._taken = False
+        listener.wait().addCallback(self._accepted).addCallbacks(
+            self._settled_ok, self._settled_failed)
+
+    def _accepted(self, sock: socket.socket) -> Any:
+        tls = self._control._data_tls()
+        if tls is None:
+            return sock
+        return self._control.session_factory.shared.engine.handshake(sock, tls, self._handle)
+
+    def _settled_ok(self, connected: Any) -> None:
+        self._outcome = (True, connected)
+        self._wake()
+
+    def _settled_failed(self, failure: Failure) -> None:
+        self._outcome = (False, failure)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._outcome is None:
+            return
+        ok, value = self._outcome
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            if ok:
+                d.callback(value)
+            else:
+                d.errback(value)
 
     def connector(self) -> defer.Deferred[Connect]:
         """
-        Fires with a function returning the accepted socket, once it is here.
+        Fires with a function returning the accepted socket (or the channel
+        whose handshake is done), once it is here.
         """
-        return self.listener.wait().addCallback(lambda sock: (lambda: sock))
+        self._taken = True
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._waiters.append(d)
+        self._wake()
+        return d.addCallback(lambda connected: (lambda: connected))
 
     def close(self) -> None:
         self.listener.close()
+        # Stops a handshake still running; harmless once the socket is closed.
+        self._handle.abort()
+        if not self._taken and self._outcome is not None and self._outcome[0]:
+            self._outcome[1].close()  # accepted, never used by a transfer
 
 
 class ActiveSource:
@@ -112,7 +160,7 @@ def _listen(control: Any) -> defer.Deferred[PassiveSource | str] | str:
             )
         except CannotListenError:
             return None
-        source = PassiveSource(listener)
+        source = PassiveSource(listener, control)
         control.data_source = source
         return source
 

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,6 +35,7 @@ from rumpus_secure.ftp import listing
 from rumpus_secure.ftp.passive import DataConnectionTimeout
 from rumpus_secure.ftp.shell import FileShell
 from rumpus_secure.ftp.transfer import (
+    Aborted as TransferAbortedError,
     Job,
     Outcome,
     TLSSettings,
@@ -73,6 +75,12 @@ def vfs_reply(err: VFSError, verb: str) -> str:
     else:
         code = 550
     return f"{code} {verb} refused: {wire_name(err.message)}"
+
+
+class HandshakeFailed(Exception):
+    """
+    The early TLS handshake of a passive data connection failed.
+    """
 
 
 class Refused(Exception):
@@ -195,7 +203,10 @@ class TransferCommands:
                 plan = await prepare()
                 transfer = self._transfer = Transfer(verb, plan.path, source)
                 self.sendLine(plan.preamble)  # type: ignore[attr-defined]
-                connect = await source.connector()
+                try:
+                    connect = await source.connector()
+                except (SSL.Error, OSError, TimeoutError, TransferAbortedError) as e:
+                    raise HandshakeFailed(str(e) or e.__class__.__name__) from None
                 engine = self.session_factory.shared.engine  # type: ignore[attr-defined]
                 engine.run(connect, self._data_tls(), plan.job, transfer.handle)
                 assert transfer.handle.result is not None
@@ -206,6 +217,15 @@ class TransferCommands:
                 reply = vfs_reply(e, verb)
             except Refused as e:
                 reply = str(e)
+            except HandshakeFailed as e:
+                if plan is not None and plan.cancel is not None:
+                    await plan.cancel()
+                if transfer is not None and transfer.by_abor:
+                    reply = "426 Transfer aborted: ABOR received before the data connection."
+                else:
+                    self._audit("ftp.data_tls_failed", account=self.account,  # type: ignore[attr-defined]
+                                command=verb, error=str(e)[:200])
+                    reply = f"522 TLS handshake on the data connection failed: {e}."
             except (DataConnectionTimeout, defer.CancelledError) as e:
                 if plan is not None and plan.cancel is not None:
                     await plan.cancel()

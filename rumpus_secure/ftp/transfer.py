@@ -101,6 +101,10 @@ class _Aborted(Exception):
     pass
 
 
+#: Raised by a data connection stopped with L{TransferHandle.abort}.
+Aborted = _Aborted
+
+
 class _Channel:
     """
     A blocking byte channel over a socket, plain or TLS, with timeouts.
@@ -192,19 +196,19 @@ class _Channel:
             _lib.BIO_write(self.tls._into_ssl, source, n)
         self._fed = True
 
-    def start_tls(self, settings: TLSSettings, receive_only: bool = False) -> None:
+    def start_tls(self, settings: TLSSettings) -> None:
         """
         Run the server side of the handshake.
 
-        @param receive_only: this connection only receives (an upload).  With
-            TLS 1.3, OpenSSL sends session tickets I{after} the handshake; a
-            client that only uploads never reads them, so when it closes its
-            socket the unread tickets make its kernel send a reset, and a
-            reset destroys upload data still queued on our side: uploads cut
-            short at random sizes, the classic lftp/GnuTLS-over-TLS-1.3
-            failure.  Such a connection holds its post-handshake output back
-            until the upload has been read to the end, then sends it with its
-            close_notify (a client such as Python's ftplib waits for that).
+        Post-handshake output is held back until L{release_held}.  With TLS
+        1.3, OpenSSL sends session tickets I{after} the handshake; a client
+        that only uploads never reads them, so when it closes its socket the
+        unread tickets make its kernel send a reset, and a reset destroys
+        upload data still queued on our side: uploads cut short at random
+        sizes, the classic lftp/GnuTLS-over-TLS-1.3 failure.  A download
+        releases the held bytes before its data; an upload sends them with
+        its close_notify once the upload has been read to the end (a client
+        such as Python's ftplib waits for that close_notify).
         """
         tls = SSL.Connection(settings.context, None)
         # Idle control connections release their record buffers to save
@@ -221,11 +225,19 @@ class _Channel:
                 if self._eof:
                     raise ConnectionError("the client closed during the handshake") from None
                 self._feed_tls()
-        if receive_only and tls.get_protocol_version_name() == "TLSv1.3":
+        if tls.get_protocol_version_name() == "TLSv1.3":
             # The handshake's last flight went out with the WantRead above;
             # what OpenSSL has written since is post-handshake (tickets).
             self._held = bytearray()
         self._flush_tls()
+
+    def release_held(self) -> None:
+        """
+        Send the post-handshake output held back by L{start_tls}.
+        """
+        held, self._held = self._held, None
+        if held:
+            self._raw_send_all(memoryview(held))
 
     # -- the byte stream -----------------------------------------------------
 
@@ -278,9 +290,7 @@ class _Channel:
         """
         try:
             if self.tls is not None:
-                held, self._held = self._held, None
-                if held:
-                    self._raw_send_all(memoryview(held))
+                self.release_held()
                 try:
                     self.tls.shutdown()
                 except SSL.Error:
@@ -488,6 +498,14 @@ class TransferEngine:
             reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
         self.pool = pool
 
+    def handshake(self, sock: socket.socket, tls: TLSSettings,
+                  handle: TransferHandle) -> defer.Deferred["_Channel"]:
+        """
+        Run L{handshake} in the pool; fires with the ready channel.
+        """
+        return deferToThreadPool(self.reactor, self.pool, handshake, sock, tls,
+                                 self.idle_timeout, handle)
+
     def run(self, connect: Callable[[], socket.socket], tls: TLSSettings | None,
             job: Job, handle: TransferHandle | None = None) -> TransferHandle:
         """
@@ -503,28 +521,57 @@ class TransferEngine:
         return handle
 
 
-def _run(connect: Callable[[], socket.socket], tls: TLSSettings | None, job: Job,
-         handle: TransferHandle, timeout: float) -> TransferResult:
+def handshake(sock: socket.socket, tls: TLSSettings, timeout: float,
+              handle: TransferHandle) -> "_Channel":
+    """
+    The TLS handshake of a data connection, run as soon as it is accepted.
+
+    Some clients start TLS on a passive data connection at once, before
+    they send the transfer command; waiting for the command would leave
+    both sides waiting for each other.  Runs in a worker thread.
+
+    @raises SSL.Error, OSError, TimeoutError: the handshake failed.
+    """
+    handle.attach(sock)
+    channel = _Channel(sock, timeout, handle)
     try:
-        sock = connect()
+        channel.start_tls(tls)
+    except BaseException:
+        channel.close()
+        raise
+    return channel
+
+
+def _run(connect: Callable[[], "socket.socket | _Channel"], tls: TLSSettings | None,
+         job: Job, handle: TransferHandle, timeout: float) -> TransferResult:
+    try:
+        connected = connect()
     except _Aborted:
         return TransferResult(Outcome.ABORTED)
     except OSError as e:
         return TransferResult(Outcome.CONNECTION_LOST, detail=f"cannot connect: {e}")
-    handle.attach(sock)
-    channel = _Channel(sock, timeout, handle)
+    if isinstance(connected, _Channel):
+        channel = connected  # accepted and handshaken already (see handshake)
+        channel.handle = handle
+        handle.attach(channel.sock)
+    else:
+        handle.attach(connected)
+        channel = _Channel(connected, timeout, handle)
     version = None
     try:
         if tls is not None:
-            try:
-                channel.start_tls(tls, receive_only=getattr(job, "receives", False))
-            except (SSL.Error, OSError, TimeoutError) as e:
-                return TransferResult(Outcome.TLS_FAILED, detail=_describe(e))
+            if channel.tls is None:
+                try:
+                    channel.start_tls(tls)
+                except (SSL.Error, OSError, TimeoutError, _Aborted) as e:
+                    return TransferResult(Outcome.TLS_FAILED, detail=_describe(e))
             assert channel.tls is not None
             version = channel.tls.get_protocol_version_name()
             if tls.require_reuse and not session_reused(channel.tls):
                 return TransferResult(Outcome.NOT_RESUMED, tls_version=version,
                                       detail="TLS session not resumed")
+            if not getattr(job, "receives", False):
+                channel.release_held()
         try:
             total = job(channel, handle)
         except _Truncated:

@@ -381,3 +381,30 @@ def test_passive_range_serves_more_transfers_than_ports(
     for _ in range(25):  # 25 transfers through a range of 5 ports
         assert sha256(retrieve(ftp, "f.bin")) == digest
     ftp.quit()
+
+
+def test_client_that_handshakes_before_the_command(server: ServerProcess,
+                                                   make_user: UserFactory) -> None:
+    """
+    Some clients start TLS on a passive data connection before they send
+    RETR; the server must not wait for the command to answer the handshake.
+    """
+    user, content = _user_with_file(make_user, 2_000_000)
+    with TLSControl(server.ftp_port, user) as control:
+        port = control.passive_port()
+        conn = control.data(port)
+        conn.settimeout(10)
+        conn.do_handshake()  # before any transfer command: must not hang
+        control.send("RETR f.bin\r\n")
+        assert control.reply()[0].startswith("150")
+        assert _read_all(conn) == content
+        assert control.reply()[0].startswith("226")
+        # A connection handshaken and then abandoned is cleaned up by the next PASV.
+        port = control.passive_port()
+        idle = control.data(port)
+        idle.settimeout(10)
+        idle.do_handshake()
+        control.passive_port()
+        idle.settimeout(5)
+        assert idle.recv(1) == b""
+        assert control.command("NOOP")[0].startswith("200")
