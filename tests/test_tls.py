@@ -303,7 +303,8 @@ def test_generated_localhost(tmp_path: Path) -> None:
         cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
     )
     usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    assert usage.digital_signature and usage.key_encipherment
+    assert usage.digital_signature and not usage.key_encipherment
+    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
     assert list(
         cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     ) == [ExtendedKeyUsageOID.SERVER_AUTH]
