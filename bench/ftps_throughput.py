@@ -99,7 +99,8 @@ class Rumpus(Server):
 class Vsftpd(Server):
     name = "vsftpd"
 
-    def __init__(self, work: Path, big: Path, cert: Path, key: Path) -> None:
+    def __init__(self, work: Path, big: Path, cert: Path, key: Path,
+                 implicit: bool = False) -> None:
         if not shutil.which("vsftpd") and not Path("/usr/sbin/vsftpd").exists():
             subprocess.run(["apt-get", "install", "-y", "-qq", "vsftpd"], check=True,
                            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
@@ -124,7 +125,7 @@ class Vsftpd(Server):
             "force_local_logins_ssl=YES", "require_ssl_reuse=NO",
             "pasv_enable=YES", "seccomp_sandbox=NO", "pam_service_name=vsftpd",
             "secure_chroot_dir=/var/run/vsftpd/empty", "background=NO",
-            f"local_root={home}",
+            f"local_root={home}", f"implicit_ssl={'YES' if implicit else 'NO'}",
             "ssl_ciphers=HIGH", "",
         ]))
         self.proc = subprocess.Popen(["/usr/sbin/vsftpd", str(conf)],

@@ -213,12 +213,13 @@ class Control:
             pass
 
 
-async def login_once(port: int, context: ssl.SSLContext, name: str) -> float:
+async def login_once(port: int, context: ssl.SSLContext, name: str,
+                     password: str = PASSWORD) -> float:
     started = time.perf_counter()
     control = Control(port, context)
     try:
         await control.connect()
-        code, text = await control.login(name, PASSWORD)
+        code, text = await control.login(name, password)
         if code != 230:
             raise FTPError(text)
         elapsed = time.perf_counter() - started
@@ -228,7 +229,8 @@ async def login_once(port: int, context: ssl.SSLContext, name: str) -> float:
         control.close()
 
 
-async def login_rate(port: int, names: list[str], clients: int, logins: int) -> float:
+async def login_rate(port: int, names: list[str], clients: int, logins: int,
+                     password: str = PASSWORD) -> float:
     """
     Logins per second with C{clients} concurrent clients, C{logins} in all.
     """
@@ -240,7 +242,7 @@ async def login_rate(port: int, names: list[str], clients: int, logins: int) -> 
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            await login_once(port, context, names[n % len(names)])
+            await login_once(port, context, names[n % len(names)], password)
 
     await asyncio.gather(*(worker(n) for n in range(clients)))
     return logins / (time.perf_counter() - started)
@@ -317,6 +319,9 @@ async def main_async(args: argparse.Namespace, server: ServerProcess,
     if first_server is not None:
         first = await login_rate(first_server.port, first_server.names, 8, args.rate_logins)
         print(f"first logins (argon2id every time), 8 clients: {first:8.1f} logins/s")
+    if args.vsftpd:
+        rate = await vsftpd_login_rate(args.rate_logins)
+        print(f"vsftpd logins (PAM, same run),       8 clients: {rate:8.1f} logins/s")
     await login_rate(server.port, names, 8, len(names))  # warm the cache
     repeat = await login_rate(server.port, names, 8, args.rate_logins)
     print(f"repeat logins (verifier cache),      8 clients: {repeat:8.1f} logins/s")
@@ -387,6 +392,38 @@ async def main_async(args: argparse.Namespace, server: ServerProcess,
     print("audit: " + ", ".join(f"{v} {k}" for k, v in counted.items()))
 
 
+async def vsftpd_login_rate(logins: int) -> float:
+    """
+    vsftpd's login rate over explicit FTPS, with a system user through PAM.
+
+    Uses the vsftpd set-up of bench/ftps_throughput.py (needs root and the
+    Debian package, which it installs when missing).
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "ftps_throughput", Path(__file__).with_name("ftps_throughput.py"))
+    assert spec is not None and spec.loader is not None
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    work = Path(tempfile.mkdtemp(prefix="rumpus-load-vsftpd-"))
+    vsftpd = None
+    try:
+        (work / "big.bin").write_bytes(b"x")
+        certs = ServerProcess(work / "certs", 1, [])  # only for its generated certificate
+        cert = certs.data / "tls" / "cert.pem"
+        key = certs.data / "tls" / "key.pem"
+        # Implicit FTPS, like the rumpus-secure measurements above.
+        vsftpd = throughput.Vsftpd(work, work / "big.bin", cert, key, implicit=True)
+        certs.stop()
+        return await login_rate(vsftpd.port, [throughput.USER], 8, logins,
+                                password=throughput.PASSWORD)
+    finally:
+        if vsftpd is not None:
+            vsftpd.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=500)
@@ -401,6 +438,10 @@ def main() -> None:
     parser.add_argument("--skip-first", action="store_true",
                         help="skip the cache-off server for the first-login rate")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--vsftpd", action=argparse.BooleanOptionalAction,
+                        default=os.geteuid() == 0,
+                        help="also measure vsftpd's login rate in the same run "
+                             "[default: on when run as root]")
     args = parser.parse_args()
 
     limit = raise_fd_limit()

@@ -312,7 +312,7 @@ def build_server(config: ServerConfig, reactor: Any) -> Server:
         if info.generated:
             sys.stdout.write(f"  Warning: {warning}\n")
     audit = JSONLinesAuditLog(config.data_dir / "audit.log")
-    # Argon2id holds 46 MiB per verification: a pool of its own bounds that
+    # Argon2id holds 19 MiB per verification: a pool of its own bounds that
     # memory and keeps a login burst from starving other thread work.
     cache = None
     if config.login_cache_time > 0:

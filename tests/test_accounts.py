@@ -327,7 +327,7 @@ def test_real_parameters_add_and_verify(tmp_path: Path) -> None:
     store = SQLiteAccountStore(tmp_path / "accounts.sqlite3", tmp_path / "files")
     store.add("alice", "correct horse")
     stored = store.password_hash("alice")
-    assert stored.startswith("$argon2id$v=19$m=47104,t=1,p=1$")
+    assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
     assert verify_password(stored, "correct horse")
     assert not verify_password(stored, "wrong horse")
 
@@ -337,7 +337,7 @@ def test_real_parameters_add_and_verify(tmp_path: Path) -> None:
 
 def test_default_parameters() -> None:
     assert (DEFAULT_HASHER.time_cost, DEFAULT_HASHER.memory_cost,
-            DEFAULT_HASHER.parallelism) == (1, 47104, 1)  # OWASP argon2id option 1
+            DEFAULT_HASHER.parallelism) == (2, 19456, 1)  # OWASP argon2id, first setting
 
 
 def test_hash_and_verify() -> None:

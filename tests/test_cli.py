@@ -348,7 +348,7 @@ def test_subprocess_change_seen_by_open_store(tmp_path: Path) -> None:
     assert "password of alice changed" in result.stdout
 
     stored = server_store.password_hash("alice")
-    assert stored.startswith("$argon2id$v=19$m=47104,t=1,p=1$")
+    assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
     assert verify_password(stored, "after")
     assert server_store.get("alice").version == before.version + 1
 

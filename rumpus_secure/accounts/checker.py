@@ -196,9 +196,9 @@ def verify_thread_pool(
     """
     A thread pool for password verification, started and stopped with C{reactor}.
 
-    Each verification holds 46 MiB for its duration, and the reactor's
+    Each verification holds 19 MiB for its duration, and the reactor's
     shared pool (10 threads) is also used for DNS and file work, so a
-    dedicated pool bounds both memory (C{max_threads} x 46 MiB) and the
+    dedicated pool bounds both memory (C{max_threads} x 19 MiB) and the
     effect of a login burst on everything else.  Logins beyond
     C{max_threads} queue.
 

@@ -3,7 +3,7 @@ A short-lived memory of successful password verifications.
 
 FTP clients such as FileZilla open several connections with the same
 credentials within seconds; each would otherwise pay a full argon2id
-verification (46 MiB, tens of milliseconds).  L{VerifierCache} remembers
+verification (19 MiB, tens of milliseconds).  L{VerifierCache} remembers
 that a name and password verified successfully against account version
 C{v}, for a few minutes.  A later login with the same name and password
 skips argon2id only if the account's stored C{version} is still C{v}: the
