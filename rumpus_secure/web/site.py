@@ -69,8 +69,38 @@ class SecureRequest(server.Request):
     person can read.
     """
 
+    def _ban(self, audit: bool = True) -> Any:
+        """
+        The guard's ban on this client's address, if any (audited unless not).
+        """
+        app = getattr(getattr(self.channel, "site", None), "app", None)
+        guard = getattr(getattr(app, "server", None), "guard", None)
+        if guard is None:
+            return None
+        host = str(getattr(self.getClientAddress(), "host", "?"))
+        return guard.check(host, "web") if audit else guard.is_banned(host)
+
+    def process(self) -> None:
+        ban = self._ban()
+        if ban is None:
+            super().process()
+            return
+        # A banned address gets one page that says why and for how long,
+        # whatever it asked for (the same guard answers 421 on FTP).
+        guard = self.channel.site.app.server.guard  # type: ignore[attr-defined]
+        self.site = self.channel.site
+        body = message_page("Access refused", guard.message(ban))
+        self.setResponseCode(403)
+        self.setHeader(b"content-type", b"text/html; charset=utf-8")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+
     def gotLength(self, length: int | None) -> None:
         app = getattr(getattr(self.channel, "site", None), "app", None)
+        if app is not None and self._ban(audit=False) is not None:
+            super().gotLength(length)  # refused in process(); nothing reaches a file
+            return
         channel = self.channel
         command = getattr(channel, "_command", None)
         target = getattr(channel, "_path", b"") or b""
