@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from rumpus_secure.vfs import wire_name
 
-CHUNK = 256 * 1024
+CHUNK = 1024 * 1024
 
 
 class Unsatisfiable(Exception):
