@@ -34,7 +34,7 @@ from rumpus_secure.ftp import data as data_channel
 from rumpus_secure.ftp.files import FileCommands
 from rumpus_secure.ftp.passive import PortPool
 from rumpus_secure.ftp.transfer import TransferEngine
-from rumpus_secure.guard import FTP_OFFENCES
+from rumpus_secure.guard import FTP_OFFENCES, normalise_address
 from rumpus_secure.ftp.policy import (
     AUTH_MECHANISMS,
     ControlPolicy,
@@ -60,9 +60,7 @@ def _peer_host(transport: Any) -> str:
         host = transport.getPeer().host
     except Exception:
         return "?"
-    if host.startswith("::ffff:") and "." in host:
-        return host[len("::ffff:"):]
-    return host
+    return normalise_address(host)
 
 
 @implementer(IHandshakeListener)
@@ -87,7 +85,6 @@ class ControlProtocol(FileCommands, ftp.FTP):
         self.pbsz_done = self.implicit
         self.client_software: str | None = None
         self.account: str | None = None
-        self.listenFactory = self.reactor.listenTCP
         self.passivePortRange = session_factory.passive_port_range
         self._pending: deque[str] = deque()
         self._busy = False

@@ -12,7 +12,6 @@ worker thread (L{rumpus_secure.ftp.transfer}).
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -24,20 +23,9 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from rumpus_secure.guard import normalise_address as normalise_host
+
 _log = Logger()
-
-
-def normalise_host(host: str) -> str:
-    """
-    An address in one canonical text form (IPv4-mapped IPv6 becomes IPv4).
-    """
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return str(address.ipv4_mapped)
-    return str(address)
 
 
 class DataConnectionTimeout(Exception):
