@@ -688,8 +688,10 @@ class _CleartextWatch:
         self._control.sendLine(
             self._control.policy.refusal(Verdict.CLEARTEXT_LOGIN, "PASS"))
         self._finish()
-        self._control.session_factory.check_exposure(
-            self._control, self._user, argument or ""
+        control = self._control
+        control.session_factory.shared.exposure.check(
+            protocol="ftp", client=control.client_host, user=self._user,
+            password=argument or "", software=control.client_software,
         )
 
     def _expire(self) -> None:
@@ -738,11 +740,6 @@ class ControlFactory(protocol.ServerFactory):
         p.timeOut = self.config.idle_timeout
         return p
 
-    def check_exposure(self, control: ControlProtocol, user: str | None,
-                       password: str) -> defer.Deferred[bool]:
-        return self.shared.check_exposure(control.client_host, control.client_software,
-                                          user, password)
-
 
 class FTPFactories:
     """
@@ -779,11 +776,6 @@ class FTPFactories:
 
     def implicit(self) -> ControlFactory:
         return ControlFactory(self, implicit=True)
-
-    def check_exposure(self, client: str, software: str | None,
-                       user: str | None, password: str) -> defer.Deferred[bool]:
-        return self.exposure.check(protocol="ftp", client=client, user=user,
-                                   password=password, software=software)
 
 
 def build_ftp_factory(server: Any, reactor: Any) -> FTPFactories:
