@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -346,11 +347,53 @@ def test_passive_port_range_exhausted() -> None:
         first.close()
 
 
-def test_file_is_read_in_large_chunks(tmp_path: Path) -> None:
-    # Guard against accidentally sending byte by byte: the job reads CHUNK at a time.
-    from rumpus_secure.ftp.transfer import CHUNK
+class RecordingFile(io.BytesIO):
+    """
+    A file that remembers the size of every read.
+    """
 
-    assert CHUNK >= 256 * 1024
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads: list[int] = []
+
+    def readinto(self, buffer: Any) -> int:  # type: ignore[override]
+        self.reads.append(len(buffer))
+        return super().readinto(buffer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_download_of_a_file_in_large_reads_and_bounded_kernel_queue(
+    engine: TransferEngine, server_context: SSL.Context
+) -> None:
+    # Not a multiple of the read size nor of the TLS send slice, so the
+    # last slice and the last record are short.
+    payload = os.urandom(3 * 1024 * 1024 + 16384 * 3 + 5)
+    source = RecordingFile(payload)
+    ctx = client_context()
+    session = control_session(server_context, ctx)
+    passive = listener()
+    client = deferToThread(tls_client, passive.port, ctx, session)
+    sock = await passive.wait()
+    lowat: list[int] = []
+
+    def connect() -> socket.socket:
+        return sock
+
+    job = send_file(source)
+
+    def recording_job(channel: Any, handle: Any) -> int:
+        lowat.append(channel.sock.getsockopt(socket.IPPROTO_TCP, 25))
+        return job(channel, handle)
+
+    handle = engine.run(connect, TLSSettings(server_context, require_reuse=True), recording_job)
+    result = await handle.result
+    assert result.outcome is Outcome.COMPLETE, result
+    assert hashlib.sha256(await client).digest() == hashlib.sha256(payload).digest()
+    # A handful of large reads, not one per record.
+    assert min(source.reads) >= 256 * 1024 and len(source.reads) <= 5, source.reads
+    # TCP_NOTSENT_LOWAT (Linux): the kernel never queues megabytes for a slow client.
+    if sys.platform.startswith("linux"):
+        assert 0 < lowat[0] <= 1024 * 1024
 
 
 class FullDisk:
