@@ -144,7 +144,7 @@ class _Channel:
         self._wire = bytearray(self.WIRE_CHUNK)
         self._wire_view = memoryview(self._wire)
         self._eof = False
-        self._fed = False  # ciphertext given to OpenSSL and not yet used up
+        self._error: BaseException | None = None  # raised by the next receive
         self._held: bytearray | None = None  # TLS output held back (start_tls)
         sock.setblocking(False)
         if _TCP_NOTSENT_LOWAT is not None:
@@ -204,19 +204,28 @@ class _Channel:
                 else:
                     self._raw_send_all(self._wire_view[:n])
 
-    def _feed_tls(self) -> None:
+    def _feed_tls(self, wait: bool = True) -> bool:
         """
         Give OpenSSL the next block of ciphertext from the socket.
+
+        @param wait: wait for the network when nothing has arrived; if
+            false, return C{False} instead.
         """
         assert self.tls is not None
-        n = self._raw_recv_into(self._wire_view)
+        try:
+            n = self.sock.recv_into(self._wire_view)
+        except (BlockingIOError, InterruptedError):
+            if not wait:
+                return False
+            self._wait(True)
+            n = self._raw_recv_into(self._wire_view)
         if n == 0:
             self._eof = True
             self.tls.bio_shutdown()  # OpenSSL now reports the end of input
-            return
+            return True
         with _ffi.from_buffer(self._wire) as source:
             _lib.BIO_write(self.tls._into_ssl, source, n)
-        self._fed = True
+        return True
 
     def start_tls(self, settings: TLSSettings) -> None:
         """
@@ -285,40 +294,69 @@ class _Channel:
                     raise SSL.Error(f"short TLS write: {result} of {step} bytes")
                 self._flush_tls()
 
-    def recv_into(self, buffer: bytearray | memoryview) -> int:
+    def receive(self, view: memoryview) -> int:
         """
-        Read some bytes; 0 at a clean end of data.
+        Fill C{view} with what has arrived, waiting only while nothing has.
+
+        Returns the number of bytes read: 0 at a clean end of data.  A bulk
+        upload arrives in 16 KiB records, and each costs one C{SSL_read}
+        call here and nothing more, which keeps the Python work per record
+        (the upload's bottleneck after the disk) to a minimum.
 
         @raises _Truncated: TLS ended without close_notify.
         """
-        view = memoryview(buffer)
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         if self.tls is None:
             return self._raw_recv_into(view)
-        while True:
-            try:
-                return _ssl_read_into(self.tls, view)
-            except SSL.WantReadError:
-                self._fed = False
-                self._flush_tls()  # e.g. a key update or session ticket
-                if self._eof:
-                    raise _Truncated() from None
-                self._feed_tls()
-            except SSL.ZeroReturnError:
-                return 0
-            except SSL.SysCallError as e:
-                if e.args and e.args[0] == -1:
-                    raise _Truncated() from None
-                raise ConnectionError(str(e)) from None
+        ssl = self.tls._ssl
+        size = len(view)
+        got = 0
+        with _ffi.from_buffer(view, require_writable=True) as target:
+            while got < size:
+                result = _lib.SSL_read(ssl, target + got, size - got)
+                if result > 0:
+                    got += result
+                    continue
+                if _lib.SSL_get_error(ssl, result) == _lib.SSL_ERROR_WANT_READ:
+                    self._flush_tls()  # e.g. the answer to a key update
+                    if self._eof:
+                        error = _Truncated()
+                    elif self._feed_tls(wait=not got):
+                        continue
+                    else:
+                        break  # the rest has not arrived: return what has
+                else:
+                    try:
+                        self._raise_read_error(result)
+                        if not got:
+                            return 0  # close_notify: the clean end
+                        break
+                    except (_Truncated, ConnectionError, SSL.Error) as e:
+                        error = e
+                # What arrived before a failure is real data: return it,
+                # and raise the failure on the next call.
+                if got:
+                    self._error = error
+                    break
+                raise error
+        return got
 
-    def has_buffered(self) -> bool:
+    def _raise_read_error(self, result: int) -> None:
         """
-        Could the next read return data without waiting for the network?
+        Raise what a failed C{SSL_read} means; return at a clean end.
         """
-        if self.tls is not None and (self._fed or self.tls.pending()):
-            return True
-        poller = select.poll()
-        poller.register(self.sock.fileno(), select.POLLIN)
-        return bool(poller.poll(0))
+        assert self.tls is not None
+        try:
+            self.tls._raise_ssl_error(self.tls._ssl, result)
+        except SSL.ZeroReturnError:
+            return
+        except SSL.SysCallError as e:
+            if e.args and e.args[0] == -1:
+                raise _Truncated() from None
+            raise ConnectionError(str(e)) from None
+        raise SSL.Error(f"SSL_read failed: {result}")
 
     def finish_sending(self) -> None:
         """
@@ -371,22 +409,6 @@ class _Truncated(Exception):
 #: socket.TCP_NOTSENT_LOWAT, which Python names only from 3.12 on.
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT",
                              25 if sys.platform.startswith("linux") else None)
-
-
-def _ssl_read_into(tls: SSL.Connection, buffer: memoryview) -> int:
-    """
-    C{SSL_read} straight into C{buffer}.
-
-    pyOpenSSL's C{recv_into} allocates a temporary C buffer of the full
-    requested size on every call and copies out of it; for a bulk upload,
-    which arrives one 16 KiB record per read, that allocation dominated the
-    server's CPU time.  Errors are raised exactly as pyOpenSSL raises them.
-    """
-    with _ffi.from_buffer(buffer, require_writable=True) as target:
-        result = _lib.SSL_read(tls._ssl, target, len(buffer))
-        if result <= 0:
-            tls._raise_ssl_error(tls._ssl, result)
-        return int(result)
 
 
 class TransferHandle:
@@ -476,42 +498,26 @@ def receive_into(sink: Sink, decoder: Any = None) -> Job:
     A job that receives the data connection's bytes into C{sink} (STOR).
 
     Records arrive 16 KiB at a time; they are gathered and written to disk
-    once per chunk (or when the network makes us wait), not once per record.
+    once per chunk, or when the network makes us wait (so a slow sender's
+    bytes reach the disk as they come), not once per record.
 
     @param decoder: TYPE A conversion with C{convert} and C{flush}.
     """
 
     def job(channel: _Channel, handle: TransferHandle) -> int:
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        filled = 0
-
-        def write_gathered() -> None:
-            nonlocal filled
-            if filled:
-                if decoder is not None:
-                    sink.write(decoder.convert(bytes(view[:filled])))
-                else:
-                    sink.write(view[:filled])  # no copy: the file layer writes it out
-                filled = 0
-
+        view = memoryview(bytearray(CHUNK))
         while True:
-            try:
-                n = channel.recv_into(view[filled:])
-            except (_Truncated, _Aborted, OSError, SSL.Error, TimeoutError):
-                # What arrived before the failure is real data: keep it, so
-                # a new file's partial can be resumed.
-                write_gathered()
-                raise
+            # Returns when the chunk is full or the network makes us wait;
+            # what arrived before a failure comes first, the failure on the
+            # next call, so a new file's partial data can be resumed.
+            n = channel.receive(view)
             if n == 0:
                 break
-            filled += n
             handle.bytes += n
-            # Write when the chunk is full, or before a read would wait for
-            # the network, so a slow sender's bytes reach the disk as they come.
-            if filled == CHUNK or not channel.has_buffered():
-                write_gathered()
-        write_gathered()
+            if decoder is not None:
+                sink.write(decoder.convert(bytes(view[:n])))
+            else:
+                sink.write(view[:n])  # no copy: the file layer writes it out
         if decoder is not None:
             tail = decoder.flush()
             if tail:
@@ -616,6 +622,8 @@ def _run(connect: Callable[[], "socket.socket | _Channel"], tls: TLSSettings | N
         try:
             total = job(channel, handle)
         except _Truncated:
+            if handle.aborted:  # ABOR shut the socket down under us
+                return TransferResult(Outcome.ABORTED, handle.bytes, tls_version=version)
             if tls is not None and not tls.strict_eof:
                 return TransferResult(Outcome.COMPLETE, handle.bytes, tls_version=version,
                                       detail="closed without TLS close_notify")
