@@ -4,9 +4,12 @@ The FTP control channel, driven in memory: policy, AUTH, cleartext logins.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_twisted
 
 from rumpus_secure.ftp.policy import ControlPolicy, Verdict, is_cross_protocol
 
@@ -378,3 +381,52 @@ def test_unknown_command_gets_502(tmp_path: Path) -> None:
     send(proto, transport, "USER alice", "PASS right")
     [reply] = send(proto, transport, "XYZZY")
     assert reply.startswith("502 ")
+
+
+# -- real sockets ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_control_socket_has_nagle_off(tmp_path: Path, implicit: bool) -> None:
+    """
+    Replies go out at once: with Nagle's algorithm a reply written while the
+    previous one waits for the client's delayed ACK is held back for up to
+    40 ms, which added that much to every transfer's 226.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.task import deferLater
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from rumpus_secure.ftp.control import FTPFactories
+    from rumpus_secure.tls import TLSContextSource, ensure_certificate
+
+    server = make_server(tmp_path)
+    factories = FTPFactories(server, reactor)
+    factory = factories.implicit() if implicit else factories.plain()
+    built: list[Any] = []
+    build = factory.buildProtocol
+    factory.buildProtocol = lambda addr: built.append(build(addr)) or built[-1]  # type: ignore
+    if implicit:
+        info = ensure_certificate(tmp_path / "tls", "localhost", None, None)
+        contexts = TLSContextSource(info.cert_path, info.key_path).context_factory([b"ftp"])
+        factory = TLSMemoryBIOFactory(contexts, False, factory)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = await connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Protocol())
+    try:
+        for _ in range(100):
+            if built and built[0].transport is not None:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        tcp = built[0].transport
+        if implicit:
+            tcp = tcp.transport  # under the TLS layer
+        handle = tcp.getHandle()
+        assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        client.transport.abortConnection()
+        built[0].transport.abortConnection()
+        await port.stopListening()
