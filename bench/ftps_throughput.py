@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -46,13 +47,34 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"port {port} did not open")
 
 
-def curl(args: list[str]) -> float:
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def curl(args: list[str]) -> tuple[float, float]:
+    """
+    Run curl; return its speed (MB/s) and the CPU seconds it used.
+    """
+    before = children_cpu()
     out = subprocess.run(
         ["curl", "-s", "-S", "--ssl-reqd", "-k", "--ftp-pasv", "--disable-epsv",
          "-u", f"{USER}:{PASSWORD}", *args],
         capture_output=True, text=True, check=True,
     ).stdout
-    return float(out.strip()) / 1e6
+    return float(out.strip()) / 1e6, children_cpu() - before
+
+
+def process_cpu(pid: int) -> float | None:
+    """
+    CPU seconds of a server process and the children it has reaped (vsftpd
+    runs a process per session), or None where /proc cannot tell.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 class Server:
@@ -62,6 +84,10 @@ class Server:
 
     def url(self, path: str) -> str:
         return f"ftp://127.0.0.1:{self.port}/{path}"
+
+    def cpu(self) -> float | None:
+        proc = getattr(self, "proc", None)
+        return process_cpu(proc.pid) if proc is not None else None
 
     def stop(self) -> None:
         proc = getattr(self, "proc", None)
@@ -230,14 +256,26 @@ def main() -> int:
                 servers.append(Pyftpdlib(work, big, cert, key))
             results: dict[str, dict[str, list[float]]] = {
                 s.name: {"RETR": [], "STOR": []} for s in servers}
+            # CPU seconds per transfer: (client, server).
+            cpu: dict[str, dict[str, list[tuple[float, float | None]]]] = {
+                s.name: {"RETR": [], "STOR": []} for s in servers}
+
+            def measure(server: Server, op: str, curl_args: list[str]) -> float:
+                before = server.cpu()
+                speed, client = curl(curl_args)
+                after = server.cpu()
+                used = after - before if before is not None and after is not None else None
+                results[server.name][op].append(speed)
+                cpu[server.name][op].append((client, used))
+                return speed
+
             for round_ in range(args.rounds):
                 for server in servers:
-                    down = curl([server.url("big.bin"), "-o", "/dev/null",
-                                 "-w", "%{speed_download}"])
-                    up = curl(["-T", str(big), server.url(f"up-{round_}.bin"),
-                               "-w", "%{speed_upload}"])
-                    results[server.name]["RETR"].append(down)
-                    results[server.name]["STOR"].append(up)
+                    down = measure(server, "RETR", [server.url("big.bin"), "-o", "/dev/null",
+                                                    "-w", "%{speed_download}"])
+                    up = measure(server, "STOR", ["-T", str(big),
+                                                  server.url(f"up-{round_}.bin"),
+                                                  "-w", "%{speed_upload}"])
                     # Free the upload's memory again, so every upload lands
                     # on the same warm pages (see warm_memory).
                     (server.home / f"up-{round_}.bin").unlink()
@@ -252,6 +290,25 @@ def main() -> int:
                 down, up = statistics.median(r["RETR"]), statistics.median(r["STOR"])
                 print(f"{name:14s} {down:10.0f} {up:10.0f} {base['RETR'] / down:14.2f}"
                       f" {base['STOR'] / up:14.2f}")
+            # Who was the bottleneck: on two cores the client (curl) and the
+            # server share the machine, so a server that leaves the client
+            # at 100% of a core cannot go faster whatever it does.
+            print()
+            print(f"CPU seconds per GiB, median (client = curl; {os.cpu_count()} cores)")
+            print(f"{'server':14s} {'RETR client':>12s} {'RETR server':>12s} "
+                  f"{'STOR client':>12s} {'STOR server':>12s}")
+            per_gib = 1024 / args.size_mib
+
+            def median_cpu(values: list[float | None]) -> str:
+                known = [v for v in values if v is not None]
+                return f"{statistics.median(known) * per_gib:12.2f}" if known else f"{'n/a':>12s}"
+
+            for name, ops in cpu.items():
+                cells = []
+                for op in ("RETR", "STOR"):
+                    cells.append(median_cpu([c for c, _ in ops[op]]))
+                    cells.append(median_cpu([s for _, s in ops[op]]))
+                print(f"{name:14s} " + " ".join(cells))
         finally:
             for server in servers:
                 server.stop()
