@@ -4,8 +4,12 @@ The incremental multipart parser and the session store, without a site.
 
 from __future__ import annotations
 
+import io
+import os
+
 import pytest
 from hypothesis import given, settings, strategies as st
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from rumpus_secure.web.download import Unsatisfiable, content_disposition, parse_range
@@ -122,3 +126,118 @@ def test_end_user():
     b, _ = store.create("bob")
     store.end_user("alice")
     assert store.get(a) is None and store.get(b) is not None
+
+
+# -- FileProducer: the file is read in a thread, one chunk ahead -----------
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+class FakeRequest:
+    """
+    Just what L{FileProducer} uses of a request.
+    """
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.producer = None
+        self.finished = False
+        self.channel = type("Channel", (), {})()
+        self.channel.transport = FakeTransport()
+
+    def registerProducer(self, producer, streaming) -> None:
+        assert streaming
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+class Thread:
+    """
+    A stand-in for run_in_thread: records each call and fires when told.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __call__(self, function, *args):
+        d = defer.Deferred()
+        self.calls.append((function, args, d))
+        return d
+
+    def run_next(self) -> None:
+        function, args, d = self.calls.pop(0)
+        d.callback(function(*args))
+
+
+def producer_for(data: bytes):
+    from rumpus_secure.web.download import FileProducer
+
+    request, thread, handle = FakeRequest(), Thread(), io.BytesIO(data)
+    producer = FileProducer(request, handle, len(data), thread)
+    return producer, request, thread, handle
+
+
+def test_file_is_read_only_through_the_thread_and_one_chunk_ahead():
+    from rumpus_secure.web.download import CHUNK
+
+    data = os.urandom(2 * CHUNK + 5)
+    producer, request, thread, handle = producer_for(data)
+    producer.start()
+    # Nothing is read on the calling (reactor) thread.
+    assert request.written == [] and len(thread.calls) == 1
+    assert thread.calls[0][0] == handle.read
+    thread.run_next()
+    # The first chunk went out and the second read is already under way.
+    assert len(request.written) == 1 and len(thread.calls) == 1
+    thread.run_next()
+    thread.run_next()
+    assert b"".join(request.written) == data
+    assert request.finished and request.producer is None and handle.closed
+
+
+def test_a_read_that_lands_while_paused_waits_for_resume():
+    from rumpus_secure.web.download import CHUNK
+
+    data = os.urandom(CHUNK + 1)
+    producer, request, thread, handle = producer_for(data)
+    producer.start()
+    producer.pauseProducing()
+    thread.run_next()
+    assert request.written == [] and thread.calls == []  # held, nothing more read
+    producer.resumeProducing()
+    assert request.written == [data[:CHUNK]] and len(thread.calls) == 1
+    thread.run_next()
+    assert b"".join(request.written) == data and request.finished
+
+
+def test_a_file_that_shrinks_cuts_the_connection():
+    data = b"x" * 1000
+    producer, request, thread, handle = producer_for(data)
+    handle.truncate(0)
+    producer.start()
+    thread.run_next()
+    assert request.channel.transport.aborted and not request.finished
+    assert handle.closed
+
+
+def test_stopped_while_reading_closes_the_file_when_the_read_returns():
+    producer, request, thread, handle = producer_for(b"y" * 100)
+    producer.start()
+    producer.stopProducing()
+    assert not handle.closed  # the thread is still reading it
+    thread.run_next()
+    assert handle.closed and request.written == []

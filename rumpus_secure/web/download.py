@@ -9,16 +9,22 @@ the site's origin.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from rumpus_secure.vfs import wire_name
 
 CHUNK = 1024 * 1024
+
+_log = Logger()
 
 
 class Unsatisfiable(Exception):
@@ -81,43 +87,88 @@ def etag_for(size: int, mtime_ns: int, ino: int) -> bytes:
     return b'"%x-%x-%x"' % (ino, size, mtime_ns)
 
 
+#: C{run_in_thread(function, *args) -> Deferred}.
+RunInThread = Callable[..., "defer.Deferred[Any]"]
+
+
 @implementer(IPushProducer)
 class FileProducer:
     """
     Writes C{length} bytes of an open file to a request, as fast as the
     transport takes them (it pauses us when its buffer is full), then
     finishes the request.
+
+    The file is read in a thread, one chunk ahead of the network: the
+    reactor thread never waits for a disk (a cold file on a slow disk would
+    otherwise stall every other connection for the time of each read).
+
+    @param run_in_thread: C{run_in_thread(function, *args) -> Deferred}.
     """
 
-    def __init__(self, request: IRequest, handle: BinaryIO, length: int) -> None:
+    def __init__(self, request: IRequest, handle: BinaryIO, length: int,
+                 run_in_thread: RunInThread) -> None:
         self._request: IRequest | None = request
         self._handle = handle
-        self._remaining = length
+        self._remaining = length  # still to write to the request
+        self._unread = length  # still to ask the file for
+        self._run = run_in_thread
+        self._reading: defer.Deferred[Any] | None = None
+        self._ready: bytes | None = None  # read, waiting for a resume
         self._paused = False
-        self._producing = False
 
     def start(self) -> None:
         assert self._request is not None
         self._request.registerProducer(self, True)
-        self._produce()
+        self._read_next()
 
-    def _produce(self) -> None:
-        if self._producing:
+    def _read_next(self) -> None:
+        if self._reading is not None or self._request is None or self._unread <= 0:
             return
-        self._producing = True
-        try:
-            while self._request is not None and not self._paused:
-                data = self._handle.read(min(CHUNK, self._remaining))
-                if not data:
-                    self._finish()
-                    return
-                self._remaining -= len(data)
-                self._request.write(data)
-                if self._remaining <= 0:
-                    self._finish()
-                    return
-        finally:
-            self._producing = False
+        size = min(CHUNK, self._unread)
+        self._unread -= size
+        reading = self._reading = self._run(self._handle.read, size)
+        reading.addCallbacks(self._read_done, self._read_failed)
+
+    def _read_done(self, data: bytes) -> None:
+        self._reading = None
+        if self._request is None:
+            self._handle.close()  # stopped while the read ran
+            return
+        if len(data) == 0:
+            # The file shrank after Content-Length went out: finishing
+            # normally would leave the client waiting for bytes that never
+            # come (or read them as the next response).  Cut the connection.
+            _log.warn("download cut short: the file shrank while it was sent")
+            self._abort()
+            return
+        if self._paused:
+            self._ready = data
+            return
+        self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
+        assert self._request is not None
+        self._remaining -= len(data)
+        if self._remaining > 0:
+            self._read_next()  # the next chunk is read while this one is sent
+        self._request.write(data)
+        if self._remaining <= 0:
+            self._finish()
+
+    def _read_failed(self, failure: Failure) -> None:
+        self._reading = None
+        _log.failure("download: reading the file failed", failure)
+        self._abort()
+
+    def _abort(self) -> None:
+        request, self._request = self._request, None
+        self._handle.close()
+        if request is not None:
+            request.unregisterProducer()
+            transport = getattr(request, "channel", None)
+            transport = getattr(transport, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
 
     def _finish(self) -> None:
         request, self._request = self._request, None
@@ -131,17 +182,26 @@ class FileProducer:
 
     def resumeProducing(self) -> None:
         self._paused = False
-        self._produce()
+        ready, self._ready = self._ready, None
+        if ready is not None and self._request is not None:
+            self._deliver(ready)
+        else:
+            self._read_next()
 
     def stopProducing(self) -> None:
         self._request = None
-        self._handle.close()
+        if self._reading is None:
+            self._handle.close()
+        # else: the read in flight closes it when it returns (_read_done)
 
 
-def send_file(request: IRequest, name: str, handle: BinaryIO) -> None:
+def send_file(request: IRequest, name: str, handle: BinaryIO,
+              run_in_thread: RunInThread) -> None:
     """
     Answer C{request} with the open file C{handle} (positioned at 0),
     honouring Range and If-Range; closes the handle when done.
+
+    @param run_in_thread: where the file is read (L{FileProducer}).
     """
     st = os.fstat(handle.fileno())
     size = st.st_size
@@ -182,6 +242,6 @@ def send_file(request: IRequest, name: str, handle: BinaryIO) -> None:
         request.finish()
         return
     handle.seek(first)
-    FileProducer(request, handle, length).start()
+    FileProducer(request, handle, length, run_in_thread).start()
 
 

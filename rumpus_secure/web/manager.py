@@ -136,7 +136,7 @@ class FilesResource(ManagerResource):
         kind, value = found
         if kind == "file":
             self.app.audit(request, "web.download", account=session.user, path=vpath)
-            send_file(request, split_path(vpath)[-1], value)
+            send_file(request, split_path(vpath)[-1], value, self.app.server.run_in_thread)
             return
         send(request, 200, self.listing(request, session, vpath, value))
 
