@@ -7,6 +7,7 @@ The ``rumpus-secure`` admin command.
     rumpus-secure ... user passwd|list|lock|unlock|del ...
     rumpus-secure ... audit [--since WHEN] [--json]
     rumpus-secure ... check [SERVER OPTIONS] [--host ADDR] [--strict]
+    rumpus-secure ... ban list|lift ADDRESS
 
 It works on the same files as the running server: give it the server's
 ``--config`` (or the same ``--data-dir``/``--root``) and changes take effect
@@ -398,10 +399,74 @@ def add_check_command(subparsers: Any) -> None:
 
 # -- assembly ---------------------------------------------------------------
 
+# -- ban --------------------------------------------------------------------
+
+
+def _ban_store(context: Context) -> Any:
+    from rumpus_secure.accounts.bans import SQLiteBanStore
+
+    database = context.config.data_dir / DATABASE_NAME
+    if not database.exists():
+        raise CliError(f"no account database at {database}: is --data-dir right?")
+    return SQLiteBanStore(database)
+
+
+def _ban_list(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``ban list``: the addresses banned now, soonest to end first.
+    """
+    import time
+
+    from rumpus_secure.guard import iso_utc
+
+    now = time.time()
+    active = sorted((b for b in _ban_store(context).load(now) if b.active(now)),
+                    key=lambda b: b.until)
+    if not active:
+        context.say("no address is banned")
+        return 0
+    rows = [(b.address, iso_utc(b.until), f"{b.minutes_left(now)} min",
+             f"level {b.level}", b.reason) for b in active]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        context.say("  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[4]]))
+    return 0
+
+
+def _ban_lift(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``ban lift ADDRESS``: end a ban now and forget the address's history.
+    """
+    from rumpus_secure.guard import SYNC_INTERVAL, normalise_address
+
+    address = normalise_address(args.address)
+    store = _ban_store(context)
+    if not any(b.address == address for b in store.load(0)):
+        raise CliError(f"{address} is not banned")
+    store.delete(address)
+    context.say(f"ban on {address} lifted; a running server lets it in again "
+                f"within {SYNC_INTERVAL:.0f} seconds")
+    return 0
+
+
+def add_ban_command(subparsers: Any) -> None:
+    """
+    ``ban list|lift``: see and lift the guard's address bans.
+    """
+    ban = subparsers.add_parser("ban", help="list or lift address bans")
+    actions = ban.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="show the addresses banned now")
+    listing.set_defaults(handler=_ban_list)
+    lift = actions.add_parser("lift", help="let a banned address in again")
+    lift.add_argument("address", metavar="ADDRESS")
+    lift.set_defaults(handler=_ban_lift)
+
+
 COMMANDS: list[Callable[[Any], None]] = [
     add_user_command,
     add_audit_command,
     add_check_command,
+    add_ban_command,
 ]
 
 

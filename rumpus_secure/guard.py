@@ -74,6 +74,10 @@ AUDIT_QUIET = 60.0
 #: Doubling stops here whatever C{ban_max_time} says (2**20 x ban time).
 MAX_LEVEL = 20
 
+#: Seconds between reads of the stored bans (L{Guard.sync}): how soon a ban
+#: lifted with C{rumpus-secure ban lift} lets the address in again.
+SYNC_INTERVAL = 5.0
+
 
 def normalise_address(host: str) -> str:
     """
@@ -192,6 +196,48 @@ class Guard:
         # earlier one in the thread pool.
         self._writes = self._writes.addCallback(run).addErrback(failed)
 
+    def sync(self) -> defer.Deferred[None]:
+        """
+        Take in the bans the admin command lifted (C{rumpus-secure ban lift}
+        deletes the stored row): called every L{SYNC_INTERVAL} seconds.
+
+        The read is queued behind the writes already issued, so a ban this
+        server has just made is in the store before it is read; a ban made
+        while the read runs is newer than the read and kept.  Never fails
+        (a L{LoopingCall} would stop): errors are logged.
+        """
+        if self._store is None:
+            return defer.succeed(None)
+        store = self._store
+        since = self._clock.seconds() - self.settings.ban_max_time
+        # The bans already made, whose writes are queued before the read;
+        # one made (or remade) while the read runs is a different object.
+        known = dict(self._bans)
+        done: defer.Deferred[None] = defer.Deferred()
+
+        def read(ignored: Any) -> defer.Deferred[Any]:
+            return self._run(store.load, since)
+
+        def apply(stored: list[Ban]) -> None:
+            present = {ban.address for ban in stored}
+            now = self._clock.seconds()
+            for address, ban in list(self._bans.items()):
+                if address in present or known.get(address) is not ban:
+                    continue
+                del self._bans[address]
+                self._scores.pop(address, None)
+                if ban.active(now):
+                    _log.info("ban on {client} lifted by the administrator", client=address)
+                    if self._audit is not None:
+                        self._audit.record("guard.lifted", client=address, by="admin")
+
+        def failed(failure: Failure) -> None:
+            _log.failure("could not read the stored bans", failure)
+
+        self._writes = self._writes.addCallback(read).addCallbacks(apply, failed)
+        self._writes.addBoth(lambda result: (done.callback(None), result)[1])
+        return done
+
     def flushed(self) -> defer.Deferred[None]:
         """
         Fire when the writes issued so far are done.
@@ -288,7 +334,7 @@ class Guard:
             self._audit.record(
                 "guard.ban", client=address, protocol=protocol, account=account,
                 reason=reason, score=score, level=level, seconds=int(duration),
-                until=_iso(ban.until),
+                until=iso_utc(ban.until),
             )
         return ban
 
@@ -423,6 +469,9 @@ class Guard:
         return self._sessions.get(account, 0)
 
 
-def _iso(moment: float) -> str:
+def iso_utc(moment: float) -> str:
+    """
+    C{moment} (a Unix time) as ISO 8601 UTC, to the second.
+    """
     return (datetime.fromtimestamp(moment, timezone.utc)
             .isoformat(timespec="seconds").replace("+00:00", "Z"))

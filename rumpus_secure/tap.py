@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -397,8 +397,13 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
             "http", config.http, _endpoint(reactor, "http", config.http),
             server.http_site,
         ).setServiceParent(top)
+    from rumpus_secure.guard import SYNC_INTERVAL
     from rumpus_secure.reload import ReloadService
 
+    # Bans lifted with the admin command reach the running server.
+    ban_sync = TimerService(SYNC_INTERVAL, server.guard.sync)
+    ban_sync.clock = reactor
+    ban_sync.setServiceParent(top)
     ReloadService(
         server.tls, reactor, config.cert_check_interval,
         audit=server.audit, reactor=reactor,

@@ -364,3 +364,35 @@ def test_subprocess_error_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("rumpus-secure: error: invalid account name")
     assert result.stderr.count("\n") == 1
+
+
+# -- ban ------------------------------------------------------------------
+
+
+def test_ban_list_and_lift(run: Run, data_dir: Path) -> None:
+    import time
+
+    from rumpus_secure.accounts.bans import Ban, SQLiteBanStore
+
+    run("user", "add", "alice", "--password-stdin", stdin="s3cret\n")
+    assert run("ban", "list")[:2] == (0, "no address is banned\n")
+    bans = SQLiteBanStore(data_dir / "accounts.sqlite3")
+    now = time.time()
+    bans.save(Ban("192.0.2.7", now + 600, 1, "login_failed", now))
+    bans.save(Ban("2001:db8::1", now + 60, 0, "tls_failed", now))
+    bans.save(Ban("192.0.2.8", now - 60, 0, "login_failed", now - 700))  # over
+    code, out, err = run("ban", "list")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == ["2001:db8::1", "192.0.2.7"]
+    assert "level 1" in lines[1] and "login_failed" in lines[1]
+    # An IPv4-mapped form names the same client.
+    code, out, err = run("ban", "lift", "::ffff:192.0.2.7")
+    assert (code, err) == (0, "") and "192.0.2.7 lifted" in out
+    assert {b.address for b in bans.load(0)} == {"2001:db8::1", "192.0.2.8"}
+    assert_one_error(*run("ban", "lift", "192.0.2.99")[::2], "192.0.2.99 is not banned")
+
+
+def test_ban_without_a_database_is_one_line(run: Run) -> None:
+    code, _, err = run("ban", "list")
+    assert_one_error(code, err, "no account database")

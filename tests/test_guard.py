@@ -248,6 +248,66 @@ def test_writes_go_through_run_in_thread_in_order() -> None:
     assert calls == ["save", "delete"]
 
 
+def test_sync_takes_in_a_ban_lifted_by_the_admin_command() -> None:
+    store, audit = MemoryBanStore(), MemoryAuditLog()
+    guard = make_guard(store=store, audit=audit)
+    fail(guard, "192.0.2.1", 5)
+    fail(guard, "192.0.2.2", 5)
+    store.delete("192.0.2.1")  # what `rumpus-secure ban lift` does
+    guard.sync()
+    assert guard.is_banned("192.0.2.1") is None
+    assert guard.is_banned("192.0.2.2") is not None
+    [lifted] = audit.named("guard.lifted")
+    assert lifted["client"] == "192.0.2.1" and lifted["by"] == "admin"
+    # Lifted means forgotten: the next offences start from nothing.
+    assert fail(guard, "192.0.2.1", 4) is None
+
+
+def test_sync_never_drops_a_ban_it_has_not_seen_stored() -> None:
+    """
+    The read waits for the writes issued before it, and a ban made while
+    the read runs is newer than the read: neither is taken for lifted.
+    """
+    from twisted.internet import defer
+
+    pending: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+
+    def run(function: Any, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        pending.append((function, args, d))
+        return d
+
+    def finish_next() -> None:
+        function, args, d = pending.pop(0)
+        d.callback(function(*args))
+
+    clock = Clock()
+    clock.advance(START)
+    store = MemoryBanStore()
+    guard = Guard(GuardSettings(threshold=1), clock, store=store, run_in_thread=run)
+    guard.offence("192.0.2.1", "login_failed", protocol="ftp")  # save queued
+    synced = guard.sync()
+    clock.advance(1)
+    finish_next()  # the save
+    guard.offence("192.0.2.9", "login_failed", protocol="ftp")  # during the read
+    finish_next()  # the read: sees .1, not .9
+    assert synced.called
+    assert guard.is_banned("192.0.2.1") is not None
+    assert guard.is_banned("192.0.2.9") is not None
+
+
+def test_sync_survives_a_store_that_fails() -> None:
+    class Broken(MemoryBanStore):
+        def load(self, since: float) -> list[Ban]:
+            raise OSError("disk gone")
+
+    guard = make_guard(store=Broken())
+    fail(guard, "192.0.2.1", 5)
+    d = guard.sync()
+    assert d.called and d.result is None  # a LoopingCall keeps running
+    assert guard.is_banned("192.0.2.1") is not None
+
+
 # -- limits -------------------------------------------------------------
 
 

@@ -74,6 +74,7 @@ def test_ban_over_ftp_holds_for_web_and_survives_restart(tmp_path: Path) -> None
         assert https_status(server.https_port, "127.0.0.1") == 200
         audit = server.audit_path.read_text()
         assert '"guard.ban"' in audit and GUESSER in audit
+        assert GUESSER in server.cli("ban", "list").stdout
     restarted = ServerProcess(tmp_path / "run2", data_dir=tmp_path / "data", **options)
     with restarted:
         assert greeting_from(restarted.ftp_port, GUESSER).startswith("421 ")
@@ -102,3 +103,25 @@ def test_connections_per_address_limit(tmp_path: Path) -> None:
             if reply.startswith("220"):
                 break
         assert reply.startswith("220"), reply
+
+
+def test_ban_lifted_with_the_admin_command_lets_the_address_in(tmp_path: Path) -> None:
+    import time
+
+    server = ServerProcess(tmp_path, ban_threshold="3", login_failure_delay="0",
+                           ban_time="600")
+    with server:
+        server.add_user("victim", "the-right-password-1")
+        for _ in range(3):
+            ftps_login(server.ftp_port, "victim", "wrong-guess", GUESSER)
+        assert greeting_from(server.ftp_port, GUESSER).startswith("421 ")
+        assert "lifted" in server.cli("ban", "lift", GUESSER).stdout
+        # The server reads the stored bans every few seconds.
+        deadline = time.monotonic() + 30
+        while greeting_from(server.ftp_port, GUESSER).startswith("421 "):
+            assert time.monotonic() < deadline, "the lifted ban still holds"
+            time.sleep(0.5)
+        assert ftps_login(server.ftp_port, "victim", "the-right-password-1",
+                          GUESSER)[-1].startswith("230")
+        assert '"guard.lifted"' in server.audit_path.read_text()
+        assert "no address is banned" in server.cli("ban", "list").stdout
