@@ -11,12 +11,14 @@ import os
 import secrets
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -329,6 +331,54 @@ def build_server(config: ServerConfig, reactor: Any) -> Server:
     return server
 
 
+class StaleUploadCleanup(service.Service):
+    """
+    At start-up, remove the temporary files of uploads that an earlier run
+    left behind when it stopped in the middle (L{rumpus_secure.vfs.cleanup}),
+    in a thread, while the server already serves.
+
+    @ivar done: fires with the L{CleanupResult} (for tests).
+    """
+
+    name = "stale-upload-cleanup"
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.done: defer.Deferred[Any] = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        started = time.time()
+        self.server.reactor.callWhenRunning(self._run, started)
+
+    def _run(self, started: float) -> None:
+        from rumpus_secure.vfs.cleanup import remove_stale_uploads
+
+        server = self.server
+
+        def clean() -> Any:
+            roots = [server.config.file_root]
+            roots.extend(account.home for account in server.store.list())
+            return remove_stale_uploads(roots, started)
+
+        def report(result: Any) -> Any:
+            if result.files:
+                _log.info("removed {files} partial upload(s) ({bytes} bytes) left by an "
+                          "earlier run", files=result.files, bytes=result.bytes)
+            if result.errors:
+                _log.warn("{errors} error(s) while looking for partial uploads left by "
+                          "an earlier run", errors=result.errors)
+            return result
+
+        def failed(failure: Any) -> None:
+            _log.failure("could not look for partial uploads left by an earlier run",
+                         failure)
+
+        d = server.run_in_thread(clean).addCallback(report)
+        d.addErrback(failed)
+        d.chainDeferred(self.done)
+
+
 def build_guard(server: Server, reactor: Any) -> Any:
     """
     The abuse guard, with the bans stored in the account database.
@@ -372,6 +422,9 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     top.setName(_PROG)
     top.server = server  # type: ignore[attr-defined]
 
+    # Started before the listeners: its start time is older than any
+    # upload this process makes.
+    StaleUploadCleanup(server).setServiceParent(top)
     server.ftp_factory = ftp_factory = build_ftp_factory(server, reactor)
     if config.ftp:
         ListenerService(

@@ -24,6 +24,12 @@ from ._syscalls import rename_noreplace, write_all
 from .errors import AlreadyExists, PermissionDenied, from_os_error
 
 
+#: The temporary file names of this process's uploads in progress, so the
+#: start-up clean-up (L{rumpus_secure.vfs.cleanup}) never takes one for a
+#: leftover.  Names are 128 random bits: unique across directories.
+active_temp_names: set[str] = set()
+
+
 class AbortOutcome(enum.Enum):
     """What ``Upload.abort`` left on disk, so a reply can tell the user."""
 
@@ -39,6 +45,11 @@ def _close_fds(*fds: int) -> None:
             os.close(fd)
         except OSError:
             pass
+
+
+def _forget(temp_name: str | None, *fds: int) -> None:
+    active_temp_names.discard(temp_name)  # type: ignore[arg-type]
+    _close_fds(*fds)
 
 
 class Upload:
@@ -72,13 +83,15 @@ class Upload:
         self._fd = fd
         self._name = name
         self._temp_name = temp_name
+        if temp_name is not None:
+            active_temp_names.add(temp_name)
         self._dest_existed = dest_existed
         self._may_replace = may_replace
         self._exclusive = exclusive
         self._fsync = fsync
         self._finished = False
         # Last resort against descriptor leaks if a caller forgets to finish.
-        self._finalizer = weakref.finalize(self, _close_fds, fd, dir_fd)
+        self._finalizer = weakref.finalize(self, _forget, temp_name, fd, dir_fd)
 
     @property
     def atomic(self) -> bool:
@@ -211,3 +224,4 @@ class Upload:
     def _release(self) -> None:
         self._finalizer.detach()
         _close_fds(self._dir_fd)
+        active_temp_names.discard(self._temp_name)  # type: ignore[arg-type]

@@ -128,3 +128,31 @@ def test_port_in_use(tmp_path: Path) -> None:
 def test_port_in_use_reported_on_stderr(tmp_path: Path) -> None:
     port, result = _port_in_use(tmp_path)
     _assert_clean_failure(result, "ftp", str(port))
+
+
+def test_partial_uploads_left_by_a_crash_are_removed_at_start(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from tests.server_process import ServerProcess
+
+    (tmp_path / "run1").mkdir()
+    (tmp_path / "run2").mkdir()
+    first = ServerProcess(tmp_path / "run1", data_dir=tmp_path / "data")
+    with first:
+        first.add_user("alice", "the-password-1")
+        home = first.home("alice")
+    (home / "docs").mkdir()
+    stale = home / "docs" / (".rumpus-upload-" + "ab" * 16 + ".part")
+    stale.write_bytes(b"half an upload")
+    os.utime(stale, (time.time() - 3600,) * 2)
+    kept = home / "docs" / "real.txt"
+    kept.write_bytes(b"user data")
+    second = ServerProcess(tmp_path / "run2", data_dir=tmp_path / "data")
+    with second:
+        assert second.log_path is not None
+        deadline = time.monotonic() + 30
+        while stale.exists() or "partial upload(s)" not in second.log_path.read_text():
+            assert time.monotonic() < deadline, "the leftover was not removed"
+            time.sleep(0.1)
+        assert kept.read_bytes() == b"user data"
