@@ -257,6 +257,42 @@ async def test_tls_upload_without_close_notify(engine: TransferEngine,
 
 
 @pytest_twisted.ensureDeferred
+async def test_tls_upload_broken_by_garbage_keeps_what_came_before(
+    engine: TransferEngine, server_context: SSL.Context
+) -> None:
+    ctx = client_context()
+    session = control_session(server_context, ctx)
+    passive = listener()
+    payload = os.urandom(100000)
+
+    def corrupt_upload() -> None:
+        sock = socket.create_connection(("127.0.0.1", passive.port), timeout=10)
+        sock.settimeout(None)
+        conn = SSL.Connection(ctx, sock)
+        conn.set_session(session)
+        conn.set_connect_state()
+        conn.do_handshake()
+        conn.sendall(payload)
+        sock.sendall(b"\x17\x03\x03\x00\x20" + b"not a real record" * 2)
+        sock.shutdown(socket.SHUT_WR)
+        try:
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass
+        sock.close()
+
+    client = deferToThread(corrupt_upload)
+    sock = await passive.wait()
+    sink = Sink()
+    handle = engine.run(lambda: sock, TLSSettings(server_context), receive_into(sink))
+    result = await handle.result
+    await client
+    assert result.outcome is Outcome.CONNECTION_LOST, result
+    assert bytes(sink.buffer) == payload and result.bytes == len(payload)
+
+
+@pytest_twisted.ensureDeferred
 async def test_abort_during_tls_upload(engine: TransferEngine,
                                        server_context: SSL.Context) -> None:
     ctx = client_context()
