@@ -88,14 +88,35 @@ def control_session(server_context: SSL.Context, client: SSL.Context) -> SSL.Ses
     return conn.get_session()
 
 
-def tls_client(port: int, ctx: SSL.Context, session: SSL.Session | None,
-               upload: bytes | None = None, close_notify: bool = True) -> bytes:
+def resuming_connection(port: int, ctx: SSL.Context,
+                        session: SSL.Session | None) -> tuple[socket.socket, SSL.Connection]:
+    """
+    A TLS client connection to the passive port, offering C{session}.
+    """
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.settimeout(None)  # pyOpenSSL needs a blocking socket
     conn = SSL.Connection(ctx, sock)
     if session is not None:
         conn.set_session(session)
     conn.set_connect_state()
+    return sock, conn
+
+
+def drain_and_close(sock: socket.socket) -> None:
+    """
+    Read until the server closes (or resets), then close.
+    """
+    try:
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
+    sock.close()
+
+
+def tls_client(port: int, ctx: SSL.Context, session: SSL.Session | None,
+               upload: bytes | None = None, close_notify: bool = True) -> bytes:
+    sock, conn = resuming_connection(port, ctx, session)
     received = bytearray()
     try:
         _talk(conn, sock, received, upload, close_notify)
@@ -266,21 +287,12 @@ async def test_tls_upload_broken_by_garbage_keeps_what_came_before(
     payload = os.urandom(100000)
 
     def corrupt_upload() -> None:
-        sock = socket.create_connection(("127.0.0.1", passive.port), timeout=10)
-        sock.settimeout(None)
-        conn = SSL.Connection(ctx, sock)
-        conn.set_session(session)
-        conn.set_connect_state()
+        sock, conn = resuming_connection(passive.port, ctx, session)
         conn.do_handshake()
         conn.sendall(payload)
         sock.sendall(b"\x17\x03\x03\x00\x20" + b"not a real record" * 2)
         sock.shutdown(socket.SHUT_WR)
-        try:
-            while sock.recv(65536):
-                pass
-        except OSError:
-            pass
-        sock.close()
+        drain_and_close(sock)
 
     client = deferToThread(corrupt_upload)
     sock = await passive.wait()
@@ -301,11 +313,7 @@ async def test_abort_during_tls_upload(engine: TransferEngine,
     started = threading.Event()
 
     def endless_upload() -> None:
-        sock = socket.create_connection(("127.0.0.1", passive.port), timeout=10)
-        sock.settimeout(None)
-        conn = SSL.Connection(ctx, sock)
-        conn.set_session(session)
-        conn.set_connect_state()
+        sock, conn = resuming_connection(passive.port, ctx, session)
         try:
             conn.do_handshake()
             block = os.urandom(256 * 1024)
@@ -367,12 +375,7 @@ async def test_abort_during_download(engine: TransferEngine) -> None:
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         started.set()
         got = sock.recv(1024)  # read a little, then stop reading
-        try:
-            while sock.recv(65536):
-                pass
-        except OSError:
-            pass
-        sock.close()
+        drain_and_close(sock)
         return len(got)
 
     client = deferToThread(slow_reader, passive.port)

@@ -161,21 +161,27 @@ class FileProducer:
         self._abort()
 
     def _abort(self) -> None:
-        request, self._request = self._request, None
-        self._handle.close()
-        if request is not None:
-            request.unregisterProducer()
-            transport = getattr(request, "channel", None)
-            transport = getattr(transport, "transport", None)
-            if transport is not None:
-                transport.abortConnection()
+        self._end(complete=False)
 
     def _finish(self) -> None:
+        self._end(complete=True)
+
+    def _end(self, complete: bool) -> None:
+        """
+        Close the file and finish the response, or cut the connection when
+        the response cannot be completed.
+        """
         request, self._request = self._request, None
         self._handle.close()
-        if request is not None:
-            request.unregisterProducer()
+        if request is None:
+            return
+        request.unregisterProducer()
+        if complete:
             request.finish()
+            return
+        transport = getattr(getattr(request, "channel", None), "transport", None)
+        if transport is not None:
+            transport.abortConnection()
 
     def pauseProducing(self) -> None:
         self._paused = True
