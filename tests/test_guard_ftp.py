@@ -224,3 +224,29 @@ def test_without_a_guard_nothing_changes(tmp_path: Path) -> None:
     proto, transport, reactor = connect(server, implicit=True)
     replies = send(proto, transport, "USER alice", "PASS wrong")
     assert replies[-1] == "530 Login incorrect."
+
+
+def test_connections_open_before_a_ban_get_no_more_tries(tmp_path: Path) -> None:
+    """
+    A guesser with several connections: once one of them earns the ban, the
+    others are refused at their next PASS, even with the right password.
+    """
+    server, reactor = guarded(tmp_path, threshold=3, login_failure_delay=0.0)
+    first, first_transport, _ = connect(server, implicit=True, reactor=reactor, peer=PEER)
+    second, second_transport, _ = connect(server, implicit=True, reactor=reactor, peer=PEER)
+    third, third_transport, _ = connect(server, implicit=True, reactor=reactor, peer=PEER)
+    for _ in range(2):
+        send(first, first_transport, "USER alice", "PASS wrong")
+        reactor.advance(0)
+    # The third failure, on another connection, bans the address.
+    send(second, second_transport, "USER alice", "PASS wrong")
+    reactor.advance(0)
+    assert server.guard.is_banned(PEER) is not None
+    assert second_transport.lines()[-1].startswith("421 Too many failed attempts")
+    # A connection that was already open gets no further guess, right or wrong.
+    replies = send(third, third_transport, "USER alice", "PASS right")
+    reactor.advance(0)
+    assert replies[-1].startswith("421 Too many failed attempts"), replies
+    assert third_transport.disconnecting
+    assert not [e for e in server.audit.named("ftp.login") if e["outcome"] == "ok"]
+    assert send(first, first_transport, "USER alice", "PASS wrong")[-1].startswith("421 ")

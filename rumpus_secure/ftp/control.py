@@ -516,6 +516,8 @@ class ControlProtocol(FileCommands, ftp.FTP):
             return "503 Send USER first."
         name, self._user = self._user, None
         self.state = self.UNAUTH
+        if self._banned_meanwhile():
+            return None
         creds = UsernamePassword(name.encode("utf-8", "surrogateescape"),
                                  password.encode("utf-8", "surrogateescape"))
         # The mind is the server: the realm does its disk work in its threads.
@@ -556,6 +558,22 @@ class ControlProtocol(FileCommands, ftp.FTP):
 
         return d.addCallbacks(logged_in, refused)
 
+    def _banned_meanwhile(self) -> bool:
+        """
+        Refuse the login (421 and close) if this address was banned while
+        the connection was open: otherwise a guesser holding several
+        connections would keep guessing on the others, and could even log
+        in with a lucky guess, through the ban.  The password is not checked.
+        """
+        guard = self.guard
+        ban = guard.check(self.client_host, self._protocol_name) if guard else None
+        if ban is None:
+            return False
+        assert guard is not None
+        self.sendLine("421 " + guard.message(ban))
+        self.close()
+        return True
+
     def _login_failed(self, name: str) -> Any:
         """
         Score the failure and answer after the delay (421 and close if banned).
@@ -566,8 +584,11 @@ class ControlProtocol(FileCommands, ftp.FTP):
         guard = self.guard
         if guard is None:
             return "530 Login incorrect."
-        ban = guard.offence(self.client_host, "login_failed",
-                            protocol=self._protocol_name, account=name)
+        # A ban this failure caused, or one that another connection from
+        # the same address caused while the password was being checked.
+        ban = (guard.offence(self.client_host, "login_failed",
+                             protocol=self._protocol_name, account=name)
+               or guard.is_banned(self.client_host))
         if ban is None:
             return guard.delayed("530 Login incorrect.")
 
