@@ -416,6 +416,7 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
 
     from rumpus_secure.ftp.control import build_ftp_factory
     from rumpus_secure.web.redirect import build_http_site
+    from rumpus_secure.web.sessions import SessionKeeper
     from rumpus_secure.web.site import build_https_site
 
     top = service.MultiService()
@@ -437,7 +438,10 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
             server.tls.wrap_factory(ftp_factory.implicit(), [b"ftp"]),
         ).setServiceParent(top)
     if config.https:
-        server.https_site = build_https_site(server, reactor)
+        server.https_site = build_https_site(server, reactor,
+                                             sessions_db=server.store.path)
+        # Logged-in browsers stay logged in across a restart.
+        SessionKeeper(server.https_site.app.sessions, reactor).setServiceParent(top)
         server.https_site.timeOut = config.http_timeout
         ListenerService(
             "https", config.https, _endpoint(reactor, "https", config.https),

@@ -128,6 +128,88 @@ def test_end_user():
     assert store.get(a) is None and store.get(b) is not None
 
 
+# -- sessions kept across a restart -------------------------------------------
+
+
+def restarted(db, clock):
+    """
+    A new store on the same database, as after a restart.
+    """
+    from rumpus_secure.web.sessions import SQLiteSessions
+
+    store = SessionStore(clock, idle=100, absolute=1000, persistence=SQLiteSessions(db))
+    store.load()
+    return store
+
+
+def test_sessions_survive_a_restart(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "accounts.sqlite3"
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    first = restarted(db, clock)
+    alice, session = first.create("alice")
+    bob, _ = first.create("bob")
+    carol, _ = first.create("carol")
+    first.end(bob)  # logged out
+    clock.advance(90)
+    first.get(alice)  # seen again: the idle timer restarts
+    first.flush()
+    clock.advance(50)  # carol idle 140 s > 100, alice 50 s
+    second = restarted(db, clock)
+    back = second.get(alice)
+    assert back is not None and (back.user, back.csrf) == ("alice", session.csrf)
+    assert second.get(bob) is None and second.get(carol) is None
+    # Only hashes of the ids are stored, never an id itself.
+    keys = [bytes(k) for (k,) in sqlite3.connect(db).execute("SELECT key FROM web_sessions")]
+    assert len(keys) == 1 and alice.encode() not in keys[0] and len(keys[0]) == 32
+    second.end_user("alice")
+    assert restarted(db, clock).get(alice) is None
+
+
+def test_sessions_are_written_in_a_thread_in_order(tmp_path):
+    from twisted.internet import defer
+
+    from rumpus_secure.web.sessions import SQLiteSessions
+
+    calls = []
+
+    def run(function, *args):
+        calls.append(function.__name__)
+        return defer.maybeDeferred(function, *args)
+
+    store = SessionStore(Clock(), persistence=SQLiteSessions(tmp_path / "s.db"),
+                         run_in_thread=run)
+    sid, _ = store.create("alice")
+    store.get(sid)
+    store.flush()
+    store.end(sid)
+    assert calls == ["save", "touch", "delete"]
+
+
+def test_the_keeper_flushes_every_minute_and_at_stop(tmp_path):
+    from rumpus_secure.web.sessions import FLUSH_INTERVAL, SessionKeeper, SQLiteSessions
+
+    db = tmp_path / "accounts.sqlite3"
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    store = SessionStore(clock, idle=1000, persistence=SQLiteSessions(db))
+    keeper = SessionKeeper(store, clock)
+    keeper.startService()
+    sid, _ = store.create("alice")
+    clock.advance(FLUSH_INTERVAL)
+    store.get(sid)
+    seen = clock.seconds()
+    clock.advance(FLUSH_INTERVAL)  # the timer writes it
+    assert SQLiteSessions(db).load(0, 0)[0][1].last_seen == seen
+    clock.advance(10)
+    store.get(sid)
+    stopped = keeper.stopService()
+    assert stopped.called and not clock.getDelayedCalls()
+    assert SQLiteSessions(db).load(0, 0)[0][1].last_seen == clock.seconds()
+
+
 # -- FileProducer: the file is read in a thread, one chunk ahead -----------
 
 

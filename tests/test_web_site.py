@@ -193,6 +193,25 @@ def test_locked_while_logged_in(server, web):
     assert b"locked" in response.body
 
 
+def test_password_set_after_login_ends_that_session_only(server, web, site):
+    """
+    A session opened before a password reset (say, by whoever read an
+    exposed password) ends; one opened with the new password lives on.
+    """
+    login(web)
+    old_session = web
+    server.reactor.advance(10)
+    account = server.store.get("alice")
+    account.password_changed = server.reactor.seconds()  # `user passwd alice`
+    server.reactor.advance(10)
+    fresh = HTTPDriver(site)
+    login(fresh)
+    response = old_session.get(b"/files/")
+    assert response.status == 403 and b"changed after you" in response.body
+    assert old_session.get(b"/files/").status == 303  # back to the login page
+    assert fresh.get(b"/files/").status == 200
+
+
 # -- CSRF ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("token", [None, "", "wrong", "x" * 43])

@@ -9,10 +9,12 @@ those around it.
 from __future__ import annotations
 
 import hmac
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from rumpus_secure.vfs import (
@@ -31,13 +33,23 @@ from rumpus_secure.vfs import (
     SymlinkNotFollowed,
     VFSError,
 )
-from rumpus_secure.web.sessions import Session, SessionStore
+from rumpus_secure.web.sessions import Session, SessionStore, SQLiteSessions
+
+_log = Logger()
 
 T = TypeVar("T")
 
 
 class AccountGone(Exception):
     """The session's account was deleted or locked since it logged in."""
+
+
+class PasswordChanged(Exception):
+    """
+    The account's password was set after this session logged in: the
+    session ends (a session opened with an exposed password must not
+    outlive the reset), the account's newer sessions stay.
+    """
 
 
 #: HTTP status for each filesystem error (see rumpus_secure.vfs.errors).
@@ -80,14 +92,20 @@ class WebApp:
     @param secure: whether pages are served over HTTPS (cookie flags).
     """
 
-    def __init__(self, server: Any, reactor: Any, *, secure: bool = True) -> None:
+    def __init__(self, server: Any, reactor: Any, *, secure: bool = True,
+                 sessions_db: Path | None = None) -> None:
         from rumpus_secure.web.redirect import https_origin
 
         self.server = server
         self.reactor = reactor
         self.config = server.config
         self.secure = secure
-        self.sessions = SessionStore(reactor)
+        persistence = SQLiteSessions(sessions_db) if sessions_db is not None else None
+        self.sessions = SessionStore(reactor, persistence=persistence,
+                                     run_in_thread=server.run_in_thread)
+        restored = self.sessions.load()  # blocks: runs before the reactor
+        if restored:
+            _log.info("{count} web session(s) restored", count=restored)
         self.origin = https_origin(self.config).decode("ascii")
         self.cookie_name = b"__Host-rumpus-session" if secure else b"rumpus-session"
 
@@ -173,22 +191,28 @@ class WebApp:
 
     # -- the filesystem ------------------------------------------------------
 
-    def open_fs(self, user: str) -> JailedFS:
+    def open_fs(self, user: str, logged_in: float | None = None) -> JailedFS:
         """
         In a thread: the account's jailed filesystem, read fresh from the
-        store so a lock or permission change applies at once.
+        store so a lock, password or permission change applies at once.
+
+        @param logged_in: when the session began; a password set after it
+            raises L{PasswordChanged}.
         """
         account = self.server.store.get(user)
         if account is None or account.locked:
             raise AccountGone(user)
+        changed = getattr(account, "password_changed", None)
+        if logged_in is not None and changed is not None and changed > logged_in:
+            raise PasswordChanged(user)
         return JailedFS(account.home, account.perms)
 
     def with_fs(self, session: Session, function: Callable[[JailedFS], T]) -> Deferred[T]:
         """Run C{function(fs)} in a thread for the session's account."""
-        user = session.user
+        user, logged_in = session.user, session.created
 
         def work() -> T:
-            return function(self.open_fs(user))
+            return function(self.open_fs(user, logged_in))
 
         return self.server.run_in_thread(work)
 

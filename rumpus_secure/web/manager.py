@@ -15,7 +15,13 @@ from twisted.web import resource
 from twisted.web.iweb import IRequest
 
 from rumpus_secure.vfs import Entry, InvalidPath, VFSError, join_path, split_path
-from rumpus_secure.web.app import AccountGone, WebApp, friendly, status_for
+from rumpus_secure.web.app import (
+    AccountGone,
+    PasswordChanged,
+    WebApp,
+    friendly,
+    status_for,
+)
 from rumpus_secure.web.download import send_file
 from rumpus_secure.web.pages import esc, human_size, human_time, page, url_arg, url_path
 from rumpus_secure.web.respond import error_page, run, see_other, send, send_json
@@ -110,6 +116,12 @@ class ManagerResource(resource.Resource):
             error_page(request, 403, "Account unavailable",
                        "This account has been locked or removed. Ask your "
                        "administrator.", link=("/login", "Log in"))
+        except PasswordChanged:
+            self.app.sessions.discard(session)
+            error_page(request, 403, "Please log in again",
+                       "The password of this account was changed after you "
+                       "logged in. Log in again with the new password.",
+                       link=("/login", "Log in"))
         return False, None
 
 

@@ -6,18 +6,38 @@ SameSite=Strict`` cookie.  The store keeps only a SHA-256 of each id, so a
 lookup never compares secrets byte by byte and a memory dump holds no usable
 cookie.  Time comes from an injected L{IReactorTime}; expired sessions are
 swept lazily, so the store schedules no timers of its own.
+
+With a L{SQLiteSessions} behind it, the sessions of the HTTPS site survive a
+restart: a new session, a logout and an expiry are written at once (in a
+thread, in order), and the idle timers (touched on every request) are
+written in batches by L{SessionKeeper}, every minute and at shutdown.  The
+table holds the same SHA-256 of each id, never the id itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import sqlite3
+from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+_log = Logger()
 
 IDLE_TIMEOUT = 30 * 60.0
 ABSOLUTE_TIMEOUT = 12 * 3600.0
 MAX_SESSIONS = 10_000
+#: Seconds between writes of the idle timers to the database.
+FLUSH_INTERVAL = 60.0
 
 
 def _key(session_id: str) -> bytes:
@@ -49,22 +69,133 @@ class Session:
         return messages
 
 
+class SQLiteSessions:
+    """
+    The C{web_sessions} table of the account database.
+
+    Opens a connection per call, so it can be used from any thread.
+    """
+
+    _SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS web_sessions ("
+        "key BLOB PRIMARY KEY, user TEXT NOT NULL, csrf TEXT NOT NULL, "
+        "created REAL NOT NULL, last_seen REAL NOT NULL)"
+    )
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        with closing(self._connect()) as db:
+            db.execute(self._SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    def load(self, seen_after: float, created_after: float) -> list[tuple[bytes, Session]]:
+        with closing(self._connect()) as db:
+            db.execute("DELETE FROM web_sessions WHERE last_seen <= ? OR created <= ?",
+                       (seen_after, created_after))
+            rows = db.execute(
+                "SELECT key, user, csrf, created, last_seen FROM web_sessions"
+            ).fetchall()
+        return [(bytes(k), Session(user=u, csrf=c, created=float(cr), last_seen=float(ls)))
+                for k, u, c, cr, ls in rows]
+
+    def save(self, key: bytes, session: Session) -> None:
+        with closing(self._connect()) as db:
+            db.execute(
+                "INSERT OR REPLACE INTO web_sessions (key, user, csrf, created, last_seen) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (key, session.user, session.csrf, session.created, session.last_seen),
+            )
+
+    def touch(self, seen: list[tuple[float, bytes]]) -> None:
+        with closing(self._connect()) as db:
+            db.execute("BEGIN")
+            db.executemany("UPDATE web_sessions SET last_seen = ? WHERE key = ?", seen)
+            db.execute("COMMIT")
+
+    def delete(self, keys: list[bytes]) -> None:
+        with closing(self._connect()) as db:
+            db.execute("BEGIN")
+            db.executemany("DELETE FROM web_sessions WHERE key = ?", [(k,) for k in keys])
+            db.execute("COMMIT")
+
+
 class SessionStore:
     """
-    Sessions in memory, keyed by a hash of their id.
+    Sessions in memory, keyed by a hash of their id, optionally kept in a
+    database as well (see the module docstring).
 
     @param clock: an L{IReactorTime}; only C{seconds()} is used.
+    @param persistence: a L{SQLiteSessions}, or L{None} for memory only.
+    @param run_in_thread: C{f(function, *args) -> Deferred} for database
+        writes; L{None} runs them inline (tests, tools).
     """
 
     def __init__(self, clock: Any, idle: float = IDLE_TIMEOUT,
-                 absolute: float = ABSOLUTE_TIMEOUT) -> None:
+                 absolute: float = ABSOLUTE_TIMEOUT, *,
+                 persistence: SQLiteSessions | None = None,
+                 run_in_thread: Callable[..., defer.Deferred[Any]] | None = None) -> None:
         self._clock = clock
         self.idle = idle
         self.absolute = absolute
         self._sessions: dict[bytes, Session] = {}
+        self._persistence = persistence
+        self._run = run_in_thread or defer.maybeDeferred
+        self._writes: defer.Deferred[Any] = defer.succeed(None)
+        self._touched: set[bytes] = set()
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    # -- persistence ----------------------------------------------------
+
+    def load(self) -> int:
+        """
+        Read the stored sessions that are still live; call once, before the
+        reactor runs (it blocks).  Returns how many.
+        """
+        if self._persistence is None:
+            return 0
+        now = self._clock.seconds()
+        for key, session in self._persistence.load(now - self.idle, now - self.absolute):
+            self._sessions[key] = session
+        return len(self._sessions)
+
+    def _write(self, function: Callable[..., Any], *args: Any) -> None:
+        def run(ignored: Any) -> defer.Deferred[Any]:
+            return self._run(function, *args)
+
+        def failed(failure: Failure) -> None:
+            _log.failure("could not store web sessions", failure)
+
+        # In order, one at a time: a logout never loses to its own login.
+        self._writes = self._writes.addCallback(run).addErrback(failed)
+
+    def _forget(self, keys: list[bytes]) -> None:
+        for key in keys:
+            self._sessions.pop(key, None)
+            self._touched.discard(key)
+        if keys and self._persistence is not None:
+            self._write(self._persistence.delete, keys)
+
+    def flush(self) -> defer.Deferred[None]:
+        """
+        Write the idle timers touched since the last flush; fires when every
+        write issued so far is done.  Never fails.
+        """
+        if self._persistence is not None and self._touched:
+            seen = [(self._sessions[k].last_seen, k) for k in self._touched
+                    if k in self._sessions]
+            self._touched = set()
+            self._write(self._persistence.touch, seen)
+        done: defer.Deferred[None] = defer.Deferred()
+        self._writes.addBoth(lambda result: (done.callback(None), result)[1])
+        return done
+
+    # -- sessions -------------------------------------------------------
 
     def _expired(self, session: Session, now: float) -> bool:
         return (now - session.last_seen >= self.idle
@@ -73,8 +204,7 @@ class SessionStore:
     def sweep(self) -> None:
         """Forget every expired session."""
         now = self._clock.seconds()
-        for key in [k for k, s in self._sessions.items() if self._expired(s, now)]:
-            del self._sessions[key]
+        self._forget([k for k, s in self._sessions.items() if self._expired(s, now)])
 
     def create(self, user: str) -> tuple[str, Session]:
         """
@@ -83,12 +213,15 @@ class SessionStore:
         self.sweep()
         if len(self._sessions) >= MAX_SESSIONS:
             oldest = min(self._sessions, key=lambda k: self._sessions[k].last_seen)
-            del self._sessions[oldest]
+            self._forget([oldest])
         now = self._clock.seconds()
         session_id = secrets.token_urlsafe(32)
         session = Session(user=user, csrf=secrets.token_urlsafe(32),
                           created=now, last_seen=now)
-        self._sessions[_key(session_id)] = session
+        key = _key(session_id)
+        self._sessions[key] = session
+        if self._persistence is not None:
+            self._write(self._persistence.save, key, session)
         return session_id, session
 
     def get(self, session_id: str | None, touch: bool = True) -> Session | None:
@@ -103,18 +236,48 @@ class SessionStore:
             return None
         now = self._clock.seconds()
         if self._expired(session, now):
-            del self._sessions[key]
+            self._forget([key])
             return None
         if touch:
             session.last_seen = now
+            self._touched.add(key)
         return session
 
     def end(self, session_id: str | None) -> None:
         """Log out: forget the session."""
         if session_id:
-            self._sessions.pop(_key(session_id), None)
+            key = _key(session_id)
+            if key in self._sessions:
+                self._forget([key])
+
+    def discard(self, session: Session) -> None:
+        """Forget this one session (found by a request)."""
+        self._forget([k for k, s in self._sessions.items() if s is session])
 
     def end_user(self, user: str) -> None:
         """Forget every session of C{user} (account locked or deleted)."""
-        for key in [k for k, s in self._sessions.items() if s.user == user]:
-            del self._sessions[key]
+        self._forget([k for k, s in self._sessions.items() if s.user == user])
+
+
+class SessionKeeper(service.Service):
+    """
+    Writes the sessions' idle timers every L{FLUSH_INTERVAL} seconds and
+    once more when the server stops.
+    """
+
+    name = "web-sessions"
+
+    def __init__(self, sessions: SessionStore, clock: Any) -> None:
+        self.sessions = sessions
+        self._loop = LoopingCall(sessions.flush)
+        self._loop.clock = clock
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(FLUSH_INTERVAL, now=False)
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        return self.sessions.flush()

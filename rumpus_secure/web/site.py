@@ -231,21 +231,26 @@ class Root(resource.Resource):
     render_HEAD = render_GET
 
 
-def build_web_site(server_state: Any, reactor: Any, *, secure: bool = True) -> SecureSite:
+def build_web_site(server_state: Any, reactor: Any, *, secure: bool = True,
+                   sessions_db: Path | None = None) -> SecureSite:
     """
     The web file manager as a site; C{secure=False} only for the legacy
     ``--http-redirect off`` plain-HTTP mode.
+
+    @param sessions_db: the database that keeps the sessions across restarts
+        (L{rumpus_secure.web.sessions.SQLiteSessions}); L{None}: memory only.
     """
-    app = WebApp(server_state, reactor, secure=secure)
+    app = WebApp(server_state, reactor, secure=secure, sessions_db=sessions_db)
     return SecureSite(Root(app), server_state.config, secure=secure, app=app,
                       reactor=reactor)
 
 
-def build_https_site(server_state: Any, reactor: Any) -> server.Site:
+def build_https_site(server_state: Any, reactor: Any,
+                     sessions_db: Path | None = None) -> server.Site:
     """
     The site behind the HTTPS listener.
     """
-    return build_web_site(server_state, reactor, secure=True)
+    return build_web_site(server_state, reactor, secure=True, sessions_db=sessions_db)
 
 
 __all__ = ["CSP", "SecureRequest", "SecureSite", "arg", "build_https_site",

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from rumpus_secure.vfs import AbortOutcome, InvalidPath, JailedFS, Upload, VFSError, join_path
-from rumpus_secure.web.app import AccountGone, WebApp, friendly
+from rumpus_secure.web.app import AccountGone, PasswordChanged, WebApp, friendly
 from rumpus_secure.web.multipart import (
     MultipartError,
     MultipartParser,
@@ -277,7 +277,7 @@ class UploadSink:
     def _filesystem(self) -> JailedFS:
         if self._fs is None:
             assert self.session is not None
-            self._fs = self._app.open_fs(self.session.user)
+            self._fs = self._app.open_fs(self.session.user, self.session.created)
         return self._fs
 
     def _open(self, result: FileResult) -> None:
@@ -288,6 +288,9 @@ class UploadSink:
             result.error = friendly(e)
         except AccountGone:
             result.error = "Your account is no longer available."
+        except PasswordChanged:
+            result.error = ("The password of this account was changed after you logged "
+                            "in. Log in again with the new password.")
 
     def _write(self, result: FileResult, data: bytes) -> None:
         if result.upload is None or result.error is not None:
@@ -329,5 +332,5 @@ class UploadSink:
         if upload.abort() is AbortOutcome.KEPT_PARTIAL and atomic:
             try:
                 self._filesystem().remove(path)
-            except (VFSError, AccountGone):
+            except (VFSError, AccountGone, PasswordChanged):
                 pass

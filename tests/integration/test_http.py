@@ -5,6 +5,7 @@ The HTTP redirect and the HTTPS landing page, through curl.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,29 @@ def test_https_landing_page(server: ServerProcess) -> None:
     assert headers["strict-transport-security"] == "max-age=31536000"
     assert f"<code>{server.ftp_port}</code>" in result.stdout
     assert f"<code>{server.ftps_port}</code>" in result.stdout
+
+
+def test_a_logged_in_browser_stays_logged_in_across_a_restart(tmp_path: Path) -> None:
+    jar = tmp_path / "cookies.txt"
+    (tmp_path / "run1").mkdir()
+    (tmp_path / "run2").mkdir()
+    first = ServerProcess(tmp_path / "run1", data_dir=tmp_path / "data",
+                          public_host="127.0.0.1")
+    with first:
+        first.add_user("alice", "the-password-1")
+        base = f"https://127.0.0.1:{first.https_port}"
+        login = _curl("-k", "-c", str(jar), "-o", "/dev/null", "-w", "%{http_code}",
+                      "-H", f"Origin: {base}", "--data-urlencode", "username=alice",
+                      "--data-urlencode", "password=the-password-1", f"{base}/login")
+        assert login.stdout == "303"
+        page = _curl("-k", "-b", str(jar), "-w", "%{http_code}", f"{base}/files/")
+        assert page.stdout.endswith("200") and "alice" in page.stdout
+    second = ServerProcess(tmp_path / "run2", data_dir=tmp_path / "data",
+                           public_host="127.0.0.1")
+    with second:
+        base = f"https://127.0.0.1:{second.https_port}"
+        page = _curl("-k", "-b", str(jar), "-o", "/dev/null", "-w", "%{http_code}",
+                     f"{base}/files/")
+        assert page.stdout == "200"  # not a redirect to the login page
+        logout_form = _curl("-k", "-b", str(jar), f"{base}/files/").stdout
+        assert "Log out" in logout_form or "logout" in logout_form
