@@ -45,6 +45,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rumpus_secure.accounts.bans import Ban, IBanStore
+from rumpus_secure.serial import SerialCalls
 
 _log = Logger()
 
@@ -160,7 +161,7 @@ class Guard:
         self._clock = clock
         self._store = store
         self._audit = audit
-        self._run = run_in_thread or defer.maybeDeferred
+        self._serial = SerialCalls(run_in_thread, "store a ban")
         self._safe = tuple(ipaddress.ip_network(n, strict=False) for n in settings.safe_list)
         self._scores: dict[str, deque[tuple[float, int]]] = {}
         self._bans: dict[str, Ban] = {}
@@ -168,7 +169,6 @@ class Guard:
         self._connections: dict[str, int] = {}
         self.total_connections = 0
         self._sessions: dict[str, int] = {}
-        self._writes: defer.Deferred[Any] = defer.succeed(None)
 
     # -- persistence --------------------------------------------------
 
@@ -186,15 +186,9 @@ class Guard:
         return sum(1 for b in self._bans.values() if b.active(now))
 
     def _write(self, function: Callable[..., Any], *args: Any) -> None:
-        def run(ignored: Any) -> defer.Deferred[Any]:
-            return self._run(function, *args)
-
-        def failed(failure: Failure) -> None:
-            _log.failure("could not store a ban", failure)
-
         # One write at a time, in order, so a later state never loses to an
         # earlier one in the thread pool.
-        self._writes = self._writes.addCallback(run).addErrback(failed)
+        self._serial.call(function, *args)
 
     def sync(self) -> defer.Deferred[None]:
         """
@@ -213,12 +207,10 @@ class Guard:
         # The bans already made, whose writes are queued before the read;
         # one made (or remade) while the read runs is a different object.
         known = dict(self._bans)
-        done: defer.Deferred[None] = defer.Deferred()
 
-        def read(ignored: Any) -> defer.Deferred[Any]:
-            return self._run(store.load, since)
-
-        def apply(stored: list[Ban]) -> None:
+        def apply(stored: list[Ban] | None) -> None:
+            if stored is None:
+                return  # the read failed (logged): keep everything
             present = {ban.address for ban in stored}
             now = self._clock.seconds()
             for address, ban in list(self._bans.items()):
@@ -232,19 +224,16 @@ class Guard:
                         self._audit.record("guard.lifted", client=address, by="admin")
 
         def failed(failure: Failure) -> None:
-            _log.failure("could not read the stored bans", failure)
+            _log.failure("could not apply the stored bans", failure)
 
-        self._writes = self._writes.addCallback(read).addCallbacks(apply, failed)
-        self._writes.addBoth(lambda result: (done.callback(None), result)[1])
-        return done
+        reading = self._serial.call(store.load, since, what="read the stored bans")
+        return reading.addCallback(apply).addErrback(failed)
 
     def flushed(self) -> defer.Deferred[None]:
         """
         Fire when the writes issued so far are done.
         """
-        d: defer.Deferred[None] = defer.Deferred()
-        self._writes.addBoth(lambda result: (d.callback(None), result)[1])
-        return d
+        return self._serial.flushed()
 
     # -- bans -----------------------------------------------------------
 

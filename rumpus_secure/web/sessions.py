@@ -28,10 +28,8 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-_log = Logger()
+from rumpus_secure.serial import SerialCalls
 
 IDLE_TIMEOUT = 30 * 60.0
 ABSOLUTE_TIMEOUT = 12 * 3600.0
@@ -143,8 +141,8 @@ class SessionStore:
         self.absolute = absolute
         self._sessions: dict[bytes, Session] = {}
         self._persistence = persistence
-        self._run = run_in_thread or defer.maybeDeferred
-        self._writes: defer.Deferred[Any] = defer.succeed(None)
+        # In order, one at a time: a logout never loses to its own login.
+        self._writes = SerialCalls(run_in_thread, "store web sessions")
         self._touched: set[bytes] = set()
 
     def __len__(self) -> int:
@@ -165,14 +163,7 @@ class SessionStore:
         return len(self._sessions)
 
     def _write(self, function: Callable[..., Any], *args: Any) -> None:
-        def run(ignored: Any) -> defer.Deferred[Any]:
-            return self._run(function, *args)
-
-        def failed(failure: Failure) -> None:
-            _log.failure("could not store web sessions", failure)
-
-        # In order, one at a time: a logout never loses to its own login.
-        self._writes = self._writes.addCallback(run).addErrback(failed)
+        self._writes.call(function, *args)
 
     def _forget(self, keys: list[bytes]) -> None:
         for key in keys:
@@ -191,9 +182,7 @@ class SessionStore:
                     if k in self._sessions]
             self._touched = set()
             self._write(self._persistence.touch, seen)
-        done: defer.Deferred[None] = defer.Deferred()
-        self._writes.addBoth(lambda result: (done.callback(None), result)[1])
-        return done
+        return self._writes.flushed()
 
     # -- sessions -------------------------------------------------------
 
