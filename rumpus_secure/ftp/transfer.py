@@ -320,13 +320,15 @@ class _Channel:
                     got += result
                     continue
                 if _lib.SSL_get_error(ssl, result) == _lib.SSL_ERROR_WANT_READ:
-                    self._flush_tls()  # e.g. the answer to a key update
-                    if self._eof:
-                        error = _Truncated()
-                    elif self._feed_tls(wait=not got):
+                    try:
+                        self._flush_tls()  # e.g. the answer to a key update
+                        if self._eof:
+                            raise _Truncated()
+                        if not self._feed_tls(wait=not got):
+                            break  # the rest has not arrived: return what has
                         continue
-                    else:
-                        break  # the rest has not arrived: return what has
+                    except (_Truncated, _Aborted, OSError, TimeoutError) as e:
+                        error = e  # a reset, a timeout, ABOR
                 else:
                     try:
                         self._raise_read_error(result)
