@@ -565,14 +565,21 @@ class ControlProtocol(FileCommands, ftp.FTP):
         connections would keep guessing on the others, and could even log
         in with a lucky guess, through the ban.  The password is not checked.
         """
-        guard = self.guard
-        ban = guard.check(self.client_host, self._protocol_name) if guard else None
+        if self.guard is None:
+            return False
+        ban = self.guard.check(self.client_host, self._protocol_name)
         if ban is None:
             return False
-        assert guard is not None
-        self.sendLine("421 " + guard.message(ban))
-        self.close()
+        self._turn_away(ban)
         return True
+
+    def _turn_away(self, ban: Any) -> None:
+        """
+        Tell a banned client how long its ban lasts (421), then close.
+        """
+        assert self.guard is not None
+        self.sendLine("421 " + self.guard.message(ban))
+        self.close()
 
     def _login_failed(self, name: str) -> Any:
         """
@@ -592,11 +599,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
         if ban is None:
             return guard.delayed("530 Login incorrect.")
 
-        def banned(ignored: Any) -> None:
-            self.sendLine("421 " + guard.message(ban))
-            self.close()
-
-        return guard.delayed(None).addCallback(banned)
+        return guard.delayed(None).addCallback(lambda ignored: self._turn_away(ban))
 
     def _end_session(self) -> None:
         if self._session_account is not None and self.guard is not None:
