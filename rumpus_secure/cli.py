@@ -397,8 +397,6 @@ def add_check_command(subparsers: Any) -> None:
     check.set_defaults(handler=_check)
 
 
-# -- assembly ---------------------------------------------------------------
-
 # -- ban --------------------------------------------------------------------
 
 
@@ -420,8 +418,8 @@ def _ban_list(args: argparse.Namespace, context: Context) -> int:
     from rumpus_secure.guard import iso_utc
 
     now = time.time()
-    active = sorted((b for b in _ban_store(context).load(now) if b.active(now)),
-                    key=lambda b: b.until)
+    # load(now): the bans that end after now, i.e. the active ones.
+    active = sorted(_ban_store(context).load(now), key=lambda b: b.until)
     if not active:
         context.say("no address is banned")
         return 0
@@ -440,10 +438,8 @@ def _ban_lift(args: argparse.Namespace, context: Context) -> int:
     from rumpus_secure.guard import SYNC_INTERVAL, normalise_address
 
     address = normalise_address(args.address)
-    store = _ban_store(context)
-    if not any(b.address == address for b in store.load(0)):
+    if not _ban_store(context).delete(address):
         raise CliError(f"{address} is not banned")
-    store.delete(address)
     context.say(f"ban on {address} lifted; a running server lets it in again "
                 f"within {SYNC_INTERVAL:.0f} seconds")
     return 0
@@ -461,6 +457,8 @@ def add_ban_command(subparsers: Any) -> None:
     lift.add_argument("address", metavar="ADDRESS")
     lift.set_defaults(handler=_ban_lift)
 
+
+# -- assembly ---------------------------------------------------------------
 
 COMMANDS: list[Callable[[Any], None]] = [
     add_user_command,

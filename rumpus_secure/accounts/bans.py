@@ -79,9 +79,11 @@ class IBanStore(Interface):
         Insert or replace the ban for C{ban.address}.
         """
 
-    def delete(address: str) -> None:
+    def delete(address: str) -> bool:
         """
         Forget the address's ban (an administrator lifted it).
+
+        @returns: whether there was one.
         """
 
     def prune(before: float) -> int:
@@ -105,8 +107,8 @@ class MemoryBanStore:
     def save(self, ban: Ban) -> None:
         self.bans[ban.address] = ban
 
-    def delete(self, address: str) -> None:
-        self.bans.pop(address, None)
+    def delete(self, address: str) -> bool:
+        return self.bans.pop(address, None) is not None
 
     def prune(self, before: float) -> int:
         old = [a for a, b in self.bans.items() if b.until < before]
@@ -155,9 +157,9 @@ class SQLiteBanStore:
                 (ban.address, ban.until, ban.level, ban.reason, ban.created),
             )
 
-    def delete(self, address: str) -> None:
+    def delete(self, address: str) -> bool:
         with closing(self._connect()) as db:
-            db.execute("DELETE FROM bans WHERE address = ?", (address,))
+            return db.execute("DELETE FROM bans WHERE address = ?", (address,)).rowcount > 0
 
     def prune(self, before: float) -> int:
         with closing(self._connect()) as db:
