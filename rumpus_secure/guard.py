@@ -45,7 +45,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rumpus_secure.accounts.bans import Ban, IBanStore
-from rumpus_secure.serial import SerialCalls
+from rumpus_secure.serial import RunInThread, SerialCalls
 
 _log = Logger()
 
@@ -155,7 +155,7 @@ class Guard:
         clock: IReactorTime,
         store: IBanStore | None = None,
         audit: Any = None,
-        run_in_thread: Callable[..., defer.Deferred[Any]] | None = None,
+        run_in_thread: RunInThread | None = None,
     ) -> None:
         self.settings = settings
         self._clock = clock

@@ -18,6 +18,10 @@ from twisted.python.failure import Failure
 
 _log = Logger()
 
+#: C{run_in_thread(function, *args) -> Deferred}: how the server runs
+#: blocking work off the reactor thread (L{rumpus_secure.tap.Server}).
+RunInThread = Callable[..., "defer.Deferred[Any]"]
+
 
 class SerialCalls:
     """
@@ -26,7 +30,7 @@ class SerialCalls:
     @param what: named in the log line when a call fails.
     """
 
-    def __init__(self, run_in_thread: Callable[..., defer.Deferred[Any]] | None,
+    def __init__(self, run_in_thread: RunInThread | None,
                  what: str) -> None:
         self._run = run_in_thread or defer.maybeDeferred
         self._what = what

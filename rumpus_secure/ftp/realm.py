@@ -12,7 +12,8 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from rumpus_secure.accounts.store import HOME_MODE
-from rumpus_secure.ftp.shell import FileShell, IFileShell, RunInThread
+from rumpus_secure.ftp.shell import FileShell, IFileShell
+from rumpus_secure.serial import RunInThread
 from rumpus_secure.vfs import JailedFS
 
 

@@ -11,15 +11,13 @@ written by the transfer engine's worker thread
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from twisted.internet import defer
 from zope.interface import Interface, implementer
 
+from rumpus_secure.serial import RunInThread
 from rumpus_secure.vfs import JailedFS, join_path
-
-RunInThread = Callable[..., "defer.Deferred[Any]"]
 
 
 class IFileShell(Interface):

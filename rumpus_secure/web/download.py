@@ -9,7 +9,6 @@ the site's origin.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
@@ -20,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from rumpus_secure.serial import RunInThread
 from rumpus_secure.vfs import wire_name
 
 CHUNK = 1024 * 1024
@@ -85,10 +85,6 @@ def content_disposition(name: str) -> bytes:
 
 def etag_for(size: int, mtime_ns: int, ino: int) -> bytes:
     return b'"%x-%x-%x"' % (ino, size, mtime_ns)
-
-
-#: C{run_in_thread(function, *args) -> Deferred}.
-RunInThread = Callable[..., "defer.Deferred[Any]"]
 
 
 @implementer(IPushProducer)

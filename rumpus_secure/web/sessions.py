@@ -29,7 +29,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 
-from rumpus_secure.serial import SerialCalls
+from rumpus_secure.serial import RunInThread, SerialCalls
 
 IDLE_TIMEOUT = 30 * 60.0
 ABSOLUTE_TIMEOUT = 12 * 3600.0
@@ -135,7 +135,7 @@ class SessionStore:
     def __init__(self, clock: Any, idle: float = IDLE_TIMEOUT,
                  absolute: float = ABSOLUTE_TIMEOUT, *,
                  persistence: SQLiteSessions | None = None,
-                 run_in_thread: Callable[..., defer.Deferred[Any]] | None = None) -> None:
+                 run_in_thread: RunInThread | None = None) -> None:
         self._clock = clock
         self.idle = idle
         self.absolute = absolute
