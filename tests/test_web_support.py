@@ -33,6 +33,7 @@ class FakeAccount:
     perms: frozenset[str] = ALL_PERMISSIONS
     locked: bool = False
     lock_reason: str | None = None
+    password_changed: float = 0.0  # when the password was last set
 
 
 class FakeStore:

@@ -202,8 +202,7 @@ class WebApp:
         account = self.server.store.get(user)
         if account is None or account.locked:
             raise AccountGone(user)
-        changed = getattr(account, "password_changed", None)
-        if logged_in is not None and changed is not None and changed > logged_in:
+        if logged_in is not None and account.password_changed > logged_in:
             raise PasswordChanged(user)
         return JailedFS(account.home, account.perms)
 
