@@ -14,6 +14,7 @@ from rumpus_secure.accounts.bans import Ban, MemoryBanStore, SQLiteBanStore
 from rumpus_secure.audit import MemoryAuditLog
 from rumpus_secure.config import build_config
 from rumpus_secure.guard import Guard, GuardSettings, normalise_address
+from tests.manual_thread import ManualThread
 
 START = 1_800_000_000.0
 
@@ -268,29 +269,17 @@ def test_sync_never_drops_a_ban_it_has_not_seen_stored() -> None:
     The read waits for the writes issued before it, and a ban made while
     the read runs is newer than the read: neither is taken for lifted.
     """
-    from twisted.internet import defer
-
-    pending: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
-
-    def run(function: Any, *args: Any) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        pending.append((function, args, d))
-        return d
-
-    def finish_next() -> None:
-        function, args, d = pending.pop(0)
-        d.callback(function(*args))
-
+    thread = ManualThread()
     clock = Clock()
     clock.advance(START)
     store = MemoryBanStore()
-    guard = Guard(GuardSettings(threshold=1), clock, store=store, run_in_thread=run)
+    guard = Guard(GuardSettings(threshold=1), clock, store=store, run_in_thread=thread)
     guard.offence("192.0.2.1", "login_failed", protocol="ftp")  # save queued
     synced = guard.sync()
     clock.advance(1)
-    finish_next()  # the save
+    thread.run_next()  # the save
     guard.offence("192.0.2.9", "login_failed", protocol="ftp")  # during the read
-    finish_next()  # the read: sees .1, not .9
+    thread.run_next()  # the read: sees .1, not .9
     assert synced.called
     assert guard.is_banned("192.0.2.1") is not None
     assert guard.is_banned("192.0.2.9") is not None

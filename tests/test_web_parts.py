@@ -9,7 +9,6 @@ import os
 
 import pytest
 from hypothesis import given, settings, strategies as st
-from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from rumpus_secure.web.download import Unsatisfiable, content_disposition, parse_range
@@ -20,6 +19,7 @@ from rumpus_secure.web.multipart import (
     parse_header_params,
 )
 from rumpus_secure.web.sessions import SessionStore
+from tests.manual_thread import ManualThread
 from tests.test_web_support import multipart
 
 
@@ -247,28 +247,10 @@ class FakeRequest:
         self.finished = True
 
 
-class Thread:
-    """
-    A stand-in for run_in_thread: records each call and fires when told.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-
-    def __call__(self, function, *args):
-        d = defer.Deferred()
-        self.calls.append((function, args, d))
-        return d
-
-    def run_next(self) -> None:
-        function, args, d = self.calls.pop(0)
-        d.callback(function(*args))
-
-
 def producer_for(data: bytes):
     from rumpus_secure.web.download import FileProducer
 
-    request, thread, handle = FakeRequest(), Thread(), io.BytesIO(data)
+    request, thread, handle = FakeRequest(), ManualThread(), io.BytesIO(data)
     producer = FileProducer(request, handle, len(data), thread)
     return producer, request, thread, handle
 
