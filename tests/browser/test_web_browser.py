@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -214,7 +213,6 @@ def test_browse_upload_download_rename_delete(server, browser, tmp_path):
 
 
 def test_password_on_plain_http_is_refused(server, browser):
-    from selenium.webdriver.common.by import By
 
     # Our own pages cannot post to HTTP (CSP form-action 'self'); a stale
     # bookmark or a downgraded page can: post from a blank page.
