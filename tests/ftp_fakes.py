@@ -4,83 +4,21 @@ In-memory stand-ins for driving the FTP control protocol without sockets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import IUsernamePassword
-from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from zope.interface import implementer
 
-from rumpus_secure.accounts.checker import LockedAccountError
 from rumpus_secure.audit import MemoryAuditLog
 from rumpus_secure.config import ServerConfig
 from rumpus_secure.exposure import ExposureGuard
 from rumpus_secure.ftp.control import ControlProtocol, FTPFactories
 from rumpus_secure.ftp.realm import FTPRealm
-
-
-@dataclass
-class FakeAccount:
-    name: str
-    home: Path
-    password: str
-    locked: bool = False
-    lock_reason: str | None = None
-    perms: frozenset[str] = frozenset(
-        {"list", "download", "upload", "overwrite", "delete", "rename", "mkdir"}
-    )
-
-
-class FakeStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.accounts: dict[str, FakeAccount] = {}
-
-    def add(self, name: str, password: str) -> FakeAccount:
-        home = self.root / name
-        home.mkdir(parents=True, exist_ok=True)
-        self.accounts[name] = FakeAccount(name, home, password)
-        return self.accounts[name]
-
-    def get(self, name: str) -> FakeAccount | None:
-        return self.accounts.get(name)
-
-    def lock(self, name: str, reason: str) -> None:
-        account = self.accounts[name]
-        self.accounts[name] = replace(account, locked=True, lock_reason=reason)
-
-
-@implementer(ICredentialsChecker)
-class FakeChecker:
-    """
-    Checks against L{FakeStore}; the real one hashes in a thread.
-    """
-
-    credentialInterfaces = (IUsernamePassword,)
-
-    def __init__(self, store: FakeStore) -> None:
-        self.store = store
-        self.checked: list[str] = []
-
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes]:
-        name = credentials.username.decode("utf-8")
-        account = self.store.get(name)
-        if account is None or account.password != credentials.password.decode("utf-8"):
-            return defer.fail(UnauthorizedLogin())
-        if account.locked:
-            return defer.fail(LockedAccountError(name, account.lock_reason or "locked"))
-        return defer.succeed(credentials.username)
-
-    def check_password(self, name: str, password: str) -> defer.Deferred[bool]:
-        self.checked.append(name)
-        account = self.store.get(name)
-        return defer.succeed(account is not None and account.password == password)
+from tests.fake_accounts import FakeChecker, FakeStore
 
 
 class FakeTLS:
