@@ -11,10 +11,10 @@ and the ``rumpus-secure user ...`` admin command.  The database is in WAL
 mode (readers never block the writer), every connection waits up to
 L{BUSY_TIMEOUT_MS} for a lock instead of failing with "database is locked",
 and writes take the write lock up front (C{BEGIN IMMEDIATE}) so two writers
-cannot deadlock upgrading a read lock.  A connection is opened per operation
-and closed after it, so a store object can be shared by threads (SQLite
-connections must not be) and nothing is cached: a change made by the CLI is
-seen by the server's next login.
+cannot deadlock upgrading a read lock.  Each thread keeps its own connection
+(L{rumpus_secure.accounts.connections}), so a store object can be shared by
+threads (SQLite connections must not be) and nothing is cached above SQLite:
+a change made by the CLI is seen by the server's next login.
 
 All methods block on disk I/O; the server calls them from a thread (see
 L{rumpus_secure.accounts.checker}).
@@ -34,6 +34,7 @@ from typing import Callable, Iterable, Iterator
 from argon2 import PasswordHasher
 from zope.interface import Interface, implementer
 
+from rumpus_secure.accounts.connections import ThreadConnections
 from rumpus_secure.accounts.hashing import hash_password
 
 ALL_PERMISSIONS: frozenset[str] = frozenset(
@@ -254,6 +255,7 @@ class SQLiteAccountStore:
         self.root = Path(os.path.abspath(Path(root).expanduser()))
         self._hasher = hasher
         self._clock = clock
+        self._connections = ThreadConnections(self._connect)
         self._initialise()
 
     @classmethod
@@ -311,7 +313,7 @@ class SQLiteAccountStore:
 
     @contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
-        with closing(self._connect()) as db, self._write(db):
+        with self._connections.connection() as db, self._write(db):
             yield db
 
     def _update(
@@ -381,7 +383,7 @@ class SQLiteAccountStore:
         )
 
     def get(self, name: str) -> Account | None:
-        with closing(self._connect()) as db:
+        with self._connections.connection() as db:
             row = db.execute(
                 f"SELECT {_COLUMNS} FROM accounts WHERE name = ? COLLATE BINARY",
                 (name,),
@@ -389,14 +391,14 @@ class SQLiteAccountStore:
         return None if row is None else _account(row)
 
     def list(self) -> list[Account]:
-        with closing(self._connect()) as db:
+        with self._connections.connection() as db:
             rows = db.execute(
                 f"SELECT {_COLUMNS} FROM accounts ORDER BY name COLLATE BINARY"
             ).fetchall()
         return [_account(row) for row in rows]
 
     def password_hash(self, name: str) -> str | None:
-        with closing(self._connect()) as db:
+        with self._connections.connection() as db:
             row = db.execute(
                 "SELECT password_hash FROM accounts WHERE name = ? COLLATE BINARY",
                 (name,),
