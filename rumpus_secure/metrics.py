@@ -120,11 +120,21 @@ class SessionCollector:
         Remember every protocol C{factory} builds (it keeps no list itself).
         """
         build = factory.buildProtocol
+        live = self._ftp
 
         def build_and_track(addr: Any) -> Any:
             protocol = build(addr)
-            if protocol is not None:
-                self._ftp.add(protocol)
+            if protocol is None:
+                return None
+            live.add(protocol)
+            lost = protocol.connectionLost
+
+            def connection_lost(reason: Any) -> Any:
+                # Twisted never resets C{connected}: leave the set here.
+                live.discard(protocol)
+                return lost(reason)
+
+            protocol.connectionLost = connection_lost
             return protocol
 
         factory.buildProtocol = build_and_track
@@ -136,7 +146,7 @@ class SessionCollector:
         counts = {"ftp": 0, "ftps-explicit": 0, "ftps-implicit": 0, "web": 0}
         for p in list(self._ftp):
             if not getattr(p, "connected", False):
-                continue
+                continue  # built, not yet connected
             if getattr(p, "implicit", False):
                 counts["ftps-implicit"] += 1
             elif getattr(p, "secure", False):

@@ -224,3 +224,32 @@ def test_web_access_log_and_server_header(server: ServerProcess, tmp_path: Path)
     [line] = [x for x in server.log_text().splitlines() if "/files/?marker=1" in x]
     assert '"127.0.0.1" - alice [' in line
     assert "/static/app.css" not in server.log_text()
+
+
+def test_start_up_noise_is_gone(server: ServerProcess) -> None:
+    console = server.log_text()
+    assert console.count("is self-signed") == 1, console
+    assert "Starting factory" not in console
+    assert "object at 0x" not in console
+
+
+def test_port_in_use_is_reported_once(tmp_path: Path) -> None:
+    """
+    On a terminal stdout (twistd -n's log) and stderr show together: the
+    error must be there once, not once per stream.
+    """
+    from tests.server_process import subprocess_env, twistd_command
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            twistd_command("--data-dir", str(tmp_path / "d"),
+                           "--ftp", f"tcp:{port}:interface=127.0.0.1",
+                           "--ftps", "none", "--http", "none", "--https", "none"),
+            cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+            timeout=60, stdin=subprocess.DEVNULL, check=False)
+    both = result.stdout + result.stderr
+    assert result.returncode == 1, both
+    assert both.count("cannot listen for ftp") == 1, both
