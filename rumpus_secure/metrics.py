@@ -16,7 +16,9 @@ Nothing here is called from the protocols.  Two sources cover every metric:
    thread, the thread that changes those objects, so they are never read
    half-changed; a scrape costs well under a millisecond for this registry.
 
-The password checker is the one place measured by wrapping: L{Metrics.
+Two things are measured by wrapping instances at assembly time, as no
+event says them: the HTTPS listener's channels become C{IHandshakeListener}s
+(Twisted's public hook) to count web TLS handshakes, and L{Metrics.
 instrument_checker} wraps the checker instance's ``requestAvatarId`` and
 ``check_password`` to count checks in flight (queued for, or running in,
 the argon2id thread pool) and to time them (a histogram).
@@ -39,11 +41,14 @@ import re
 import weakref
 from typing import Any, Callable, Iterable
 
+from OpenSSL import SSL
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from twisted.web import resource, server
+from zope.interface import alsoProvides
 
 _log = Logger()
 
@@ -273,8 +278,9 @@ class Metrics:
         self.logins.labels(protocol, outcome if outcome in LOGIN_OUTCOMES else "other").inc()
 
     def _tls_ok(self, entry: dict[str, Any]) -> None:
-        protocol = ("ftps-implicit" if entry.get("mode") == "implicit"
-                    else "ftps-explicit")
+        mode = entry.get("mode")
+        protocol = {"implicit": "ftps-implicit", "https": "https"}.get(
+            str(mode), "ftps-explicit")
         version = str(entry.get("tls") or "unknown")
         if not re.fullmatch(r"TLSv1(\.[0-3])?|SSLv3", version):
             version = "unknown"
@@ -313,6 +319,55 @@ class Metrics:
         self.transfers.labels(protocol, direction, outcome).inc()
         if isinstance(size, int) and size > 0:
             self.transfer_bytes.labels(protocol, direction, outcome).inc(size)
+
+    # -- HTTPS handshakes ----------------------------------------------------
+
+    def track_https(self, tls_factory: Any) -> None:
+        """
+        Count the TLS handshakes of an HTTPS listener (its TLS wrapper factory).
+
+        FTP handshakes are audited by the FTP protocol; the web's are not, so
+        each HTTP channel is made an C{IHandshakeListener} (the public hook
+        Twisted's TLS layer calls when the handshake is done) and its
+        C{connectionLost} notes a TLS error that came before it.
+        """
+        build = tls_factory.buildProtocol
+
+        def build_and_track(addr: Any) -> Any:
+            tls = build(addr)
+            channel = getattr(tls, "wrappedProtocol", None)
+            if channel is not None:
+                self._watch_channel(tls, channel)
+            return tls
+
+        tls_factory.buildProtocol = build_and_track
+
+    def _watch_channel(self, tls: Any, channel: Any) -> None:
+        state = {"done": False}
+        already = IHandshakeListener.providedBy(channel)
+        completed = getattr(channel, "handshakeCompleted", None)
+        lost = channel.connectionLost
+
+        def handshake_completed() -> None:
+            state["done"] = True
+            try:
+                version = tls.getHandle().get_protocol_version_name()
+            except Exception:  # noqa: BLE001 (a count must never break a connection)
+                version = "unknown"
+            self._tls_ok({"mode": "https", "tls": version})
+            if already and completed is not None:
+                completed()
+
+        def connection_lost(reason: Any) -> Any:
+            if not state["done"] and reason is not None and reason.check(SSL.Error):
+                self.tls_failures.labels(
+                    "https", tls_reason(reason.getErrorMessage())).inc()
+            return lost(reason)
+
+        if not already:
+            alsoProvides(channel, IHandshakeListener)
+        channel.handshakeCompleted = handshake_completed
+        channel.connectionLost = connection_lost
 
     # -- live objects --------------------------------------------------------
 
@@ -415,6 +470,8 @@ def build_metrics(server_state: Any, top: Any, reactor: Any) -> Metrics:
             factory = child.factory
             factory = getattr(factory, "wrappedFactory", factory)
             metrics.sessions.track_factory(factory)
+        elif getattr(child, "name", None) == "https":
+            metrics.track_https(child.factory)
     site = getattr(server_state, "https_site", None)
     app = getattr(site, "app", None)
     if app is not None and getattr(app, "sessions", None) is not None:

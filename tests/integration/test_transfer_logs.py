@@ -253,3 +253,23 @@ def test_port_in_use_is_reported_once(tmp_path: Path) -> None:
     both = result.stdout + result.stderr
     assert result.returncode == 1, both
     assert both.count("cannot listen for ftp") == 1, both
+
+
+def test_https_handshakes_and_failures_are_counted(server: ServerProcess) -> None:
+    curl = require_tool("curl")
+    before = scrape(server)
+    subprocess.run([curl, "-sS", "-k", "-o", "/dev/null", "--tlsv1.2", "--tls-max", "1.2",
+                    f"https://127.0.0.1:{server.https_port}/login"],
+                   check=True, timeout=30, stdin=subprocess.DEVNULL)
+    # Plain HTTP to the HTTPS port: a failed handshake.
+    subprocess.run([curl, "-sS", "-o", "/dev/null", "--max-time", "5",
+                    f"http://127.0.0.1:{server.https_port}/"],
+                   check=False, timeout=30, stdin=subprocess.DEVNULL, capture_output=True)
+    after = scrape(server)
+
+    def grown(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert grown("rumpus_tls_handshakes_total", protocol="https", version="TLSv1.2") == 1
+    assert grown("rumpus_tls_handshake_failures_total", protocol="https",
+                 reason="http-request") == 1
