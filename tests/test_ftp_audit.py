@@ -116,3 +116,23 @@ def test_two_accounts_same_address_are_told_apart(tmp_path: Path) -> None:
     assert (up["account"], up["path"], up["bytes"]) == ("alice", "/a.txt", 7)
     assert (s.server.store.get("bob").home / "bobs").is_dir()
     assert (s.home / "a.txt").read_bytes() == b"alice's"
+
+
+def test_abor_is_audited_as_aborted(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    s = Session(tmp_path)
+    hold = threading.Event()
+    client = s.open_data(upload=b"partial", hold=hold)
+    s.proto.dataReceived(b"STOR f\r\n")
+    for _ in range(200):  # wait for the worker thread to have read the bytes
+        if s.proto._transfer is not None and s.proto._transfer.bytes == 7:
+            break
+        time.sleep(0.01)
+    s.proto.dataReceived(b"ABOR\r\n")
+    hold.set()
+    client.data()
+    s.flush()
+    [up] = events(s, "ftp.upload")
+    assert (up["outcome"], up["bytes"], up["reply"]) == ("aborted", 7, "426")
