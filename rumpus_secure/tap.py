@@ -492,13 +492,20 @@ def install_observability(server: Server, top: service.MultiService, reactor: An
     All of it hangs off the audit stream and the assembled services
     (L{rumpus_secure.xferlog}, L{rumpus_secure.metrics}); no protocol is
     changed for it.  Factories are made quiet: Twisted's "Starting factory
-    <... object at 0x...>" line per listener (and per passive data port)
-    says nothing an operator can use; "ftp listening on ..." says it.
+    <... object at 0x...>" line per listener says nothing an operator can
+    use; "ftp listening on ..." says it.
     """
     from rumpus_secure.web.site import hide_server_version
     from rumpus_secure.xferlog import install as install_transfer_logs
 
     config = server.config
+    if config.xferlog is not None:
+        try:
+            with open(config.xferlog, "a"):
+                pass
+        except OSError as e:
+            raise _fail(f"--xferlog {config.xferlog} cannot be written: "
+                        f"{e.strerror or e}") from None
     install_transfer_logs(server.audit, config.xferlog)
     hide_server_version()
     if config.metrics:

@@ -130,3 +130,18 @@ def test_console_line_names_the_account() -> None:
     assert "alice" in texts[0] and "/docs/report.pdf" in texts[0]
     assert "upload complete" in texts[0] and "1048576 bytes" in texts[0]
     assert "web upload" in texts[1] and "bob" in texts[1] and "9 bytes" in texts[1]
+
+
+def test_unwritable_xferlog_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    import pytest
+    from twisted.internet.testing import MemoryReactorClock
+
+    from rumpus_secure import tap
+
+    with pytest.raises(SystemExit) as e:
+        tap.makeService({"data-dir": str(tmp_path / "data"),
+                         "xferlog": str(tmp_path / "missing" / "xferlog")},
+                        reactor=MemoryReactorClock())
+    message = str(e.value.code)
+    assert message.startswith("rumpus-secure: error: --xferlog ")
+    assert "No such file or directory" in message and "\n" not in message

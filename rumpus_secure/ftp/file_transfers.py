@@ -18,6 +18,10 @@ decides the reply:
    (the old file is intact);
  - a data connection that did not resume the control connection's TLS
    session, when reuse is required, gets 522 and is audited.
+
+Every file transfer that got as far as its 150 is audited once, after its
+reply, as ``ftp.upload`` or ``ftp.download`` (L{_audit_transfer}): the one
+record the console line, ``--xferlog`` and the metrics are built from.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ settings (TYPE, MODE, STRU, REST, OPTS MLST/HASH); the transfers themselves
 are in L{rumpus_secure.ftp.file_transfers}.  Every disk operation runs in a
 thread through the session's L{FileShell}; every ``VFSError`` becomes the
 matching reply, and nothing changes on disk when a command is refused.
+Changes are audited (``ftp.mkdir``, ``ftp.rmdir``, ``ftp.delete``,
+``ftp.rename``), refused ones too: the web's twins are.
 """
 
 from __future__ import annotations
