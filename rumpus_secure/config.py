@@ -292,6 +292,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("login-cache-time", 300.0, _seconds,
            "Seconds a successful login is remembered so that repeat logins "
            "with the same password skip argon2id; 0 turns it off.", "SECONDS"),
+    Option("xferlog", None, _optional_path,
+           "Also write each FTP transfer as a classic wu-ftpd/vsftpd xferlog "
+           "line to this file.", "PATH"),
+    Option("metrics", "none", _endpoint,
+           "Serve Prometheus metrics on this endpoint (e.g. "
+           "tcp:9464:interface=127.0.0.1); none turns it off.", "ENDPOINT"),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -341,6 +347,8 @@ class ServerConfig:
     line_timeout: float = 30.0
     http_timeout: float = 60.0
     login_cache_time: float = 300.0
+    xferlog: Path | None = None
+    metrics: str | None = None
 
     @property
     def file_root(self) -> Path:

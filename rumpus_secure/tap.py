@@ -115,6 +115,19 @@ def ensure_writable_dir(path: Path, what: str) -> None:
         raise _fail(f"{what} {path} cannot be written: {e.strerror or e}") from None
 
 
+class PortUnavailable(SystemExit):
+    """
+    A listener could not bind; the message is already on the terminal.
+
+    C{code} is 1 (Python prints nothing more on exit); C{message} is the
+    line that was printed.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code)
+        self.message = message
+
+
 class ListenerService(StreamServerEndpointService):
     """
     A listening endpoint that names itself and fails start-up clearly.
@@ -142,7 +155,9 @@ class ListenerService(StreamServerEndpointService):
             # twistd has redirected sys.stderr into its log by now; the
             # operator starting the server must see this line on the terminal.
             print(failure.code, file=sys.__stderr__, flush=True)
-            raise failure from None
+            # Exit 1 without a message: Python would print the message again
+            # on sys.stderr, which twistd -n logs to the same terminal.
+            raise PortUnavailable(1, str(failure.code)) from None
 
     def startService(self) -> None:
         super().startService()
@@ -202,6 +217,7 @@ class Server:
     ftp_factory: Any = None
     http_site: Any = None
     https_site: Any = None
+    metrics: Any = None
 
     def run_in_thread(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         """
@@ -309,10 +325,10 @@ def build_server(config: ServerConfig, reactor: Any) -> Server:
         subject=info.subject, fingerprint=info.sha256_fingerprint,
         not_after=info.not_after.isoformat(),
     )
+    # Logged once: under twistd -n the log is the console (a second copy
+    # written to stdout was the same line twice).
     for warning in info.warnings:
         _log.warn("certificate: {warning}", warning=warning)
-        if info.generated:
-            sys.stdout.write(f"  Warning: {warning}\n")
     audit = JSONLinesAuditLog(config.data_dir / "audit.log")
     # Argon2id holds 19 MiB per verification: a pool of its own bounds that
     # memory and keeps a login burst from starving other thread work.
@@ -465,4 +481,43 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
         server.tls, reactor, config.cert_check_interval,
         audit=server.audit, reactor=reactor,
     ).setServiceParent(top)
+    install_observability(server, top, reactor)
     return top
+
+
+def install_observability(server: Server, top: service.MultiService, reactor: Any) -> None:
+    """
+    The transfer console line, ``--xferlog``, ``--metrics``, and quiet factories.
+
+    All of it hangs off the audit stream and the assembled services
+    (L{rumpus_secure.xferlog}, L{rumpus_secure.metrics}); no protocol is
+    changed for it.  Factories are made quiet: Twisted's "Starting factory
+    <... object at 0x...>" line per listener says nothing an operator can
+    use; "ftp listening on ..." says it.
+    """
+    from rumpus_secure.web.site import hide_server_version
+    from rumpus_secure.xferlog import install as install_transfer_logs
+
+    config = server.config
+    if config.xferlog is not None:
+        try:
+            with open(config.xferlog, "a"):
+                pass
+        except OSError as e:
+            raise _fail(f"--xferlog {config.xferlog} cannot be written: "
+                        f"{e.strerror or e}") from None
+    install_transfer_logs(server.audit, config.xferlog)
+    hide_server_version()
+    if config.metrics:
+        from rumpus_secure.metrics import build_metrics, metrics_site
+
+        server.metrics = build_metrics(server, top, reactor)
+        ListenerService(
+            "metrics", config.metrics, _endpoint(reactor, "metrics", config.metrics),
+            metrics_site(server.metrics, reactor),
+        ).setServiceParent(top)
+    for child in top:
+        factory = getattr(child, "factory", None)
+        while factory is not None:
+            factory.noisy = False
+            factory = getattr(factory, "wrappedFactory", None)

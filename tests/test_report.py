@@ -247,7 +247,7 @@ def test_command_json(tmp_path: Path) -> None:
     document = json.loads(out)
     assert set(document) == {
         "log", "exists", "since", "first_event", "last_event", "events",
-        "cleartext", "exposed", "bans", "failed_logins", "event_counts",
+        "cleartext", "exposed", "bans", "failed_logins", "transfers", "event_counts",
         "self_check_probes",
     }
     assert document["exists"] is True and document["since"] is None
@@ -285,3 +285,56 @@ def test_command_no_log(tmp_path: Path) -> None:
     assert status == 0
     document = json.loads(out)
     assert document["exists"] is False and document["events"] == 0
+
+
+def _transfer_events() -> list[dict[str, Any]]:
+    def ftp(event: str, account: str, size: int, outcome: str = "complete") -> dict[str, Any]:
+        return {"time": _at(1), "event": event, "client": "192.0.2.7",
+                "account": account, "protocol": "ftps-explicit", "path": "/f",
+                "bytes": size, "seconds": 0.5, "outcome": outcome}
+
+    return [
+        ftp("ftp.upload", "alice", 1000),
+        ftp("ftp.upload", "alice", 500),
+        ftp("ftp.download", "alice", 200),
+        ftp("ftp.upload", "alice", 300, outcome="truncated"),
+        ftp("ftp.download", "bob", 7000, outcome="aborted"),
+        {"time": _at(2), "event": "web.upload", "client": "192.0.2.8",
+         "account": "bob", "path": "/w", "size": 40},
+        {"time": _at(2), "event": "web.download", "client": "192.0.2.8",
+         "account": "bob", "path": "/w"},
+        {"time": _at(2), "event": "ftp.delete", "client": "192.0.2.8",
+         "account": "bob", "path": "/w", "outcome": "ok"},
+    ]
+
+
+def test_transfers_per_account(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    _write(path, _transfer_events())
+    report = build_report(path)
+    moved = {r.account: r for r in report.transfers}
+    alice, bob = moved["alice"], moved["bob"]
+    assert (alice.files_up, alice.bytes_up, alice.files_down, alice.bytes_down,
+            alice.incomplete) == (2, 1500, 1, 200, 1)
+    assert alice.protocols == ["ftps-explicit"]
+    assert (bob.files_up, bob.bytes_up, bob.files_down, bob.bytes_down,
+            bob.incomplete) == (1, 40, 1, 0, 1)
+    assert sorted(bob.protocols) == ["ftps-explicit", "web"]
+    assert [r.account for r in report.transfers] == ["alice", "bob"]
+
+    text = format_text(report)
+    section = text.split("Transfers\n")[1].split("All events")[0]
+    row = next(line for line in section.splitlines() if line.startswith("alice"))
+    assert row.split()[:6] == ["alice", "2", "1500", "1", "200", "1"]
+    assert "web downloads count as files" in section
+
+    status, out, _ = _run("--data-dir", str(tmp_path), "audit", "--json")
+    assert status == 0
+    data = json.loads(out)
+    assert {r["account"]: r["bytes_up"] for r in data["transfers"]} == {
+        "alice": 1500, "bob": 40}
+
+
+def test_no_transfers_says_none(log: Path) -> None:
+    text = format_text(build_report(log, account_locked=_locked))
+    assert text.split("Transfers\n")[1].split("All events")[0].strip("-\n ") == "none"

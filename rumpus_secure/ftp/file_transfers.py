@@ -18,6 +18,10 @@ decides the reply:
    (the old file is intact);
  - a data connection that did not resume the control connection's TLS
    session, when reuse is required, gets 522 and is audited.
+
+Every file transfer that got as far as its 150 is audited once, after its
+reply, as ``ftp.upload`` or ``ftp.download`` (L{_audit_transfer}): the one
+record the console line, ``--xferlog`` and the metrics are built from.
 """
 
 from __future__ import annotations
@@ -129,6 +133,8 @@ class Plan:
     job: Job
     finish: Callable[[TransferResult], Awaitable[str]]
     cancel: Callable[[], Awaitable[Any]] | None = None
+    #: ``upload`` or ``download`` for file transfers (audited); None for listings.
+    direction: str | None = None
 
 
 class TransferCommands:
@@ -199,10 +205,13 @@ class TransferCommands:
         async def run() -> None:
             transfer: Transfer | None = None
             plan: Plan | None = None
+            result: TransferResult | None = None
+            started = self.reactor.seconds()  # type: ignore[attr-defined]
             try:
                 plan = await prepare()
                 transfer = self._transfer = Transfer(verb, plan.path, source)
                 self.sendLine(plan.preamble)  # type: ignore[attr-defined]
+                started = self.reactor.seconds()  # type: ignore[attr-defined]
                 try:
                     connect = await source.connector()
                 except (SSL.Error, OSError, TimeoutError, TransferAbortedError) as e:
@@ -211,6 +220,7 @@ class TransferCommands:
                 engine.run(connect, self._data_tls(), plan.job, transfer.handle)
                 assert transfer.handle.result is not None
                 result = await transfer.handle.result
+                assert result is not None
                 self._audit_result(verb, plan.path, result)
                 reply = await plan.finish(result)
             except VFSError as e:
@@ -247,10 +257,55 @@ class TransferCommands:
                     self.setTimeout(self.timeOut)  # type: ignore[attr-defined]
             self.sendLine(reply)  # type: ignore[attr-defined]
             self._transfer = None
+            if plan is not None and plan.direction is not None:
+                self._audit_transfer(verb, plan, result, reply, transfer, started)
             if transfer is not None:
                 transfer.finished.callback(None)
 
         return defer.Deferred.fromCoroutine(run())
+
+    @property
+    def service_name(self) -> str:
+        """``ftp``, ``ftps-explicit`` or ``ftps-implicit``: how this session is secured."""
+        if self.implicit:  # type: ignore[attr-defined]
+            return "ftps-implicit"
+        return "ftps-explicit" if self.secure else "ftp"  # type: ignore[attr-defined]
+
+    def _audit_transfer(self, verb: str, plan: Plan, result: TransferResult | None,
+                        reply: str, transfer: Transfer | None, started: float) -> None:
+        """
+        Audit one finished file transfer as ``ftp.upload`` or ``ftp.download``.
+
+        The outcome is the engine's (``complete``, ``aborted``, ``truncated``,
+        ``connection-lost``, ...), except that ABOR always reads ``aborted``
+        and a transfer whose reply is not 2xx (an upload that could not be
+        committed, a data connection that never came) reads ``failed``.
+        """
+        by_abor = transfer is not None and transfer.by_abor
+        if by_abor:
+            outcome = "aborted"
+        elif result is None or (result.ok and not reply.startswith("2")):
+            outcome = "failed"
+        else:
+            outcome = result.outcome.value
+        tls = self.tls_version  # type: ignore[attr-defined]
+        if result is not None and result.tls_version:
+            tls = result.tls_version
+        self.audit.record(  # type: ignore[attr-defined]
+            f"ftp.{plan.direction}",
+            client=self.client_host,  # type: ignore[attr-defined]
+            protocol=self.service_name,
+            account=self.account,  # type: ignore[attr-defined]
+            tls=tls,
+            data_tls=self.prot == "P",  # type: ignore[attr-defined]
+            command=verb,
+            path=plan.path,
+            bytes=result.bytes if result is not None else 0,
+            seconds=round(max(0.0, self.reactor.seconds() - started), 3),  # type: ignore[attr-defined]
+            type="binary" if self.binary else "ascii",
+            outcome=outcome,
+            reply=reply[:3],
+        )
 
     def _audit_result(self, verb: str, path: str, result: TransferResult) -> None:
         if result.outcome is Outcome.NOT_RESUMED:
@@ -320,7 +375,8 @@ class TransferCommands:
             return Plan(target,
                         f"150 Opening {mode} mode data connection for "
                         f"{wire_name(target)} ({size - offset} bytes).",
-                        send_file(handle, encoder), finish, close_file)
+                        send_file(handle, encoder), finish, close_file,
+                        direction="download")
 
         return self._transfer_command("RETR", prepare)
 
@@ -383,7 +439,8 @@ class TransferCommands:
                 reply = "426 Upload aborted after" + reply[len("426 Transfer aborted after"):]
             return f"{reply.rstrip('.')}; {_outcome_text(outcome, upload)}"
 
-        return Plan(target, preamble, receive_into(upload, decoder), finish, abort)
+        return Plan(target, preamble, receive_into(upload, decoder), finish, abort,
+                    direction="upload")
 
     # -- ABOR and STAT while a transfer runs ----------------------------------
 

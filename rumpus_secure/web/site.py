@@ -144,6 +144,70 @@ class SecureRequest(server.Request):
         return None
 
 
+#: The C{Server} header of every response (twisted.web's default names the
+#: Twisted version, which tells an attacker which advisories apply).
+SERVER_HEADER = b"rumpus-secure"
+
+
+def hide_server_version() -> None:
+    """
+    Make twisted.web send L{SERVER_HEADER} instead of ``TwistedWeb/<version>``.
+
+    twisted.web's C{Request.process} (and our redirect's fast path) read the
+    module attribute C{twisted.web.server.version} for every response; it is
+    public API (in the module's C{__all__}).  A test fails if a Twisted
+    release stops honouring it.
+    """
+    server.version = SERVER_HEADER
+
+
+def _log_text(value: bytes | str | None, spaces: bool = True) -> str:
+    """
+    A value for an access-log field: printable ASCII, the rest escaped
+    (spaces too when not C{spaces}: for the unquoted user field).
+    """
+    if value is None:
+        return "-"
+    raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+    out = []
+    for byte in raw:
+        if byte in (0x22, 0x5C):  # " and \
+            out.append("\\" + chr(byte))
+        elif 0x20 < byte < 0x7F or (spaces and byte == 0x20):
+            out.append(chr(byte))
+        else:
+            out.append(f"\\x{byte:02x}")
+    return "".join(out) or "-"
+
+
+def account_log_formatter(timestamp: str, request: Any) -> str:
+    """
+    The combined log format with the account in the user field.
+
+    The account is that of the request's live web session (looked up
+    without touching it), ``-`` when logged out.  Everything from the client
+    is escaped, so a request can never write a line of its own.
+    """
+    account = None
+    app = getattr(getattr(request, "site", None), "app", None)
+    if app is not None:
+        session = app.sessions.get(app.session_id(request), touch=False)
+        account = session.user if session is not None else None
+    host = getattr(request.getClientAddress(), "host", None)
+    return (
+        f'"{_log_text(host)}" - {_log_text(account, spaces=False)} {timestamp} '
+        f'"{_log_text(request.method)} {_log_text(request.uri)} '
+        f'{_log_text(request.clientproto)}" {request.code} '
+        f'{request.sentLength or "-"} "{_log_text(request.getHeader(b"referer"))}" '
+        f'"{_log_text(request.getHeader(b"user-agent"))}"'
+    )
+
+
+#: Requests that are not written to the access log: the stylesheet and the
+#: script every page loads (two lines per page view said nothing).
+UNLOGGED_PREFIXES = (b"/static/",)
+
+
 class SecureSite(server.Site):
     """
     A site whose every response carries the security headers.
@@ -151,12 +215,22 @@ class SecureSite(server.Site):
 
     requestFactory = SecureRequest
     displayTracebacks = False
+    noisy = False
 
     def __init__(self, root: resource.Resource, config: ServerConfig, *,
                  secure: bool = True, app: WebApp | None = None, **kw: Any) -> None:
+        kw.setdefault("logFormatter", account_log_formatter)
         super().__init__(root, **kw)
         self.app = app
         self.security_headers = security_headers(config, secure)
+
+    def log(self, request: Any) -> None:
+        """
+        The access log line, except for static assets answered with 200/304.
+        """
+        if request.path.startswith(UNLOGGED_PREFIXES) and request.code in (200, 304):
+            return
+        super().log(request)
 
 
 class StaticAssets(resource.Resource):
