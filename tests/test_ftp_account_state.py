@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 
 from rumpus_secure.accounts.watch import AccountWatcher
 from rumpus_secure.vfs import ALL_PERMISSIONS
@@ -248,6 +250,20 @@ def test_change_during_login_reaches_the_new_session(tmp_path: Path) -> None:
     assert transport.lines()[-1] == "421 Session ended: this account was locked (meanwhile)."
     assert transport.disconnecting
     checker.requestAvatarId = real  # type: ignore[method-assign]
+
+
+def test_logout_and_rein_unregister_the_session(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    first, second = Client(world, "alice", "right"), Client(world, "alice", "right")
+    assert world.watcher.sessions("alice") == 2
+    first.send("QUIT")
+    first.proto.connectionLost(Failure(ConnectionDone()))
+    assert world.watcher.sessions("alice") == 1
+    assert second.send("REIN")[0].startswith("220 ")
+    assert world.watcher.sessions("alice") == 0
+    world.change("alice", "lock", "later")
+    world.tick()
+    assert second.send("NOOP") == ["200 OK."]  # logged out: nothing to end
 
 
 def test_without_a_watcher_nothing_waits(tmp_path: Path) -> None:
