@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from rumpus_secure.accounts.watch import AccountWatcher
@@ -70,9 +71,6 @@ class World:
         self.log = Log()
         self.watcher = AccountWatcher(self.log, defer.maybeDeferred)
         self.server.account_watcher = self.watcher  # type: ignore[attr-defined]
-        self.reactor = None
-        from twisted.internet.testing import MemoryReactorClock
-
         self.reactor = MemoryReactorClock()
         self.watcher.poll()
 

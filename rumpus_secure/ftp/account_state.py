@@ -28,13 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
-from twisted.logger import Logger
-
 from rumpus_secure.accounts.store import AccountChange, format_permissions
 from rumpus_secure.accounts.watch import Watch
-
-_log = Logger()
 
 #: Changes that end the account's open sessions.
 ENDING = frozenset({"lock", "delete", "password", "unknown"})
@@ -71,18 +66,21 @@ class AccountBoundSession:
         return getattr(self.session_factory.shared,  # type: ignore[attr-defined]
                        "account_watcher", None)
 
-    def _checked_dispatch(self, verb: str, argument: str | None) -> defer.Deferred[Any]:
+    def _dispatch_when_current(self, verb: str, argument: str | None) -> Any:
         """
-        Dispatch a command once the account's latest state is known.
+        L{_dispatch}, once the account's latest state is known.
 
-        Only a logged-in session's commands and PASS wait; PASS records the
-        C{seq} its login starts from, so a change made while the password
-        is checked still reaches the new session.
+        Only a logged-in session's commands and PASS wait (a Deferred is
+        returned); PASS records the C{seq} its login starts from, so a
+        change made while the password is checked still reaches the new
+        session.
         """
+        if self._account_ended is not None:
+            return None  # ending: a 421 is on its way
         watcher = self._account_watcher()
         bound = self._account_watch is not None
         if watcher is None or not (bound or verb == "PASS"):
-            return defer.maybeDeferred(self._dispatch, verb, argument)  # type: ignore[attr-defined]
+            return self._dispatch(verb, argument)  # type: ignore[attr-defined]
 
         def go(seq: int) -> Any:
             if self._closing or self._account_ended is not None:  # type: ignore[attr-defined]

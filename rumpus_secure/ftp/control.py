@@ -304,7 +304,7 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
 
     def _execute(self, verb: str, argument: str | None) -> None:
         # Waits for the account's latest state (rumpus_secure.ftp.account_state).
-        result = self._checked_dispatch(verb, argument)
+        result = defer.maybeDeferred(self._dispatch_when_current, verb, argument)
         result.addCallbacks(self._replied, self._failed)
         result.addErrback(self._reply_failed)
         done: list[bool] = []
