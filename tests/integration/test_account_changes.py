@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.integration.clients import ReusingFTP_TLS, explicit_ftps, retrieve
+from tests.integration.clients import RawControl, ReusingFTP_TLS, explicit_ftps, retrieve
 from tests.integration.conftest import User, UserFactory
 from tests.server_process import ServerProcess, subprocess_env
 
@@ -108,6 +108,27 @@ def test_idle_session_hears_of_a_lock_within_seconds(server: ServerProcess,
         assert time.monotonic() - locked < 3
         assert ftp.sock.recv(1) == b""  # and closes
         assert calm.voidcmd("NOOP").startswith("200")
+
+
+def test_quarantine_ends_the_accounts_open_sessions(server: ServerProcess,
+                                                    make_user: UserFactory) -> None:
+    """
+    The password leaks over cleartext FTP while the owner (or a thief) is
+    logged in over FTPS: the quarantine ends that session too.
+    """
+    victim, other = make_user("leaked"), make_user("bystander")
+    with session(server, victim) as ftp, session(server, other) as calm:
+        with RawControl(server.ftp_port) as leak:
+            leak.reply()
+            leak.send(f"USER {victim.name}\r\nPASS {victim.password}\r\n")
+            assert leak.reply()[0].startswith("530 ")
+        ftp.sock.settimeout(10)
+        line = ftp.getline()  # pushed: the session sent nothing
+        assert line.startswith("421 Session ended: this account was locked (password "
+                               "sent unencrypted from 127.0.0.1 at "), line
+        assert calm.voidcmd("NOOP").startswith("200")
+    [event] = ended(server, victim.name)
+    assert event["reason"] == "lock" and "unencrypted" in event["detail"]
 
 
 def test_delete_ends_the_session_at_its_next_command(server: ServerProcess,
