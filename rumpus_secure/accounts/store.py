@@ -21,8 +21,8 @@ one row to the C{account_changes} log in the same transaction, so no writer
 (the CLI, the server's quarantine, a future tool) can change an account
 without the running server hearing of it.  The log's C{seq} is the store's
 global account version: one indexed query on a kept-open connection
-(L{ChangeReader}, about 4 microseconds against 740 for opening a
-connection) tells the server's L{rumpus_secure.accounts.watch} what changed
+(L{ChangeReader}: 4-16 microseconds, against 150-750 for opening a
+connection, C{bench/account_watch.py}) tells the server's L{rumpus_secure.accounts.watch} what changed
 since the last look, including deletions, which leave no row to version.
 The log keeps the last L{CHANGES_KEPT} rows.
 
