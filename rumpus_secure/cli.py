@@ -11,7 +11,9 @@ The ``rumpus-secure`` admin command.
 
 It works on the same files as the running server: give it the server's
 ``--config`` (or the same ``--data-dir``/``--root``) and changes take effect
-at the server's next login, without a restart.
+without a restart: every account write is logged in the store's change log
+(L{rumpus_secure.accounts.store}), which the running server reads before
+each FTP command, so a lock, delete or new password also ends open sessions.
 
 Adding a subcommand is one function that takes the subparsers object, adds
 its parser and sets C{handler} with C{set_defaults}, plus one line in

@@ -218,6 +218,7 @@ class Server:
     http_site: Any = None
     https_site: Any = None
     metrics: Any = None
+    account_watcher: Any = None
 
     def run_in_thread(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         """
@@ -344,6 +345,9 @@ def build_server(config: ServerConfig, reactor: Any) -> Server:
                     tls=tls, audit=audit, reactor=reactor)
     server.exposure = ExposureGuard(server, reactor)
     server.guard = build_guard(server, reactor)
+    from rumpus_secure.accounts.watch import build_watcher
+
+    server.account_watcher = build_watcher(store, reactor)
     return server
 
 
@@ -477,6 +481,12 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     ban_sync = TimerService(SYNC_INTERVAL, server.guard.sync)
     ban_sync.clock = reactor
     ban_sync.setServiceParent(top)
+    from rumpus_secure.accounts.watch import POLL_INTERVAL
+
+    # Account changes (admin command, quarantine) reach open FTP sessions.
+    account_watch = TimerService(POLL_INTERVAL, server.account_watcher.poll)
+    account_watch.clock = reactor
+    account_watch.setServiceParent(top)
     ReloadService(
         server.tls, reactor, config.cert_check_interval,
         audit=server.audit, reactor=reactor,

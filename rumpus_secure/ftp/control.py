@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rumpus_secure.ftp import data as data_channel
+from rumpus_secure.ftp.account_state import AccountBoundSession
 from rumpus_secure.ftp.files import FileCommands
 from rumpus_secure.ftp.passive import PortPool
 from rumpus_secure.ftp.transfer import TransferEngine
@@ -64,7 +65,7 @@ def _peer_host(transport: Any) -> str:
 
 
 @implementer(IHandshakeListener)
-class ControlProtocol(FileCommands, ftp.FTP):
+class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
     """
     One FTP control connection (plain port or implicit FTPS port).
     """
@@ -129,6 +130,8 @@ class ControlProtocol(FileCommands, ftp.FTP):
     def sendLine(self, line: str | bytes) -> None:
         if isinstance(line, str):
             line = line.encode("utf-8", "surrogateescape")
+        if self._closing:
+            return  # after close() (a 421, QUIT): nothing more, even a late reply
         if self.transport is not None and not self._transport_gone():
             ftp.basic.LineReceiver.sendLine(self, line)
 
@@ -300,7 +303,8 @@ class ControlProtocol(FileCommands, ftp.FTP):
         self._execute(verb, argument)
 
     def _execute(self, verb: str, argument: str | None) -> None:
-        result = defer.maybeDeferred(self._dispatch, verb, argument)
+        # Waits for the account's latest state (rumpus_secure.ftp.account_state).
+        result = defer.maybeDeferred(self._dispatch_when_current, verb, argument)
         result.addCallbacks(self._replied, self._failed)
         result.addErrback(self._reply_failed)
         done: list[bool] = []
@@ -541,6 +545,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
             self.account = name
             self.workingDirectory = []
             self.state = self.AUTHED
+            self._bind_account(name)
             self._audit("ftp.login", account=name, outcome="ok")
             return f"230 Welcome, {name[:64]}: logged in."
 
@@ -602,6 +607,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
         return guard.delayed(None).addCallback(lambda ignored: self._turn_away(ban))
 
     def _end_session(self) -> None:
+        self._unbind_account()
         if self._session_account is not None and self.guard is not None:
             self.guard.session_ended(self._session_account)
         self._session_account = None
@@ -801,6 +807,7 @@ class FTPFactories:
             self.port_pool = None
         self.exposure = server.exposure
         self.guard = getattr(server, "guard", None)
+        self.account_watcher = getattr(server, "account_watcher", None)
         self.data_connect_timeout = self.config.data_connect_timeout
         self.engine = getattr(server, "transfer_engine", None) or TransferEngine(
             reactor, idle_timeout=self.config.data_idle_timeout)
