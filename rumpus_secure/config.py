@@ -292,6 +292,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("login-cache-time", 300.0, _seconds,
            "Seconds a successful login is remembered so that repeat logins "
            "with the same password skip argon2id; 0 turns it off.", "SECONDS"),
+    Option("handshake-timeout", 15.0, _seconds,
+           "Seconds a client has to finish its TLS handshake (implicit FTPS, "
+           "HTTPS, FTP after AUTH TLS) before the connection is dropped; 0 "
+           "turns the deadline off.", "SECONDS"),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -341,6 +345,7 @@ class ServerConfig:
     line_timeout: float = 30.0
     http_timeout: float = 60.0
     login_cache_time: float = 300.0
+    handshake_timeout: float = 15.0
 
     @property
     def file_root(self) -> Path:

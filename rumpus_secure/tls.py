@@ -48,6 +48,7 @@ from rumpus_secure.certificates import (
     load_certificate,
     load_material,
 )
+from rumpus_secure.handshake import DEFAULT_HANDSHAKE_TIMEOUT, HandshakeDeadlineFactory
 
 __all__ = [
     "FTP_ALPN",
@@ -256,16 +257,24 @@ class TLSContextSource:
         factory: IProtocolFactory,
         alpn: Sequence[bytes] | None,
         clock: IReactorTime | None = None,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> TLSMemoryBIOFactory:
         """
         Wrap a server factory in TLS from the start (implicit FTPS, HTTPS).
 
         :param clock: schedules the flush of small writes that Twisted's TLS
-            layer aggregates; the source's clock if not given, and the global
-            reactor if neither is.
+            layer aggregates, and the handshake deadline; the source's clock
+            if not given, and the global reactor if neither is.
+        :param handshake_timeout: seconds a client has to finish its TLS
+            handshake before the connection is aborted (0: no deadline); see
+            L{rumpus_secure.handshake}.
         """
-        return TLSMemoryBIOFactory(
-            self.context_factory(alpn), False, factory, clock=clock or self._clock
+        clock = clock or self._clock
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        return HandshakeDeadlineFactory(
+            self.context_factory(alpn), False, factory, clock=clock,
+            handshake_timeout=handshake_timeout,
         )
 
     def files_changed(self) -> bool:

@@ -35,6 +35,7 @@ from rumpus_secure.ftp.files import FileCommands
 from rumpus_secure.ftp.passive import PortPool
 from rumpus_secure.ftp.transfer import TransferEngine
 from rumpus_secure.guard import FTP_OFFENCES, normalise_address
+from rumpus_secure.handshake import watch_handshake
 from rumpus_secure.ftp.policy import (
     AUTH_MECHANISMS,
     ControlPolicy,
@@ -98,6 +99,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
         self._counted_host: str | None = None
         self._session_account: str | None = None
         self._line_timer: Any = None
+        self._handshake_deadline: Any = None
 
     # -- plumbing -------------------------------------------------------
 
@@ -209,6 +211,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
         )
 
     def handshakeCompleted(self) -> None:
+        self._cancel_handshake_deadline()
         connection = self._tls_connection()
         if connection is not None:
             self.tls_version = connection.get_protocol_version_name()
@@ -237,6 +240,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
             self._drain_call.cancel()
         self._drain_call = None
         self._cancel_line_timer()
+        self._cancel_handshake_deadline()
         self._end_session()
         if self._counted_host is not None:
             self.guard.connection_closed(self._counted_host)
@@ -396,7 +400,20 @@ class ControlProtocol(FileCommands, ftp.FTP):
             self.pbsz_done = True
         self.secure = True
         self.transport.startTLS(self.session_factory.tls_context)
+        # The handshake gets its own deadline, not the 600 s idle timeout.
+        self._handshake_deadline = watch_handshake(
+            self.reactor, self.transport, self.config.handshake_timeout,
+            self._handshake_timed_out,
+        )
         return None
+
+    def _handshake_timed_out(self) -> None:
+        self._audit("ftp.tls_timeout", outcome="closed")
+
+    def _cancel_handshake_deadline(self) -> None:
+        deadline, self._handshake_deadline = self._handshake_deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
 
     def _reset_session(self) -> None:
         """
