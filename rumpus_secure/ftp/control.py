@@ -17,6 +17,7 @@ of L{rumpus_secure.ftp.files}):
 
 from __future__ import annotations
 
+import inspect
 from collections import deque
 from typing import Any
 
@@ -25,7 +26,7 @@ from twisted.cred import error as cred_error
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols import ftp
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -305,7 +306,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
 
     def _execute(self, verb: str, argument: str | None) -> None:
         result = defer.maybeDeferred(self._dispatch, verb, argument)
-        result.addCallbacks(self._replied, self._failed)
+        result.addCallbacks(self._replied, self._failed, errbackArgs=(verb[:16],))
         result.addErrback(self._reply_failed)
         done: list[bool] = []
         result.addBoth(done.append)
@@ -344,17 +345,21 @@ class ControlProtocol(FileCommands, ftp.FTP):
         elif result is not None:
             self.reply(result)
 
-    def _failed(self, failure: Failure) -> None:
+    def _failed(self, failure: Failure, verb: str = "?") -> None:
         if failure.check(ftp.FTPCmdError):
             self.sendLine(failure.value.response())
         elif failure.check(_MissingArgument):
             self.sendLine(f"501 {failure.value.args[0]} needs an argument.")
         else:
-            _log.failure("unexpected error in FTP command", failure)
-            self.sendLine("451 Requested action aborted: internal error.")
+            # A bug, not the client's fault: a short reply, and a log line
+            # that a client without an account cannot turn into a flood.
+            self.session_factory.shared.errors.report(
+                verb, failure, authenticated=self.account is not None)
+            self.sendLine("451 Local error: the command could not be completed.")
 
     def _reply_failed(self, failure: Failure) -> None:
-        _log.failure("could not reply to an FTP command", failure)
+        _log.failure("could not reply to an FTP command", failure,
+                     level=LogLevel.error)
         self.close()
 
     def _dispatch(self, verb: str, argument: str | None) -> Any:
@@ -367,6 +372,10 @@ class ControlProtocol(FileCommands, ftp.FTP):
         method = getattr(self, "ftp_" + verb, None)
         if method is None:
             return f"502 Command {verb[:32]} not implemented."
+        if argument is not None and not _takes_argument(method):
+            if argument.strip():
+                return f"501 {verb} takes no argument."
+            argument = None  # "NOOP " with a trailing space
         if argument is None:
             try:
                 return method()
@@ -703,6 +712,68 @@ class _MissingArgument(Exception):
     pass
 
 
+_TAKES_ARGUMENT: dict[Any, bool] = {}
+
+
+def _takes_argument(method: Any) -> bool:
+    """
+    Whether an C{ftp_*} method accepts an argument (cached per function).
+
+    C{NOOP x} must get 501, not a C{TypeError} from calling C{ftp_NOOP("x")}.
+    """
+    function = getattr(method, "__func__", method)
+    known = _TAKES_ARGUMENT.get(function)
+    if known is None:
+        parameters = list(inspect.signature(method).parameters.values())
+        known = _TAKES_ARGUMENT[function] = any(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+            for p in parameters)
+    return known
+
+
+class ErrorReports:
+    """
+    Log unexpected errors in command handlers without letting clients flood.
+
+    Why: before this, every such error was logged at critical level with a
+    traceback (about 500 bytes a line of input): 200 lines sent by a client
+    without an account gave 100 KB of log.  Now each verb is logged at most
+    once per C{interval} seconds, at error level; the traceback only for
+    logged-in sessions (a client with an account is accountable and rare); a
+    count of what was left out comes with the next line.  The command's
+    argument is never logged: it may be a password.
+    """
+
+    def __init__(self, clock: Any, interval: float = 60.0) -> None:
+        self._clock = clock
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        #: Every error reported, logged or not.
+        self.count = 0
+
+    def report(self, verb: str, failure: Failure, *, authenticated: bool) -> None:
+        self.count += 1
+        now = self._clock.seconds()
+        last = self._last.get(verb)
+        if last is not None and now - last < self.interval:
+            self._suppressed[verb] = self._suppressed.get(verb, 0) + 1
+            return
+        if len(self._last) > 256:  # bounded: verbs are client-chosen
+            self._last.clear()
+        self._last[verb] = now
+        skipped = self._suppressed.pop(verb, 0)
+        if authenticated:
+            _log.failure(
+                "unexpected error in FTP command {verb} ({skipped} more not logged)",
+                failure, level=LogLevel.error, verb=verb, skipped=skipped)
+        else:
+            _log.error(
+                "unexpected error in FTP command {verb} before login: {error} "
+                "({skipped} more not logged)",
+                verb=verb, error=failure.type.__name__, skipped=skipped)
+
+
 class _CleartextWatch:
     """
     After a cleartext USER: execute nothing, catch a PASS, then close.
@@ -821,6 +892,7 @@ class FTPFactories:
         self.data_connect_timeout = self.config.data_connect_timeout
         self.engine = getattr(server, "transfer_engine", None) or TransferEngine(
             reactor, idle_timeout=self.config.data_idle_timeout)
+        self.errors = ErrorReports(reactor)
 
     def plain(self) -> ControlFactory:
         return ControlFactory(self, implicit=False)
