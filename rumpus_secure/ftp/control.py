@@ -37,6 +37,7 @@ from rumpus_secure.ftp.passive import PortPool
 from rumpus_secure.ftp.transfer import TransferEngine
 from rumpus_secure.guard import FTP_OFFENCES, normalise_address
 from rumpus_secure.handshake import watch_handshake
+from rumpus_secure.long_work import LongWork
 from rumpus_secure.ftp.policy import (
     AUTH_MECHANISMS,
     ControlPolicy,
@@ -893,6 +894,8 @@ class FTPFactories:
         self.engine = getattr(server, "transfer_engine", None) or TransferEngine(
             reactor, idle_timeout=self.config.data_idle_timeout)
         self.errors = ErrorReports(reactor)
+        #: Whole-file HASH and other long work: not the shared thread pool.
+        self.long_work: LongWork = getattr(server, "long_work", None) or LongWork(reactor)
 
     def plain(self) -> ControlFactory:
         return ControlFactory(self, implicit=False)
