@@ -48,7 +48,11 @@ from rumpus_secure.certificates import (
     load_certificate,
     load_material,
 )
-from rumpus_secure.handshake import DEFAULT_HANDSHAKE_TIMEOUT, HandshakeDeadlineFactory
+from rumpus_secure.handshake import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    HandshakeDeadlineFactory,
+    HandshakesInFlight,
+)
 
 __all__ = [
     "FTP_ALPN",
@@ -220,6 +224,7 @@ class TLSContextSource:
         self._clock = clock
         self._session_timeout = session_timeout
         self._creators: dict[tuple[bytes, ...], _ProfileCreator] = {}
+        self._in_flight: HandshakesInFlight | None = None
         #: Why the last L{reload} kept the old certificate, or L{None}.
         self.last_error: str | None = None
         self._signature = self._file_signature()
@@ -275,7 +280,17 @@ class TLSContextSource:
         return HandshakeDeadlineFactory(
             self.context_factory(alpn), False, factory, clock=clock,
             handshake_timeout=handshake_timeout,
+            in_flight=self.handshakes_in_flight(clock),
         )
+
+    def handshakes_in_flight(self, clock: IReactorTime) -> HandshakesInFlight:
+        """
+        The one bound on handshakes in progress shared by every TLS port and
+        every C{AUTH TLS} of this source (made with C{clock} on first use).
+        """
+        if self._in_flight is None:
+            self._in_flight = HandshakesInFlight(clock)
+        return self._in_flight
 
     def files_changed(self) -> bool:
         """

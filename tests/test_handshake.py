@@ -21,7 +21,12 @@ from twisted.test import iosim
 
 from rumpus_secure.certificates import ensure_certificate
 from rumpus_secure.guard import Guard, GuardSettings
-from rumpus_secure.handshake import HandshakeDeadlineFactory, handshake_finished
+from rumpus_secure.handshake import (
+    HandshakeDeadlineFactory,
+    HandshakesInFlight,
+    handshake_finished,
+    watch_handshake,
+)
 from rumpus_secure.tls import TLSContextSource
 
 from .ftp_fakes import TLSStringTransport, connect, make_server
@@ -174,3 +179,52 @@ def test_auth_tls_handshake_has_its_own_deadline(
     assert not honest_transport.disconnecting
     clock.advance(300)
     assert len(server.audit.named("ftp.tls_timeout")) == 1
+
+
+class _Stalled:
+    """A transport whose TLS handshake never finishes."""
+
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def getHandle(self) -> Any:
+        return SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+def test_stalled_handshakes_make_room_for_newcomers() -> None:
+    clock = MemoryReactorClock()
+    in_flight = HandshakesInFlight(clock, limit=3, min_age=1.0)
+    stalled = [_Stalled() for _ in range(3)]
+    watches = [watch_handshake(clock, t, 15.0, None, in_flight) for t in stalled]
+    clock.advance(2)
+    honest = _Stalled()
+    honest_watch = watch_handshake(clock, honest, 15.0, None, in_flight)
+    # The oldest stall was pushed out; the newcomer is in.
+    assert [t.aborted for t in stalled] == [True, False, False]
+    assert len(in_flight) == 3 and in_flight.evicted == 1
+    assert not watches[0].active()
+    honest_watch.cancel()  # its handshake finished
+    assert len(in_flight) == 2
+    clock.advance(13.1)
+    assert [t.aborted for t in stalled] == [True, True, True]
+    assert not honest.aborted and len(in_flight) == 0
+    assert not [c for c in clock.getDelayedCalls() if c.active()]
+
+
+def test_a_burst_of_young_handshakes_is_not_pushed_out() -> None:
+    clock = MemoryReactorClock()
+    in_flight = HandshakesInFlight(clock, limit=2, min_age=1.0)
+    burst = [_Stalled() for _ in range(5)]
+    for transport in burst:
+        watch_handshake(clock, transport, 15.0, None, in_flight)
+        clock.advance(0.1)
+    assert not any(t.aborted for t in burst) and len(in_flight) == 5
+    clock.advance(1)
+    late = _Stalled()
+    watch_handshake(clock, late, 15.0, None, in_flight)
+    # Room is made down to the limit, oldest first.
+    assert [t.aborted for t in burst] == [True, True, True, True, False]
+    assert not late.aborted and len(in_flight) == 2

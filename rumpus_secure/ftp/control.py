@@ -411,9 +411,12 @@ class ControlProtocol(FileCommands, ftp.FTP):
         self.secure = True
         self.transport.startTLS(self.session_factory.tls_context)
         # The handshake gets its own deadline, not the 600 s idle timeout.
+        tls = self.session_factory.shared.tls
+        in_flight = getattr(tls, "handshakes_in_flight", None)
         self._handshake_deadline = watch_handshake(
             self.reactor, self.transport, self.config.handshake_timeout,
             self._handshake_timed_out,
+            in_flight(self.reactor) if in_flight is not None else None,
         )
         return None
 
@@ -422,7 +425,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
 
     def _cancel_handshake_deadline(self) -> None:
         deadline, self._handshake_deadline = self._handshake_deadline, None
-        if deadline is not None and deadline.active():
+        if deadline is not None:
             deadline.cancel()
 
     def _reset_session(self) -> None:
