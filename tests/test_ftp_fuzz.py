@@ -201,3 +201,17 @@ def test_a_failing_handler_gives_a_short_451_and_no_critical_log(
     logged = [e for e in events if e.get("log_level", LogLevel.debug) >= LogLevel.error]
     assert len(logged) == 1
     assert logged[0]["log_level"] == LogLevel.error and logged[0]["verb"] == "SYST"
+
+
+def test_a_type_error_inside_a_handler_is_not_a_missing_argument(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    from rumpus_secure.ftp.control import ControlProtocol
+
+    def broken(self: Any) -> str:
+        raise TypeError("f() missing 1 required positional argument: 'x'")
+
+    monkeypatch.setattr(ControlProtocol, "ftp_SYST", broken, raising=True)
+    server = make_server(tmp_path)
+    proto, transport, _ = connect(server)
+    proto.dataReceived(b"SYST\r\nAUTH\r\n")
+    assert [r[:3] for r in transport.lines()[1:]] == ["451", "501"]

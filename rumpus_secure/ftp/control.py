@@ -373,17 +373,15 @@ class ControlProtocol(FileCommands, ftp.FTP):
         method = getattr(self, "ftp_" + verb, None)
         if method is None:
             return f"502 Command {verb[:32]} not implemented."
-        if argument is not None and not _takes_argument(method):
+        takes, needs = _arguments_of(method)
+        if argument is not None and not takes:
             if argument.strip():
                 return f"501 {verb} takes no argument."
             argument = None  # "NOOP " with a trailing space
         if argument is None:
-            try:
-                return method()
-            except TypeError as e:
-                if "positional argument" in str(e):
-                    raise _MissingArgument(verb) from None
-                raise
+            if needs:
+                raise _MissingArgument(verb)
+            return method()
         return method(argument)
 
     # -- RFC 4217 ---------------------------------------------------------
@@ -716,22 +714,28 @@ class _MissingArgument(Exception):
     pass
 
 
-_TAKES_ARGUMENT: dict[Any, bool] = {}
+_ARGUMENTS: dict[Any, tuple[bool, bool]] = {}
 
 
-def _takes_argument(method: Any) -> bool:
+def _arguments_of(method: Any) -> tuple[bool, bool]:
     """
-    Whether an C{ftp_*} method accepts an argument (cached per function).
+    Whether an C{ftp_*} method accepts an argument, and whether it needs
+    one (cached per function).
 
-    C{NOOP x} must get 501, not a C{TypeError} from calling C{ftp_NOOP("x")}.
+    C{NOOP x} must get 501, not a C{TypeError} from calling C{ftp_NOOP("x")};
+    and a C{TypeError} raised inside a handler must not pass for a missing
+    argument.
     """
     function = getattr(method, "__func__", method)
-    known = _TAKES_ARGUMENT.get(function)
+    known = _ARGUMENTS.get(function)
     if known is None:
-        parameters = list(inspect.signature(method).parameters.values())
-        known = _TAKES_ARGUMENT[function] = any(
-            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
-            for p in parameters)
+        positional = [
+            p for p in inspect.signature(method).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+        known = _ARGUMENTS[function] = (
+            bool(positional),
+            any(p.default is p.empty and p.kind is not p.VAR_POSITIONAL
+                for p in positional))
     return known
 
 
