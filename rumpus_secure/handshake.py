@@ -44,6 +44,8 @@ from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactor
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
+from rumpus_secure.guard import normalise_address
+
 _log = Logger()
 
 #: Seconds a client has to finish its TLS handshake.
@@ -51,6 +53,9 @@ DEFAULT_HANDSHAKE_TIMEOUT = 15.0
 
 #: Handshakes in progress above which the oldest makes room for a new one.
 DEFAULT_MAX_IN_FLIGHT = 250
+
+#: Handshakes in progress from one address above which its oldest makes room.
+DEFAULT_MAX_IN_FLIGHT_PER_ADDRESS = 20
 
 #: A handshake younger than this is never pushed out.
 DEFAULT_MIN_AGE = 1.0
@@ -87,15 +92,21 @@ class HandshakesInFlight:
     The default limit, 250, is half of the guard's default C{max-connections}
     (500): however many handshakes an attacker stalls from however many
     addresses, at least half the FTP connection slots stay for clients that
-    finish their handshake.
+    finish their handshake.  One address has at most C{per_address} (20, the
+    guard's default per-address limit) in progress by the same rule, so a
+    single address pushes out its own stalls first; this also covers HTTPS,
+    which has no connection limit of the guard.
     """
 
     def __init__(self, clock: IReactorTime, limit: int = DEFAULT_MAX_IN_FLIGHT,
-                 min_age: float = DEFAULT_MIN_AGE) -> None:
+                 min_age: float = DEFAULT_MIN_AGE,
+                 per_address: int = DEFAULT_MAX_IN_FLIGHT_PER_ADDRESS) -> None:
         self._clock = clock
         self.limit = limit
         self.min_age = min_age
+        self.per_address = per_address
         self._pending: OrderedDict[HandshakeWatch, float] = OrderedDict()
+        self._by_address: dict[str, OrderedDict[HandshakeWatch, float]] = {}
         #: Handshakes aborted to make room.
         self.evicted = 0
 
@@ -104,17 +115,29 @@ class HandshakesInFlight:
 
     def started(self, watch: HandshakeWatch) -> None:
         now = self._clock.seconds()
-        while self._pending and len(self._pending) >= self.limit:
-            oldest, since = next(iter(self._pending.items()))
+        mine = self._by_address.setdefault(watch.address, OrderedDict())
+        self._make_room(mine, self.per_address, now)
+        self._make_room(self._pending, self.limit, now)
+        self._pending[watch] = now
+        mine[watch] = now
+
+    def _make_room(self, pending: OrderedDict[HandshakeWatch, float], limit: int,
+                   now: float) -> None:
+        while pending and len(pending) >= limit:
+            oldest, since = next(iter(pending.items()))
             if now - since < self.min_age:
                 break
-            del self._pending[oldest]
+            self.finished(oldest)
             self.evicted += 1
             oldest.evict()
-        self._pending[watch] = now
 
     def finished(self, watch: HandshakeWatch) -> None:
         self._pending.pop(watch, None)
+        mine = self._by_address.get(watch.address)
+        if mine is not None:
+            mine.pop(watch, None)
+            if not mine:
+                del self._by_address[watch.address]
 
 
 class HandshakeWatch:
@@ -136,6 +159,10 @@ class HandshakeWatch:
     ) -> None:
         self._transport = transport
         self._on_timeout = on_timeout
+        try:
+            self.address = normalise_address(transport.getPeer().host)
+        except Exception:
+            self.address = "?"
         self._in_flight = in_flight
         self._call: IDelayedCall | None = (
             clock.callLater(timeout, self._expire) if timeout > 0 else None)

@@ -184,8 +184,12 @@ def test_auth_tls_handshake_has_its_own_deadline(
 class _Stalled:
     """A transport whose TLS handshake never finishes."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "192.0.2.1") -> None:
         self.aborted = False
+        self.host = host
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", self.host, 50000)
 
     def getHandle(self) -> Any:
         return SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
@@ -228,3 +232,20 @@ def test_a_burst_of_young_handshakes_is_not_pushed_out() -> None:
     # Room is made down to the limit, oldest first.
     assert [t.aborted for t in burst] == [True, True, True, True, False]
     assert not late.aborted and len(in_flight) == 2
+
+
+def test_one_address_pushes_out_its_own_stalls_first() -> None:
+    clock = MemoryReactorClock()
+    in_flight = HandshakesInFlight(clock, limit=100, min_age=1.0, per_address=2)
+    attacker = [_Stalled("192.0.2.66") for _ in range(2)]
+    other = _Stalled("::ffff:192.0.2.9")
+    for transport in [*attacker, other]:
+        watch_handshake(clock, transport, 15.0, None, in_flight)
+    clock.advance(2)
+    # The attacker's address opens another: its own oldest makes room,
+    # the other address's handshake (as old) is left alone.
+    newest = _Stalled("::ffff:192.0.2.66")  # the same address, IPv6-mapped
+    watch_handshake(clock, newest, 15.0, None, in_flight)
+    assert [t.aborted for t in attacker] == [True, False]
+    assert not other.aborted and not newest.aborted
+    assert len(in_flight) == 3
