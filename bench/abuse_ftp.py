@@ -150,7 +150,8 @@ def attack_handshakes(server: Any, stalls: int = STALLS,
     rss_stalled = proc_status(pid, "VmRSS")
     during, refused = asyncio.run(_honest_logins(server, 5.0))
     dropped_early = _dropped(held)
-    time.sleep(max(0.0, started + deadline + 1.0 - time.monotonic()))
+    # The last stall was opened at started + opened.
+    time.sleep(max(0.0, started + opened + deadline + 1.0 - time.monotonic()))
     dropped_late = _dropped(held)
     for sock in held:
         sock.close()
