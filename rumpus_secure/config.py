@@ -298,6 +298,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics", "none", _endpoint,
            "Serve Prometheus metrics on this endpoint (e.g. "
            "tcp:9464:interface=127.0.0.1); none turns it off.", "ENDPOINT"),
+    Option("handshake-timeout", 15.0, _seconds,
+           "Seconds a client has to finish its TLS handshake (implicit FTPS, "
+           "HTTPS, FTP after AUTH TLS) before the connection is dropped; 0 "
+           "turns the deadline off.", "SECONDS"),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -349,6 +353,7 @@ class ServerConfig:
     login_cache_time: float = 300.0
     xferlog: Path | None = None
     metrics: str | None = None
+    handshake_timeout: float = 15.0
 
     @property
     def file_root(self) -> Path:

@@ -455,7 +455,8 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     if config.ftps:
         ListenerService(
             "ftps", config.ftps, _endpoint(reactor, "ftps", config.ftps),
-            server.tls.wrap_factory(ftp_factory.implicit(), [b"ftp"]),
+            server.tls.wrap_factory(ftp_factory.implicit(), [b"ftp"], reactor,
+                                    handshake_timeout=config.handshake_timeout),
         ).setServiceParent(top)
     if config.https:
         server.https_site = build_https_site(server, reactor,
@@ -465,7 +466,8 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
         server.https_site.timeOut = config.http_timeout
         ListenerService(
             "https", config.https, _endpoint(reactor, "https", config.https),
-            server.tls.wrap_factory(server.https_site, [b"http/1.1"]),
+            server.tls.wrap_factory(server.https_site, [b"http/1.1"], reactor,
+                                    handshake_timeout=config.handshake_timeout),
         ).setServiceParent(top)
     if config.http:
         server.http_site = build_http_site(server, reactor)

@@ -266,8 +266,9 @@ class TransferCommands:
                 else:
                     reply = "426 Data connection closed; transfer not started."
             except Exception:  # noqa: BLE001 (a bug: logged, and the client told)
-                _log.failure("{verb} failed", verb=verb)
-                reply = "451 Requested action aborted: internal error."
+                self.session_factory.shared.errors.report(  # type: ignore[attr-defined]
+                    verb, Failure(), authenticated=True)
+                reply = "451 Local error: the command could not be completed."
                 if plan is not None and plan.cancel is not None:
                     await plan.cancel()
             finally:
@@ -427,6 +428,11 @@ class TransferCommands:
         if verb == "STOU":
             base = self._path(path or "upload")
             parts = split_path(base)
+            if not parts:
+                # "STOU /", "STOU ..": the home itself, which has no name
+                # to make a unique one from.
+                raise Refused("553 STOU refused: name a file, not the top "
+                              "directory (or send STOU alone).")
             directory = "/" + "/".join(parts[:-1]) if path else shell.cwd
             target = await shell.call("unique_name", directory, parts[-1])
             return await shell.call("open_upload", target, exclusive=True)
