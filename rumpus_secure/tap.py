@@ -415,6 +415,7 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     server = build_server(config, reactor)
 
     from rumpus_secure.ftp.control import build_ftp_factory
+    from rumpus_secure.sniff import wrap_https, wrap_implicit_ftps, wrap_plain_http
     from rumpus_secure.web.redirect import build_http_site
     from rumpus_secure.web.sessions import SessionKeeper
     from rumpus_secure.web.site import build_https_site
@@ -435,7 +436,10 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     if config.ftps:
         ListenerService(
             "ftps", config.ftps, _endpoint(reactor, "ftps", config.ftps),
-            server.tls.wrap_factory(ftp_factory.implicit(), [b"ftp"]),
+            wrap_implicit_ftps(
+                server.tls.wrap_factory(ftp_factory.implicit(), [b"ftp"]),
+                config, reactor,
+            ),
         ).setServiceParent(top)
     if config.https:
         server.https_site = build_https_site(server, reactor,
@@ -445,14 +449,17 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
         server.https_site.timeOut = config.http_timeout
         ListenerService(
             "https", config.https, _endpoint(reactor, "https", config.https),
-            server.tls.wrap_factory(server.https_site, [b"http/1.1"]),
+            wrap_https(
+                server.tls.wrap_factory(server.https_site, [b"http/1.1"]),
+                config, reactor,
+            ),
         ).setServiceParent(top)
     if config.http:
         server.http_site = build_http_site(server, reactor)
         server.http_site.timeOut = config.http_timeout
         ListenerService(
             "http", config.http, _endpoint(reactor, "http", config.http),
-            server.http_site,
+            wrap_plain_http(server.http_site, reactor),
         ).setServiceParent(top)
     from rumpus_secure.guard import SYNC_INTERVAL
     from rumpus_secure.reload import ReloadService

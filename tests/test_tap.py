@@ -154,13 +154,17 @@ def test_make_service_children(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert set(found) == {"ftp", "ftps", "http", "https"}
     assert found["ftp"].description == "tcp:2121"
     assert found["ftps"].description == "tcp:9990"
-    # The implicit FTPS and HTTPS listeners are TLS-wrapped; plain ones are not.
+    # The implicit FTPS and HTTPS listeners are TLS-wrapped behind a
+    # first-byte sniffer that answers plain clients; plain ones are not.
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    assert isinstance(found["ftps"].factory, TLSMemoryBIOFactory)
-    assert isinstance(found["https"].factory, TLSMemoryBIOFactory)
+    from rumpus_secure.sniff import SniffingFactory
+
+    for name, tls in [("ftps", True), ("https", True), ("http", False)]:
+        assert isinstance(found[name].factory, SniffingFactory)
+        assert found[name].factory.expect_tls is tls
+        assert isinstance(found[name].factory.wrapped, TLSMemoryBIOFactory) is tls
     assert not isinstance(found["ftp"].factory, TLSMemoryBIOFactory)
-    assert not isinstance(found["http"].factory, TLSMemoryBIOFactory)
     data = tmp_path / "data"
     assert (data / "accounts.sqlite3").exists()
     assert (data / "tls" / "cert.pem").exists()
