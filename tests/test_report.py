@@ -192,6 +192,37 @@ def test_bans(tmp_path: Path) -> None:
     assert row.split()[1] == "2" and "cleartext_login" in row
 
 
+def test_ban_section_says_when_a_ban_was_lifted(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    _write(log, [
+        {"time": _at(5), "event": "guard.ban", "client": "203.0.113.5",
+         "reason": "login_failed", "until": _at(4), "seconds": 900},
+        {"time": _at(4.5), "event": "guard.lifted", "client": "203.0.113.5",
+         "by": "admin"},
+        {"time": _at(3), "event": "guard.ban", "client": "198.51.100.7",
+         "reason": "garbage", "until": _at(2), "seconds": 900},
+        {"time": _at(2.5), "event": "guard.lifted", "client": "198.51.100.7"},
+        # Banned again after the lift: the new ban is not lifted.
+        {"time": _at(1), "event": "guard.ban", "client": "198.51.100.7",
+         "reason": "garbage", "until": _at(0.5), "seconds": 1800},
+        # A lift with no ban in the period has no row.
+        {"time": _at(0.2), "event": "guard.lifted", "client": "192.0.2.1"},
+    ])
+    report = build_report(log)
+    by_client = {b.client: b for b in report.bans}
+    assert set(by_client) == {"203.0.113.5", "198.51.100.7"}
+    assert by_client["203.0.113.5"].lifted == _at(4.5)
+    assert by_client["198.51.100.7"].lifted == ""
+    text = format_text(report)
+    assert "LIFTED (UTC)" in text
+    row = next(line for line in text.splitlines() if line.startswith("203.0.113.5"))
+    assert _at(4.5)[:19].replace("T", " ") in row
+    from rumpus_secure.report import as_json
+
+    lifted = {b["client"]: b["lifted"] for b in as_json(report)["bans"]}
+    assert lifted["203.0.113.5"] == _at(4.5)
+
+
 def test_no_log_yet(tmp_path: Path) -> None:
     report = build_report(tmp_path / "audit.log")
     assert not report.exists
