@@ -270,8 +270,16 @@ def test_command_text_and_store(tmp_path: Path) -> None:
     assert "secret" not in out
 
 
+def _init(data: Path) -> None:
+    """
+    An accounts database, as the server's first start leaves it.
+    """
+    SQLiteAccountStore.in_data_dir(data, data / "files")
+
+
 def test_command_json(tmp_path: Path) -> None:
     data = tmp_path / "data"
+    _init(data)
     _write(data / "audit.log", _events())
     status, out, _ = _run("--data-dir", str(data), "audit", "--json")
     assert status == 0
@@ -293,6 +301,7 @@ def test_command_json(tmp_path: Path) -> None:
 
 def test_command_since(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "data"
+    _init(data)
     recent = datetime.now(UTC) - timedelta(minutes=5)
     _write(data / "audit.log", [
         {"time": "2020-01-01T00:00:00.000Z", "event": "ftp.login",
@@ -310,6 +319,10 @@ def test_command_since(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_command_no_log(tmp_path: Path) -> None:
+    # A data directory that is not one is an error, not "No audit log yet".
+    status, out, err = _run("--data-dir", str(tmp_path / "nothing"), "audit")
+    assert status == 1 and "no accounts database at" in err and out == ""
+    _init(tmp_path / "nothing")
     status, out, _ = _run("--data-dir", str(tmp_path / "nothing"), "audit")
     assert status == 0 and out.startswith("No audit log yet at ")
     status, out, _ = _run("--data-dir", str(tmp_path / "nothing"), "audit", "--json")

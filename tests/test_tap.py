@@ -188,11 +188,53 @@ def test_first_run_bootstrap_happens_once(tmp_path: Path) -> None:
     assert password and password in out.getvalue()
     assert "rumpus-secure --data-dir" in out.getvalue()
     assert [a.name for a in store.list()] == ["admin"]
-    # A later run, even with every account gone, creates nothing.
+    # A later run, even with every account gone, creates nothing (and the
+    # password file of the deleted account goes first).
     store.delete("admin")
+    assert tap.forget_initial_password(store, tmp_path)
     again = io.StringIO()
     assert tap.bootstrap_admin(store, tmp_path, again) is None
     assert again.getvalue() == "" and store.list() == []
+
+
+def test_first_run_password_is_kept_in_a_private_file(tmp_path: Path) -> None:
+    from rumpus_secure.accounts.store import SQLiteAccountStore
+
+    store = SQLiteAccountStore(tmp_path / "accounts.sqlite3", tmp_path / "files")
+    out = io.StringIO()
+    password = tap.bootstrap_admin(store, tmp_path, out)
+    saved = tmp_path / "initial-admin-password"
+    assert saved.read_text() == f"{password}\n"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert str(saved) in out.getvalue()
+    # A later start (the first one failed, say) keeps it and says where it is.
+    assert not tap.forget_initial_password(store, tmp_path)
+    later = io.StringIO()
+    assert tap.bootstrap_admin(store, tmp_path, later) is None
+    assert saved.exists() and str(saved) in later.getvalue()
+    assert password not in later.getvalue()
+
+
+def test_first_run_password_file_goes_once_the_password_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from rumpus_secure.accounts.store import SQLiteAccountStore
+
+    store = SQLiteAccountStore(tmp_path / "accounts.sqlite3", tmp_path / "files")
+    tap.bootstrap_admin(store, tmp_path, io.StringIO())
+    saved = tmp_path / "initial-admin-password"
+    # Another account's change leaves it alone.
+    store.add("bob", "a long enough passphrase")
+    assert not tap.forget_initial_password(store, tmp_path)
+    # The admin's new password (any way: web, admin command) removes it at
+    # the next start; the file is dated before the change.
+    written = saved.stat().st_mtime
+    os.utime(saved, (written - 10, written - 10))
+    store.set_password("admin", "another long passphrase")
+    assert tap.forget_initial_password(store, tmp_path)
+    assert not saved.exists()
 
 
 def test_second_start_keeps_certificate_and_admin(tmp_path: Path,
