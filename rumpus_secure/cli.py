@@ -456,9 +456,28 @@ def _check(args: argparse.Namespace, context: Context) -> int:
     """
     ``check``: probe the running server's listeners like an outside client.
     """
-    from rumpus_secure.selfcheck import exit_status, format_results, run_checks
+    from rumpus_secure.selfcheck import (
+        exit_status,
+        format_results,
+        recorded_config,
+        run_checks,
+    )
 
-    results = run_checks(context.config, host=args.host)
+    config = context.config
+    given = [o.name for o in OPTIONS if o.name not in ("data-dir", "root")
+             and getattr(args, o.attribute, None) is not None]
+    if not given:
+        # No server options: check the server running on this data directory
+        # as it recorded itself, not the default ports.
+        recorded = recorded_config(config.data_dir)
+        if recorded is not None:
+            config = recorded.config
+            context.say(f"Checking the server recorded in {recorded.path} "
+                        f"(pid {recorded.pid}, started {recorded.started})")
+            if recorded.running() is False:
+                context.say(f"Note: process {recorded.pid} is not running; the "
+                            "record is from a server that did not stop cleanly")
+    results = run_checks(config, host=args.host)
     context.stdout.write(format_results(results))
     return exit_status(results, strict=args.strict)
 
@@ -469,13 +488,16 @@ def add_check_command(subparsers: Any) -> None:
 
     Every server option is accepted with the same name (and read from the
     same ``--config`` file), so the check is run with the server's own
-    command line; each lands in L{Context.config}.
+    command line; each lands in L{Context.config}.  With none of them, the
+    check probes what the server running on the data directory recorded in
+    ``DATA-DIR/listeners.json``.
     """
     check = subparsers.add_parser(
         "check", help="probe the running server's ports from outside: TLS "
         "required, versions, ALPN, redirect, HSTS, certificate",
-        description="Takes the same options as 'twistd rumpus-secure'; "
-        "exit status 0 when no check failed.",
+        description="With no options, checks the server running on the data "
+        "directory (it records its listeners there). Takes the same options as "
+        "'twistd rumpus-secure'; exit status 0 when no check failed.",
     )
     check.add_argument(
         "--config", metavar="FILE", default=argparse.SUPPRESS,
@@ -654,7 +676,31 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in COMMANDS:
         register(subparsers)
+    _accept_global_options(parser)
     return parser
+
+
+def _accept_global_options(parser: argparse.ArgumentParser) -> None:
+    """
+    Let ``--config``, ``--data-dir`` and ``--root`` follow the command too.
+
+    ``rumpus-secure audit --data-dir /srv/data`` reads naturally; before,
+    argparse refused it with "unrecognized arguments".
+    """
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for sub in action.choices.values():
+            if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+                _accept_global_options(sub)
+                continue
+            for flag, metavar in (("--config", "FILE"), ("--data-dir", "DIR"),
+                                  ("--root", "DIR")):
+                try:
+                    sub.add_argument(flag, metavar=metavar, default=argparse.SUPPRESS,
+                                     help=argparse.SUPPRESS)
+                except argparse.ArgumentError:
+                    pass  # the command declares it itself (check)
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:

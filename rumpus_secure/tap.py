@@ -175,10 +175,14 @@ class ListenerService(StreamServerEndpointService):
             raise failure from None
 
     def startService(self) -> None:
+        #: Fires with the listening port once bound (L{ListenerRecord}).
+        self.bound: defer.Deferred[Any] = defer.Deferred()
         super().startService()
         self._waitingForPort.addCallback(self._announce)
 
     def _announce(self, port: Any) -> Any:
+        if not self.bound.called:
+            self.bound.callback(port)
         if port is not None:
             address = port.getHost()
             _log.info(
@@ -187,6 +191,104 @@ class ListenerService(StreamServerEndpointService):
                 port=getattr(address, "port", "?"),
             )
         return port
+
+
+#: The file in the data directory where the running server records its
+#: listeners, so that ``rumpus-secure check`` with no options probes it.
+LISTENERS_FILE = "listeners.json"
+
+
+def config_as_options(config: ServerConfig) -> dict[str, Any]:
+    """
+    Every option of C{config} as a value L{build_config} reads back the same.
+    """
+    out: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = getattr(config, option.attribute)
+        if value is None:
+            if option.name in ("ftp", "ftps", "http", "https"):
+                out[option.name] = "none"
+            continue
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        elif isinstance(value, Path):
+            value = str(value.absolute())
+        elif option.name == "passive-ports":
+            value = f"{value[0]}-{value[1]}"
+        elif isinstance(value, tuple):
+            value = ",".join(value)
+        out[option.name] = value
+    return out
+
+
+class ListenerRecord(service.Service):
+    """
+    Record the listeners in C{DATA-DIR/listeners.json} once they are bound.
+
+    ``rumpus-secure check`` used to need every server option repeated, or it
+    probed the default ports.  The record holds the server's effective
+    options and the address each listener is bound to; the admin command
+    reads it (L{rumpus_secure.selfcheck.recorded_config}).  It is written
+    atomically and removed at a clean stop; a record left by a crash names a
+    process id that no longer runs, which the check reports.
+    """
+
+    name = "listener-record"
+
+    def __init__(self, config: ServerConfig, listeners: list[ListenerService],
+                 pid: int | None = None) -> None:
+        self.config = config
+        self.listeners = listeners
+        self.pid = os.getpid() if pid is None else pid
+        self.path = config.data_dir / LISTENERS_FILE
+        self.written: defer.Deferred[Any] = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = defer.gatherResults([listener.bound for listener in self.listeners],
+                                consumeErrors=True)
+        d.addCallback(self._write)
+        d.addErrback(lambda failure: _log.failure(
+            "not recording the listeners in {path}", failure, path=str(self.path)))
+        d.chainDeferred(self.written)
+
+    def record(self, ports: list[Any]) -> dict[str, Any]:
+        """
+        The record's content, given each listener's bound port.
+        """
+        listening = {}
+        for listener, port in zip(self.listeners, ports):
+            address = port.getHost() if port is not None else None
+            listening[listener.label] = {
+                "endpoint": listener.description,
+                "host": getattr(address, "host", None),
+                "port": getattr(address, "port", None),
+            }
+        return {
+            "pid": self.pid,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "options": config_as_options(self.config),
+            "listening": listening,
+        }
+
+    def _write(self, ports: list[Any]) -> None:
+        import json
+
+        text = json.dumps(self.record(ports), indent=2) + "\n"
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, self.path)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        import json
+
+        try:
+            if json.loads(self.path.read_text("utf-8")).get("pid") == self.pid:
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass
+        return None
 
 
 #: Listen backlog for TCP listeners that do not set one.  Twisted's default
@@ -641,6 +743,9 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
             "http", config.http, _endpoint(reactor, "http", config.http),
             wrap_plain_http(server.http_site, reactor),
         ).setServiceParent(top)
+    ListenerRecord(
+        config, [child for child in top if isinstance(child, ListenerService)],
+    ).setServiceParent(top)
     from rumpus_secure.guard import SYNC_INTERVAL
     from rumpus_secure.reload import ReloadService
 
