@@ -112,3 +112,26 @@ def test_curl_https_to_http_port_is_refused_at_once(server: ServerProcess) -> No
                             f"http://127.0.0.1:{server.http_port}/"],
                            check=False, capture_output=True, text=True, timeout=30)
     assert plain.stdout == "301"
+
+
+def test_silent_plain_client_does_not_hold_up_a_tls_client(server: ServerProcess) -> None:
+    """
+    A second client, same address, in the window: while a plain client sits
+    silent on the implicit FTPS port, a TLS client connects and gets its
+    greeting at once; then the plain one gets its 421.
+    """
+    from tests.integration.clients import implicit_ftps
+
+    with socket.create_connection(("127.0.0.1", server.ftps_port), timeout=5) as plain:
+        started = time.monotonic()
+        ftp = implicit_ftps(server.ftps_port)
+        try:
+            assert ftp.getwelcome().startswith("220")
+            tls_elapsed = time.monotonic() - started
+        finally:
+            ftp.close()
+        reply = plain.recv(4096)
+        plain_elapsed = time.monotonic() - started
+    assert tls_elapsed < 0.5
+    assert reply.startswith(b"421 This port is implicit FTPS")
+    assert plain_elapsed < WITHIN
