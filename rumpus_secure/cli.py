@@ -583,9 +583,9 @@ def _ban_lift(args: argparse.Namespace, context: Context) -> int:
     """
     ``ban lift ADDRESS``: end a ban now and forget the address's history.
     """
-    from rumpus_secure.guard import SYNC_INTERVAL, normalise_address
-
     import ipaddress
+
+    from rumpus_secure.guard import SYNC_INTERVAL, normalise_address
 
     try:
         ipaddress.ip_address(args.address.split("%", 1)[0])

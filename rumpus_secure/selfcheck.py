@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Self
 
 from cryptography import x509
@@ -667,7 +668,7 @@ class RecordedServer:
     What the running server recorded about itself (L{ListenerRecord}).
     """
 
-    path: Path  # noqa: F821 (imported where used; keeps this module's imports as they were)
+    path: Path
     pid: int | None
     started: str
     config: ServerConfig
@@ -699,7 +700,6 @@ def recorded_config(data_dir: Path) -> RecordedServer | None:
     Raises L{ConfigError} for a record that cannot be read.
     """
     import json
-    from pathlib import Path
 
     from rumpus_secure.config import ConfigError, build_config, endpoint_port
     from rumpus_secure.tap import LISTENERS_FILE

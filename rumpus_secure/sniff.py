@@ -208,7 +208,7 @@ def https_plain_reply(public_host: str, https_port: int | None) -> bytes:
         "<body><h1>400 Bad Request</h1>\n"
         "<p>A plain HTTP request was sent to the HTTPS port. Use "
         f'<a href="{url}">{url}</a>.</p></body></html>\n'
-    ).encode("utf-8")
+    ).encode()
     head = (
         "HTTP/1.1 400 Bad Request\r\n"
         "Content-Type: text/html; charset=utf-8\r\n"
