@@ -74,8 +74,13 @@ class Options(usage.Options):
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
+            from rumpus_secure.config import did_you_mean
+
+            message = str(e)
+            if message.startswith("option --") and message.endswith(" not recognized"):
+                message += did_you_mean(message[len("option --"):-len(" not recognized")])
             raise SystemExit(
-                f"{_PROG}: error: {e} (see: twistd {_PROG} --help)"
+                f"{_PROG}: error: {message} (see: twistd {_PROG} --help)"
             ) from None
 
     def postOptions(self) -> None:

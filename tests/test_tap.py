@@ -543,3 +543,10 @@ def test_make_service_records_the_listeners(tmp_path: Path) -> None:
     finally:
         top.stopService()
     assert not (tmp_path / "listeners.json").exists()
+
+
+def test_unknown_flag_gets_did_you_mean() -> None:
+    with pytest.raises(SystemExit) as raised:
+        tap.Options().parseOptions(["--public-hots", "x"])
+    assert "option --public-hots not recognized; did you mean 'public-host'?" in str(
+        raised.value)
