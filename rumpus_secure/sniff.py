@@ -114,7 +114,14 @@ class SniffingProtocol(protocol.Protocol):
     def _silent(self) -> None:
         self._silence = None
         assert self.factory.on_silence is not None
-        self._answer(self.factory.on_silence())
+        reply = self.factory.on_silence()
+        if not reply:
+            # An idle connection that never said a word: the timeout the
+            # wrapped protocol would have applied, without an answer.
+            self.answered = True
+            self.transport.loseConnection()
+            return
+        self._answer(reply)
 
     def _answer(self, reply: bytes) -> None:
         self.answered = True
@@ -122,8 +129,7 @@ class SniffingProtocol(protocol.Protocol):
         _log.info("{label}: {peer} spoke the wrong protocol for this port; told it "
                   "where to go", label=self.factory.label,
                   peer=getattr(peer, "host", peer))
-        if reply:
-            self.transport.write(reply)
+        self.transport.write(reply)
         self.transport.loseConnection()
 
     def _cancel_silence(self) -> None:
@@ -143,7 +149,9 @@ class SniffingFactory(protocol.Factory):
     :param on_wrong: the bytes to send, given the client's first bytes, when
         they are not what the port expects; the connection is closed after.
     :param on_silence: the bytes to send when the client says nothing for
-        C{silence} seconds (implicit FTPS), or L{None} to wait.
+        C{silence} seconds (implicit FTPS); empty bytes to close quietly (an
+        idle timeout, since the wrapped protocol with its own timeout does
+        not exist yet); L{None} to wait for ever.
     :param clock: schedules the silence timeout.
     :param label: the listener's name, for the log.
     """
@@ -231,24 +239,35 @@ def wrap_implicit_ftps(tls_factory: IProtocolFactory, config: Any,
     )
 
 
+def _idle_close() -> bytes:
+    return b""
+
+
 def wrap_https(tls_factory: IProtocolFactory, config: Any,
                clock: IReactorTime) -> SniffingFactory:
     """
     The HTTPS listener's factory: TLS, or a plain ``400`` naming https://.
+
+    HTTP clients speak first, so silence gets no answer; it is closed after
+    C{--http-timeout}, as the HTTP channel would have closed it.
     """
     reply = https_plain_reply(config.public_host, config.https_port)
     return SniffingFactory(
         tls_factory, expect_tls=True, on_wrong=lambda first: reply,
+        on_silence=_idle_close, silence=config.http_timeout,
         clock=clock, label="https",
     )
 
 
-def wrap_plain_http(site: IProtocolFactory, clock: IReactorTime) -> SniffingFactory:
+def wrap_plain_http(site: IProtocolFactory, config: Any,
+                    clock: IReactorTime) -> SniffingFactory:
     """
-    The plain HTTP listener's factory: a TLS ClientHello is refused at once.
+    The plain HTTP listener's factory: a TLS ClientHello is refused at once;
+    silence is closed after C{--http-timeout}.
     """
     return SniffingFactory(
         site, expect_tls=False,
         on_wrong=lambda first: TLS_HANDSHAKE_FAILURE_ALERT,
+        on_silence=_idle_close, silence=config.http_timeout,
         clock=clock, label="http",
     )

@@ -746,7 +746,7 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
         server.http_site.timeOut = config.http_timeout
         ListenerService(
             "http", config.http, _endpoint(reactor, "http", config.http),
-            wrap_plain_http(server.http_site, reactor),
+            wrap_plain_http(server.http_site, config, reactor),
         ).setServiceParent(top)
     ListenerRecord(
         config, [child for child in top if isinstance(child, ListenerService)],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet import protocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -129,8 +130,6 @@ def test_lost_before_a_byte_cancels_the_silence_timer() -> None:
 def test_plain_http_on_https_port_gets_400_naming_https() -> None:
     clock, inner = Clock(), RecordingFactory()
     p, transport = connect(wrap_https(inner, config(https="tcp:8443"), clock))
-    # No silence timer on HTTPS: HTTP clients speak first.
-    assert clock.getDelayedCalls() == []
     p.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     reply = transport.value()
     assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n")
@@ -155,7 +154,7 @@ def test_tls_on_https_port_is_handed_over() -> None:
 
 def test_client_hello_on_plain_http_is_refused_at_once() -> None:
     clock, inner = Clock(), RecordingFactory()
-    p, transport = connect(wrap_plain_http(inner, clock))
+    p, transport = connect(wrap_plain_http(inner, config(), clock))
     p.dataReceived(CLIENT_HELLO_START)
     assert transport.value() == TLS_HANDSHAKE_FAILURE_ALERT
     assert transport.disconnecting and inner.built == []
@@ -163,7 +162,7 @@ def test_client_hello_on_plain_http_is_refused_at_once() -> None:
 
 def test_plain_http_request_passes_through() -> None:
     clock, inner = Clock(), RecordingFactory()
-    p, transport = connect(wrap_plain_http(inner, clock))
+    p, transport = connect(wrap_plain_http(inner, config(), clock))
     p.dataReceived(b"GET / HTTP/1.1\r\n")
     p.dataReceived(b"\r\n")
     assert inner.built[0].received == b"GET / HTTP/1.1\r\n\r\n"
@@ -175,15 +174,41 @@ def test_wrapped_factory_refusing_closes_the_connection() -> None:
         def buildProtocol(self, addr: Any) -> None:
             return None
 
-    p, transport = connect(wrap_plain_http(Refusing(), Clock()))
+    p, transport = connect(wrap_plain_http(Refusing(), config(), Clock()))
     p.dataReceived(b"GET /")
     assert transport.disconnecting
 
 
 def test_start_and_stop_reach_the_wrapped_factory() -> None:
     inner = RecordingFactory()
-    sniffer = wrap_plain_http(inner, Clock())
+    sniffer = wrap_plain_http(inner, config(), Clock())
     sniffer.doStart()
     assert inner.numPorts == 1
     sniffer.doStop()
     assert inner.numPorts == 0
+
+
+@pytest.mark.parametrize("wrap, first", [
+    (wrap_https, CLIENT_HELLO_START),
+    (wrap_plain_http, b"GET / HTTP/1.1\r\n"),
+])
+def test_silent_web_connections_close_after_the_http_timeout(wrap: Any,
+                                                             first: bytes) -> None:
+    """
+    Before the first byte no HTTP channel (with its own timeout) exists: the
+    sniffer closes a connection that never speaks after --http-timeout,
+    quietly, and drops that timer once the client speaks.
+    """
+    settings = config(**{"http-timeout": "30"})
+    clock, inner = Clock(), RecordingFactory()
+    p, transport = connect(wrap(inner, settings, clock))
+    clock.advance(29.9)
+    assert not transport.disconnecting
+    clock.advance(0.2)
+    assert transport.disconnecting and transport.value() == b""
+    assert inner.built == []
+    clock, inner = Clock(), RecordingFactory()
+    p, transport = connect(wrap(inner, settings, clock))
+    p.dataReceived(first)
+    assert inner.built[0].received == first
+    assert clock.getDelayedCalls() == []
