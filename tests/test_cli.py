@@ -226,13 +226,23 @@ def test_password_policy_at_the_prompt_asks_once(run: Run,
     assert len(prompts) == 1
 
 
-def test_password_min_length_option(run: Run) -> None:
-    code, out, err = run("user", "add", "carol", "--password-stdin",
-                         stdin="Tr0ub4dor&3x\n")
-    assert code == 0, err
-    # At least 8 (NIST SP 800-63B), whatever the configuration says.
+def test_password_min_length_option(tmp_path: Path, capsys) -> None:
+    """
+    The admin command reads --password-min-length from the server's config.
+    """
     from rumpus_secure.config import ConfigError, build_config
 
+    config = tmp_path / "server.toml"
+    config.write_text(f'data-dir = "{tmp_path / "data"}"\npassword-min-length = 16\n')
+    assert cli.main(["--config", str(config), "init"]) == 0
+    out = io.StringIO()
+    code = cli.main(["--config", str(config), "user", "add", "carol", "--password-stdin"],
+                    stdin=io.StringIO("Tr0ub4dor&3x\n"), stdout=out)
+    assert code == 1 and "at least 16 needed" in capsys.readouterr().err
+    code = cli.main(["--config", str(config), "user", "add", "carol", "--password-stdin"],
+                    stdin=io.StringIO("Tr0ub4dor&3x and more\n"), stdout=out)
+    assert code == 0
+    # At least 8 (NIST SP 800-63B), whatever the configuration says.
     assert build_config({"password-min-length": "8"}).password_min_length == 8
     with pytest.raises(ConfigError, match="from 8"):
         build_config({"password-min-length": "6"})
