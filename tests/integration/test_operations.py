@@ -152,7 +152,13 @@ def test_failed_first_start_leaves_the_password_file(tmp_path: Path) -> None:
 
 def test_check_with_no_options_checks_the_running_server(tmp_path: Path) -> None:
     with ServerProcess(tmp_path, public_host="127.0.0.1") as server:
-        record = json.loads((server.data_dir / "listeners.json").read_text())
+        # The ports accept as soon as they are bound; the record follows.
+        path = server.data_dir / "listeners.json"
+        deadline = time.monotonic() + 10
+        while not path.exists():
+            assert time.monotonic() < deadline, "no listener record"
+            time.sleep(0.05)
+        record = json.loads(path.read_text())
         assert record["pid"] == server.process.pid
         assert {label: bound["port"] for label, bound in record["listening"].items()} == (
             server.ports)
