@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Self
 
 from cryptography import x509
@@ -656,3 +657,71 @@ def exit_status(results: list[CheckResult], strict: bool = False) -> int:
     """
     bad = {Status.FAIL, Status.WARN} if strict else {Status.FAIL}
     return 1 if any(r.status in bad for r in results) else 0
+
+
+# -- the running server's own record --------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordedServer:
+    """
+    What the running server recorded about itself (L{ListenerRecord}).
+    """
+
+    path: Path
+    pid: int | None
+    started: str
+    config: ServerConfig
+
+    def running(self) -> bool | None:
+        """
+        Whether the recording process still runs (L{None}: cannot tell).
+        """
+        import os
+
+        if self.pid is None:
+            return None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        except OSError:
+            return None
+        return True
+
+
+def recorded_config(data_dir: Path) -> RecordedServer | None:
+    """
+    The configuration the server running on C{data_dir} recorded, or L{None}.
+
+    A listener configured with port 0 is probed on the port it was given.
+    Raises L{ConfigError} for a record that cannot be read.
+    """
+    import json
+
+    from rumpus_secure.config import ConfigError, build_config, endpoint_port
+    from rumpus_secure.tap import LISTENERS_FILE
+
+    path = Path(data_dir) / LISTENERS_FILE
+    try:
+        record = json.loads(path.read_text("utf-8"))
+        options = dict(record["options"])
+        listening = record.get("listening") or {}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"the listener record {path} cannot be read: {e}") from None
+    for label, bound in listening.items():
+        description = options.get(label)
+        if not description or description == "none" or endpoint_port(description):
+            continue
+        if isinstance(bound, dict) and bound.get("port"):
+            proxy = "haproxy:" if description.startswith("haproxy:") else ""
+            host = str(bound.get("host") or "127.0.0.1").replace(":", "\\:")
+            options[label] = f"{proxy}tcp:{bound['port']}:interface={host}"
+    config = build_config(options)
+    pid = record.get("pid")
+    return RecordedServer(path, pid if isinstance(pid, int) else None,
+                          str(record.get("started", "")), config)

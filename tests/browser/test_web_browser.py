@@ -56,6 +56,10 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
     data = tmp_path / "data"
     password = "browser test pw 1"
     subprocess.run(
+        [sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(data), "init"],
+        text=True, env=_env(), check=True, capture_output=True,
+    )
+    subprocess.run(
         [sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(data),
          "user", "add", "alice", "--password-stdin"],
         input=password + "\n", text=True, env=_env(), check=True, capture_output=True,
