@@ -33,6 +33,7 @@ from rumpus_secure.vfs import (
     SymlinkNotFollowed,
     VFSError,
 )
+from rumpus_secure.web.origin import https_origin
 from rumpus_secure.web.sessions import Session, SessionStore, SQLiteSessions
 
 _log = Logger()
@@ -94,8 +95,6 @@ class WebApp:
 
     def __init__(self, server: Any, reactor: Any, *, secure: bool = True,
                  sessions_db: Path | None = None) -> None:
-        from rumpus_secure.web.redirect import https_origin
-
         self.server = server
         self.reactor = reactor
         self.config = server.config

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import re
 import time
 from typing import Any
@@ -41,6 +40,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from rumpus_secure.config import ServerConfig
 from rumpus_secure.web.acme import acme_token, serve_challenge
+from rumpus_secure.web.origin import https_origin
 
 _log = Logger()
 
@@ -56,21 +56,6 @@ _ORIGIN_FORM_MATCH = _ORIGIN_FORM.fullmatch
 #: Header values shared by every redirect (Headers copies the list it is given).
 _NO_STORE = [b"no-store"]
 _TEXT_PLAIN = [b"text/plain; charset=utf-8"]
-
-
-def https_origin(config: ServerConfig) -> bytes:
-    """
-    The HTTPS origin clients are sent to, e.g. ``https://files.example.com:8443``.
-    """
-    host = config.public_host
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            host = f"[{host}]"
-    except ValueError:
-        pass
-    port = config.https_port
-    suffix = "" if port in (None, 443) else f":{port}"
-    return f"https://{host}{suffix}".encode("ascii")
 
 
 def _valid_origin_form(target: bytes) -> bool:
