@@ -40,6 +40,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from rumpus_secure.config import ServerConfig
 from rumpus_secure.web.acme import acme_token, serve_challenge
+from rumpus_secure.web.channel import LimitedChannel
 from rumpus_secure.web.origin import https_origin
 
 _log = Logger()
@@ -109,14 +110,15 @@ class PlainRequest(server.Request):
 
     L{process} skips twisted.web's resource traversal when the site's root
     is a L{RedirectToHTTPS} (it is a leaf that answers every path): the
-    request goes straight to its C{render}.  Everything else (the ``*``
-    target, another root resource) takes the stock path.
+    request goes straight to its C{render}, which also refuses the ``*``
+    target with ``400`` (twisted.web would answer ``OPTIONS *`` with
+    ``200``).  Another root resource takes the stock path.
     """
 
     def process(self) -> None:
         self.site = site = self.channel.site
         root = site.resource
-        if self.path == b"*" or not isinstance(root, RedirectToHTTPS):
+        if not isinstance(root, RedirectToHTTPS):
             super().process()
             return
         headers = self.responseHeaders
@@ -280,6 +282,7 @@ class PlainSite(server.Site):
     """
 
     requestFactory = PlainRequest
+    protocol = LimitedChannel
     displayTracebacks = False
 
     def log(self, request: Any) -> None:
