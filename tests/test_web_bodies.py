@@ -344,3 +344,24 @@ def test_multipart_header_limit_in_one_chunk():
     with pytest.raises(MultipartError, match="too long"):
         for start in range(0, len(body), 4096):
             parser.feed(body[start:start + 4096])
+
+
+# -- found by tests/test_web_fuzz.py ---------------------------------------------
+
+def test_head_static_folder_is_404(site):
+    assert HTTPDriver(site).request(b"HEAD", b"/static").status == 404
+    assert HTTPDriver(site).get(b"/static").status == 404
+
+
+def test_double_slash_folder_lists_home(site):
+    alice = login(site, "alice", "correct horse")
+    response = alice.get(b"/files//")
+    assert response.status == 200
+    assert b"<title>Files</title>" in response.body
+
+
+def test_options_and_put_get_405_not_501(site):
+    for method in (b"OPTIONS", b"PUT", b"DELETE"):
+        response = HTTPDriver(site).request(method, b"/login", body=b"")
+        assert response.status == 405, method
+        assert b"GET" in response.header(b"allow")

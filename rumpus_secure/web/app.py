@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 from pathlib import Path
 from typing import Any, Callable, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -228,10 +228,14 @@ class WebApp:
         self.server.audit.record(event, client=client_ip(request), **fields)
 
 
-def query_args(request: IRequest) -> dict[bytes, list[bytes]]:
-    """The arguments of the query string alone (not those of the body)."""
+def query_args(request: IRequest) -> set[bytes]:
+    """The argument names in the query string alone (not those of the body)."""
     _, _, query = (request.uri or b"").partition(b"?")
-    return parse_qs(query, keep_blank_values=True) if query else {}
+    names = set()
+    for pair in query.split(b"&"):
+        name = pair.split(b"=", 1)[0].replace(b"+", b" ")
+        names.add(unquote_to_bytes(name))
+    return names
 
 
 def client_ip(request: IRequest) -> str:

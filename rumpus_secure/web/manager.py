@@ -248,7 +248,7 @@ class FilesResource(ManagerResource):
             + "<th class=actions>Actions</th></tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>"
         )
-        title = "Files" if vpath == "/" else wire_title(parts)
+        title = wire_title(parts) if parts else "Files"  # "//" has no parts either
         return page(title, body, user=session.user, csrf=session.csrf,
                     flash=session.take_flash())
 

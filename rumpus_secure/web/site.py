@@ -76,6 +76,10 @@ class SecureRequest(server.Request):
     person can read.
     """
 
+    #: Methods answered with 405 and an Allow header where a page lacks them
+    #: (twisted.web's default answers OPTIONS, PUT and DELETE with 501).
+    supportedMethods = (b"GET", b"HEAD", b"POST", b"OPTIONS", b"PUT", b"DELETE",
+                        b"PATCH")
     #: Set when the request was answered before its body: nothing more runs.
     _refused = False
     #: Most body bytes this request may send (L{None}: streamed upload).
@@ -229,6 +233,10 @@ class StaticAssets(resource.Resource):
             if path.suffix in STATIC_TYPES:
                 self._files[path.name.encode()] = (path.read_bytes(),
                                                    STATIC_TYPES[path.suffix])
+
+    def render(self, request: IRequest) -> bytes:
+        """``/static`` itself is no file (HEAD here was a 500, found by fuzzing)."""
+        return NotFoundPage().render(request)
 
     def getChild(self, name: bytes, request: IRequest) -> resource.Resource:
         found = self._files.get(name)
