@@ -76,10 +76,6 @@ class SecureRequest(server.Request):
     person can read.
     """
 
-    #: Methods answered with 405 and an Allow header where a page lacks them
-    #: (twisted.web's default answers OPTIONS, PUT and DELETE with 501).
-    supportedMethods = (b"GET", b"HEAD", b"POST", b"OPTIONS", b"PUT", b"DELETE",
-                        b"PATCH")
     #: Set when the request was answered before its body: nothing more runs.
     _refused = False
     #: Most body bytes this request may send (L{None}: streamed upload).
@@ -119,6 +115,24 @@ class SecureRequest(server.Request):
         self.setHeader(b"content-length", b"%d" % len(body))
         if self.method != b"HEAD":
             self.write(body)
+        self.finish()
+
+    def render(self, resrc: Any) -> None:
+        """
+        No page here takes a method other than GET, HEAD and POST: any other
+        gets 405 with an Allow header (twisted.web answers OPTIONS, PUT or
+        DELETE with a 501 "Huh?" page of its own).
+        """
+        if self.method in (b"GET", b"HEAD", b"POST"):
+            super().render(resrc)
+            return
+        body = message_page("Method not allowed",
+                            "This site answers GET, HEAD and POST requests only.")
+        self.setResponseCode(405)
+        self.setHeader(b"allow", b"GET, HEAD, POST")
+        self.setHeader(b"content-type", b"text/html; charset=utf-8")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
         self.finish()
 
     def gotLength(self, length: int | None) -> None:
