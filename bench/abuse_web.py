@@ -7,11 +7,18 @@ Issue #12, attack 2: large request bodies without a session; prints numbers
 Against a real server (``twistd -n rumpus-secure`` on loopback, started as
 ``bench/web_bench.py`` starts it), for each body size and each target
 (``/no/such/page``, a page that does not exist, ``/mkdir``, a form page,
-and ``/upload``, the streamed upload; no cookie) one client sends the headers with that ``Content-Length`` and
-then the body, as fast as the server reads it, until the server answers or
-closes.  A chunked body of the same size goes to ``/login``.  Meanwhile an
-honest client logs in over and over (a fresh TLS connection each time) and
-the server's resident memory is sampled every 20 ms.
+and ``/upload``, the streamed upload; no cookie) one client sends the
+headers with that ``Content-Length`` and then a multipart body, as fast as
+the server reads it, until the server answers or closes.  A chunked body
+of the same size goes to ``/login``.  Meanwhile an honest client logs in
+over and over (a fresh TLS connection each time) and the server's resident
+memory is sampled every 20 ms.
+
+Measured on a 2-core VM (128 MiB; main before issue #12): the server read
+every byte, answered 404/401 after up to 14 s, its RSS grew by 1560 MiB and
+an honest login took up to 12.8 s.  After: 413/401 within 0.05 s for 128
+MiB and 1 GiB alike, RSS +20 MiB (the logins' own argon2), login p99 under
+300 ms.
 
 Printed per attack: the status the attacker got, how many body bytes it
 got to send, how long until the answer; then the honest logins' p50/p99

@@ -15,7 +15,6 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
-from twisted.web import http
 
 from rumpus_secure.web.bodies import MAX_FORM_BODY, MAX_LOGIN_BODY
 from rumpus_secure.web.channel import Discard
