@@ -239,6 +239,7 @@ def test_header_line_over_16k_gets_431(server, builder):
     assert conn.transport.disconnecting
 
 
+@pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
 def test_header_line_over_16k_closes_over_tls(server, site):
     """
     Over TLS the stock close waited for the channel (a registered producer)
@@ -364,3 +365,28 @@ def test_options_and_put_get_405_not_501(site):
         response = HTTPDriver(site).request(method, b"/login", body=b"")
         assert response.status == 405, method
         assert b"GET" in response.header(b"allow")
+
+
+def test_banned_address_gets_its_page_before_the_body(site, server):
+    """
+    The ban page from the headers, audited once; a client from another
+    address is served meanwhile.
+    """
+    from rumpus_secure.guard import Guard, GuardSettings
+
+    server.guard = Guard(GuardSettings(threshold=1), server.reactor, audit=server.audit)
+    server.guard.offence("192.0.2.7", "login_failed", protocol="web")
+    assert server.guard.is_banned("192.0.2.7") is not None
+    conn = Connection(site)
+    huge_post_head(conn, b"/no/such/page", length=1000)
+    response = conn.response()
+    assert response.status == 403
+    assert b"Too many failed attempts" in response.body
+    assert conn.transport.disconnecting
+    assert len(server.audit.named("guard.refused")) == 1
+    elsewhere = IPv4Address("TCP", "198.51.100.9", 40000)
+    protocol = site.buildProtocol(elsewhere)
+    transport = StringTransport(peerAddress=elsewhere)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"GET /login HTTP/1.1\r\nHost: " + HOST + b"\r\n\r\n")
+    assert parse_response(transport.value()).status == 200
