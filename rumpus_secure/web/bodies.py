@@ -10,8 +10,10 @@ and stalled every protocol for 2.9 s.  Now:
 
 * the streamed upload (``POST /upload``, L{rumpus_secure.web.upload}) is
   the only request whose body may be large; it never sits in memory;
-* every other body is capped: L{MAX_LOGIN_BODY} (4 KiB) for the login and
-  logout forms, whose fields are a name, a password, a path and a token;
+* every other body is capped: L{MAX_LOGIN_BODY} (16 KiB) for the login
+  and logout forms, whose fields are a name, a password, a token and the
+  page to return to (an ASCII path, percent-encoded once more in the form:
+  16 KiB keeps a return path of some 5,000 characters);
   L{MAX_FORM_BODY} (64 KiB) for everything else, which covers the largest
   real form (``/rename``: a 4 KiB path and a 255-byte name, each
   percent-encoded three times over, plus the token).  A ``Content-Length``
@@ -37,7 +39,7 @@ from twisted.web.iweb import IRequest
 from rumpus_secure.web.multipart import boundary_from_content_type
 from rumpus_secure.web.upload import UPLOAD_PATH
 
-MAX_LOGIN_BODY = 4 * 1024
+MAX_LOGIN_BODY = 16 * 1024
 MAX_FORM_BODY = 64 * 1024
 
 #: First path segments of the pages that need a logged-in session.
