@@ -390,3 +390,12 @@ def test_banned_address_gets_its_page_before_the_body(site, server):
     protocol.makeConnection(transport)
     protocol.dataReceived(b"GET /login HTTP/1.1\r\nHost: " + HOST + b"\r\n\r\n")
     assert parse_response(transport.value()).status == 200
+
+
+def test_login_with_a_long_return_path_fits_the_cap(site):
+    deep = "/files/" + "/".join(["%C3%A9" * 20] * 40) + "/"  # about 5,000 characters
+    web = HTTPDriver(site)
+    response = web.post_form(b"/login", {"username": "alice", "password": "correct horse",
+                                         "next": deep})
+    assert response.status == 303
+    assert response.header(b"location") == deep.encode()
