@@ -44,7 +44,11 @@ def arg(request: IRequest, name: bytes) -> str | None:
 
 
 def parent_of(vpath: str) -> str:
-    parts = split_path(vpath)
+    """The folder above C{vpath}; ``/`` for a path that is not valid."""
+    try:
+        parts = split_path(vpath)
+    except InvalidPath:
+        return "/"
     return "/" + "/".join(parts[:-1])
 
 
@@ -70,7 +74,7 @@ class ManagerResource(resource.Resource):
         if session is None:
             see_other(request, "/login?next=" + url_arg(request.uri.decode("latin-1")))
             return run(request, _nothing)
-        return run(request, lambda: self.get(request, session))
+        return run(request, lambda: self.guarded(request, session, self.get))
 
     render_HEAD = render_GET
 
@@ -89,7 +93,20 @@ class ManagerResource(resource.Resource):
                        link=("/files/", "Back to your files"),
                        user=session.user, csrf=session.csrf)
             return run(request, _nothing)
-        return run(request, lambda: self.post(request, session))
+        return run(request, lambda: self.guarded(request, session, self.post))
+
+    async def guarded(self, request: IRequest, session: Session, handler: Any) -> None:
+        """
+        Run C{handler(request, session)}; a path the client sent that is not
+        valid (a NUL, a line break, a reserved name) is a ``400`` page, not a
+        ``500``, wherever it is noticed.
+        """
+        try:
+            await handler(request, session)
+        except VFSError as e:
+            error_page(request, status_for(e), "That did not work", friendly(e),
+                       link=("/files/", "Back to your files"),
+                       user=session.user, csrf=session.csrf)
 
     async def get(self, request: IRequest, session: Session) -> None:
         error_page(request, 405, "Not here", "This address only accepts forms.",
@@ -176,7 +193,17 @@ class FilesResource(ManagerResource):
 
         rows = []
         for entry in entries:
-            path = join_path(vpath, entry.name)
+            try:
+                path = join_path(vpath, entry.name)
+            except InvalidPath:
+                # A name no path can carry (CR or LF, made outside the
+                # server): listed escaped, as FTP lists it, but not a link.
+                rows.append(
+                    f"<tr><td class=name>{esc(entry.name)} <span class=kind>"
+                    "(name not usable here)</span></td><td class=size></td>"
+                    f"<td class=date>{esc(human_time(entry.mtime))}</td>"
+                    "<td class=actions></td></tr>")
+                continue
             if entry.kind == "dir":
                 link = f"<a href='{esc(dir_url(path))}'>{esc(entry.name)}/</a>"
                 size = "<span class=kind>folder</span>"
@@ -221,7 +248,7 @@ class FilesResource(ManagerResource):
             + "<th class=actions>Actions</th></tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>"
         )
-        title = "Files" if vpath == "/" else wire_title(parts)
+        title = wire_title(parts) if parts else "Files"  # "//" has no parts either
         return page(title, body, user=session.user, csrf=session.csrf,
                     flash=session.take_flash())
 

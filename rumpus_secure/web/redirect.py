@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import re
 import time
 from typing import Any
@@ -41,6 +40,8 @@ from twisted.web.server import NOT_DONE_YET
 
 from rumpus_secure.config import ServerConfig
 from rumpus_secure.web.acme import acme_token, serve_challenge
+from rumpus_secure.web.channel import LimitedChannel
+from rumpus_secure.web.origin import https_origin
 
 _log = Logger()
 
@@ -56,21 +57,6 @@ _ORIGIN_FORM_MATCH = _ORIGIN_FORM.fullmatch
 #: Header values shared by every redirect (Headers copies the list it is given).
 _NO_STORE = [b"no-store"]
 _TEXT_PLAIN = [b"text/plain; charset=utf-8"]
-
-
-def https_origin(config: ServerConfig) -> bytes:
-    """
-    The HTTPS origin clients are sent to, e.g. ``https://files.example.com:8443``.
-    """
-    host = config.public_host
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            host = f"[{host}]"
-    except ValueError:
-        pass
-    port = config.https_port
-    suffix = "" if port in (None, 443) else f":{port}"
-    return f"https://{host}{suffix}".encode("ascii")
 
 
 def _valid_origin_form(target: bytes) -> bool:
@@ -124,14 +110,15 @@ class PlainRequest(server.Request):
 
     L{process} skips twisted.web's resource traversal when the site's root
     is a L{RedirectToHTTPS} (it is a leaf that answers every path): the
-    request goes straight to its C{render}.  Everything else (the ``*``
-    target, another root resource) takes the stock path.
+    request goes straight to its C{render}, which also refuses the ``*``
+    target with ``400`` (twisted.web would answer ``OPTIONS *`` with
+    ``200``).  Another root resource takes the stock path.
     """
 
     def process(self) -> None:
         self.site = site = self.channel.site
         root = site.resource
-        if self.path == b"*" or not isinstance(root, RedirectToHTTPS):
+        if not isinstance(root, RedirectToHTTPS):
             super().process()
             return
         headers = self.responseHeaders
@@ -295,6 +282,7 @@ class PlainSite(server.Site):
     """
 
     requestFactory = PlainRequest
+    protocol = LimitedChannel
     displayTracebacks = False
 
     def log(self, request: Any) -> None:
