@@ -94,7 +94,7 @@ class SniffingProtocol(protocol.Protocol):
         if looks_like_tls(data) == self.factory.expect_tls:
             self._hand_over(data)
         else:
-            self._answer(self.factory.on_wrong(data))
+            self._answer(self.factory.on_wrong(data), data)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._cancel_silence()
@@ -103,7 +103,7 @@ class SniffingProtocol(protocol.Protocol):
             inner.connectionLost(reason)
 
     def _hand_over(self, first: bytes) -> None:
-        inner = self.factory.wrapped.buildProtocol(self.addr)
+        inner = self.factory.wrappedFactory.buildProtocol(self.addr)
         if inner is None:
             self.transport.loseConnection()
             return
@@ -121,10 +121,12 @@ class SniffingProtocol(protocol.Protocol):
             self.answered = True
             self.transport.loseConnection()
             return
-        self._answer(reply)
+        self._answer(reply, b"")
 
-    def _answer(self, reply: bytes) -> None:
+    def _answer(self, reply: bytes, first: bytes) -> None:
         self.answered = True
+        for observer in self.factory.observers:
+            observer(first)
         peer = self.transport.getPeer()
         _log.info("{label}: {peer} spoke the wrong protocol for this port; told it "
                   "where to go", label=self.factory.label,
@@ -169,25 +171,30 @@ class SniffingFactory(protocol.Factory):
         silence: float = FTPS_SILENCE,
         label: str = "listener",
     ) -> None:
-        self.wrapped = wrapped
+        #: Named as in Twisted's wrapping factories, so code that walks a
+        #: listener's factories (quiet logs, metrics) finds the one inside.
+        self.wrappedFactory = wrapped
         self.expect_tls = expect_tls
         self.on_wrong = on_wrong
         self.on_silence = on_silence
         self.silence = silence
         self.clock = clock
         self.label = label
+        #: Called with the client's first bytes (empty after silence) each
+        #: time a client is told it is on the wrong port (the metrics).
+        self.observers: list[Callable[[bytes], None]] = []
 
     def buildProtocol(self, addr: Any) -> SniffingProtocol:
         return SniffingProtocol(self, addr)
 
     def doStart(self) -> None:
-        self.wrapped.doStart()
+        self.wrappedFactory.doStart()
 
     def doStop(self) -> None:
-        self.wrapped.doStop()
+        self.wrappedFactory.doStop()
 
     def __repr__(self) -> str:
-        return f"<SniffingFactory {self.label} around {self.wrapped!r}>"
+        return f"<SniffingFactory {self.label} around {self.wrappedFactory!r}>"
 
 
 # -- the answers ------------------------------------------------------------

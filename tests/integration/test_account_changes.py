@@ -148,11 +148,11 @@ def test_new_password_ends_the_accounts_other_sessions(server: ServerProcess,
     victim, other = make_user("passwd"), make_user("bystander")
     with session(server, victim) as first, session(server, victim) as second, \
             session(server, other) as calm:
-        server.cli("user", "passwd", victim.name, "--password-stdin", input="fresh-pw-1\n")
+        server.cli("user", "passwd", victim.name, "--password-stdin", input="Fresh-passw0rd-after-reset\n")
         for ftp in (first, second):
             assert "the password of this account was changed" in expect_421(ftp, "NOOP")
         assert calm.voidcmd("NOOP").startswith("200")
-        with session(server, victim, password="fresh-pw-1") as again:
+        with session(server, victim, password="Fresh-passw0rd-after-reset") as again:
             time.sleep(1.5)  # a timer read passes: the new session is not ended
             assert again.voidcmd("NOOP").startswith("200")
     assert [e["reason"] for e in ended(server, victim.name)] == ["password", "password"]
