@@ -55,14 +55,24 @@ def test_credentials_on_the_plain_port_are_an_offence_and_end_in_a_ban(tmp_path:
         assert response.status == 403
     assert server.guard.is_banned(FLOODER) is not None
     assert server.audit.named("guard.ban")[0]["reason"] == "cleartext_login"
-    # Banned: no more password checks for this address.
+    # Banned: no more password checks for this address, one quiet audit
+    # record, and the connection closes after the answer.
     checked = len(server.checker.checked)
     for i in range(50):
         assert OpenRequest(plain, b"GET", b"/", peer=FLOODER,
                            headers=basic("alice", f"more{i}")).response().status == 403
     assert len(server.checker.checked) == checked == 4  # the fifth banned
     outcomes = [e["outcome"] for e in server.audit.named("http.cleartext_password")]
-    assert outcomes.count("not-checked-banned") == 51
+    assert outcomes.count("not-checked-banned") == 1
+    assert len(server.audit.named("web.cleartext_credentials")) == 5
+    assert len(server.audit.named("guard.refused")) == 1
+    pipelined = OpenRequest(plain, b"GET", b"/", peer=FLOODER, headers={
+        **basic("alice", "x"), b"connection": b"keep-alive"})
+    pipelined.protocol.dataReceived(b"".join(
+        b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Basic eDp5\r\n\r\n"
+        for _ in range(10)))
+    assert pipelined.transport.value().count(b"HTTP/1.1 403") == 1
+    assert pipelined.transport.disconnecting
     # Another address is checked and quarantined as before.
     OpenRequest(plain, b"GET", b"/", peer=VICTIM, headers=basic("alice", "s3cret"))
     assert server.store.get("alice").locked

@@ -204,6 +204,15 @@ def _explanation(origin: bytes) -> bytes:
     )
 
 
+def _close_after(request: IRequest) -> None:
+    """
+    Close the connection once this response is sent; requests pipelined
+    behind it are dropped unread.
+    """
+    request.setHeader(b"connection", b"close")
+    request.channel.persistent = False
+
+
 class RedirectToHTTPS(resource.Resource):
     """
     Answers every request with a redirect to the same path on HTTPS.
@@ -259,21 +268,26 @@ class RedirectToHTTPS(resource.Resource):
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         if self._server is None:
             return _explanation(self._origin)
+        guard = getattr(self._server, "guard", None)
+        if guard is not None and guard.check(client, "http") is not None:
+            # Banned: one quiet audit record a minute (guard.refused), no
+            # check, and the connection closes after this answer, dropping
+            # whatever else was pipelined on it.
+            _close_after(request)
+            return _explanation(self._origin)
         self._server.audit.record(
             "web.cleartext_credentials", client=client, kind=kind, account=user,
             method=_text(request.method), path=_text(request.path)[:200],
         )
-        guard = getattr(self._server, "guard", None)
-        banned = None
-        if guard is not None:
-            guard.offence(client, "cleartext_login", protocol="http", account=user)
-            banned = guard.is_banned(client)
-        if password is None or self._server.exposure is None:
+        if guard is not None and guard.offence(client, "cleartext_login", protocol="http",
+                                               account=user) is not None:
+            _close_after(request)
+            if password is not None:
+                self._server.audit.record(
+                    "http.cleartext_password", client=client, account=user,
+                    software=software, protocol="http", outcome="not-checked-banned")
             return _explanation(self._origin)
-        if banned is not None:
-            self._server.audit.record(
-                "http.cleartext_password", client=client, account=user,
-                software=software, protocol="http", outcome="not-checked-banned")
+        if password is None or self._server.exposure is None:
             return _explanation(self._origin)
         checked = self._server.exposure.check(protocol="http", client=client, user=user,
                                               password=password, software=software)
