@@ -98,10 +98,10 @@ class OwnServer:
     A server of our own on free loopback ports, with the accounts we need.
     """
 
-    def __init__(self, work: Path, ban: bool) -> None:
+    def __init__(self, work: Path, ban: bool, repo: Path = REPO) -> None:
         self.work = work
         data = work / "data"
-        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=str(repo), PYTHONUNBUFFERED="1")
         cli = [sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(data)]
         for name, password in ((USER, PASSWORD), (VICTIM, "victim-Passw0rd-not-secret")):
             subprocess.run([*cli, "user", "add", name, "--password-stdin"],
@@ -218,7 +218,7 @@ def _pipelined_flood(target: Target, stop: threading.Event, stats: dict[str, Any
     Connections from L{ATTACKER} to the plain HTTP port, each pipelining
     C{batch} requests and reading every answer, until C{stop}.
     """
-    sent = answered = forbidden = 0
+    connections = answered = forbidden = 0
     n = 0
     while not stop.is_set():
         try:
@@ -226,8 +226,8 @@ def _pipelined_flood(target: Target, stop: threading.Event, stats: dict[str, Any
                                           source_address=(ATTACKER, 0)) as conn:
                 payload = b"".join(make_request(n + i) for i in range(batch))
                 n += batch
+                connections += 1
                 conn.sendall(payload)
-                sent += batch
                 seen = b""
                 conn.settimeout(1.0)
                 while not stop.is_set() and seen.count(b"HTTP/1.1 ") < batch:
@@ -242,7 +242,8 @@ def _pipelined_flood(target: Target, stop: threading.Event, stats: dict[str, Any
                 forbidden += seen.count(b"HTTP/1.1 403")
         except OSError:
             time.sleep(0.05)
-    stats["note"] = f"{sent} sent, {answered} answered ({forbidden} x 403)"
+    stats["note"] = (f"{connections} connections x {batch} pipelined: "
+                     f"{answered} answered ({forbidden} x 403)")
 
 
 def attack_1_cleartext_basic(target: Target, stop: threading.Event,
@@ -338,6 +339,8 @@ def main() -> int:
                         "(then give --ports, --pid, --user, --password)")
     parser.add_argument("--ports", help="ftp,ftps,http,https port numbers")
     parser.add_argument("--pid", type=int, help="the running server's process id")
+    parser.add_argument("--server-repo", type=Path, default=REPO,
+                        help="run the server from this checkout (to compare versions)")
     parser.add_argument("--user", default=USER)
     parser.add_argument("--password", default=PASSWORD)
     args = parser.parse_args()
@@ -349,12 +352,13 @@ def main() -> int:
             ports = dict(zip(LISTENERS, (int(p) for p in (args.ports or "").split(","))))
             target = Target(args.target, ports, args.pid, args.user, args.password)
         else:
-            server = OwnServer(work, ban=args.ban == "on")
+            server = OwnServer(work, ban=args.ban == "on", repo=args.server_repo)
             target = server.target()
         rows = [run_row(target, label, attack, args.seconds, args.honest)
                 for _, label, attack in chosen]
+        load = "/".join(f"{x:.1f}" for x in os.getloadavg())
         print(f"# {args.honest} honest FTPS clients, {args.seconds:.0f} s per phase, "
-              f"ban {args.ban}; peak RSS sampled every 50 ms")
+              f"ban {args.ban}; peak RSS sampled every 50 ms; load average {load}")
         print_table(rows)
         if target.pid is not None:
             print(f"# server VmHWM (life-time peak): {rss_kib(target.pid, 'VmHWM') / 1024:.0f} MiB")
