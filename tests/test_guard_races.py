@@ -203,3 +203,18 @@ def test_web_login_waits_for_the_exposure_check_and_403_follows_it(tmp_path: Pat
     assert server.store.get("alice").locked
     assert not [e for e in server.audit.named("web.login")
                 if e["account"] == "alice" and e["outcome"] == "ok"]
+
+
+def test_a_checker_error_frees_the_verification_slot(tmp_path: Path) -> None:
+    server, reactor = guarded(tmp_path, threshold=THRESHOLD, max_verifying_per_ip=1)
+    checker = hold_logins(server)
+    proto, transport, _ = connect(server, implicit=True, reactor=reactor, peer=GUESSER)
+    send(proto, transport, "USER alice", "PASS right")
+    _, d = checker.held.pop(0)
+    d.errback(RuntimeError("the database is gone"))
+    reactor.advance(0)
+    assert transport.lines()[-1].startswith("451 ")
+    assert server.guard.verifying(GUESSER) == 0
+    send(proto, transport, "USER alice", "PASS right")
+    checker.release(0)
+    assert transport.lines()[-1].startswith("230 ")

@@ -574,7 +574,11 @@ class ControlProtocol(FileCommands, ftp.FTP):
                 reason = getattr(failure.value, "reason", None) or "locked"
                 self._audit("ftp.login", account=name, outcome="locked")
                 return self._locked_reply(reason)
-            failure.trap(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials)
+            if not failure.check(cred_error.UnauthorizedLogin,
+                                 cred_error.UnhandledCredentials):
+                if attempt is not None:
+                    attempt.abandoned()  # no verdict on the password
+                return failure
             self._audit("ftp.login", account=name, outcome="failed")
             ban = attempt.failed() if attempt is not None else None
             return self._login_failed(ban)
