@@ -339,22 +339,12 @@ class Guard:
 
         @returns: the new ban if this offence caused one, else L{None}.
         """
-        return self._score(host, kind, protocol, account)[1]
-
-    def _score(
-        self, host: str, kind: str, protocol: str, account: str | None
-    ) -> tuple[_Mark | None, Ban | None]:
-        """
-        Count offence C{kind}: its mark in the score (L{None} when it was not
-        counted) and the ban it caused.
-        """
         address = normalise_address(host)
         weight = self._weight(address, kind)
         if weight <= 0 or self.is_banned(address) is not None:
-            return None, None
-        mark = _Mark(self._clock.seconds(), weight)
-        self._events(address).append(mark)
-        return mark, self._ban_if_over(address, kind, protocol, account)
+            return None
+        self._events(address).append(_Mark(self._clock.seconds(), weight))
+        return self._ban_if_over(address, kind, protocol, account)
 
     def _weight(self, address: str, kind: str) -> int:
         """

@@ -525,15 +525,14 @@ class ControlProtocol(FileCommands, ftp.FTP):
         self.state = self.UNAUTH
         if self.guard is None:
             return self._verify(name, password, None)
-        # Counted as a failed attempt now, and verified only when this
-        # address has a verification slot (see rumpus_secure.guard).
+        # Verified only when this address has a verification slot, and
+        # counted as a failed attempt from then on (see rumpus_secure.guard).
         starting = self.guard.begin_login(self.client_host, self._protocol_name, name)
         return starting.addCallback(self._attempt_started, name, password)
 
     def _attempt_started(self, attempt: Any, name: str, password: str) -> Any:
         if isinstance(attempt, Ban):
-            # Banned before, by this very attempt, or while it waited: the
-            # password is not checked.
+            # Banned before or while it waited: the password is not checked.
             self._turn_away(attempt)
             return None
         if self._closing:
@@ -640,7 +639,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
         """
         Answer a failed login after the delay (421 and close if banned).
 
-        The failure was counted when the attempt began.  The command loop
+        The failure was counted when its verification began.  The command loop
         waits for the reply, so pipelined guesses on this connection wait
         too; other connections are not held up.
         """

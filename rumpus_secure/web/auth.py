@@ -105,9 +105,8 @@ class LoginResource(resource.Resource):
         client = client_ip(request)
         attempt = None
         if guard is not None:
-            # Counted as a failed attempt from the start of its
-            # verification, and verified only when this address has a slot
-            # (see rumpus_secure.guard).
+            # Verified only when this address has a verification slot, and
+            # counted as a failed attempt from then on (rumpus_secure.guard).
             started = await guard.begin_login(client, "web", name)
             if isinstance(started, Ban):
                 send(request, 403, login_form(next_path, guard.message(started)))
