@@ -218,3 +218,20 @@ def test_a_checker_error_frees_the_verification_slot(tmp_path: Path) -> None:
     send(proto, transport, "USER alice", "PASS right")
     checker.release(0)
     assert transport.lines()[-1].startswith("230 ")
+
+
+def test_a_web_login_whose_browser_left_while_waiting_is_not_verified(tmp_path: Path) -> None:
+    server = make_web_server(tmp_path)
+    server.store.add("alice", "right")
+    server.guard = Guard(GuardSettings(threshold=THRESHOLD, login_failure_delay=0.0,
+                                       max_verifying_per_ip=1), server.reactor)
+    checker = hold_logins(server)
+    site = build_https_site(server, server.reactor)
+    body, headers = login_form("alice", "wrong")
+    OpenRequest(site, b"POST", b"/login", peer=GUESSER, body=body, headers=headers)
+    gone = OpenRequest(site, b"POST", b"/login", peer=GUESSER, body=body, headers=headers)
+    assert server.guard.waiting(GUESSER) == 1
+    gone.protocol.connectionLost(None)
+    checker.release(0)
+    assert checker.held == [] and checker.verified == 1
+    assert server.guard.verifying(GUESSER) == 0

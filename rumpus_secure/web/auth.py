@@ -112,6 +112,9 @@ class LoginResource(resource.Resource):
                 send(request, 403, login_form(next_path, guard.message(started)))
                 return
             attempt = started
+            if getattr(request, "_disconnected", False):
+                attempt.abandoned()  # the browser left while it waited
+                return
         exposure = getattr(self.app.server, "exposure", None)
         watch = exposure.watch(name) if exposure is not None else None
         credentials = UsernamePassword(name.encode("utf-8", "surrogateescape"),
