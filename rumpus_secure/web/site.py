@@ -180,7 +180,7 @@ class GuardedChannel(HTTPChannel):
             b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 10\r\n"
             b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body.encode("ascii")))
-        self.transport.loseConnection()
+        self.loseConnection()  # unregisters the channel as producer first
 
     def dataReceived(self, data: bytes) -> None:
         if not self._refused:

@@ -186,3 +186,27 @@ def test_check_says_when_its_address_is_banned(tmp_path: Path) -> None:
                     if row.startswith("FTP: login without TLS refused"))
         assert "FAIL" in line and "turned this address away" in line
         assert "implicit-only" not in line
+
+
+def test_https_connections_are_limited_per_address(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, max_connections_per_ip="2")
+    with server:
+        held = []
+        try:
+            for _ in range(2):
+                raw = socket.create_connection(("127.0.0.1", server.https_port), 10,
+                                               source_address=("127.0.0.23", 0))
+                held.append(client_context().wrap_socket(raw))
+            raw = socket.create_connection(("127.0.0.1", server.https_port), 10,
+                                           source_address=("127.0.0.23", 0))
+            with client_context().wrap_socket(raw) as third:
+                answer = third.makefile("rb").read()
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"limit 2" in answer
+            assert https_login(server.https_port, "nobody", "x", "127.0.0.24") == 401
+        finally:
+            for sock in held:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while https_login(server.https_port, "nobody", "x", "127.0.0.23") != 401:
+            assert time.monotonic() < deadline, "closed connections still counted"
+            time.sleep(0.2)
