@@ -76,7 +76,7 @@ class _Job:
                  protocol: str, software: str | None) -> None:
         self.key = key
         self.name = name
-        self.password = password  # dropped once the check has run
+        self.password = password  # dropped when its check starts
         self.client = client
         self.protocol = protocol
         self.software = software
