@@ -19,6 +19,15 @@ quarantine an account, and a made-up one would count as a failed login.  The
 probe announces itself with ``CLNT rumpus-secure-check`` so that the audit
 report can leave it out.
 
+The check costs the guard nothing, so it can run as often as wanted (from
+cron, say) without banning the administrator: that cleartext ``USER`` of
+the probe account is not scored (a ``PASS`` after it would be), and TLS
+handshake failures from a loopback address (the old-TLS and ALPN probes)
+are not offences (see L{rumpus_secure.guard}).  Run from another host with
+``--host``, the handshake probes do count against that host's address.  An
+address the guard turns away (``421 Too many ...``) is reported as such,
+never mistaken for the implicit-only mode.
+
 Blocking sockets, no reactor: every probe has its own deadline
 (L{PROBE_TIMEOUT}).
 """
@@ -370,6 +379,7 @@ class SelfCheck:
             with _Connection(target, self.timeout) as conn:
                 code, text = conn.ftp_reply()
                 if code == 421:
+                    _not_turned_away(text, target)
                     return Status.PASS, f"plain port closes at once (implicit-only): {text}"
                 if code != 220:
                     return Status.FAIL, f"unexpected greeting: {text}"
@@ -398,6 +408,7 @@ class SelfCheck:
         try:
             code, text = conn.ftp_reply()
             if code == 421:
+                _not_turned_away(text, target)
                 raise _Skip("implicit-only: the plain port offers no AUTH TLS")
             if code != 220:
                 raise ProbeError(f"unexpected greeting: {text}")
@@ -591,6 +602,19 @@ class SelfCheck:
         else:
             status, detail = Status.PASS, f"{left.days} days left (until {until})"
         self._add("Certificate: expiry", status, f"{detail}; SHA-256 {fingerprint}")
+
+
+def _not_turned_away(text: str, target: Target) -> None:
+    """
+    Raise L{ProbeError} if a 421 greeting is the guard's (a ban or a
+    connection limit), not the implicit-only policy: the probe then says
+    nothing about the server's mode.
+    """
+    if "Too many" in text:
+        raise ProbeError(
+            f"{_where(target)} turned this address away ({text}); nothing about the "
+            "server's mode can be checked from here (see: rumpus-secure ban list)"
+        )
 
 
 class _Skip(Exception):

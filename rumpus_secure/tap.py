@@ -578,7 +578,7 @@ def build_server(config: ServerConfig, reactor: Any, dropping_to: Any = None) ->
     from rumpus_secure.accounts.checker import ArgonChecker, verify_thread_pool
     from rumpus_secure.accounts.store import AccountError, SQLiteAccountStore
     from rumpus_secure.audit import JSONLinesAuditLog
-    from rumpus_secure.exposure import ExposureGuard
+    from rumpus_secure.exposure import build_exposure_guard
     from rumpus_secure.ftp.realm import FTPRealm
     from rumpus_secure.tls import TLSConfigError, TLSContextSource, ensure_certificate
 
@@ -626,7 +626,7 @@ def build_server(config: ServerConfig, reactor: Any, dropping_to: Any = None) ->
     portal = Portal(FTPRealm(store), [checker])
     server = Server(config=config, store=store, checker=checker, portal=portal,
                     tls=tls, audit=audit, reactor=reactor)
-    server.exposure = ExposureGuard(server, reactor)
+    server.exposure = build_exposure_guard(server, reactor)
     server.guard = build_guard(server, reactor)
     from rumpus_secure.accounts.watch import build_watcher
 

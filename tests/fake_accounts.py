@@ -73,7 +73,8 @@ class FakeChecker:
             return defer.fail(LockedAccountError(name, account.lock_reason))
         return defer.succeed(name.encode("utf-8"))
 
-    def check_password(self, name: str, password: str) -> defer.Deferred[bool]:
+    def check_password(self, name: str, password: str, threadpool: Any = None,
+                       cache: Any = None) -> defer.Deferred[bool]:
         self.checked.append((name, password))
         account = self.store.get(name)
         return defer.succeed(account is not None and account.password == password)

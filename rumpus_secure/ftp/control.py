@@ -31,12 +31,14 @@ from twisted.protocols import ftp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from rumpus_secure.accounts.bans import Ban
+from rumpus_secure.accounts.checker import LockedAccountError
 from rumpus_secure.ftp import data as data_channel
 from rumpus_secure.ftp.account_state import AccountBoundSession
 from rumpus_secure.ftp.files import FileCommands
 from rumpus_secure.ftp.passive import PortPool
 from rumpus_secure.ftp.transfer import TransferEngine
-from rumpus_secure.guard import FTP_OFFENCES, normalise_address
+from rumpus_secure.guard import FTP_OFFENCES, LoginAttempt, normalise_address
 from rumpus_secure.handshake import watch_handshake
 from rumpus_secure.long_work import LongWork
 from rumpus_secure.ftp.policy import (
@@ -46,6 +48,7 @@ from rumpus_secure.ftp.policy import (
     split_command,
 )
 from rumpus_secure.ftp.shell import IFileShell
+from rumpus_secure.report import PROBE_ACCOUNT
 
 _log = Logger()
 
@@ -113,7 +116,11 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
     def client_host(self) -> str:
         return _peer_host(self.transport)
 
-    def _audit(self, event: str, **fields: Any) -> None:
+    def _audit(self, event: str, *, scored: bool = True, **fields: Any) -> None:
+        """
+        Record C{event}; an offence (L{FTP_OFFENCES}) also goes to the guard
+        unless C{scored} is false.
+        """
         self.audit.record(
             event,
             client=self.client_host,
@@ -123,7 +130,7 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
             **fields,
         )
         kind = FTP_OFFENCES.get(event)
-        if kind is not None and self.guard is not None:
+        if kind is not None and self.guard is not None and scored:
             self.guard.offence(self.client_host, kind, protocol=self._protocol_name,
                                account=fields.get("account"))
 
@@ -548,63 +555,110 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
             return "503 Send USER first."
         name, self._user = self._user, None
         self.state = self.UNAUTH
-        if self._banned_meanwhile():
+        if self.guard is None:
+            return self._verify(name, password, None)
+        # Verified only when this address has a verification slot, and
+        # counted as a failed attempt from then on (see rumpus_secure.guard).
+        starting = self.guard.begin_login(self.client_host, self._protocol_name, name)
+        return starting.addCallback(self._attempt_started, name, password)
+
+    def _attempt_started(self, attempt: Any, name: str, password: str) -> Any:
+        if isinstance(attempt, Ban):
+            # Banned before or while it waited: the password is not checked.
+            self._turn_away(attempt)
             return None
+        if self._closing:
+            attempt.abandoned()
+            return None
+        return self._verify(name, password, attempt)
+
+    def _verify(self, name: str, password: str, attempt: LoginAttempt | None) -> Any:
+        """
+        Check the password; answer 230, 530 (after the failure delay) or 421.
+        """
+        exposure = getattr(self.session_factory.shared, "exposure", None)
+        watch = exposure.watch(name) if exposure is not None else None
         creds = UsernamePassword(name.encode("utf-8", "surrogateescape"),
                                  password.encode("utf-8", "surrogateescape"))
         # The mind is the server: the realm does its disk work in its threads.
         d = self.session_factory.portal.login(creds, self.session_factory.shared.server,
                                               IFileShell)
 
-        def logged_in(result: Any) -> str | None:
-            interface, avatar, logout = result
-            if self.guard is not None:
-                if not self.guard.session_started(name):
-                    logout()
-                    self._audit("ftp.login", account=name, outcome="too-many-sessions")
-                    limit = self.guard.settings.max_sessions_per_account
-                    self.sendLine(f"421 Too many sessions for this account "
-                                  f"(limit {limit}); try again later.")
-                    self.close()
-                    return None
-                self._session_account = name
-            self.shell = avatar
-            self.logout = logout
-            self.account = name
-            self.workingDirectory = []
-            self.state = self.AUTHED
-            self._bind_account(name)
-            self._audit("ftp.login", account=name, outcome="ok")
-            return f"230 Welcome, {name[:64]}: logged in."
+        def logged_in(result: Any) -> Any:
+            ban = attempt.succeeded() if attempt is not None else None
+            if watch is None:
+                return self._accept(name, result, ban, None)
+            # A check of a password this account sent in cleartext may be
+            # pending: its outcome decides (rumpus_secure.exposure).
+            outcome = defer.Deferred.fromCoroutine(watch.outcome())
+            return outcome.addCallback(lambda reason: self._accept(name, result, ban, reason))
 
         def refused(failure: Failure) -> Any:
-            from rumpus_secure.accounts.checker import LockedAccountError
-
+            if watch is not None:
+                watch.close()
             if failure.check(LockedAccountError):
+                # The password was right: not a failed guess.
+                ban = attempt.succeeded() if attempt is not None else None
+                if ban is not None:
+                    self._turn_away(ban)
+                    return None
                 reason = getattr(failure.value, "reason", None) or "locked"
                 self._audit("ftp.login", account=name, outcome="locked")
-                return (f"530 Login refused: this account is locked ({reason}). "
-                        "Ask your administrator to unlock it or reset the password.")
-            failure.trap(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials)
+                return self._locked_reply(reason)
+            if not failure.check(cred_error.UnauthorizedLogin,
+                                 cred_error.UnhandledCredentials):
+                if attempt is not None:
+                    attempt.abandoned()  # no verdict on the password
+                return failure
             self._audit("ftp.login", account=name, outcome="failed")
-            return self._login_failed(name)
+            ban = attempt.failed() if attempt is not None else None
+            return self._login_failed(ban)
 
         return d.addCallbacks(logged_in, refused)
 
-    def _banned_meanwhile(self) -> bool:
+    @staticmethod
+    def _locked_reply(reason: str) -> str:
+        return (f"530 Login refused: this account is locked ({reason}). "
+                "Ask your administrator to unlock it or reset the password.")
+
+    def _accept(self, name: str, result: Any, ban: Any, locked: str | None) -> Any:
         """
-        Refuse the login (421 and close) if this address was banned while
-        the connection was open: otherwise a guesser holding several
-        connections would keep guessing on the others, and could even log
-        in with a lucky guess, through the ban.  The password is not checked.
+        The password was right: log in, unless the address was banned or the
+        account quarantined while it was being checked.
         """
-        if self.guard is None:
-            return False
-        ban = self.guard.check(self.client_host, self._protocol_name)
-        if ban is None:
-            return False
-        self._turn_away(ban)
-        return True
+        interface, avatar, logout = result
+        if ban is None and self.guard is not None and locked is not None:
+            ban = self.guard.check(self.client_host, self._protocol_name)
+        if ban is not None:
+            logout()
+            self._audit("ftp.login", account=name, outcome="banned-meanwhile")
+            self._turn_away(ban)
+            return None
+        if locked is not None:
+            logout()
+            self._audit("ftp.login", account=name, outcome="locked")
+            return self._locked_reply(locked)
+        if self._closing:
+            logout()  # the client left while its password was checked
+            return None
+        if self.guard is not None:
+            if not self.guard.session_started(name):
+                logout()
+                self._audit("ftp.login", account=name, outcome="too-many-sessions")
+                limit = self.guard.settings.max_sessions_per_account
+                self.sendLine(f"421 Too many sessions for this account "
+                              f"(limit {limit}); try again later.")
+                self.close()
+                return None
+            self._session_account = name
+        self.shell = avatar
+        self.logout = logout
+        self.account = name
+        self.workingDirectory = []
+        self.state = self.AUTHED
+        self._bind_account(name)
+        self._audit("ftp.login", account=name, outcome="ok")
+        return f"230 Welcome, {name[:64]}: logged in."
 
     def _turn_away(self, ban: Any) -> None:
         """
@@ -614,24 +668,19 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self.sendLine("421 " + self.guard.message(ban))
         self.close()
 
-    def _login_failed(self, name: str) -> Any:
+    def _login_failed(self, ban: Any) -> Any:
         """
-        Score the failure and answer after the delay (421 and close if banned).
+        Answer a failed login after the delay (421 and close if banned).
 
-        The command loop waits for the reply, so pipelined guesses on this
-        connection wait too; other connections are not held up.
+        The failure was counted when its verification began.  The command loop
+        waits for the reply, so pipelined guesses on this connection wait
+        too; other connections are not held up.
         """
         guard = self.guard
         if guard is None:
             return "530 Login incorrect."
-        # A ban this failure caused, or one that another connection from
-        # the same address caused while the password was being checked.
-        ban = (guard.offence(self.client_host, "login_failed",
-                             protocol=self._protocol_name, account=name)
-               or guard.is_banned(self.client_host))
         if ban is None:
             return guard.delayed("530 Login incorrect.")
-
         return guard.delayed(None).addCallback(lambda ignored: self._turn_away(ban))
 
     def _end_session(self) -> None:
@@ -680,10 +729,13 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         Refuse a login sent without TLS, then watch for a PASS sent anyway.
         """
         user = (argument or "").strip() if verb == "USER" else None
+        # The self-check's probe (rumpus-secure check) carries no password:
+        # it costs nothing unless a PASS follows it.
+        probe = user == PROBE_ACCOUNT
         self._audit("ftp.cleartext_user", account=user, command=verb,
-                    outcome="refused")
+                    outcome="refused", scored=not probe)
         self.sendLine(self.policy.refusal(Verdict.CLEARTEXT_LOGIN, verb))
-        self._watch = _CleartextWatch(self, user)
+        self._watch = _CleartextWatch(self, user, unscored=probe)
         if verb == "PASS":
             self._watch.line(f"PASS {argument or ''}")
         # What is still queued came in the clear behind the USER: watch it too.
@@ -795,17 +847,35 @@ class _CleartextWatch:
     The connection stays open for the grace period so that a client which
     pipelined ``USER``/``PASS`` (or sends PASS without reading our reply) has
     its password read by us rather than left in a socket buffer; we need it
-    to tell whether the real password was exposed.  Whatever happens, the
-    reply never says whether the user exists or the password was right.
+    to tell whether the real password was exposed.  The PASS is answered
+    (``530``) and the connection closed only once that check is done, so
+    nothing tells the client "refused" while its password still logs in
+    (see L{rumpus_secure.exposure}).  Whatever happens, the reply never says
+    whether the user exists or the password was right.
+
+    @param unscored: the USER was the self-check's probe and was not scored
+        as an offence; a PASS or another USER after it is.
     """
 
-    def __init__(self, control: ControlProtocol, user: str | None) -> None:
+    def __init__(self, control: ControlProtocol, user: str | None,
+                 unscored: bool = False) -> None:
         self._control = control
         self._user = user
+        self._unscored = unscored
         self._done = False
         self._timer = control.reactor.callLater(
             control.config.cleartext_grace, self._expire
         )
+
+    def _score(self) -> None:
+        """
+        Count the cleartext login the probe's USER did not count.
+        """
+        control = self._control
+        if self._unscored and control.guard is not None:
+            self._unscored = False
+            control.guard.offence(control.client_host, "cleartext_login",
+                                  protocol=control._protocol_name, account=self._user)
 
     def line(self, text: str) -> None:
         if self._done:
@@ -813,6 +883,8 @@ class _CleartextWatch:
         verb, argument = split_command(text)
         if verb == "USER" and argument:
             self._user = argument.strip()
+            if self._user != PROBE_ACCOUNT:
+                self._score()
             self._control.sendLine(
                 self._control.policy.refusal(Verdict.CLEARTEXT_LOGIN, verb))
             return
@@ -821,32 +893,44 @@ class _CleartextWatch:
             self._control.sendLine(
                 self._control.policy.refusal(Verdict.NEEDS_TLS, verb[:16] or "command"))
             return
-        self._control.sendLine(
-            self._control.policy.refusal(Verdict.CLEARTEXT_LOGIN, "PASS"))
-        self._finish()
+        self._score()
+        self._stop_timer()
+        self._done = True
         control = self._control
-        control.session_factory.shared.exposure.check(
-            protocol="ftp", client=control.client_host, user=self._user,
-            password=argument or "", software=control.client_software,
-        )
+        guard = control.guard
+        ban = guard.is_banned(control.client_host) if guard is not None else None
+        if ban is not None:
+            # A banned address costs no more password checks.
+            control.audit.record("ftp.cleartext_password", client=control.client_host,
+                                 account=self._user, software=control.client_software,
+                                 protocol="ftp", outcome="not-checked-banned")
+            checked: defer.Deferred[Any] = defer.succeed(False)
+        else:
+            checked = control.session_factory.shared.exposure.check(
+                protocol="ftp", client=control.client_host, user=self._user,
+                password=argument or "", software=control.client_software,
+            )
+        checked.addBoth(self._answer)
+
+    def _answer(self, ignored: Any) -> None:
+        control = self._control
+        control.sendLine(control.policy.refusal(Verdict.CLEARTEXT_LOGIN, "PASS"))
+        control.close()
 
     def _expire(self) -> None:
         self._timer = None
         if not self._done:
-            self._finish()
+            self._done = True
+            self._control.close()
 
-    def _finish(self) -> None:
-        self._done = True
+    def _stop_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        self._control.close()
 
     def connection_lost(self) -> None:
         self._done = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._stop_timer()
 
 
 class ControlFactory(protocol.ServerFactory):

@@ -285,13 +285,64 @@ def account_log_formatter(timestamp: str, request: Any) -> str:
 UNLOGGED_PREFIXES = (b"/static/",)
 
 
+class GuardedChannel(LimitedChannel):
+    """
+    An HTTP(S) connection (with L{LimitedChannel}'s header limits) counted
+    against the guard's connection limits,
+    per address and in total, as FTP control connections are (the same
+    counters: an address's FTP and web connections add up).  One over the
+    limit gets ``503`` and is closed before it is read.
+
+    The address is read in C{connectionMade}, which runs after a PROXY
+    header (C{haproxy:} endpoints) has been parsed.
+    """
+
+    _counted_host: str | None = None
+    _refused = False
+
+    def _guard(self) -> Any:
+        app = getattr(self.site, "app", None)
+        return getattr(getattr(app, "server", None), "guard", None)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        guard = self._guard()
+        if guard is None:
+            return
+        host = str(getattr(self.transport.getPeer(), "host", "?"))
+        over = guard.connection_opened(host, "https")
+        if over is None:
+            self._counted_host = host
+            return
+        where = "from your address" if over.scope == "address" else "to this server"
+        body = f"Too many connections {where} (limit {over.limit}); try again later.\n"
+        self._refused = True
+        self.transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 10\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body.encode("ascii")))
+        self.loseConnection()  # unregisters the channel as producer first
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().dataReceived(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self._counted_host is not None:
+            guard = self._guard()
+            if guard is not None:
+                guard.connection_closed(self._counted_host)
+            self._counted_host = None
+        super().connectionLost(reason)
+
+
 class SecureSite(server.Site):
     """
     A site whose every response carries the security headers.
     """
 
     requestFactory = SecureRequest
-    protocol = LimitedChannel
+    protocol = GuardedChannel
     displayTracebacks = False
     noisy = False
 
