@@ -158,7 +158,7 @@ def row(vpath: str, entry: Entry, perms: frozenset[str]) -> str:
             preview = " data-pv=img"
         elif icon in ("txt", "code"):
             preview = " data-pv=txt"
-    more = ("<button type=button class=more aria-label='Actions' hidden>\u22ef</button>"
+    more = ("<button type=button class=more aria-label='Actions' aria-expanded=false>\u22ef</button>"
             if actions else "")
     return (
         f"<tr data-kind={entry.kind}{preview}><td class=pick>{pick}</td>"
