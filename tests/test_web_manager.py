@@ -261,3 +261,28 @@ def test_logout_says_so(web):
     assert response.status == 303
     page = web.get(response.header(b"location")).body
     assert b"You are logged out." in page
+
+
+# -- ZIP download: refused before the first byte -------------------------------
+
+def test_zip_refusals_show_on_the_folder(server, web):
+    account = server.store.add("lister", "pw", frozenset({"list"}))
+    (account.home / "f").write_bytes(b"x")
+    login(web, "lister", "pw")
+    response = web.get(b"/zip?dir=%2F&name=f")
+    assert response.status == 303
+    assert b"may not download" in web.get(b"/files/").body
+    for query in (b"dir=%2F&name=..", b"dir=%2F&name=a%2Fb", b"dir=%2F"):
+        response = web.get(b"/zip?" + query, headers=JSON)
+        assert response.status == 400, query
+
+
+def test_zip_missing_name_and_limit_per_account(server, web, site):
+    (server.store.get("alice").home / "f").write_bytes(b"x")
+    login(web)
+    response = web.get(b"/zip?dir=%2F&name=missing", headers=JSON)
+    assert response.status == 404
+    zips = site.resource.children[b"zip"]
+    zips.running["alice"] = 2
+    response = web.get(b"/zip?dir=%2F&name=f", headers=JSON)
+    assert response.status == 503 and b"Too many ZIP downloads" in response.body

@@ -22,7 +22,14 @@ from typing import Any
 from twisted.web import resource
 from twisted.web.iweb import IRequest
 
-from rumpus_secure.vfs import AlreadyExists, InvalidPath, VFSError, join_path, split_path
+from rumpus_secure.vfs import (
+    AlreadyExists,
+    InvalidPath,
+    PermissionDenied,
+    VFSError,
+    join_path,
+    split_path,
+)
 from rumpus_secure.web.app import (
     AccountGone,
     PasswordChanged,
@@ -30,15 +37,23 @@ from rumpus_secure.web.app import (
     friendly,
     status_for,
 )
-from rumpus_secure.web.download import send_file
+from rumpus_secure.web.download import content_disposition, send_file
 from rumpus_secure.web.listing import SORT_KEYS, dir_url, files_url, listing_body, parent_of
 from rumpus_secure.web.pages import esc, page, url_arg
 from rumpus_secure.web.respond import error_page, run, see_other, send, send_json
 from rumpus_secure.web.sessions import Session
 from rumpus_secure.web.upload import UploadSink
+from rumpus_secure.web.zipstream import (
+    MAX_PER_ACCOUNT,
+    MAX_TOTAL,
+    ZipProducer,
+    build_zip,
+    zip_name,
+)
 
 __all__ = ["DeleteResource", "FilesResource", "MkdirResource", "RenameResource",
-           "SORT_KEYS", "UploadResource", "arg", "dir_url", "files_url", "parent_of"]
+           "SORT_KEYS", "UploadResource", "ZipResource", "arg", "dir_url", "files_url",
+           "parent_of"]
 
 
 def arg(request: IRequest, name: bytes) -> str | None:
@@ -435,3 +450,67 @@ class DeleteResource(ManagerResource):
         if ok:
             names = ", ".join(split_path(p)[-1] for p in paths)
             answer(request, session, parent, "ok", f"Deleted {names}.")
+
+
+class ZipResource(ManagerResource):
+    """
+    ``GET /zip?dir=<folder>&name=a&name=b``: the selected entries as one
+    ZIP, streamed (see L{rumpus_secure.web.zipstream}).  A GET so that the
+    browser downloads it; it changes nothing, and the session cookie is
+    SameSite=Strict.
+    """
+
+    def __init__(self, app: WebApp) -> None:
+        super().__init__(app)
+        #: ZIP downloads in progress per account
+        self.running: dict[str, int] = {}
+
+    async def get(self, request: IRequest, session: Session) -> None:
+        try:
+            directory, paths = _targets(request)
+        except InvalidPath as e:
+            answer(request, session, arg(request, b"dir") or "/", "error", friendly(e), 400)
+            return
+        names = [split_path(p)[-1] for p in paths]
+        if not names:
+            answer(request, session, directory, "error",
+                   "Select the files and folders to download first.", 400)
+            return
+        running = self.running
+        if (running.get(session.user, 0) >= MAX_PER_ACCOUNT
+                or sum(running.values()) >= MAX_TOTAL):
+            answer(request, session, directory, "error",
+                   "Too many ZIP downloads are running; try again when one has "
+                   "finished.", 503)
+            return
+
+        def check(fs: Any) -> None:
+            # Refuse before the first byte: permissions, and every name there.
+            if "download" not in fs.perms:
+                raise PermissionDenied("download", directory)
+            for path in paths:
+                fs.stat(path)
+
+        ok, _ = await self.fs(request, session, check, back=directory)
+        if not ok:
+            return
+        user, logged_in = session.user, session.created
+        running[user] = running.get(user, 0) + 1
+
+        def done() -> None:
+            running[user] -= 1
+            if running[user] <= 0:
+                del running[user]
+
+        self.app.audit(request, "web.zip", account=user, path=directory, names=names)
+        request.setHeader(b"content-type", b"application/zip")
+        request.setHeader(b"content-disposition",
+                          content_disposition(zip_name(directory, names)))
+        request.setHeader(b"content-security-policy", b"default-src 'none'; sandbox")
+        if request.method == b"HEAD":
+            done()
+            request.write(b"")
+            request.finish()
+            return
+        build = build_zip(lambda: self.app.open_fs(user, logged_in), directory, names)
+        ZipProducer(request, build, self.app.reactor.callFromThread, done=done).start()

@@ -298,3 +298,84 @@ def test_screenshots_and_upload_progress(server, browser, tmp_path):
         "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
     _wait(lambda: queue_done(browser, 1), timeout=60, what="upload done")
     assert (home / "big.bin").read_bytes() == source.read_bytes()
+
+
+@pytest.fixture
+def ftp_server(tmp_path: Path) -> Any:
+    """The web server with explicit FTPS on too, to compare downloads."""
+    from tests.browser.test_web_browser import _free_port
+
+    data = tmp_path / "data"
+    password = "zip test pw 1"
+    subprocess.run(
+        [sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(data),
+         "user", "add", "alice", "--password-stdin"],
+        input=password + "\n", text=True, env=_env(), check=True, capture_output=True)
+    ftp_port, https_port = _free_port(), _free_port()
+    log = tmp_path / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", "rumpus-secure", "--data-dir", str(data),
+             "--ftp", f"tcp:{ftp_port}:interface=127.0.0.1", "--ftps", "none",
+             "--http", "none",
+             "--https", f"tcp:{https_port}:interface=127.0.0.1",
+             "--public-host", "127.0.0.1"],
+            cwd=tmp_path, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        import socket
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", https_port), 0.2).close()
+                socket.create_connection(("127.0.0.1", ftp_port), 0.2).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("server did not start:\n" + log.read_text())
+                time.sleep(0.1)
+        yield {"https": https_port, "ftp": ftp_port, "user": "alice", "password": password,
+               "home": data / "files" / "alice", "data": data}
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_zip_download_matches_ftp(ftp_server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from tests.integration.clients import explicit_ftps, retrieve
+
+    home = ftp_server["home"]
+    (home / "docs" / "deep").mkdir(parents=True)
+    files = {"big.bin": os.urandom(3 * 1024 * 1024 + 17), "docs/a.txt": b"alpha\n",
+             "docs/deep/b.bin": os.urandom(70_000), "left-out.txt": b"not selected"}
+    for rel, data in files.items():
+        (home / rel).write_bytes(data)
+    os.symlink("/etc", home / "docs" / "escape")  # never followed
+    log_in(browser, ftp_server)
+    for name in ("big.bin", "docs"):
+        browser.find_element(By.CSS_SELECTOR, f"td.pick input[value='{name}']").click()
+    browser.find_element(By.CSS_SELECTOR, "button[formaction='/zip']").click()
+    target = browser.downloads / "files.zip"
+    _wait(lambda: target.exists() and not list(browser.downloads.glob("*.crdownload")),
+          timeout=60, what="ZIP download")
+    with zipfile.ZipFile(io.BytesIO(target.read_bytes())) as archive:
+        assert archive.testzip() is None
+        got = {i.filename: archive.read(i) for i in archive.infolist() if not i.is_dir()}
+        dirs = sorted(i.filename for i in archive.infolist() if i.is_dir())
+    assert dirs == ["docs/", "docs/deep/"]
+    assert sorted(got) == ["big.bin", "docs/a.txt", "docs/deep/b.bin"]
+    ftp = explicit_ftps(ftp_server["ftp"])
+    try:
+        ftp.login(ftp_server["user"], ftp_server["password"])
+        ftp.prot_p()
+        for name, data in got.items():
+            assert hashlib.sha256(data).digest() == hashlib.sha256(retrieve(ftp, name)).digest()
+    finally:
+        ftp.close()
