@@ -379,3 +379,88 @@ def test_zip_download_matches_ftp(ftp_server, browser, tmp_path):
             assert hashlib.sha256(data).digest() == hashlib.sha256(retrieve(ftp, name)).digest()
     finally:
         ftp.close()
+
+
+@pytest.fixture
+def nojs_browser(tmp_path: Path) -> Any:
+    """Chromium with JavaScript switched off: the pages must still work."""
+    from tests.browser.test_web_browser import CHROMEDRIVER, CHROMIUM, _missing
+
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        _missing("chromium/chromedriver not installed")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _missing("selenium is not installed")
+    os.environ["SE_OFFLINE"] = "true"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage", "--ignore-certificate-errors",
+                 f"--user-data-dir={tmp_path / 'nojs-profile'}", "--window-size=1100,900"):
+        options.add_argument(flag)
+    options.add_experimental_option("prefs", {
+        "profile.managed_default_content_settings.javascript": 2})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_without_javascript_the_safe_choice_is_the_default(server, nojs_browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser = nojs_browser
+    home = server["home"]
+    (home / "report.txt").write_bytes(b"old")
+    (home / "f3.txt").write_bytes(b"three")
+    origin = f"https://127.0.0.1:{server['https']}"
+    # A wrong password keeps the user name.
+    browser.get(origin + "/login")
+    browser.find_element(By.NAME, "username").send_keys(server["user"])
+    browser.find_element(By.NAME, "password").send_keys("wrong")
+    browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    _wait(lambda: "Wrong user name or password" in browser.page_source, what="refusal")
+    assert browser.find_element(By.NAME, "username").get_attribute("value") == server["user"]
+    browser.find_element(By.NAME, "password").send_keys(server["password"])
+    browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    _wait(lambda: browser.current_url == origin + "/files/", what="file listing")
+    # JavaScript is really off: app.js would have added the new-folder button.
+    assert not browser.find_elements(By.ID, "new-folder")
+    assert browser.find_element(By.ID, "mkdir-form").is_displayed()
+
+    source = tmp_path / "report.txt"
+    source.write_bytes(b"new")
+
+    def upload(choice: str | None) -> None:
+        if choice:
+            Select(browser.find_element(By.NAME, "exists")).select_by_value(choice)
+        browser.find_element(By.CSS_SELECTOR, "#upload-form input[type=file]").send_keys(
+            str(source))
+        browser.find_element(By.CSS_SELECTOR, "#upload-form button[type=submit]").click()
+
+    upload(None)
+    _wait(lambda: "nothing was replaced" in browser.page_source, what="refusal notice")
+    assert browser.current_url == origin + "/files/"
+    assert (home / "report.txt").read_bytes() == b"old"
+    upload("keep")
+    _wait(lambda: "report (1).txt" in browser.page_source, what="kept both")
+    assert (home / "report (1).txt").read_bytes() == b"new"
+
+    # Rename onto a taken name: a confirmation page, then replaced.
+    row = browser.find_element(By.XPATH, "//tr[.//a[text()='f3.txt']]")
+    row.find_element(By.LINK_TEXT, "Rename").click()
+    field = browser.find_element(By.NAME, "name")
+    field.clear()
+    field.send_keys("report.txt")
+    browser.find_element(By.XPATH, "//button[text()='Rename']").click()
+    _wait(lambda: "Replace it?" in browser.page_source, what="confirmation")
+    assert (home / "report.txt").read_bytes() == b"old"
+    browser.find_element(By.CSS_SELECTOR, "button[name=replace]").click()
+    _wait(lambda: browser.current_url == origin + "/files/", what="back to the folder")
+    assert (home / "report.txt").read_bytes() == b"three"
+    assert not (home / "f3.txt").exists()
