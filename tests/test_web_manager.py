@@ -286,3 +286,17 @@ def test_zip_missing_name_and_limit_per_account(server, web, site):
     zips.running["alice"] = 2
     response = web.get(b"/zip?dir=%2F&name=f", headers=JSON)
     assert response.status == 503 and b"Too many ZIP downloads" in response.body
+
+
+def test_rows_link_relative_to_a_folder_url_ending_in_slash(server, web):
+    home = server.store.get("alice").home
+    (home / "sub").mkdir()
+    (home / "sub" / "a b:c.txt").write_bytes(b"x")
+    login(web)
+    response = web.get(b"/files/sub?sort=size")
+    assert response.status == 303
+    assert response.header(b"location") == b"/files/sub/?sort=size"
+    page = web.get(b"/files/sub/").body
+    assert b"<a href='a%20b%3Ac.txt'>a b:c.txt</a>" in page
+    assert b"/rename?path=%2Fsub%2Fa%20b%3Ac.txt" in page
+    assert web.get(b"/files/sub/a%20b%3Ac.txt").body == b"x"

@@ -11,9 +11,10 @@ boxes belong to a GET form (ZIP download, or the delete confirmation page);
 rename and delete have their own pages.  ``app.js`` turns the same markup
 into dialogs, a drop zone, a filter box and a row menu on phones.
 
-Size: a row is about 420 bytes (name twice, for the link and the check box,
-plus an icon reference), so 10,000 entries make about 4.3 MB of HTML before
-compression; see ``bench/web_listing.py``.
+Size: a row costs about 700 bytes with every permission (the name appears
+in the link, the check box and its label, and quoted in four action links),
+so 10,000 entries make about 7 MB of HTML, 200 KB gzipped; measured by
+``bench/web_listing.py`` (see the README).
 """
 
 from __future__ import annotations
@@ -124,47 +125,52 @@ def mkdir_form(vpath: str, csrf: str) -> str:
     )
 
 
-def row(vpath: str, entry: Entry, perms: frozenset[str]) -> str:
-    """One table row; only the actions the account may take."""
-    path = join_path(vpath, entry.name)
+def row(dir_arg: str, entry: Entry, perms: frozenset[str]) -> str:
+    """
+    One table row; only the actions the account may take.
+
+    Links to the entry are relative to the folder's own URL (which ends in
+    ``/``), and the name is escaped and quoted once: a row is most of a big
+    listing's weight and time.
+
+    @param dir_arg: the folder as a query value ending in ``%2F``.
+    """
     name = esc(entry.name)
+    quoted = url_arg(entry.name)  # also quotes ':' so it never reads as a scheme
     icon = icon_for(entry)
+    download = entry.kind == "file" and "download" in perms
     if entry.kind == "dir":
-        link = f"<a href='{esc(dir_url(path))}'>{name}/</a>"
+        link = f"<a href='{quoted}/'>{name}/</a>"
         size = "<span class=kind>folder</span>"
-    elif entry.kind == "file" and "download" in perms:
-        link = f"<a href='{esc(files_url(path))}'>{name}</a>"
-        size = esc(human_size(entry.size))
+    elif download:
+        link = f"<a href='{quoted}'>{name}</a>"
+        size = human_size(entry.size)
     else:
         kind = "" if entry.kind == "file" else f" <span class=kind>({esc(entry.kind)})</span>"
         link = f"<span>{name}</span>{kind}"
-        size = esc(human_size(entry.size)) if entry.kind == "file" else ""
+        size = human_size(entry.size) if entry.kind == "file" else ""
     actions = []
-    target = esc(url_arg(path))
-    if entry.kind == "file" and "download" in perms:
-        actions.append(f"<a href='{esc(files_url(path))}' download>Download</a>")
+    if download:
+        actions.append(f"<a href='{quoted}' download>Download</a>")
     if "rename" in perms:
-        actions.append(f"<a href='/rename?path={target}' data-act=rename>Rename</a>")
+        actions.append(f"<a href='/rename?path={dir_arg}{quoted}' data-act=rename>Rename</a>")
     if "delete" in perms:
-        actions.append(f"<a href='/delete?path={target}' data-act=delete>Delete</a>")
+        actions.append(f"<a href='/delete?path={dir_arg}{quoted}' data-act=delete>Delete</a>")
     pick = ""
     if ("download" in perms or "delete" in perms) and entry.kind in ("file", "dir"):
         pick = (f"<input type=checkbox form=bulk name=name value='{name}' "
                 f"aria-label='Select {name}'>")
     preview = ""
-    if entry.kind == "file" and "download" in perms:
-        extension = entry.name.rpartition(".")[2].lower()
-        if extension in PREVIEW_IMAGE:
+    if download:
+        if icon == "img" and entry.name.rpartition(".")[2].lower() in PREVIEW_IMAGE:
             preview = " data-pv=img"
         elif icon in ("txt", "code"):
             preview = " data-pv=txt"
-    more = ("<button type=button class=more aria-label='Actions' aria-expanded=false>\u22ef</button>"
-            if actions else "")
     return (
-        f"<tr data-kind={entry.kind}{preview}><td class=pick>{pick}</td>"
+        f"<tr{preview}><td class=pick>{pick}</td>"
         f"<td class=name><svg class=i aria-hidden=true><use href='#i-{icon}'/></svg>{link}</td>"
-        f"<td class=size>{size}</td><td class=date>{esc(human_time(entry.mtime))}</td>"
-        f"<td class=act>{more}<span class=acts>{''.join(actions)}</span></td></tr>"
+        f"<td class=size>{size}</td><td class=date>{human_time(entry.mtime)}</td>"
+        f"<td class=act><span class=acts>{''.join(actions)}</span></td></tr>"
     )
 
 
@@ -198,7 +204,8 @@ def listing_body(vpath: str, entries: list[Entry], perms: frozenset[str], csrf: 
         bulk = ("<form id=bulk class=bulk method=get action='/zip'>"
                 f"<input type=hidden name=dir value='{esc(vpath)}'>"
                 "<span class=muted>Selected: </span>" + "".join(bulk_buttons) + "</form>")
-    rows = [row(vpath, entry, perms) for entry in entries]
+    dir_arg = url_arg(vpath.rstrip("/") + "/")
+    rows = [row(dir_arg, entry, perms) for entry in entries]
     if not rows:
         rows.append("<tr><td colspan=5 class=muted>This folder is empty.</td></tr>")
     read_only = ""

@@ -193,6 +193,11 @@ class FilesResource(ManagerResource):
             self.app.audit(request, "web.download", account=session.user, path=vpath)
             send_file(request, split_path(vpath)[-1], value, self.app.server.run_in_thread)
             return
+        if not request.path.endswith(b"/"):
+            # The rows link relative to the folder's URL, which ends in "/".
+            query = request.uri.partition(b"?")[2].decode("latin-1")
+            see_other(request, dir_url(vpath) + ("?" + query if query else ""))
+            return
         sort = arg(request, b"sort") or "name"
         if sort not in SORT_KEYS:
             sort = "name"

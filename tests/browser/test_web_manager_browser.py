@@ -468,3 +468,37 @@ def test_without_javascript_the_safe_choice_is_the_default(server, nojs_browser,
     _wait(lambda: browser.current_url == origin + "/files/", what="back to the folder")
     assert (home / "report.txt").read_bytes() == b"three"
     assert not (home / "f3.txt").exists()
+
+
+def _png(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    rows = b"".join(b"\x00" + bytes([200, 80, 40]) * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_preview_image_and_text(server, browser):
+    from selenium.webdriver.common.by import By
+
+    home = server["home"]
+    (home / "notes.txt").write_text("first line\n<script>alert(1)</script>\n")
+    (home / "photo.png").write_bytes(_png(40, 30))
+    log_in(browser, server)
+    browser.find_element(By.LINK_TEXT, "notes.txt").click()
+    box = dialog(browser)
+    text = box.find_element(By.TAG_NAME, "pre").text
+    assert "first line" in text and "<script>alert(1)</script>" in text  # shown, not run
+    click_in_dialog(browser, "")
+    browser.find_element(By.LINK_TEXT, "photo.png").click()
+    image = dialog(browser).find_element(By.TAG_NAME, "img")
+    _wait(lambda: browser.execute_script("return arguments[0].naturalWidth", image) == 40,
+          what="the image preview")
+    click_in_dialog(browser, "")
+    assert not list(browser.downloads.iterdir())  # previewed, not downloaded

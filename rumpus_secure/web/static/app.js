@@ -99,7 +99,7 @@
       .then(function (html) {
         var doc = new DOMParser().parseFromString(html, "text/html");
         var fresh = $("table.files tbody", doc), old = $("table.files tbody");
-        if (fresh && old) { old.replaceWith(fresh); names = null; applyFilter(); }
+        if (fresh && old) { old.replaceWith(fresh); names = null; applyFilter(); addMenus(); }
       });
   }
   var names = null;
@@ -109,8 +109,8 @@
   }
 
   // -- rename, delete, new folder -------------------------------------------
-  function rowName(a) { var pick = a.closest("tr").querySelector("td.pick input"); return pick ? pick.value : ""; }
   function pathOf(a) { return new URL(a.href).searchParams.get("path"); }
+  function rowName(a) { return pathOf(a).split("/").pop(); }
 
   function renameFlow(path, current) {
     return dialog({title: "Rename " + current, input: {label: "New name", value: current},
@@ -190,6 +190,20 @@
       .then(function (r) { return r.text(); })
       .then(function (text) { return show(el("pre", {tabindex: "0"}, text)); });
   }
+
+  // -- phones: row actions behind a menu button (added here, not sent 10,000 times)
+  var phone = window.matchMedia("(max-width: 40rem)");
+  function addMenus() {
+    if (!phone.matches) { return; }
+    $$("table.files td.act").forEach(function (td) {
+      if (td.querySelector(".more") || !td.querySelector(".acts a")) { return; }
+      var name = td.closest("tr").querySelector("td.name").textContent;
+      td.insertBefore(el("button", {type: "button", "class": "more", "aria-expanded": "false",
+                                    "aria-label": "Actions for " + name}, "\u22ef"), td.firstChild);
+    });
+  }
+  addMenus();
+  if (phone.addEventListener) { phone.addEventListener("change", addMenus); }
 
   // -- keyboard: arrows move through the list, Delete deletes ----------------
   document.addEventListener("keydown", function (event) {
