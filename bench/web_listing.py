@@ -114,7 +114,7 @@ def main() -> None:
     print(f"  time to last byte: median {statistics.median(times) * 1000:.0f} ms, "
           f"worst {max(times) * 1000:.0f} ms")
     print(f"  HTML              {kib(body)}  ({len(body) / args.entries:.0f} B/entry)")
-    print(f"page weight of an empty folder (HTML + CSS + JS):")
+    print("page weight of an empty folder (HTML + CSS + JS):")
     print(f"  HTML              {kib(empty)}  (icon sprite {len(sprite)} B of it)")
     print(f"  app.css           {kib(css)}")
     print(f"  app.js            {kib(js)}")

@@ -149,6 +149,10 @@ def test_replace_needs_overwrite_permission(server, web):
     assert response.status == 207
     assert "may not overwrite" in json.loads(response.body)["failed"]["r.txt"]
     assert (account.home / "r.txt").read_bytes() == b"old"
+    # The refusal offers only what this account may choose.
+    response = upload(web, token, "r.txt", b"new", json_reply=True)
+    message = json.loads(response.body)["failed"]["r.txt"]
+    assert "keep both" in message and "replace" not in message.split("Choose")[1]
 
 
 def test_unknown_choice_means_refuse(server, web):
@@ -300,3 +304,20 @@ def test_rows_link_relative_to_a_folder_url_ending_in_slash(server, web):
     assert b"<a href='a%20b%3Ac.txt'>a b:c.txt</a>" in page
     assert b"/rename?path=%2Fsub%2Fa%20b%3Ac.txt" in page
     assert web.get(b"/files/sub/a%20b%3Ac.txt").body == b"x"
+
+
+def test_zip_stays_in_each_accounts_jail(server, site):
+    alice_home = server.store.get("alice").home
+    (alice_home / "secret.txt").write_bytes(b"alice only")
+    bob = server.store.add("bob", "pw", READ_ONLY)
+    (bob.home / "mine.txt").write_bytes(b"bob")
+    alice, other = HTTPDriver(site), HTTPDriver(site)
+    login(alice)
+    login(other, "bob", "pw")
+    for query in (b"dir=%2F..%2Falice&name=secret.txt", b"dir=%2F&name=..",
+                  b"dir=%2F&name=secret.txt", b"path=%2F..%2Falice%2Fsecret.txt"):
+        response = other.get(b"/zip?" + query, headers=JSON)
+        assert response.status in (400, 404), query
+        assert b"alice only" not in response.body
+        # alice's own session, same address, in between: unaffected
+        assert b"secret.txt" in alice.get(b"/files/").body

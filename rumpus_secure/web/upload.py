@@ -344,9 +344,11 @@ class UploadSink:
             if self.on_existing == "skip":
                 result.skipped = True
             else:
+                choices = ("\u201ckeep both\u201d or \u201creplace\u201d"
+                           if "overwrite" in self._filesystem().perms
+                           else "\u201ckeep both\u201d")
                 result.error = (f"{result.name} already exists here; nothing was "
-                                "replaced. Choose \u201ckeep both\u201d or \u201creplace\u201d "
-                                "to store it.")
+                                f"replaced. Choose {choices} to store it.")
         except VFSError as e:
             result.error = friendly(e)
         except AccountGone:

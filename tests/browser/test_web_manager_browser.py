@@ -12,7 +12,6 @@ dark) in ``test-artifacts/screenshots/``.  axe-core runs on each page when
 
 from __future__ import annotations
 
-import ftplib
 import hashlib
 import io
 import os
