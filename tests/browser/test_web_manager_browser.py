@@ -263,6 +263,7 @@ def _screens(browser: Any, name: str) -> None:
                 "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
             time.sleep(0.15)  # one frame for the layout to settle
             browser.save_screenshot(str(SCREENSHOTS / f"{name}-{device}-{scheme}.png"))
+            run_axe(browser, f"{name}, {device}, {scheme}")  # contrast in both themes
     browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
 
