@@ -396,11 +396,15 @@ class JailedFS(JailCore):
                 except OSError as err:
                     raise from_os_error(err, vpath) from None
 
-    def rename(self, src: str, dst: str) -> None:
+    def rename(self, src: str, dst: str, *, replace: bool = True) -> None:
         """
         Rename or move ``src`` to ``dst`` (renameat semantics; a symlink is
         moved itself).  Needs ``rename``, and ``overwrite`` too when ``dst``
         is an existing file.  An existing directory is never replaced.
+
+        With ``replace=False`` an existing ``dst`` is never replaced, also
+        one that appears during the call (``AlreadyExists``): the web
+        manager asks the person first.
         """
         src_parts = split_path(src)
         dst_parts = split_path(dst)
@@ -417,7 +421,7 @@ class JailedFS(JailCore):
             if lstat_at(src_fd, src_parts[-1]) is None:
                 raise NotFound(src_vpath)
             existing = lstat_at(dst_fd, dst_parts[-1])
-            if existing is not None and stat.S_ISDIR(existing.st_mode):
+            if existing is not None and (stat.S_ISDIR(existing.st_mode) or not replace):
                 raise AlreadyExists(dst_vpath)
             if existing is not None:
                 self._require("overwrite", dst_vpath)

@@ -48,15 +48,23 @@ def ftp_note(config: Any) -> str:
             "WinSCP, lftp, curl):</p><ul>" + "".join(ways) + "</ul></section>")
 
 
-def login_form(next_path: str, message: str | None = None, footer: str = "") -> bytes:
+def login_form(next_path: str, message: str | None = None, footer: str = "",
+               username: str = "", notice: str | None = None) -> bytes:
+    """
+    The login page; after a failed attempt C{username} stays filled in
+    and the password field has the focus.
+    """
     note = f"<p class='flash error' role=alert>{esc(message)}</p>" if message else ""
+    if notice:
+        note += f"<p class='flash ok' role=status>{esc(notice)}</p>"
+    focus_user, focus_password = ("", " autofocus") if username else (" autofocus", "")
     return page("Log in", note + (
-        "<form class=card method=post action='/login'>"
+        "<form class='card narrow' method=post action='/login'>"
         f"<input type=hidden name=next value='{esc(next_path)}'>"
         "<label>User name <input type=text name=username autocomplete=username "
-        "autocapitalize=none required autofocus></label>"
+        f"value='{esc(username)}' autocapitalize=none required{focus_user}></label>"
         "<label>Password <input type=password name=password "
-        "autocomplete=current-password required></label>"
+        f"autocomplete=current-password required{focus_password}></label>"
         "<button type=submit>Log in</button></form>"
     ) + footer)
 
@@ -80,7 +88,9 @@ class LoginResource(resource.Resource):
         if self.app.session(request) is not None:
             see_other(request, next_path)
         else:
-            send(request, 200, login_form(next_path, footer=ftp_note(self.app.config)))
+            notice = "You are logged out." if arg(request, b"out") == "1" else None
+            send(request, 200, login_form(next_path, footer=ftp_note(self.app.config),
+                                          notice=notice))
         return run(request, _nothing)
 
     render_HEAD = render_GET
@@ -99,7 +109,8 @@ class LoginResource(resource.Resource):
         name = (arg(request, b"username") or "").strip()
         password = arg(request, b"password") or ""
         if not name or not password:
-            send(request, 400, login_form(next_path, "Enter your user name and password."))
+            send(request, 400, login_form(next_path, "Enter your user name and password.",
+                                          username=name))
             return
         guard = getattr(self.app.server, "guard", None)
         client = client_ip(request)
@@ -138,9 +149,11 @@ class LoginResource(resource.Resource):
                 ban = attempt.failed()
                 await guard.delayed(None)
                 if ban is not None:
-                    send(request, 403, login_form(next_path, guard.message(ban)))
+                    send(request, 403, login_form(next_path, guard.message(ban),
+                                                  username=name))
                     return
-            send(request, 401, login_form(next_path, "Wrong user name or password."))
+            send(request, 401, login_form(next_path, "Wrong user name or password.",
+                                          username=name))
             return
         except BaseException:
             if watch is not None:
@@ -192,7 +205,7 @@ class LogoutResource(resource.Resource):
         if session is not None:
             self.app.audit(request, "web.logout", account=session.user)
         self.app.end_session(request)
-        see_other(request, "/login")
+        see_other(request, "/login?out=1")
         return run(request, _nothing)
 
     def render_GET(self, request: IRequest) -> Any:

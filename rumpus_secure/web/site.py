@@ -29,6 +29,7 @@ from rumpus_secure.web.manager import (
     MkdirResource,
     RenameResource,
     UploadResource,
+    ZipResource,
     arg,
 )
 from rumpus_secure.web.pages import message_page
@@ -425,6 +426,7 @@ class Root(resource.Resource):
         self.putChild(b"mkdir", MkdirResource(app))
         self.putChild(b"rename", RenameResource(app))
         self.putChild(b"delete", DeleteResource(app))
+        self.putChild(b"zip", ZipResource(app))
 
     def getChild(self, name: bytes, request: IRequest) -> resource.Resource:
         return NotFoundPage()
