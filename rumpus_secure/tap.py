@@ -435,7 +435,7 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     if config.ftps:
         ListenerService(
             "ftps", config.ftps, _endpoint(reactor, "ftps", config.ftps),
-            server.tls.wrap_factory(ftp_factory.implicit(), [b"ftp"]),
+            server.tls.wrap_factory(ftp_factory.implicit(), [b"ftp"], per_session=True),
         ).setServiceParent(top)
     if config.https:
         server.https_site = build_https_site(server, reactor,
