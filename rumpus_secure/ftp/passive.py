@@ -14,9 +14,12 @@ right address is only a I{candidate}, which a C{vet} function (under PROT P:
 the TLS handshake, which must resume the control connection's session)
 accepts or refuses.  A refused candidate does not end the wait: the port
 keeps listening for the rightful client until its connection arrives or the
-connect timeout ends, and up to L{MAX_CANDIDATES} candidates are vetted at
-once, so a stalled impostor cannot hold the port either.  Only if the time
-runs out does the refusal become the transfer's answer.
+connect timeout ends.  Up to L{MAX_CANDIDATES} candidates are vetted at
+once, and a new one displaces the oldest, so impostors that connect and
+say nothing cannot hold the port either: they would have to keep opening
+connections faster than the rightful client's handshake (a round trip or
+two) to push it out.  Only if the time runs out does a refusal become the
+transfer's answer.
 
 The port is chosen at random among the free ports of the range (the
 kernel's ephemeral choice without a range): handed out lowest first, the
@@ -44,7 +47,7 @@ from rumpus_secure.guard import normalise_address as normalise_host
 _log = Logger()
 
 #: Connections from the right address vetted at once by one listener.
-MAX_CANDIDATES = 4
+MAX_CANDIDATES = 8
 
 _random = random.SystemRandom()
 
@@ -166,7 +169,7 @@ class PassiveListener:
         self._stop_listening()
 
     def doRead(self) -> None:
-        while self._sock is not None and len(self._candidates) < MAX_CANDIDATES:
+        while self._sock is not None:
             try:
                 conn, address = self._sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -180,11 +183,12 @@ class PassiveListener:
                 self.on_refused(host)
                 continue
             conn.setblocking(True)
+            if len(self._candidates) >= MAX_CANDIDATES:
+                _log.info("passive port {port}: a new connection from {host}"
+                          " displaces the oldest one still in its handshake",
+                          port=self.port, host=host)
+                self._candidates[0].cancel()  # removes it from the list
             self._vet(conn, host)
-        if self._sock is not None:
-            # Enough candidates in the works: the next ones wait in the
-            # kernel's backlog until one of them is refused.
-            self._stop_reading()
 
     def _vet(self, conn: socket.socket, host: str) -> None:
         try:
@@ -221,9 +225,6 @@ class PassiveListener:
         else:
             _log.failure("vetting a data connection failed", failure)
             self._refusal = DataConnectionRefused("internal-error", "internal error")
-        # A candidate may be waiting in the backlog meanwhile: the reactor
-        # reports it once the socket is watched again.
-        self._start_reading()
 
     # the control side
 
