@@ -95,8 +95,11 @@ async def test_refused_handshake_sends_nothing(control_context: SSL.Context, ver
     settings = TLSSettings(control_context, require_reuse=require_reuse)
     server = deferToThread(handshake, sock, settings, 2.0, TransferHandle())
     if require_reuse:
-        with pytest.raises(SessionNotResumed):
+        with pytest.raises(SessionNotResumed) as refused:
             await server
+        assert refused.value.channel is not None
+        assert not client.called, "left open for the caller to record the refusal"
+        refused.value.channel.close()
         assert await client == b""
     else:
         with pytest.raises((SSL.Error, OSError, TimeoutError)):

@@ -95,17 +95,21 @@ class PassiveSource:
                 vetted.callback(channel)
 
         def failed(failure: Failure) -> None:
-            if cancelled:
-                return
-            if failure.check(SessionNotResumed):
+            refused = failure.check(SessionNotResumed)
+            if refused:
                 reason = "foreign-session"
+            elif cancelled:
+                return  # our own abort ended it
             else:
                 reason = "tls-failed"
             detail = failure.getErrorMessage()[:200] or failure.type.__name__
             control._audit("ftp.data_refused", account=control.account,
                            reason=reason, data_client=host, error=detail,
                            outcome="refused")
-            vetted.errback(DataConnectionRefused(reason, detail))
+            if refused and failure.value.channel is not None:
+                failure.value.channel.close()  # only now: recorded first
+            if not cancelled:
+                vetted.errback(DataConnectionRefused(reason, detail))
 
         engine = control.session_factory.shared.engine
         engine.handshake(sock, tls, handle).addCallbacks(done, failed)

@@ -87,8 +87,8 @@ def random_order(ports: Iterable[int]) -> Iterable[int]:
     """
     The ports in a random order, from a system random source.
 
-    Lazily: with a range of thousands of ports, the first free one is
-    usually the first tried.
+    Each port is drawn only when the one before it turned out to be taken,
+    so a range of thousands of ports costs one list and, usually, one draw.
     """
     candidates = list(ports)
     while candidates:

@@ -133,7 +133,13 @@ class SessionNotResumed(Exception):
     a session ticket, and under both versions a completed handshake caches
     a session.  A client refused here leaves with neither, so it cannot come
     back and resume a session the data port itself handed out.
+
+    @ivar channel: from L{handshake}, the refused connection, still open:
+        the caller closes it once it has recorded the refusal, so that the
+        refused client never sees the end before the server's record of it.
     """
+
+    channel: "_Channel | None" = None
 
 
 #: Raised by a data connection stopped with L{TransferHandle.abort}.
@@ -624,12 +630,16 @@ def handshake(sock: socket.socket, tls: TLSSettings, timeout: float,
 
     @raises SSL.Error, OSError, TimeoutError: the handshake failed.
     @raises SessionNotResumed: reuse is required and the client did not
-        resume a session of the control connection.
+        resume a session of the control connection; its C{channel} is the
+        caller's to close.
     """
     handle.attach(sock)
     channel = _Channel(sock, timeout, handle)
     try:
         channel.start_tls(tls)
+    except SessionNotResumed as e:
+        e.channel = channel
+        raise
     except BaseException:
         channel.close()
         raise
