@@ -255,3 +255,23 @@ def test_passive_ports_are_not_handed_out_lowest_first(
         assert listener.port == base + 1
     finally:
         listener.close()
+
+
+def test_the_private_pyopenssl_parts_we_use_are_still_there() -> None:
+    """
+    L{rumpus_secure.tls} and L{rumpus_secure.ftp.transfer} reach into
+    pyOpenSSL's private parts (C{OpenSSL._util}, C{Connection._ssl} and its
+    memory BIOs).  If pyOpenSSL renames or drops any of them, this fails
+    by name instead of a data connection failing at run time.
+    """
+    from OpenSSL._util import ffi, lib
+
+    for name in ("SSL_session_reused", "SSL_clear_mode", "SSL_MODE_ENABLE_PARTIAL_WRITE",
+                 "SSL_MODE_RELEASE_BUFFERS", "SSL_write", "SSL_read", "SSL_get_error",
+                 "SSL_ERROR_WANT_READ", "BIO_read", "BIO_write"):
+        assert hasattr(lib, name), f"OpenSSL._util.lib.{name} is gone"
+    assert callable(ffi.from_buffer)
+    connection = SSL.Connection(SSL.Context(SSL.TLS_SERVER_METHOD), None)
+    for attribute in ("_ssl", "_from_ssl", "_into_ssl", "_raise_ssl_error"):
+        assert hasattr(connection, attribute), f"SSL.Connection.{attribute} is gone"
+    assert lib.SSL_session_reused(connection._ssl) == 0
