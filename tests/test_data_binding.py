@@ -275,3 +275,32 @@ def test_the_private_pyopenssl_parts_we_use_are_still_there() -> None:
     for attribute in ("_ssl", "_from_ssl", "_into_ssl", "_raise_ssl_error"):
         assert hasattr(connection, attribute), f"SSL.Connection.{attribute} is gone"
     assert lib.SSL_session_reused(connection._ssl) == 0
+
+
+def test_a_closed_listener_lets_its_owner_go_without_the_garbage_collector() -> None:
+    """
+    The owner's method as C{vet} makes a reference cycle; closing the
+    listener breaks it, so the owner (and the data channel it holds, with
+    its megabyte buffers) is freed at once rather than at the next full
+    collection.
+    """
+    import gc
+    import weakref
+
+    class Owner:
+        def __init__(self) -> None:
+            self.listener = _listener()
+            self.listener.vet = self.vet
+
+        def vet(self, sock: socket.socket, host: str) -> defer.Deferred[Any]:
+            return defer.succeed(sock)
+
+    gc.disable()
+    try:
+        owner = Owner()
+        gone = weakref.ref(owner)
+        owner.listener.close()
+        del owner
+        assert gone() is None
+    finally:
+        gc.enable()

@@ -150,6 +150,9 @@ class PassiveSource:
         self.listener.close()
         if not self._taken and self._outcome is not None and self._outcome[0]:
             self._outcome[1].close()  # accepted, never used by a transfer
+        # Let the channel and its megabyte buffers go now, not whenever a
+        # full garbage collection finds them (see PassiveListener.close).
+        self._outcome = None
 
 
 class ActiveSource:

@@ -294,7 +294,14 @@ class PassiveListener:
     def close(self) -> None:
         """
         Give up: stop listening, close an unused connection, fail waiters.
+
+        Also drops L{vet}: typically a method of the listener's owner, which
+        holds the listener, and a reference cycle would keep both (and the
+        data channel with its megabyte buffers) until the next full garbage
+        collection: 130 MB more peak memory with 200 clients at once
+        (C{bench/concurrent_downloads.py}).
         """
+        self.vet = _accept_as_is
         self._stop_listening()
         self._cancel_candidates()
         if self._accepted is not None:

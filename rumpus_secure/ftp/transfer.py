@@ -306,12 +306,15 @@ class _Channel:
     def _pending_tls_output(self) -> bytes:
         """
         Take what OpenSSL has written so far, without sending it.
+
+        In 16 KiB reads: a handshake flight is a few KiB, and pyOpenSSL
+        allocates a buffer of the size asked for at each call.
         """
         assert self.tls is not None
         parts = []
         while True:
             try:
-                parts.append(self.tls.bio_read(self.WIRE_CHUNK))
+                parts.append(self.tls.bio_read(16 * 1024))
             except SSL.WantReadError:
                 return b"".join(parts)
 
