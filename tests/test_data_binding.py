@@ -42,7 +42,7 @@ def control_context(tmp_path_factory: pytest.TempPathFactory) -> SSL.Context:
 
 
 def _listener(timeout: float = 5.0) -> PassiveListener:
-    return PassiveListener(reactor, "127.0.0.1", range(0, 1), "127.0.0.1", timeout)
+    return PassiveListener(reactor, "127.0.0.1", range(1), "127.0.0.1", timeout)
 
 
 def _client_hello_and_read(port: int, version: int, tickets: bool,
@@ -224,7 +224,7 @@ def test_random_order_gives_every_port_once_in_no_fixed_order() -> None:
     assert sorted(random_order(ports)) == list(ports)
     firsts = {next(iter(random_order(ports))) for _ in range(30)}
     assert len(firsts) > 5
-    assert list(random_order(range(0, 1))) == [0]
+    assert list(random_order(range(1))) == [0]
 
 
 def test_passive_ports_are_not_handed_out_lowest_first(

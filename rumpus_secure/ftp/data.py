@@ -29,7 +29,6 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.protocols import ftp
-
 from twisted.python.failure import Failure
 
 from rumpus_secure.ftp.passive import (

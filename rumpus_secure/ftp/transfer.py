@@ -139,7 +139,7 @@ class SessionNotResumed(Exception):
         refused client never sees the end before the server's record of it.
     """
 
-    channel: "_Channel | None" = None
+    channel: _Channel | None = None
 
 
 #: Raised by a data connection stopped with L{TransferHandle.abort}.
