@@ -304,3 +304,43 @@ def test_a_closed_listener_lets_its_owner_go_without_the_garbage_collector() -> 
         assert gone() is None
     finally:
         gc.enable()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hello_retry_request_does_not_refuse_a_resumption(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """
+    When the client's TLS 1.3 key share is not one the server takes, the
+    server's first answer is a HelloRetryRequest, sent before OpenSSL has
+    decided on resumption; the decision comes with the second hello, and
+    the rightful client resumes.
+    """
+    from OpenSSL._util import lib
+
+    from tests.test_transfer import client_context, control_session, tls_client
+
+    info = ensure_certificate(tmp_path_factory.mktemp("hrr"), "localhost", None, None)
+    context = TLSContextSource(info.cert_path, info.key_path).per_session_factory(
+        FTP_ALPN).getContext()
+    # Clients send an X25519 key share first; this server takes P-384 only.
+    assert lib.SSL_CTX_set1_curves_list(context._context, b"P-384") == 1
+    client = client_context(SSL.TLS1_3_VERSION)
+    session = control_session(context, client)
+    passive = _listener()
+    received = deferToThread(tls_client, passive.port, client, session)
+    sock = await passive.wait()
+    try:
+        channel = await deferToThread(handshake, sock,
+                                      TLSSettings(context, require_reuse=True),
+                                      5.0, TransferHandle())
+    except SessionNotResumed as e:
+        assert e.channel is not None
+        e.channel.close()
+        await received
+        pytest.fail("a resumption after a HelloRetryRequest was refused")
+    assert channel.tls.get_protocol_version_name() == "TLSv1.3"
+    channel.release_held()
+    channel.send_all(b"resumed after a retry")
+    channel.finish_sending()
+    channel.close()
+    assert await received == b"resumed after a retry"

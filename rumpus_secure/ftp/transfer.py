@@ -284,14 +284,18 @@ class _Channel:
                 if undecided:
                     # The first output answers the whole ClientHello, so
                     # OpenSSL has decided whether it resumes: check before
-                    # sending any of it (see SessionNotResumed).
+                    # sending any of it (see SessionNotResumed).  Except a
+                    # TLS 1.3 HelloRetryRequest (the client's key share is
+                    # not one we take): it carries no session, and the
+                    # decision comes with the answer to the second hello.
                     flight = self._pending_tls_output()
                     if flight:
-                        undecided = False
-                        if not session_reused(tls):
-                            raise SessionNotResumed(
-                                "the data connection did not resume the TLS session"
-                                " of its control connection")
+                        if not _is_hello_retry_request(flight):
+                            undecided = False
+                            if not session_reused(tls):
+                                raise SessionNotResumed(
+                                    "the data connection did not resume the TLS"
+                                    " session of its control connection")
                         self._raw_send_all(memoryview(flight))
                 self._flush_tls()
                 if self._eof:
@@ -458,6 +462,21 @@ class _Channel:
 
 class _Truncated(Exception):
     pass
+
+
+#: The ServerHello random that marks a HelloRetryRequest (RFC 8446 4.1.3).
+_HRR_RANDOM = bytes.fromhex(
+    "CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C")
+
+
+def _is_hello_retry_request(flight: bytes) -> bool:
+    """
+    Whether the server's first flight is a TLS 1.3 HelloRetryRequest.
+
+    A handshake record (type 22) opening with a ServerHello (type 2) whose
+    random is the HelloRetryRequest constant.
+    """
+    return flight[:1] == b"\x16" and flight[5:6] == b"\x02" and flight[11:43] == _HRR_RANDOM
 
 
 #: socket.TCP_NOTSENT_LOWAT, which Python names only from 3.12 on.
