@@ -6,6 +6,12 @@ a ban, a login) goes through an L{IAuditLog}.  The JSON-lines backend appends
 one object per line to ``DATA-DIR/audit.log``; the memory backend keeps them in
 a list for tests.  Fields are plain JSON values; a password never appears here
 (callers never pass one, and L{_FORBIDDEN} keys are dropped defensively).
+
+Observers (L{AuditObservers.add_observer}) see every cleaned record after it
+is written: the transfer console line, the ``xferlog`` writer and the
+Prometheus counters (L{rumpus_secure.metrics}) are built on the event stream
+instead of on calls scattered through the protocols.  An observer that fails
+is logged and never stops the record or the other observers.
 """
 
 from __future__ import annotations
@@ -63,8 +69,34 @@ def _clean(event: str, fields: dict[str, Any], clock: Callable[[], float] | None
     return entry
 
 
+AuditObserver = Callable[[dict[str, Any]], None]
+
+
+class AuditObservers:
+    """
+    The observers of an audit log (a mixin of both backends).
+    """
+
+    _observers: tuple[AuditObserver, ...] = ()
+
+    def add_observer(self, observer: AuditObserver) -> None:
+        """
+        Call C{observer} with each recorded entry (a dict with ``time``,
+        ``event`` and the cleaned fields), on the recording thread.
+        """
+        self._observers = self._observers + (observer,)
+
+    def _notify(self, entry: dict[str, Any]) -> None:
+        for observer in self._observers:
+            try:
+                observer(entry)
+            except Exception:  # noqa: BLE001 (an observer must not stop the audit)
+                _log.failure("audit observer {observer!r} failed on {event}",
+                             observer=observer, event=entry.get("event"))
+
+
 @implementer(IAuditLog)
-class MemoryAuditLog:
+class MemoryAuditLog(AuditObservers):
     """
     Keeps events in memory; for tests.
     """
@@ -74,7 +106,9 @@ class MemoryAuditLog:
         self._clock = clock
 
     def record(self, event: str, **fields: Any) -> None:
-        self.events.append(_clean(event, fields, self._clock))
+        entry = _clean(event, fields, self._clock)
+        self.events.append(entry)
+        self._notify(entry)
 
     def named(self, event: str) -> list[dict[str, Any]]:
         """
@@ -84,7 +118,7 @@ class MemoryAuditLog:
 
 
 @implementer(IAuditLog)
-class JSONLinesAuditLog:
+class JSONLinesAuditLog(AuditObservers):
     """
     Appends one JSON object per line to a file, rotating it by size.
 
@@ -108,7 +142,12 @@ class JSONLinesAuditLog:
         self._lock = threading.Lock()
 
     def record(self, event: str, **fields: Any) -> None:
-        line = json.dumps(_clean(event, fields, self._clock), sort_keys=True) + "\n"
+        entry = _clean(event, fields, self._clock)
+        self._write(event, entry)
+        self._notify(entry)
+
+    def _write(self, event: str, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry, sort_keys=True) + "\n"
         data = line.encode("utf-8")
         with self._lock:
             try:

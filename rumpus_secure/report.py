@@ -4,7 +4,8 @@ The audit report behind ``rumpus-secure audit``.
 L{build_report} reads the events of ``DATA-DIR/audit.log`` (and its rotated
 files) into a L{Report}: who connected without TLS and with which client
 software, exposed passwords and quarantined accounts, banned addresses,
-failed logins per account, and how many of every other event.
+failed logins per account, files and bytes moved per account, and how many
+of every other event.
 L{format_text} renders it for a person, L{as_json} for a program; both carry
 the same content.
 
@@ -34,6 +35,10 @@ PROBE_SOFTWARE = "rumpus-secure-check"
 #: Events that mean a client tried to work without TLS.
 _CLEARTEXT_ATTEMPTS = ("ftp.refused_before_tls", "ftp.plain_port_refused")
 _FAILED_OUTCOMES = ("failed", "locked")
+#: File transfer events and their direction (``web.download`` carries no
+#: byte count: the file is streamed after the event is recorded).
+_TRANSFER_EVENTS = {"ftp.upload": "up", "web.upload": "up",
+                    "ftp.download": "down", "web.download": "down"}
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -120,6 +125,9 @@ class Ban:
     reason: str = ""
     until: str = ""
     refused: int = 0
+    #: When an administrator lifted the last ban (``rumpus-secure ban
+    #: lift``), or empty if it ran its course or still runs.
+    lifted: str = ""
 
 
 @dataclass
@@ -132,6 +140,23 @@ class FailedLogins:
     failed: int = 0
     locked: int = 0
     clients: list[str] = field(default_factory=list)
+    protocols: list[str] = field(default_factory=list)
+    last_seen: str = ""
+
+
+@dataclass
+class Transfers:
+    """
+    Files and bytes one account moved; only complete transfers count, the
+    others (aborted, truncated, failed) are counted apart.
+    """
+
+    account: str
+    files_up: int = 0
+    bytes_up: int = 0
+    files_down: int = 0
+    bytes_down: int = 0
+    incomplete: int = 0
     protocols: list[str] = field(default_factory=list)
     last_seen: str = ""
 
@@ -152,6 +177,7 @@ class Report:
     exposed: list[ExposedAccount] = field(default_factory=list)
     bans: list[Ban] = field(default_factory=list)
     failed_logins: list[FailedLogins] = field(default_factory=list)
+    transfers: list[Transfers] = field(default_factory=list)
     #: Every event name in the period and how often it occurred.
     event_counts: dict[str, int] = field(default_factory=dict)
     self_check_probes: int = 0
@@ -213,6 +239,7 @@ def _summarise(
     exposed: dict[str, ExposedAccount] = {}
     bans: dict[str, Ban] = {}
     failed: dict[str, FailedLogins] = {}
+    moved: dict[str, Transfers] = {}
     counts: dict[str, int] = {}
     for event in events:
         name = event["event"]
@@ -260,8 +287,16 @@ def _summarise(
                     ban.last_ban = when
                     ban.reason = _text(event.get("reason"))
                     ban.until = _text(event.get("until") or event.get("expires"))
+                    if ban.lifted and ban.lifted <= when:
+                        ban.lifted = ""  # a new ban after the lift
             else:
                 ban.refused += 1
+        elif name == "guard.lifted":
+            address = client or _text(event.get("address"))
+            lifted = bans.get(address)
+            # A lift of a ban from before --since has no row to go with.
+            if lifted is not None and when >= lifted.last_ban:
+                lifted.lifted = when
         elif name.endswith(".login") and event.get("outcome") in _FAILED_OUTCOMES:
             row_f = failed.setdefault(account, FailedLogins(account))
             if event.get("outcome") == "locked":
@@ -271,6 +306,21 @@ def _summarise(
             _add_unique(row_f.clients, client)
             _add_unique(row_f.protocols, _text(event.get("protocol")) or name.split(".")[0])
             row_f.last_seen = max(row_f.last_seen, when)
+        elif name in _TRANSFER_EVENTS:
+            row_t = moved.setdefault(account, Transfers(account))
+            _add_unique(row_t.protocols, _text(event.get("protocol")) or name.split(".")[0])
+            row_t.last_seen = max(row_t.last_seen, when)
+            if event.get("outcome", "complete") != "complete":
+                row_t.incomplete += 1
+                continue
+            size = event.get("bytes", event.get("size"))
+            size = size if isinstance(size, int) and size > 0 else 0
+            if _TRANSFER_EVENTS[name] == "up":
+                row_t.files_up += 1
+                row_t.bytes_up += size
+            else:
+                row_t.files_down += 1
+                row_t.bytes_down += size
     for row_e in exposed.values():
         if account_locked is not None:
             state = account_locked(row_e.account)
@@ -282,6 +332,9 @@ def _summarise(
     report.bans = sorted(bans.values(), key=lambda r: r.last_ban or "", reverse=True)
     report.failed_logins = sorted(
         failed.values(), key=lambda r: (r.failed + r.locked, r.last_seen), reverse=True
+    )
+    report.transfers = sorted(
+        moved.values(), key=lambda r: (r.bytes_up + r.bytes_down, r.account), reverse=True
     )
     report.event_counts = dict(sorted(counts.items()))
 
@@ -394,10 +447,11 @@ def format_text(report: Report) -> str:
     _heading(out, "Banned addresses")
     if report.bans:
         out += table(
-            ("ADDRESS", "BANS", "LAST BAN (UTC)", "UNTIL", "REASON", "REFUSED"),
+            ("ADDRESS", "BANS", "LAST BAN (UTC)", "UNTIL", "LIFTED (UTC)", "REASON",
+             "REFUSED"),
             (
                 (r.client, r.bans, _short_time(r.last_ban), _short_time(r.until),
-                 r.reason, r.refused)
+                 _short_time(r.lifted), r.reason, r.refused)
                 for r in report.bans
             ),
         )
@@ -414,6 +468,22 @@ def format_text(report: Report) -> str:
                 for r in report.failed_logins
             ),
         )
+    else:
+        out.append("none")
+
+    _heading(out, "Transfers")
+    if report.transfers:
+        out += table(
+            ("ACCOUNT", "FILES UP", "BYTES UP", "FILES DOWN", "BYTES DOWN",
+             "INCOMPLETE", "VIA", "LAST (UTC)"),
+            (
+                (r.account, r.files_up, r.bytes_up, r.files_down, r.bytes_down,
+                 r.incomplete, ", ".join(r.protocols), _short_time(r.last_seen))
+                for r in report.transfers
+            ),
+        )
+        if any("web" in r.protocols for r in report.transfers):
+            out.append("(web downloads count as files; their bytes are not recorded)")
     else:
         out.append("none")
 

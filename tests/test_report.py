@@ -192,6 +192,37 @@ def test_bans(tmp_path: Path) -> None:
     assert row.split()[1] == "2" and "cleartext_login" in row
 
 
+def test_ban_section_says_when_a_ban_was_lifted(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    _write(log, [
+        {"time": _at(5), "event": "guard.ban", "client": "203.0.113.5",
+         "reason": "login_failed", "until": _at(4), "seconds": 900},
+        {"time": _at(4.5), "event": "guard.lifted", "client": "203.0.113.5",
+         "by": "admin"},
+        {"time": _at(3), "event": "guard.ban", "client": "198.51.100.7",
+         "reason": "garbage", "until": _at(2), "seconds": 900},
+        {"time": _at(2.5), "event": "guard.lifted", "client": "198.51.100.7"},
+        # Banned again after the lift: the new ban is not lifted.
+        {"time": _at(1), "event": "guard.ban", "client": "198.51.100.7",
+         "reason": "garbage", "until": _at(0.5), "seconds": 1800},
+        # A lift with no ban in the period has no row.
+        {"time": _at(0.2), "event": "guard.lifted", "client": "192.0.2.1"},
+    ])
+    report = build_report(log)
+    by_client = {b.client: b for b in report.bans}
+    assert set(by_client) == {"203.0.113.5", "198.51.100.7"}
+    assert by_client["203.0.113.5"].lifted == _at(4.5)
+    assert by_client["198.51.100.7"].lifted == ""
+    text = format_text(report)
+    assert "LIFTED (UTC)" in text
+    row = next(line for line in text.splitlines() if line.startswith("203.0.113.5"))
+    assert _at(4.5)[:19].replace("T", " ") in row
+    from rumpus_secure.report import as_json
+
+    lifted = {b["client"]: b["lifted"] for b in as_json(report)["bans"]}
+    assert lifted["203.0.113.5"] == _at(4.5)
+
+
 def test_no_log_yet(tmp_path: Path) -> None:
     report = build_report(tmp_path / "audit.log")
     assert not report.exists
@@ -239,15 +270,23 @@ def test_command_text_and_store(tmp_path: Path) -> None:
     assert "secret" not in out
 
 
+def _init(data: Path) -> None:
+    """
+    An accounts database, as the server's first start leaves it.
+    """
+    SQLiteAccountStore.in_data_dir(data, data / "files")
+
+
 def test_command_json(tmp_path: Path) -> None:
     data = tmp_path / "data"
+    _init(data)
     _write(data / "audit.log", _events())
     status, out, _ = _run("--data-dir", str(data), "audit", "--json")
     assert status == 0
     document = json.loads(out)
     assert set(document) == {
         "log", "exists", "since", "first_event", "last_event", "events",
-        "cleartext", "exposed", "bans", "failed_logins", "event_counts",
+        "cleartext", "exposed", "bans", "failed_logins", "transfers", "event_counts",
         "self_check_probes",
     }
     assert document["exists"] is True and document["since"] is None
@@ -262,6 +301,7 @@ def test_command_json(tmp_path: Path) -> None:
 
 def test_command_since(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "data"
+    _init(data)
     recent = datetime.now(UTC) - timedelta(minutes=5)
     _write(data / "audit.log", [
         {"time": "2020-01-01T00:00:00.000Z", "event": "ftp.login",
@@ -279,9 +319,67 @@ def test_command_since(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_command_no_log(tmp_path: Path) -> None:
+    # A data directory that is not one is an error, not "No audit log yet".
+    status, out, err = _run("--data-dir", str(tmp_path / "nothing"), "audit")
+    assert status == 1 and "no accounts database at" in err and out == ""
+    _init(tmp_path / "nothing")
     status, out, _ = _run("--data-dir", str(tmp_path / "nothing"), "audit")
     assert status == 0 and out.startswith("No audit log yet at ")
     status, out, _ = _run("--data-dir", str(tmp_path / "nothing"), "audit", "--json")
     assert status == 0
     document = json.loads(out)
     assert document["exists"] is False and document["events"] == 0
+
+
+def _transfer_events() -> list[dict[str, Any]]:
+    def ftp(event: str, account: str, size: int, outcome: str = "complete") -> dict[str, Any]:
+        return {"time": _at(1), "event": event, "client": "192.0.2.7",
+                "account": account, "protocol": "ftps-explicit", "path": "/f",
+                "bytes": size, "seconds": 0.5, "outcome": outcome}
+
+    return [
+        ftp("ftp.upload", "alice", 1000),
+        ftp("ftp.upload", "alice", 500),
+        ftp("ftp.download", "alice", 200),
+        ftp("ftp.upload", "alice", 300, outcome="truncated"),
+        ftp("ftp.download", "bob", 7000, outcome="aborted"),
+        {"time": _at(2), "event": "web.upload", "client": "192.0.2.8",
+         "account": "bob", "path": "/w", "size": 40},
+        {"time": _at(2), "event": "web.download", "client": "192.0.2.8",
+         "account": "bob", "path": "/w"},
+        {"time": _at(2), "event": "ftp.delete", "client": "192.0.2.8",
+         "account": "bob", "path": "/w", "outcome": "ok"},
+    ]
+
+
+def test_transfers_per_account(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    _write(path, _transfer_events())
+    report = build_report(path)
+    moved = {r.account: r for r in report.transfers}
+    alice, bob = moved["alice"], moved["bob"]
+    assert (alice.files_up, alice.bytes_up, alice.files_down, alice.bytes_down,
+            alice.incomplete) == (2, 1500, 1, 200, 1)
+    assert alice.protocols == ["ftps-explicit"]
+    assert (bob.files_up, bob.bytes_up, bob.files_down, bob.bytes_down,
+            bob.incomplete) == (1, 40, 1, 0, 1)
+    assert sorted(bob.protocols) == ["ftps-explicit", "web"]
+    assert [r.account for r in report.transfers] == ["alice", "bob"]
+
+    text = format_text(report)
+    section = text.split("Transfers\n")[1].split("All events")[0]
+    row = next(line for line in section.splitlines() if line.startswith("alice"))
+    assert row.split()[:6] == ["alice", "2", "1500", "1", "200", "1"]
+    assert "web downloads count as files" in section
+
+    _init(tmp_path)
+    status, out, _ = _run("--data-dir", str(tmp_path), "audit", "--json")
+    assert status == 0
+    data = json.loads(out)
+    assert {r["account"]: r["bytes_up"] for r in data["transfers"]} == {
+        "alice": 1500, "bob": 40}
+
+
+def test_no_transfers_says_none(log: Path) -> None:
+    text = format_text(build_report(log, account_locked=_locked))
+    assert text.split("Transfers\n")[1].split("All events")[0].strip("-\n ") == "none"

@@ -509,3 +509,43 @@ async def test_upload_to_a_full_disk_stops_with_a_local_error(engine: TransferEn
     await client
     assert result.outcome is Outcome.LOCAL_ERROR and result.detail == "disk full"
     assert sink.written <= 2 * 1024 * 1024
+
+
+class _RecordingSocket:
+    """
+    A real socket that records the options set on it.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.options: list[tuple[int, int, int]] = []
+
+    def setsockopt(self, level: int, name: int, value: int) -> None:
+        self.options.append((level, name, value))
+        self._sock.setsockopt(level, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="Linux only")
+def test_waiting_for_the_client_acknowledges_at_once() -> None:
+    """
+    Before each wait for client bytes the data socket asks for an immediate
+    ACK (TCP_QUICKACK): a client whose TLS stack split a message in two
+    would otherwise stall 40 ms per file behind our delayed ACK.
+    """
+    from rumpus_secure.ftp.transfer import TransferHandle, _Channel
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+    with client, accepted:
+        recording = _RecordingSocket(accepted)
+        channel = _Channel(recording, timeout=5.0, handle=TransferHandle())  # type: ignore[arg-type]
+        client.sendall(b"x")
+        before = list(recording.options)
+        channel._wait(True)
+        assert (socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1) in recording.options[len(before):]
+        channel._wait(False)  # waiting to send is not waiting for the client
+        assert recording.options.count((socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)) == 1

@@ -19,7 +19,14 @@ decides the reply:
  - a data connection that did not resume the control connection's TLS
    session, when reuse is required, gets 522 and is audited; on a passive
    port the 522 comes only when the connect timeout ends without the
-   rightful connection (L{rumpus_secure.ftp.passive}).
+   rightful connection (L{rumpus_secure.ftp.passive});
+ - a transfer cut because its account was locked, quarantined, deleted or
+   given a new password (L{Transfer.end}, from
+   L{rumpus_secure.ftp.account_state}) gets 426 with that reason.
+
+Every file transfer that got as far as its 150 is audited once, after its
+reply, as ``ftp.upload`` or ``ftp.download`` (L{_audit_transfer}): the one
+record the console line, ``--xferlog`` and the metrics are built from.
 """
 
 from __future__ import annotations
@@ -102,6 +109,8 @@ class Transfer:
         self.source = source
         self.handle = TransferHandle()
         self.by_abor = False
+        #: Why the session ended this transfer (L{end}), or L{None}.
+        self.ended_by: str | None = None
         self.finished: defer.Deferred[None] = defer.Deferred()
 
     @property
@@ -113,6 +122,17 @@ class Transfer:
         ABOR: stop now; fires once the transfer command has replied.
         """
         self.by_abor = True
+        return self._stop()
+
+    def end(self, reason: str) -> defer.Deferred[None]:
+        """
+        Stop now because the session ends (C{reason} goes into the 426);
+        fires once the transfer command has replied.
+        """
+        self.ended_by = reason
+        return self._stop()
+
+    def _stop(self) -> defer.Deferred[None]:
         self.handle.abort()
         self.source.close()
         d: defer.Deferred[None] = defer.Deferred()
@@ -131,6 +151,8 @@ class Plan:
     job: Job
     finish: Callable[[TransferResult], Awaitable[str]]
     cancel: Callable[[], Awaitable[Any]] | None = None
+    #: ``upload`` or ``download`` for file transfers (audited); None for listings.
+    direction: str | None = None
 
 
 class TransferCommands:
@@ -201,10 +223,13 @@ class TransferCommands:
         async def run() -> None:
             transfer: Transfer | None = None
             plan: Plan | None = None
+            result: TransferResult | None = None
+            started = self.reactor.seconds()  # type: ignore[attr-defined]
             try:
                 plan = await prepare()
                 transfer = self._transfer = Transfer(verb, plan.path, source)
                 self.sendLine(plan.preamble)  # type: ignore[attr-defined]
+                started = self.reactor.seconds()  # type: ignore[attr-defined]
                 try:
                     connect = await source.connector()
                 except (SSL.Error, OSError, TimeoutError, TransferAbortedError) as e:
@@ -213,6 +238,7 @@ class TransferCommands:
                 engine.run(connect, self._data_tls(), plan.job, transfer.handle)
                 assert transfer.handle.result is not None
                 result = await transfer.handle.result
+                assert result is not None
                 self._audit_result(verb, plan.path, result)
                 reply = await plan.finish(result)
             except VFSError as e:
@@ -222,7 +248,9 @@ class TransferCommands:
             except HandshakeFailed as e:
                 if plan is not None and plan.cancel is not None:
                     await plan.cancel()
-                if transfer is not None and transfer.by_abor:
+                if transfer is not None and transfer.ended_by is not None:
+                    reply = f"426 Transfer aborted before the data connection: {transfer.ended_by}."
+                elif transfer is not None and transfer.by_abor:
                     reply = "426 Transfer aborted: ABOR received before the data connection."
                 else:
                     self._audit("ftp.data_tls_failed", account=self.account,  # type: ignore[attr-defined]
@@ -241,15 +269,18 @@ class TransferCommands:
             except (DataConnectionTimeout, defer.CancelledError) as e:
                 if plan is not None and plan.cancel is not None:
                     await plan.cancel()
-                if transfer is not None and transfer.by_abor:
+                if transfer is not None and transfer.ended_by is not None:
+                    reply = f"426 Transfer aborted before the data connection: {transfer.ended_by}."
+                elif transfer is not None and transfer.by_abor:
                     reply = "426 Transfer aborted: ABOR received before the data connection."
                 elif isinstance(e, DataConnectionTimeout):
                     reply = "425 The data connection was not opened in time; transfer not started."
                 else:
                     reply = "426 Data connection closed; transfer not started."
             except Exception:  # noqa: BLE001 (a bug: logged, and the client told)
-                _log.failure("{verb} failed", verb=verb)
-                reply = "451 Requested action aborted: internal error."
+                self.session_factory.shared.errors.report(  # type: ignore[attr-defined]
+                    verb, Failure(), authenticated=True)
+                reply = "451 Local error: the command could not be completed."
                 if plan is not None and plan.cancel is not None:
                     await plan.cancel()
             finally:
@@ -259,10 +290,55 @@ class TransferCommands:
                     self.setTimeout(self.timeOut)  # type: ignore[attr-defined]
             self.sendLine(reply)  # type: ignore[attr-defined]
             self._transfer = None
+            if plan is not None and plan.direction is not None:
+                self._audit_transfer(verb, plan, result, reply, transfer, started)
             if transfer is not None:
                 transfer.finished.callback(None)
 
         return defer.Deferred.fromCoroutine(run())
+
+    @property
+    def service_name(self) -> str:
+        """``ftp``, ``ftps-explicit`` or ``ftps-implicit``: how this session is secured."""
+        if self.implicit:  # type: ignore[attr-defined]
+            return "ftps-implicit"
+        return "ftps-explicit" if self.secure else "ftp"  # type: ignore[attr-defined]
+
+    def _audit_transfer(self, verb: str, plan: Plan, result: TransferResult | None,
+                        reply: str, transfer: Transfer | None, started: float) -> None:
+        """
+        Audit one finished file transfer as ``ftp.upload`` or ``ftp.download``.
+
+        The outcome is the engine's (``complete``, ``aborted``, ``truncated``,
+        ``connection-lost``, ...), except that ABOR always reads ``aborted``
+        and a transfer whose reply is not 2xx (an upload that could not be
+        committed, a data connection that never came) reads ``failed``.
+        """
+        by_abor = transfer is not None and transfer.by_abor
+        if by_abor:
+            outcome = "aborted"
+        elif result is None or (result.ok and not reply.startswith("2")):
+            outcome = "failed"
+        else:
+            outcome = result.outcome.value
+        tls = self.tls_version  # type: ignore[attr-defined]
+        if result is not None and result.tls_version:
+            tls = result.tls_version
+        self.audit.record(  # type: ignore[attr-defined]
+            f"ftp.{plan.direction}",
+            client=self.client_host,  # type: ignore[attr-defined]
+            protocol=self.service_name,
+            account=self.account,  # type: ignore[attr-defined]
+            tls=tls,
+            data_tls=self.prot == "P",  # type: ignore[attr-defined]
+            command=verb,
+            path=plan.path,
+            bytes=result.bytes if result is not None else 0,
+            seconds=round(max(0.0, self.reactor.seconds() - started), 3),  # type: ignore[attr-defined]
+            type="binary" if self.binary else "ascii",
+            outcome=outcome,
+            reply=reply[:3],
+        )
 
     def _audit_result(self, verb: str, path: str, result: TransferResult) -> None:
         if result.outcome is Outcome.NOT_RESUMED:
@@ -273,8 +349,11 @@ class TransferCommands:
                         command=verb, error=result.detail)
 
     @staticmethod
-    def _failure_reply(result: TransferResult, transfer_bytes: int, by_abor: bool) -> str:
+    def _failure_reply(result: TransferResult, transfer_bytes: int, by_abor: bool,
+                       ended_by: str | None = None) -> str:
         outcome = result.outcome
+        if ended_by is not None:
+            return f"426 Transfer aborted after {transfer_bytes} bytes: {ended_by}."
         if outcome is Outcome.NOT_RESUMED:
             return ("522 Data connection refused: it must resume the TLS session of "
                     "this control connection (TLS session reuse is required). Enable "
@@ -301,7 +380,8 @@ class TransferCommands:
         async def finish(result: TransferResult) -> str:
             if result.ok:
                 return "226 Listing sent."
-            return self._failure_reply(result, result.bytes, self._aborted())
+            return self._failure_reply(result, result.bytes, self._aborted(),
+                                       self._ended_by())
 
         return Plan(target, f"150 Sending the {verb} of {wire_name(target)}.",
                     send_bytes(payload), finish)
@@ -309,6 +389,10 @@ class TransferCommands:
     def _aborted(self) -> bool:
         transfer = self._transfer
         return transfer is not None and transfer.by_abor
+
+    def _ended_by(self) -> str | None:
+        transfer = self._transfer
+        return None if transfer is None else transfer.ended_by
 
     def ftp_RETR(self, path: str) -> Any:
         async def prepare() -> Plan:
@@ -327,12 +411,14 @@ class TransferCommands:
                 await close_file()
                 if result.ok:
                     return f"226 Transfer complete: {result.bytes} bytes sent."
-                return self._failure_reply(result, result.bytes, self._aborted())
+                return self._failure_reply(result, result.bytes, self._aborted(),
+                                           self._ended_by())
 
             return Plan(target,
                         f"150 Opening {mode} mode data connection for "
                         f"{wire_name(target)} ({size - offset} bytes).",
-                        send_file(handle, encoder), finish, close_file)
+                        send_file(handle, encoder), finish, close_file,
+                        direction="download")
 
         return self._transfer_command("RETR", prepare)
 
@@ -354,6 +440,11 @@ class TransferCommands:
         if verb == "STOU":
             base = self._path(path or "upload")
             parts = split_path(base)
+            if not parts:
+                # "STOU /", "STOU ..": the home itself, which has no name
+                # to make a unique one from.
+                raise Refused("553 STOU refused: name a file, not the top "
+                              "directory (or send STOU alone).")
             directory = "/" + "/".join(parts[:-1]) if path else shell.cwd
             target = await shell.call("unique_name", directory, parts[-1])
             return await shell.call("open_upload", target, exclusive=True)
@@ -390,12 +481,14 @@ class TransferCommands:
             outcome = await abort()
             if isinstance(result.error, VFSError):
                 return f"{vfs_reply(result.error, verb)}; {_outcome_text(outcome, upload)}"
-            reply = self._failure_reply(result, result.bytes, self._aborted())
+            reply = self._failure_reply(result, result.bytes, self._aborted(),
+                                        self._ended_by())
             if reply.startswith("426 Transfer aborted after"):
                 reply = "426 Upload aborted after" + reply[len("426 Transfer aborted after"):]
             return f"{reply.rstrip('.')}; {_outcome_text(outcome, upload)}"
 
-        return Plan(target, preamble, receive_into(upload, decoder), finish, abort)
+        return Plan(target, preamble, receive_into(upload, decoder), finish, abort,
+                    direction="upload")
 
     # -- ABOR and STAT while a transfer runs ----------------------------------
 

@@ -8,6 +8,8 @@ settings (TYPE, MODE, STRU, REST, OPTS MLST/HASH); the transfers themselves
 are in L{rumpus_secure.ftp.file_transfers}.  Every disk operation runs in a
 thread through the session's L{FileShell}; every ``VFSError`` becomes the
 matching reply, and nothing changes on disk when a command is refused.
+Changes are audited (``ftp.mkdir``, ``ftp.rmdir``, ``ftp.delete``,
+``ftp.rename``), refused ones too: the web's twins are.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from twisted.internet import defer
 
 from rumpus_secure.ftp import listing
 from rumpus_secure.ftp.file_transfers import Plan, Refused, TransferCommands
+from rumpus_secure.long_work import GoneAway
 from rumpus_secure.vfs import split_path, wire_name
 
 #: OPTS HASH names and the hashlib names behind them.
@@ -162,14 +165,62 @@ class FileCommands(TransferCommands):
         algorithm = self._hash_algorithm
 
         async def digest() -> str:
-            assert self.shell is not None
+            assert self.shell is not None and self.account is not None
             target = self._path(path)
-            value, size = await self.shell.hash_with_size(target, HASH_NAMES[algorithm])
+            fs = self.shell.fs
+
+            def hash_with_size() -> tuple[str, int]:
+                size = fs.stat(target).size
+                return fs.hash_file(target, HASH_NAMES[algorithm]), size
+
+            # Seconds of disk and CPU for a big file: on the long-work pool,
+            # one at a time per account (L{rumpus_secure.long_work}).
+            long_work = self.session_factory.shared.long_work  # type: ignore[attr-defined]
+            try:
+                value, size = await long_work.run(
+                    self.account, hash_with_size,
+                    wanted=lambda: not self._closing)  # type: ignore[attr-defined]
+            except GoneAway:
+                return "450 HASH not run: the connection is closing."
             return f"213 {algorithm} 0-{size} {value} {wire_name(target)}"
 
         return self._fs_command("HASH", digest())
 
     # -- changes ----------------------------------------------------------
+
+    def _audited(self, event: str, argument: str, d: defer.Deferred[Any],
+                 **fields: Any) -> defer.Deferred[Any]:
+        """
+        Audit a change (MKD, RMD, DELE, RNTO) once it has replied.
+
+        The path is the resolved one (as the web's ``web.mkdir``, ...), the
+        outcome ``ok`` for a 2xx reply, else ``refused`` with the reply code.
+        """
+        try:
+            path = self._path(argument)
+            extra = {k: self._path(v) for k, v in fields.items()}
+        except Exception:  # noqa: BLE001 (a path the shell refuses: audit it raw)
+            path, extra = argument, dict(fields)
+        started = self.reactor.seconds()  # type: ignore[attr-defined]
+
+        def audit(reply: Any) -> Any:
+            text = reply if isinstance(reply, str) else ""
+            ok = text[:1] == "2"
+            self.audit.record(  # type: ignore[attr-defined]
+                event,
+                client=self.client_host,  # type: ignore[attr-defined]
+                protocol=self.service_name,
+                account=self.account,  # type: ignore[attr-defined]
+                tls=self.tls_version,  # type: ignore[attr-defined]
+                path=path,
+                seconds=round(max(0.0, self.reactor.seconds() - started), 3),  # type: ignore[attr-defined]
+                outcome="ok" if ok else "refused",
+                reply=text[:3] or None,
+                **extra,
+            )
+            return reply
+
+        return d.addCallback(audit)
 
     def ftp_MKD(self, path: str) -> defer.Deferred[Any]:
         async def mkd() -> str:
@@ -178,7 +229,7 @@ class FileCommands(TransferCommands):
             await self.shell.call("mkdir", target)
             return f"257 {quote_path(target)} created."
 
-        return self._fs_command("MKD", mkd())
+        return self._audited("ftp.mkdir", path, self._fs_command("MKD", mkd()))
 
     ftp_XMKD = ftp_MKD
 
@@ -191,7 +242,7 @@ class FileCommands(TransferCommands):
             await self.shell.call("rmdir", target)
             return f"250 Directory {wire_name(target)} removed."
 
-        return self._fs_command("RMD", rmd())
+        return self._audited("ftp.rmdir", path, self._fs_command("RMD", rmd()))
 
     ftp_XRMD = ftp_RMD
 
@@ -202,7 +253,7 @@ class FileCommands(TransferCommands):
             await self.shell.call("remove", target)
             return f"250 File {wire_name(target)} deleted."
 
-        return self._fs_command("DELE", dele())
+        return self._audited("ftp.delete", path, self._fs_command("DELE", dele()))
 
     def ftp_RNFR(self, path: str) -> defer.Deferred[Any]:
         async def rnfr() -> str:
@@ -228,7 +279,8 @@ class FileCommands(TransferCommands):
             await self.shell.call("rename", source, target)
             return f"250 Renamed {wire_name(source)} to {wire_name(target)}."
 
-        return self._fs_command("RNTO", rnto())
+        return self._audited("ftp.rename", source, self._fs_command("RNTO", rnto()),
+                             to=path)
 
     # -- listings -----------------------------------------------------------
 

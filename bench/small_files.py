@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""
+Small files over FTPS: rumpus-secure vs vsftpd vs pyftpdlib, with lftp.
+
+Starts the three servers of ``bench/ftps_throughput.py`` on loopback, then,
+for each, uploads COUNT files of SIZE bytes in one lftp session (``mirror
+-R``, PROT P, TLS session reuse on, as lftp does by default) and downloads
+them again (``mirror``), with one connection and with ``--parallel=N``.
+Prints files/s and the server's CPU milliseconds per file for each, and the
+ratios against rumpus-secure, all from the same run.
+
+    python bench/small_files.py [--count 1000] [--size 4096] [--parallel 8]
+                                [--skip vsftpd] [--skip pyftpdlib]
+
+Needs lftp; root for vsftpd.  Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ftps_throughput import (  # noqa: E402
+    PASSWORD,
+    USER,
+    Pyftpdlib,
+    Rumpus,
+    Server,
+    Vsftpd,
+)
+
+
+def lftp(server: Server, commands: str) -> float:
+    """
+    Run an lftp script against C{server}; return the wall-clock seconds.
+    """
+    script = (
+        "set ftp:ssl-force true; set ftp:ssl-protect-data true; "
+        "set ssl:verify-certificate no; set ftp:passive-mode on; "
+        "set ftp:prefer-epsv no; set net:max-retries 1; set xfer:clobber on; "
+        f"open -u {USER},{PASSWORD} ftp://127.0.0.1:{server.port}; {commands}"
+    )
+    start = time.perf_counter()
+    subprocess.run(["lftp", "-c", script], check=True, capture_output=True, timeout=900)
+    return time.perf_counter() - start
+
+
+def measure(server: Server, commands: str, count: int) -> tuple[float, float | None]:
+    """
+    Files per second and the server's CPU milliseconds per file.
+    """
+    before = server.cpu()
+    seconds = lftp(server, commands)
+    after = server.cpu()
+    cpu = (after - before) * 1000 / count if before is not None and after is not None else None
+    return count / seconds, cpu
+
+
+def owned_by_bench(path: Path, server: Server) -> None:
+    if isinstance(server, Vsftpd):
+        for dirpath, _dirs, files in os.walk(path):
+            shutil.chown(dirpath, USER)
+            for name in files:
+                shutil.chown(os.path.join(dirpath, name), USER)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument("--skip", action="append", default=[],
+                        help="server to skip: vsftpd or pyftpdlib")
+    parser.add_argument("--dir", default="/dev/shm" if Path("/dev/shm").is_dir() else None)
+    args = parser.parse_args()
+    if not shutil.which("lftp"):
+        print("lftp is needed", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="rumpus-small-", dir=args.dir) as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)
+        source = work / "source"
+        source.mkdir()
+        for i in range(args.count):
+            (source / f"f{i:05d}.bin").write_bytes(os.urandom(args.size))
+        marker = work / "marker.bin"
+        marker.write_bytes(b"x")
+        servers: list[Server] = []
+        try:
+            rumpus = Rumpus(work, marker)
+            servers.append(rumpus)
+            cert = work / "rumpus-data" / "tls" / "cert.pem"
+            key = work / "rumpus-data" / "tls" / "key.pem"
+            if "vsftpd" not in args.skip:
+                servers.append(Vsftpd(work, marker, cert, key))
+            if "pyftpdlib" not in args.skip:
+                servers.append(Pyftpdlib(work, marker, cert, key))
+            rows: dict[str, dict[str, tuple[float, float | None]]] = {}
+            for server in servers:
+                rows[server.name] = {}
+                for parallel in (1, args.parallel):
+                    up_dir, down_dir = f"up{parallel}", work / f"down-{server.name}-{parallel}"
+                    rows[server.name][f"STOR x{parallel}"] = measure(
+                        server, f"mirror -R --parallel={parallel} {source} {up_dir}", args.count)
+                    owned_by_bench(server.home / up_dir, server)
+                    rows[server.name][f"RETR x{parallel}"] = measure(
+                        server, f"mirror --parallel={parallel} {up_dir} {down_dir}", args.count)
+                    got = sorted(p.name for p in down_dir.iterdir())
+                    if len(got) != args.count:
+                        print(f"{server.name}: downloaded {len(got)} of {args.count} files")
+                    shutil.rmtree(down_dir)
+                    print(f"{server.name:14s} x{parallel}: "
+                          + "  ".join(f"{op} {fps:6.1f} files/s"
+                                      for op, (fps, _) in rows[server.name].items()
+                                      if op.endswith(f"x{parallel}")), flush=True)
+            print()
+            print(f"{args.count} files of {args.size} bytes, lftp mirror, PROT P, "
+                  f"{os.cpu_count()} cores")
+            ops = list(rows["rumpus-secure"])
+            print(f"{'server':14s} " + " ".join(f"{op + ' f/s':>13s} {'ms CPU':>7s}" for op in ops))
+            for name, row in rows.items():
+                cells = []
+                for op in ops:
+                    fps, cpu = row[op]
+                    cells.append(f"{fps:13.1f} {cpu:7.2f}" if cpu is not None
+                                 else f"{fps:13.1f} {'n/a':>7s}")
+                print(f"{name:14s} " + " ".join(cells))
+            print()
+            print("rumpus-secure files/s as a multiple of each server's")
+            base = rows["rumpus-secure"]
+            for name, row in rows.items():
+                if name == "rumpus-secure":
+                    continue
+                print(f"{'vs ' + name:14s} " + " ".join(
+                    f"{base[op][0] / row[op][0]:13.2f} {'':7s}" for op in ops))
+        finally:
+            for server in servers:
+                server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""
+The xferlog line (wu-ftpd xferlog(5), as vsftpd writes it), the file writer
+and the console line per transfer, fed from the audit stream.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.logger import Logger, eventAsText
+
+from rumpus_secure.audit import JSONLinesAuditLog, MemoryAuditLog
+from rumpus_secure.xferlog import (
+    TransferConsole,
+    XferLog,
+    install,
+    safe_field,
+    xferlog_line,
+)
+
+#: 2026-03-04 05:06:07 UTC.
+MOMENT = 1772600767.0
+
+
+def upload(**fields: Any) -> dict[str, Any]:
+    log = MemoryAuditLog(clock=lambda: MOMENT)
+    values = {"client": "192.0.2.7", "protocol": "ftps-explicit", "account": "alice",
+              "path": "/docs/report.pdf", "bytes": 1048576, "seconds": 2.6,
+              "type": "binary", "outcome": "complete"}
+    values.update(fields)
+    log.record("ftp.upload", **values)
+    return log.events[0]
+
+
+def test_line_has_the_fourteen_fields() -> None:
+    line = xferlog_line(upload())
+    assert line is not None
+    # ctime(3) in local time, the day padded with a space: what wu-ftpd writes.
+    date = time.ctime(MOMENT)
+    assert line.startswith(date + " ")
+    rest = line[len(date) + 1:].split(" ")
+    assert rest == ["3", "192.0.2.7", "1048576", "/docs/report.pdf", "b", "_", "i",
+                    "r", "alice", "ftp", "0", "*", "c"]
+
+
+def test_download_ascii_incomplete_and_short_transfer() -> None:
+    entry = upload(path="/a.txt", bytes=10, seconds=0.01, type="ascii",
+                   outcome="truncated")
+    entry["event"] = "ftp.download"
+    rest = xferlog_line(entry).split(" ")[-13:]  # type: ignore[union-attr]
+    assert rest[0] == "1"  # at least one second, as wu-ftpd
+    assert rest[4:7] == ["a", "_", "o"]
+    assert rest[-1] == "i"
+
+
+def test_names_can_never_break_a_line() -> None:
+    nasty = "/new\r\nFri Jan  1 00:00:00 2027 1 6.6.6.6 1 /forged b _ i r root ftp 0 * c"
+    line = xferlog_line(upload(path=nasty, account="bad user"))
+    assert line is not None
+    assert "\n" not in line and "\r" not in line
+    rest = line.split(" ")[-13:]
+    assert rest[3].startswith("/new??Fri_Jan__1")
+    assert rest[8] == "bad_user"
+    assert len(line.split(" ")) == len(xferlog_line(upload()).split(" "))  # type: ignore[union-attr]
+    assert safe_field("tab\there\x7f") == "tab?here?"
+    assert safe_field("") == "-"
+
+
+def test_only_ftp_transfers_are_lines() -> None:
+    log = MemoryAuditLog()
+    log.record("ftp.delete", account="alice", path="/x")
+    log.record("web.upload", account="alice", path="/x", size=3)
+    assert [xferlog_line(e) for e in log.events] == [None, None]
+
+
+def test_writer_appends_from_the_audit_stream(tmp_path: Path) -> None:
+    audit = JSONLinesAuditLog(tmp_path / "audit.log", clock=lambda: MOMENT)
+    path = tmp_path / "xferlog"
+    install(audit, path)
+    audit.record("ftp.upload", client="192.0.2.7", account="alice", path="/a",
+                 bytes=5, seconds=0.2, type="binary", outcome="complete")
+    audit.record("ftp.login", client="192.0.2.7", account="alice", outcome="ok")
+    audit.record("ftp.download", client="192.0.2.8", account="bob", path="/b",
+                 bytes=7, seconds=0.2, type="binary", outcome="aborted")
+    lines = path.read_text().splitlines()
+    assert [line.split(" ")[-13:][1:4] for line in lines] == [
+        ["192.0.2.7", "5", "/a"], ["192.0.2.8", "7", "/b"]]
+    assert [line[-1] for line in lines] == ["c", "i"]
+    # The audit log still has every event.
+    assert len((tmp_path / "audit.log").read_text().splitlines()) == 3
+    # Moved away (logrotate): the next line starts a new file.
+    path.rename(tmp_path / "xferlog.1")
+    audit.record("ftp.upload", client="192.0.2.7", account="alice", path="/c",
+                 bytes=1, seconds=1, type="binary", outcome="complete")
+    assert len(path.read_text().splitlines()) == 1
+
+
+def test_unwritable_xferlog_never_stops_the_audit(tmp_path: Path) -> None:
+    audit = MemoryAuditLog()
+    audit.add_observer(XferLog(tmp_path / "no-such-dir" / "xferlog"))
+    audit.record("ftp.upload", account="alice", path="/a", bytes=1, seconds=1,
+                 outcome="complete")
+    assert len(audit.named("ftp.upload")) == 1
+
+
+def test_broken_observer_does_not_stop_others() -> None:
+    audit = MemoryAuditLog()
+    seen: list[str] = []
+
+    def broken(entry: dict[str, Any]) -> None:
+        raise RuntimeError("boom")
+
+    audit.add_observer(broken)
+    audit.add_observer(lambda entry: seen.append(entry["event"]))
+    audit.record("ftp.login", account="alice", outcome="ok")
+    assert seen == ["ftp.login"] and len(audit.events) == 1
+
+
+def test_console_line_names_the_account() -> None:
+    logged: list[dict[str, Any]] = []
+    console = TransferConsole(Logger(observer=logged.append))
+    console(upload())
+    console({"event": "ftp.login", "account": "alice"})
+    console({"event": "web.upload", "account": "bob", "path": "/w.txt", "size": 9,
+             "client": "192.0.2.9"})
+    texts = [eventAsText(e, includeTimestamp=False) for e in logged]
+    assert len(texts) == 2
+    assert "alice" in texts[0] and "/docs/report.pdf" in texts[0]
+    assert "upload complete" in texts[0] and "1048576 bytes" in texts[0]
+    assert "web upload" in texts[1] and "bob" in texts[1] and "9 bytes" in texts[1]
+
+
+def test_unwritable_xferlog_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    import pytest
+    from twisted.internet.testing import MemoryReactorClock
+
+    from rumpus_secure import tap
+
+    with pytest.raises(SystemExit) as e:
+        tap.makeService({"data-dir": str(tmp_path / "data"),
+                         "xferlog": str(tmp_path / "missing" / "xferlog")},
+                        reactor=MemoryReactorClock())
+    message = str(e.value.code)
+    assert message.startswith("rumpus-secure: error: --xferlog ")
+    assert "No such file or directory" in message and "\n" not in message
