@@ -1051,7 +1051,9 @@ class ControlFactory(protocol.ServerFactory):
 
     @property
     def tls_context(self) -> Any:
-        return self.shared.tls.context_factory([b"ftp"])
+        # A TLS context per control connection: its data connections can
+        # resume its session and nobody else's (tls.per_session_factory).
+        return self.shared.tls.per_session_factory([b"ftp"])
 
     def buildProtocol(self, addr: Any) -> ControlProtocol:
         p = ControlProtocol(self)
