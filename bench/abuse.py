@@ -103,6 +103,8 @@ class OwnServer:
         data = work / "data"
         env = dict(os.environ, PYTHONPATH=str(repo), PYTHONUNBUFFERED="1")
         cli = [sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(data)]
+        # Admin commands need the accounts database 'init' creates.
+        subprocess.run([*cli, "init"], check=True, capture_output=True, env=env)
         for name, password in ((USER, PASSWORD), (VICTIM, "victim-Passw0rd-not-secret")):
             subprocess.run([*cli, "user", "add", name, "--password-stdin"],
                            input=password + "\n", text=True, env=env, check=True,

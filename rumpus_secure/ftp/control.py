@@ -120,6 +120,7 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self._session_account: str | None = None
         self._line_timer: Any = None
         self._last_host = "?"
+        self.tls_context_in_use: Any = None
         self._login_timer: Any = None
         self._abort_timer: Any = None
         self._handshake_deadline: Any = None
@@ -309,6 +310,10 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         connection = self._tls_connection()
         if connection is not None:
             self.tls_version = connection.get_protocol_version_name()
+            # Kept: data connections resume this context's sessions, and a
+            # transfer may still be set up after the control connection has
+            # gone (its transport is None then).
+            self.tls_context_in_use = connection.get_context()
         self._audit("ftp.tls_established", outcome="ok",
                     mode="implicit" if self.implicit else "explicit")
         if self.implicit and not self._closing:

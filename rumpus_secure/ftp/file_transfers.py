@@ -183,8 +183,11 @@ class TransferCommands:
         if not (self.secure and self.prot == "P"):  # type: ignore[attr-defined]
             return None
         config = self.config  # type: ignore[attr-defined]
+        context = self.tls_context_in_use  # type: ignore[attr-defined]
+        if context is None:
+            context = self.transport.getHandle().get_context()  # type: ignore[attr-defined]
         return TLSSettings(
-            context=self.transport.getHandle().get_context(),  # type: ignore[attr-defined]
+            context=context,
             require_reuse=config.data_tls_reuse == "required",
             strict_eof=config.data_tls_strict_eof,
         )
