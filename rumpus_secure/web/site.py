@@ -19,7 +19,7 @@ from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
 from rumpus_secure.config import ServerConfig
-from rumpus_secure.web.app import WebApp
+from rumpus_secure.web.app import WebApp, query_args
 from rumpus_secure.web.auth import LoginResource, LogoutResource
 from rumpus_secure.web.bodies import body_cap, early_refusal, too_large
 from rumpus_secure.web.channel import Discard, LimitedChannel, answer_and_close
@@ -67,6 +67,36 @@ def security_headers(config: ServerConfig, secure: bool = True) -> list[tuple[by
             (b"strict-transport-security", b"max-age=%d" % config.hsts_max_age)
         )
     return headers
+
+
+#: The login page's one address (see L{_login_target_refusal}).
+LOGIN_PATH = b"/login"
+#: Query fields that make a login request carry a password in its URL.
+QUERY_PASSWORD_FIELDS = frozenset({b"password", b"pass", b"passwd"})
+
+
+def _login_target_refusal(request: IRequest) -> tuple[int, str, str] | None:
+    """
+    Whether a request that twisted.web routed to the login page must be
+    refused instead.
+
+    * The login page has exactly one address, ``/login``.  Resource
+      traversal also maps ``/login/``, ``//login`` and ``/%6cogin`` there;
+      round 3 found the plain-HTTP listener redirecting exactly such
+      variants while only watching ``/login`` for passwords, so the HTTPS
+      side now answers them ``404`` and a look-alike never logs anyone in.
+    * A password in the query string (``/login?password=...``) is refused
+      with ``400`` before it is checked: a URL is written to access logs,
+      proxies and browser history, so a password there is as good as
+      published.
+    """
+    if request.path != LOGIN_PATH:
+        return 404, "Not found", "There is nothing at this address. The login page is /login."
+    if {name.lower() for name in query_args(request)} & QUERY_PASSWORD_FIELDS:
+        return (400, "Password not accepted in the address",
+                "A password may not be part of the page address (it would be kept "
+                "in logs and browser history). Nothing was checked. Use the login form.")
+    return None
 
 
 class SecureRequest(server.Request):
@@ -124,6 +154,18 @@ class SecureRequest(server.Request):
         gets 405 with an Allow header (twisted.web answers OPTIONS, PUT or
         DELETE with a 501 "Huh?" page of its own).
         """
+        if isinstance(resrc, LoginResource):
+            refusal = _login_target_refusal(self)
+            if refusal is not None:
+                status, title, message = refusal
+                body = message_page(title, message, link=("/login", "Log in"))
+                self.setResponseCode(status)
+                self.setHeader(b"content-type", b"text/html; charset=utf-8")
+                self.setHeader(b"content-length", b"%d" % len(body))
+                if self.method != b"HEAD":
+                    self.write(body)
+                self.finish()
+                return
         if self.method in (b"GET", b"HEAD", b"POST"):
             super().render(resrc)
             return

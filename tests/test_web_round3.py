@@ -1,0 +1,159 @@
+"""
+Round 3 web findings: credentials on plain HTTP whatever their path, method
+and framing; the HTTPS login page at exactly one address; no password in a
+login URL or the access log.
+
+Every test has a second client: another account, from the same address,
+which must stay unaffected.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from rumpus_secure.web.redirect import build_http_site
+from rumpus_secure.web.site import build_https_site
+from tests.test_web_support import HTTPDriver, make_server, multipart
+
+SECRET = "s3cret-Alice"
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    server = make_server(tmp_path)
+    server.store.add("alice", SECRET)
+    server.store.add("bob", "bobs-password")
+    return server
+
+
+@pytest.fixture
+def http(server) -> HTTPDriver:
+    return HTTPDriver(build_http_site(server, server.reactor),
+                      host=b"files.example.org", origin=None)
+
+
+@pytest.fixture
+def https(server) -> HTTPDriver:
+    return HTTPDriver(build_https_site(server, server.reactor))
+
+
+def _form(fields: dict[str, str]) -> bytes:
+    return urlencode(fields).encode("ascii")
+
+
+def _chunked(body: bytes) -> bytes:
+    half = len(body) // 2
+    return b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:half], body[half:])) + b"0\r\n\r\n"
+
+
+def _head(method: bytes, target: bytes, headers: dict[bytes, bytes]) -> bytes:
+    lines = [method + b" " + target + b" HTTP/1.1", b"Host: files.example.org", b"Connection: close"]
+    lines += [name + b": " + value for name, value in headers.items()]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+_URLENC = {b"content-type": b"application/x-www-form-urlencoded"}
+_ALICE_FORM = {"username": "alice", "password": SECRET}
+
+
+def _variants() -> list[tuple[str, bytes, bytes, bytes | None, dict[bytes, bytes] | None]]:
+    """C{(id, method, target, body, headers)}; C{headers} None: a chunked raw request."""
+    body = _form(_ALICE_FORM)
+    mp_body, mp_type = multipart([("username", None, b"alice"), ("password", None, SECRET.encode())])
+    basic = base64.b64encode(b"alice:" + SECRET.encode())
+    return [
+        ("trailing-slash", b"POST", b"/login/", body, _URLENC),
+        ("double-slash", b"POST", b"//login", body, _URLENC),
+        ("escaped", b"POST", b"/%6cogin", body, _URLENC),
+        ("other-path", b"POST", b"/anything", body, _URLENC),
+        ("put", b"PUT", b"/login", body, _URLENC),
+        ("no-content-type", b"POST", b"/login", body, {}),
+        ("multipart", b"POST", b"/login", mp_body, {b"content-type": mp_type}),
+        ("pass-field", b"POST", b"/login", _form({"user": "alice", "pass": SECRET}), _URLENC),
+        ("passwd-field", b"POST", b"/login", _form({"username": "alice", "Passwd": SECRET}), _URLENC),
+        ("query-get", b"GET", b"/login?" + body, None, {}),
+        ("query-head", b"HEAD", b"/x?" + body, None, {}),
+        ("proxy-basic", b"GET", b"/files/", None, {b"proxy-authorization": b"Basic " + basic}),
+        ("chunked", b"POST", b"/login", body, None),
+        ("chunked-multipart", b"POST", b"/login/", mp_body, None),
+    ]
+
+
+@pytest.mark.parametrize("case", _variants(), ids=lambda case: case[0])
+def test_cleartext_credentials_refused_whatever_the_shape(server, http, https, case):
+    name, method, target, body, headers = case
+    if headers is None:  # chunked
+        ctype = _URLENC[b"content-type"] if not name.endswith("multipart") else \
+            multipart([("x", None, b"")])[1]
+        head = _head(method, target, {b"content-type": ctype, b"transfer-encoding": b"chunked"})
+        response = http.request(method, target, raw_head=head + _chunked(body))
+    else:
+        response = http.request(method, target, body=body, headers=headers)
+    assert response.status == 403, name
+    assert response.header(b"location") is None
+    assert SECRET.encode() not in response.body
+    assert SECRET.encode() not in b"".join(v for vs in response.headers.values() for v in vs)
+    assert ("alice", SECRET) in server.checker.checked
+    assert server.store.get("alice").locked
+    assert server.audit.named("web.cleartext_credentials")
+    assert SECRET not in repr(server.audit.events)
+    # The second client: bob, from the same address, is untouched.
+    assert not server.store.get("bob").locked
+    assert https.post_form(b"/login", {"username": "bob", "password": "bobs-password"}).status == 303
+
+
+def test_chunked_multipart_boundary_is_parsed(server, http):
+    # The chunked-multipart case above must use the body's own boundary.
+    mp_body, mp_type = multipart([("username", None, b"alice"), ("password", None, SECRET.encode())])
+    head = _head(b"POST", b"/login", {b"content-type": mp_type, b"transfer-encoding": b"chunked"})
+    assert http.request(b"POST", b"/login", raw_head=head + _chunked(mp_body)).status == 403
+    assert server.store.get("alice").locked
+
+
+def test_credentials_counted_by_the_guard(server, http, monkeypatch):
+    offences = []
+
+    class Guard:
+        def check(self, host, protocol):
+            return None
+
+        def offence(self, host, kind, **fields):
+            offences.append((host, kind))
+            return None
+
+    server.guard = Guard()
+    http.get(b"/login?username=alice&password=" + SECRET.encode())
+    http.request(b"POST", b"//login", body=_form(_ALICE_FORM), headers=_URLENC)
+    assert offences == [("192.0.2.7", "cleartext_login")] * 2
+
+
+def test_password_past_the_cap_is_not_kept(server, http):
+    # Only the first 64 KiB of a form body is read: the request is redirected.
+    body = _form({"filler": "x" * (70 * 1024), "password": SECRET})
+    response = http.request(b"POST", b"/login", body=body, headers=_URLENC, chunks=8)
+    assert response.status == 308
+    assert not server.store.get("alice").locked
+
+
+@pytest.mark.parametrize("fields", [{"username": "x"}, {"passwordless": "1"}, {}])
+def test_forms_without_password_still_redirect(http, fields):
+    response = http.request(b"POST", b"/login", body=_form(fields), headers=_URLENC)
+    assert response.status == 308
+    assert response.header(b"location") == b"https://files.example.org:8443/login"
+
+
+@pytest.mark.parametrize("target", [b"/login/", b"//login", b"/%6cogin", b"/%6Cogin",
+                                    b"/login/x", b"//%6cogin/"])
+def test_https_login_has_one_address(server, https, target):
+    response = https.post_form(target, _ALICE_FORM)
+    assert response.status == 404
+    assert response.header(b"set-cookie") is None
+    assert https.get(target).status == 404
+    # Second client, same address: bob logs in at /login.
+    bob = HTTPDriver(https.site)
+    assert bob.post_form(b"/login", {"username": "bob", "password": "bobs-password"}).status == 303
+    assert bob.get(b"/files/").status == 200
