@@ -157,3 +157,50 @@ def test_https_login_has_one_address(server, https, target):
     bob = HTTPDriver(https.site)
     assert bob.post_form(b"/login", {"username": "bob", "password": "bobs-password"}).status == 303
     assert bob.get(b"/files/").status == 200
+
+
+# -- 4: no password in a login URL, nor in the access log ---------------------
+
+class _Lines:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, line: str) -> None:
+        self.lines.append(line)
+
+
+@pytest.mark.parametrize("query", [
+    b"username=alice&password=" + SECRET.encode(),
+    b"username=alice&PASS=" + SECRET.encode(),
+    b"username=alice&%70asswd=" + SECRET.encode(),
+])
+def test_https_login_refuses_password_in_query(server, https, query):
+    log = _Lines()
+    https.site._logFile = log
+    response = https.request(b"POST", b"/login?" + query, body=_form(_ALICE_FORM),
+                             headers=_URLENC)
+    assert response.status == 400
+    assert response.header(b"set-cookie") is None
+    assert server.audit.named("web.login") == []  # nothing was checked
+    assert SECRET not in "".join(log.lines)
+    assert "REDACTED" in "".join(log.lines)
+    # Second client, same address: bob logs in normally, in between.
+    bob = HTTPDriver(https.site)
+    assert bob.post_form(b"/login", {"username": "bob", "password": "bobs-password"}).status == 303
+    assert https.get(b"/login?" + query).status == 400
+
+
+def test_access_log_redacts_sensitive_query_values(server, https):
+    from rumpus_secure.web.site import redact_query
+
+    assert redact_query(b"/files/?csrf=abc&path=%2Fa&Token=t&x=1") == \
+        b"/files/?csrf=REDACTED&path=%2Fa&Token=REDACTED&x=1"
+    assert redact_query(b"/a?pass+=1&passwd=2&%50ASSWORD=3&password") == \
+        b"/a?pass+=REDACTED&passwd=REDACTED&%50ASSWORD=REDACTED&password"
+    assert redact_query(b"/plain") == b"/plain" and redact_query(None) is None
+    log = _Lines()
+    https.site._logFile = log
+    https.get(b"/nothing?token=" + SECRET.encode(),
+              headers={b"referer": b"https://files.example.org:8443/x?password=" + SECRET.encode()})
+    assert len(log.lines) == 1 and SECRET not in log.lines[0]
+    assert "/nothing?token=REDACTED" in log.lines[0]

@@ -300,13 +300,47 @@ def _log_text(value: bytes | str | None, spaces: bool = True) -> str:
     return "".join(out) or "-"
 
 
+#: Query fields whose values never reach the access log (see L{redact_query}).
+SENSITIVE_QUERY_FIELDS = frozenset({b"password", b"pass", b"passwd", b"csrf", b"token"})
+REDACTED = b"REDACTED"
+
+
+def redact_query(uri: bytes | None) -> bytes | None:
+    """
+    C{uri} with the values of L{SENSITIVE_QUERY_FIELDS} replaced by
+    ``REDACTED``.
+
+    Round 3 found ``POST /login?username=alice&password=...`` logged with
+    the password in the access log.  Such a login is now refused, but the
+    request line is still logged, and a token or password in any other URL
+    would be too.  Names are compared after percent- and plus-decoding and
+    without regard to case, so ``%70assword`` and ``PASSWORD`` are caught;
+    everything else of the query is kept for diagnosis.
+    """
+    if not uri or b"?" not in uri:
+        return uri
+    from urllib.parse import unquote_to_bytes
+
+    path, _, query = uri.partition(b"?")
+    pairs = []
+    for pair in query.split(b"&"):
+        name, equals, _ = pair.partition(b"=")
+        decoded = unquote_to_bytes(name.replace(b"+", b" ")).strip().lower()
+        if equals and decoded in SENSITIVE_QUERY_FIELDS:
+            pair = name + b"=" + REDACTED
+        pairs.append(pair)
+    return path + b"?" + b"&".join(pairs)
+
+
 def account_log_formatter(timestamp: str, request: Any) -> str:
     """
     The combined log format with the account in the user field.
 
     The account is that of the request's live web session (looked up
     without touching it), ``-`` when logged out.  Everything from the client
-    is escaped, so a request can never write a line of its own.
+    is escaped, so a request can never write a line of its own, and secrets
+    in the query string of the target and the Referer are redacted
+    (L{redact_query}).
     """
     account = None
     app = getattr(getattr(request, "site", None), "app", None)
@@ -316,9 +350,9 @@ def account_log_formatter(timestamp: str, request: Any) -> str:
     host = getattr(request.getClientAddress(), "host", None)
     return (
         f'"{_log_text(host)}" - {_log_text(account, spaces=False)} {timestamp} '
-        f'"{_log_text(request.method)} {_log_text(request.uri)} '
+        f'"{_log_text(request.method)} {_log_text(redact_query(request.uri))} '
         f'{_log_text(request.clientproto)}" {request.code} '
-        f'{request.sentLength or "-"} "{_log_text(request.getHeader(b"referer"))}" '
+        f'{request.sentLength or "-"} "{_log_text(redact_query(request.getHeader(b"referer")))}" '
         f'"{_log_text(request.getHeader(b"user-agent"))}"'
     )
 
