@@ -9,7 +9,7 @@ the site's origin.
 from __future__ import annotations
 
 import os
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 from urllib.parse import quote
 
 from twisted.internet import defer
@@ -102,8 +102,10 @@ class FileProducer:
     """
 
     def __init__(self, request: IRequest, handle: BinaryIO, length: int,
-                 run_in_thread: RunInThread) -> None:
+                 run_in_thread: RunInThread,
+                 on_end: Callable[[], None] | None = None) -> None:
         self._request: IRequest | None = request
+        self._on_end = on_end
         self._handle = handle
         self._remaining = length  # still to write to the request
         self._unread = length  # still to ask the file for
@@ -162,6 +164,28 @@ class FileProducer:
     def _finish(self) -> None:
         self._end(complete=True)
 
+    def cut(self, reason: str) -> None:
+        """
+        End the download now, incomplete (its account was locked, deleted
+        or its password changed): the connection is aborted so the client
+        sees a cut, never a file that looks whole.
+        """
+        _log.info("download cut: {reason}", reason=reason)
+        if self._reading is not None:
+            # The read in flight closes the file when it returns.
+            request, self._request = self._request, None
+            self._ended()
+            if request is not None:
+                request.unregisterProducer()
+                _abort_transport(request)
+            return
+        self._abort()
+
+    def _ended(self) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end()
+
     def _end(self, complete: bool) -> None:
         """
         Close the file and finish the response, or cut the connection when
@@ -169,15 +193,14 @@ class FileProducer:
         """
         request, self._request = self._request, None
         self._handle.close()
+        self._ended()
         if request is None:
             return
         request.unregisterProducer()
         if complete:
             request.finish()
             return
-        transport = getattr(getattr(request, "channel", None), "transport", None)
-        if transport is not None:
-            transport.abortConnection()
+        _abort_transport(request)
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -192,18 +215,29 @@ class FileProducer:
 
     def stopProducing(self) -> None:
         self._request = None
+        self._ended()
         if self._reading is None:
             self._handle.close()
         # else: the read in flight closes it when it returns (_read_done)
 
 
+def _abort_transport(request: IRequest) -> None:
+    transport = getattr(getattr(request, "channel", None), "transport", None)
+    if transport is not None:
+        transport.abortConnection()
+
+
 def send_file(request: IRequest, name: str, handle: BinaryIO,
-              run_in_thread: RunInThread) -> None:
+              run_in_thread: RunInThread,
+              on_end: Callable[[], None] | None = None) -> FileProducer | None:
     """
     Answer C{request} with the open file C{handle} (positioned at 0),
     honouring Range and If-Range; closes the handle when done.
 
     @param run_in_thread: where the file is read (L{FileProducer}).
+    @param on_end: called once when a streamed body ends, however.
+    @returns: the producer streaming the body (L{FileProducer.cut} ends
+        it), or L{None} when the answer was complete at once.
     """
     st = os.fstat(handle.fileno())
     size = st.st_size
@@ -229,7 +263,7 @@ def send_file(request: IRequest, name: str, handle: BinaryIO,
         request.setHeader(b"content-disposition", b"inline")
         request.write(b"The requested range is not in this file.\n")
         request.finish()
-        return
+        return None
     if span is None:
         first, length = 0, size
     else:
@@ -242,8 +276,10 @@ def send_file(request: IRequest, name: str, handle: BinaryIO,
         handle.close()
         request.write(b"")
         request.finish()
-        return
+        return None
     handle.seek(first)
-    FileProducer(request, handle, length, run_in_thread).start()
+    producer = FileProducer(request, handle, length, run_in_thread, on_end)
+    producer.start()
+    return producer
 
 

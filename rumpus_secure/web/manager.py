@@ -197,6 +197,7 @@ class FilesResource(ManagerResource):
                 return "dir", fs.list_dir(vpath), fs.perms
             return "file", fs.open_read(vpath), fs.perms
 
+        since = self.app.watch_point()  # before the account is read
         ok, found = await self.fs(request, session, look, back=parent_of(vpath),
                                   inline=True)
         if not ok:
@@ -204,7 +205,16 @@ class FilesResource(ManagerResource):
         kind, value, perms = found
         if kind == "file":
             self.app.audit(request, "web.download", account=session.user, path=vpath)
-            send_file(request, split_path(vpath)[-1], value, self.app.server.run_in_thread)
+            cut: list[Any] = []
+            binding = self.app.bind_transfer(
+                request, session.user, "download",
+                lambda reason: cut[0].cut(reason) if cut else None, since)
+            producer = send_file(request, split_path(vpath)[-1], value,
+                                 self.app.server.run_in_thread, on_end=binding.cancel)
+            if producer is None:
+                binding.cancel()
+            else:
+                cut.append(producer)
             return
         if not request.path.endswith(b"/"):
             # The rows link relative to the folder's URL, which ends in "/".
@@ -509,13 +519,19 @@ class ZipResource(ManagerResource):
             for path in paths:
                 fs.stat(path)
 
+        since = self.app.watch_point()  # before the account is read
         ok, _ = await self.fs(request, session, check, back=directory)
         if not ok:
             return
         user, logged_in = session.user, session.created
         running[user] = running.get(user, 0) + 1
+        producers: list[ZipProducer] = []
+        binding = self.app.bind_transfer(
+            request, user, "zip",
+            lambda reason: producers[0].cut(reason) if producers else None, since)
 
         def done() -> None:
+            binding.cancel()
             running[user] -= 1
             if running[user] <= 0:
                 del running[user]
@@ -531,4 +547,6 @@ class ZipResource(ManagerResource):
             request.finish()
             return
         build = build_zip(lambda: self.app.open_fs(user, logged_in), directory, names)
-        ZipProducer(request, build, self.app.reactor.callFromThread, done=done).start()
+        producer = ZipProducer(request, build, self.app.reactor.callFromThread, done=done)
+        producers.append(producer)
+        producer.start()

@@ -21,6 +21,13 @@ why), ``skip``, ``keep`` (store as ``name (1).ext``) or ``replace`` (needs
 the ``overwrite`` permission, which the filesystem checks).  Refusing and
 keeping both use the filesystem's exclusive store, so a file that appears
 while the upload runs is not replaced either.
+
+An upload is bound to its account while it runs (L{TransferBinding}): when
+the account is locked, quarantined or deleted, or its password is set, the
+files not yet committed are discarded, nothing more is stored, and (while
+the body is still arriving) the client gets ``403`` and the connection is
+closed.  Round 3 found an upload that went on storing and committed its
+files after ``user lock``.
 """
 
 from __future__ import annotations
@@ -133,6 +140,9 @@ class UploadSink:
         self._done: Deferred[None] | None = None
         self.session = app.session(request)
         self._parser: MultipartParser | None = None
+        #: why the account ended this upload (L{account_ended}), if it did
+        self.ended: str | None = None
+        self._binding: Any = None
         content_type = request.getHeader(b"content-type") or b""
         boundary = boundary_from_content_type(content_type)
         if self.session is None:
@@ -143,6 +153,9 @@ class UploadSink:
             self._refuse("The upload must be sent as multipart/form-data.", 400)
         else:
             self._parser = MultipartParser(boundary, self)
+            # Taken before the account is first read (in _filesystem).
+            self._binding = app.bind_transfer(request, self.session.user, "upload",
+                                              self.account_ended, app.watch_point())
 
     # -- the file-like face twisted.web uses ------------------------------
 
@@ -226,8 +239,33 @@ class UploadSink:
         self._resume()
         self._enqueue(self._abort_all, (), 0)
 
+    def account_ended(self, reason: str) -> None:
+        """
+        The account was locked, deleted or its password set: discard every
+        file not yet committed and store nothing more.  While the body is
+        still arriving the client is answered ``403`` at once and the
+        connection closed, so it stops sending.
+        """
+        self.ended = reason
+        self._refuse(f"The upload was stopped and nothing more was stored: {reason}.", 403)
+        for result in self.results:
+            if result.error is None and result.upload is not None:
+                result.error = f"Not stored: {reason}."
+        refuse_now = getattr(self._request, "refuse_now", None)
+        if not self._body_done and not self._aborted and refuse_now is not None:
+            self._aborted = True
+            refuse_now(403, "Upload stopped",
+                       f"The upload was stopped: {reason}. Files not yet complete "
+                       "were not stored.")
+
+    def _unbind(self) -> None:
+        binding, self._binding = self._binding, None
+        if binding is not None:
+            binding.cancel()
+
     def connection_lost(self) -> None:
         """The client went away: drop everything not yet committed."""
+        self._unbind()
         if self._aborted:
             return
         self._aborted = True
@@ -310,6 +348,7 @@ class UploadSink:
 
     def _maybe_done(self) -> None:
         if self._done is not None and self._body_done and not self._busy and not self._ops:
+            self._unbind()
             done, self._done = self._done, None
             done.callback(None)
 
@@ -369,7 +408,12 @@ class UploadSink:
 
     def _commit(self, result: FileResult) -> None:
         upload, result.upload = result.upload, None
-        if upload is None or result.error is not None:
+        if upload is None:
+            return
+        if result.error is not None or self.ended is not None:
+            # The account ended while this file was queued: never commit it.
+            if not upload.finished:
+                self._discard(upload)
             return
         try:
             upload.commit()

@@ -176,6 +176,21 @@ class ZipProducer:
         if transport is not None:
             transport.abortConnection()
 
+    def cut(self, reason: str) -> None:
+        """
+        End the download now, incomplete (its account ended): the connection
+        is aborted, and the building thread stops at its next chunk; the
+        ZIP slot is given back when it has (C{done}).
+        """
+        if self._stopped.is_set():
+            return
+        _log.info("ZIP download cut: {reason}", reason=reason)
+        self._stopped.set()
+        self._request.unregisterProducer()
+        transport = getattr(getattr(self._request, "channel", None), "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
     def pauseProducing(self) -> None:
         self._paused = True
 
