@@ -512,4 +512,6 @@ def build_http_site(server_state: Any, reactor: Any) -> server.Site:
         )
         return build_web_site(server_state, reactor, secure=False)
     site = PlainSite(RedirectToHTTPS(config, server_state), reactor=reactor)
+    #: seconds to finish a request's head (L{LimitedChannel}), --line-timeout
+    site.head_timeout = config.line_timeout
     return site

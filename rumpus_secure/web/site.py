@@ -372,10 +372,20 @@ class GuardedChannel(LimitedChannel):
 
     The address is read in C{connectionMade}, which runs after a PROXY
     header (C{haproxy:} endpoints) has been parsed.
+
+    B{Eviction.}  Until its first request head is complete, a counted
+    connection is on the guard's eviction registry (L{Guard.not_logged_in},
+    as an FTP connection is until it logs in): when the server is full, the
+    oldest such connection (two seconds old or more) gets ``503`` and its
+    slot goes to the newcomer at once.  Round 3 filled every slot with 500
+    connections sending a header byte every 5 s; with the head deadline
+    (L{LimitedChannel}) each lasts at most 30 s, and with eviction they
+    cannot keep anyone out meanwhile.
     """
 
     _counted_host: str | None = None
     _refused = False
+    _evictable = False
 
     def _guard(self) -> Any:
         app = getattr(self.site, "app", None)
@@ -390,6 +400,8 @@ class GuardedChannel(LimitedChannel):
         over = guard.connection_opened(host, "https")
         if over is None:
             self._counted_host = host
+            self._evictable = True
+            guard.not_logged_in(self, self.site.reactor.seconds(), self._evicted)
             return
         where = "from your address" if over.scope == "address" else "to this server"
         body = f"Too many connections {where} (limit {over.limit}); try again later.\n"
@@ -404,7 +416,38 @@ class GuardedChannel(LimitedChannel):
         if not self._refused:
             super().dataReceived(data)
 
+    def allHeadersReceived(self) -> None:
+        self._not_evictable()
+        super().allHeadersReceived()
+
+    def _not_evictable(self) -> None:
+        if self._evictable:
+            self._evictable = False
+            guard = self._guard()
+            if guard is not None:
+                guard.logged_in_or_gone(self)
+
+    def _evicted(self) -> None:
+        """
+        The server is full and this connection has not completed a request:
+        its slot goes to a newcomer now, and it gets ``503`` and is closed.
+        """
+        self._evictable = False
+        guard = self._guard()
+        if self._counted_host is not None and guard is not None:
+            guard.connection_closed(self._counted_host)
+        host, self._counted_host = self._counted_host, None
+        _log.info("web: evicted a connection from {client} that had not completed "
+                  "a request (server full)", client=host)
+        self._refused = True
+        answer_and_close(
+            self, 503,
+            b"The server is full and this connection had not sent a request; "
+            b"closing. Try again.\n",
+            b"text/plain; charset=utf-8", getattr(self.site, "security_headers", ()))
+
     def connectionLost(self, reason: Any) -> None:
+        self._not_evictable()
         if self._counted_host is not None:
             guard = self._guard()
             if guard is not None:
@@ -429,6 +472,8 @@ class SecureSite(server.Site):
         super().__init__(root, **kw)
         self.app = app
         self.security_headers = security_headers(config, secure)
+        #: seconds to finish a request's head (L{LimitedChannel}), --line-timeout
+        self.head_timeout = config.line_timeout
 
     def log(self, request: Any) -> None:
         """
