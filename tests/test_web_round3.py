@@ -204,3 +204,46 @@ def test_access_log_redacts_sensitive_query_values(server, https):
               headers={b"referer": b"https://files.example.org:8443/x?password=" + SECRET.encode()})
     assert len(log.lines) == 1 and SECRET not in log.lines[0]
     assert "/nothing?token=REDACTED" in log.lines[0]
+
+
+# -- 5: the Origin check trusts configuration, never the Host header -------------
+
+def _csrf(web: HTTPDriver) -> str:
+    import re
+
+    return re.search(r"name=csrf value='([^']+)'", web.get(b"/files/").body.decode()).group(1)
+
+
+@pytest.mark.parametrize("header", [b"origin", b"referer"])
+def test_origin_check_ignores_the_host_header(server, https, header):
+    evil = {b"host": b"evil.example", header: b"https://evil.example"
+            + (b"/page" if header == b"referer" else b"")}
+    if header == b"referer":
+        evil[b"origin"] = None
+    response = https.post_form(b"/login", _ALICE_FORM, headers=evil)
+    assert response.status == 403 and response.header(b"set-cookie") is None
+    assert https.post_form(b"/login", _ALICE_FORM).status == 303
+    token = _csrf(https)
+    response = https.post_form(b"/mkdir", {"csrf": token, "dir": "/", "name": "evil"},
+                               headers=evil)
+    assert response.status == 403
+    assert not (server.store.root / "alice" / "evil").exists()
+    # Second client, same address, the real origin: served.
+    bob = HTTPDriver(https.site)
+    assert bob.post_form(b"/login", {"username": "bob", "password": "bobs-password"}).status == 303
+    assert bob.post_form(b"/mkdir", {"csrf": _csrf(bob), "dir": "/", "name": "ok"}).status == 303
+    assert (server.store.root / "bob" / "ok").is_dir()
+    # And alice's own session, from the real origin, still works.
+    assert https.post_form(b"/mkdir", {"csrf": token, "dir": "/", "name": "fine"}).status == 303
+
+
+def test_origin_compared_with_configured_origin_only(tmp_path):
+    from rumpus_secure.web.app import WebApp
+
+    server = make_server(tmp_path, public_host="Files.Example.ORG")
+    app = WebApp(server, server.reactor)
+    assert app.allowed_origins == {"https://files.example.org:8443"}
+    legacy = WebApp(make_server(tmp_path, http="tcp:8080", http_redirect=False),
+                    server.reactor, secure=False)
+    assert legacy.allowed_origins == {"https://files.example.org:8443",
+                                      "http://files.example.org:8080"}

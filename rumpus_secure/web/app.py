@@ -106,6 +106,10 @@ class WebApp:
         if restored:
             _log.info("{count} web session(s) restored", count=restored)
         self.origin = https_origin(self.config).decode("ascii")
+        #: the origins a form may come from: the configured public HTTPS
+        #: origin, and for the legacy plain-HTTP site its plain origin
+        self.allowed_origins = frozenset(
+            {self.origin.lower()} | ({http_origin(self.config).lower()} if not secure else set()))
         self.cookie_name = b"__Host-rumpus-session" if secure else b"rumpus-session"
 
     # -- sessions -----------------------------------------------------------
@@ -150,16 +154,15 @@ class WebApp:
         Did this request come from one of our own pages?
 
         The C{Origin} header (or, failing that, C{Referer}) must name the
-        configured public origin or the origin the browser addressed (the
-        C{Host} header with our scheme; a forged Host cannot carry the
-        session cookie, which is bound to the real host).  Requests with
+        configured public origin (L{allowed_origins}).  Requests with
         neither header are refused.
+
+        The client's C{Host} header is never trusted: round 3 passed a
+        ``POST /mkdir`` and a login with ``Host: evil.com`` and ``Origin:
+        https://evil.com``, because the origin the browser addressed (Host
+        with our scheme) was allowed too.
         """
-        allowed = {self.origin}
-        host = request.getHeader(b"host")
-        if host:
-            scheme = "https" if self.secure else "http"
-            allowed.add(f"{scheme}://{host.decode('latin-1').lower()}")
+        allowed = self.allowed_origins
         origin = request.getHeader(b"origin")
         if origin is not None:
             return origin.decode("latin-1").lower() in allowed
@@ -312,6 +315,26 @@ class TransferBinding:
         _log.info("web: {what} for {account} cut: {reason}", what=self._what,
                   account=self._user, reason=self.ended)
         self._end(self.ended)
+
+
+def http_origin(config: Any) -> str:
+    """
+    The plain-HTTP origin of the legacy ``--http-redirect off`` site, from
+    configuration (``--public-host`` and the ``--http`` port), never from
+    the client.
+    """
+    import ipaddress
+
+    from rumpus_secure.config import endpoint_port
+
+    host = config.public_host
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    except ValueError:
+        pass
+    port = endpoint_port(config.http)
+    return f"http://{host}" + ("" if port in (None, 80) else f":{port}")
 
 
 def query_args(request: IRequest) -> set[bytes]:
