@@ -238,3 +238,106 @@ def test_zip_in_progress_is_cut(server, site, monkeypatch):
     assert not bob_connection.transport.disconnected
     ended = server.audit.named("web.transfer_ended")
     assert [(e["account"], e["transfer"]) for e in ended] == [("alice", "zip")]
+
+
+# -- clients that read nothing; the same name listed many times ------------------
+
+def _held_zip(monkeypatch: Any, server: Any) -> list[Any]:
+    from rumpus_secure.web import manager
+
+    started: list[Any] = []
+
+    class HeldZip(manager.ZipProducer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["start_thread"] = started.append
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(manager, "ZipProducer", HeldZip)
+    server.reactor.callFromThread = lambda f, *a: f(*a)
+    return started
+
+
+def test_download_whose_client_reads_nothing_is_cut(server, site):
+    alice, bob = login(site, "alice"), login(site, "bob")
+    for name in ("alice", "bob"):
+        (server.store.root / name / "big.bin").write_bytes(b"x" * (4 * 1024 * 1024))
+    reads = HeldReads(server)
+    server.run_in_thread = reads
+    stalled, reading = Connection(site, alice), Connection(site, bob)
+    stalled.head(b"GET", b"/files/big.bin")
+    reading.head(b"GET", b"/files/big.bin")
+    reads.release()
+    reads.release()
+    # Both transports' buffers fill; bob's client takes something every 50 s.
+    stalled.protocol.pauseProducing()
+    for _ in range(3):
+        reading.protocol.pauseProducing()
+        server.reactor.advance(50)
+        reading.protocol.resumeProducing()
+    assert stalled.transport.disconnected  # 150 s > --http-timeout (60 s)
+    assert not reading.transport.disconnected
+    while reads.held:
+        reads.release()
+    assert parse_response(reading.transport.value()).body == b"x" * (4 * 1024 * 1024)
+
+
+def test_download_paused_less_than_the_timeout_is_not_cut(server, site):
+    alice = login(site, "alice")
+    (server.store.root / "alice" / "big.bin").write_bytes(b"x" * (2 * 1024 * 1024))
+    reads = HeldReads(server)
+    server.run_in_thread = reads
+    connection = Connection(site, alice)
+    connection.head(b"GET", b"/files/big.bin")
+    reads.release()
+    connection.protocol.pauseProducing()
+    server.reactor.advance(59)
+    assert not connection.transport.disconnected
+    connection.protocol.resumeProducing()
+    server.reactor.advance(120)
+    while reads.held:
+        reads.release()
+    assert not connection.transport.disconnected
+    assert parse_response(connection.transport.value()).body == b"x" * (2 * 1024 * 1024)
+
+
+def test_zip_whose_client_reads_nothing_frees_its_slot(server, site, monkeypatch):
+    started = _held_zip(monkeypatch, server)
+    alice, bob = login(site, "alice"), login(site, "bob")
+    for name in ("alice", "bob"):
+        (server.store.root / name / "f.txt").write_bytes(b"z" * 1000)
+    stalled, other = Connection(site, alice), Connection(site, bob)
+    stalled.head(b"GET", b"/zip?path=/f.txt")
+    other.head(b"GET", b"/zip?path=/f.txt")
+    zips = site.resource.children[b"zip"]
+    assert zips.running == {"alice": 1, "bob": 1}
+    stalled.protocol.pauseProducing()
+    server.reactor.advance(61)
+    assert stalled.transport.disconnected
+    started[0]()  # the builder notices at its next chunk and gives the slot back
+    assert zips.running == {"bob": 1}
+    started[1]()
+    assert zips.running == {} and not other.transport.disconnected
+
+
+def test_zip_names_are_deduplicated_and_capped(server, site, monkeypatch):
+    import io
+    import zipfile
+
+    started = _held_zip(monkeypatch, server)
+    alice, bob = login(site, "alice"), login(site, "bob")
+    (server.store.root / "alice" / "f.txt").write_bytes(b"z" * 1000)
+    (server.store.root / "bob" / "g.txt").write_bytes(b"g" * 10)
+    connection = Connection(site, alice)
+    connection.head(b"GET", b"/zip?dir=/" + b"&name=f.txt" * 40)
+    bob_connection = Connection(site, bob)
+    bob_connection.head(b"GET", b"/zip?dir=/&name=g.txt")
+    for start in started:
+        start()
+    archive = zipfile.ZipFile(io.BytesIO(parse_response(connection.transport.value()).body))
+    assert archive.namelist() == ["f.txt"]
+    archive = zipfile.ZipFile(io.BytesIO(parse_response(bob_connection.transport.value()).body))
+    assert archive.namelist() == ["g.txt"]
+    too_many = b"".join(b"&name=n%d" % i for i in range(1001))
+    response = alice.get(b"/zip?dir=/" + too_many, headers={b"accept": b"application/json"})
+    assert response.status == 400
+    assert [e["names"] for e in server.audit.named("web.zip")] == [["f.txt"], ["g.txt"]]

@@ -4,6 +4,16 @@ Downloads: byte ranges (resume), content disposition, streaming from disk.
 Downloaded files are always attachments of type ``application/octet-stream``
 under a sandboxing CSP, so a user's uploaded HTML or script can never run in
 the site's origin.
+
+B{Clients that stop reading.}  While a response is written twisted.web has
+no idle timeout (it is suspended from the end of the request until the
+response is finished), so a client that reads nothing held its download --
+and, for a ZIP, one of the six global ZIP slots -- for as long as it kept
+the connection open (round 3: 11 minutes and counting).  A download or ZIP
+whose producer stays paused (the transport's buffer full: the client took
+nothing from it) for ``--http-timeout`` seconds is cut (L{StallTimer}).  A
+slow but reading client resumes the producer each time its buffer drains,
+so it is never cut.
 """
 
 from __future__ import annotations
@@ -87,6 +97,38 @@ def etag_for(size: int, mtime_ns: int, ino: int) -> bytes:
     return b'"%x-%x-%x"' % (ino, size, mtime_ns)
 
 
+class StallTimer:
+    """
+    Calls C{on_stall()} once when a producer has been paused for
+    C{timeout} seconds without a resume (see the module docstring).
+
+    @param clock: provides C{callLater}; L{None} or C{timeout <= 0}: never.
+    """
+
+    def __init__(self, clock: Any, timeout: float, on_stall: Callable[[], None]) -> None:
+        self._clock = clock if timeout > 0 else None
+        self._timeout = timeout
+        self._on_stall = on_stall
+        self._call: Any = None
+
+    def paused(self) -> None:
+        if self._clock is not None and self._call is None:
+            self._call = self._clock.callLater(self._timeout, self._fire)
+
+    def resumed(self) -> None:
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    cancel = resumed
+
+    def _fire(self) -> None:
+        self._call = None
+        _log.info("a download's client read nothing for {timeout} s; cut",
+                  timeout=self._timeout)
+        self._on_stall()
+
+
 @implementer(IPushProducer)
 class FileProducer:
     """
@@ -99,13 +141,18 @@ class FileProducer:
     otherwise stall every other connection for the time of each read).
 
     @param run_in_thread: C{run_in_thread(function, *args) -> Deferred}.
+    @param clock: for the stall timeout (L{StallTimer}); L{None}: none.
+    @param stall_timeout: seconds a client may read nothing.
     """
 
     def __init__(self, request: IRequest, handle: BinaryIO, length: int,
                  run_in_thread: RunInThread,
-                 on_end: Callable[[], None] | None = None) -> None:
+                 on_end: Callable[[], None] | None = None,
+                 clock: Any = None, stall_timeout: float = 0.0) -> None:
         self._request: IRequest | None = request
         self._on_end = on_end
+        self._stall = StallTimer(clock, stall_timeout,
+                                 lambda: self.cut("the client read nothing"))
         self._handle = handle
         self._remaining = length  # still to write to the request
         self._unread = length  # still to ask the file for
@@ -182,6 +229,7 @@ class FileProducer:
         self._abort()
 
     def _ended(self) -> None:
+        self._stall.cancel()
         on_end, self._on_end = self._on_end, None
         if on_end is not None:
             on_end()
@@ -204,9 +252,12 @@ class FileProducer:
 
     def pauseProducing(self) -> None:
         self._paused = True
+        if self._request is not None:
+            self._stall.paused()
 
     def resumeProducing(self) -> None:
         self._paused = False
+        self._stall.resumed()
         ready, self._ready = self._ready, None
         if ready is not None and self._request is not None:
             self._deliver(ready)
@@ -229,13 +280,15 @@ def _abort_transport(request: IRequest) -> None:
 
 def send_file(request: IRequest, name: str, handle: BinaryIO,
               run_in_thread: RunInThread,
-              on_end: Callable[[], None] | None = None) -> FileProducer | None:
+              on_end: Callable[[], None] | None = None,
+              clock: Any = None, stall_timeout: float = 0.0) -> FileProducer | None:
     """
     Answer C{request} with the open file C{handle} (positioned at 0),
     honouring Range and If-Range; closes the handle when done.
 
     @param run_in_thread: where the file is read (L{FileProducer}).
     @param on_end: called once when a streamed body ends, however.
+    @param clock: with C{stall_timeout}, cuts a client that reads nothing.
     @returns: the producer streaming the body (L{FileProducer.cut} ends
         it), or L{None} when the answer was complete at once.
     """
@@ -278,7 +331,8 @@ def send_file(request: IRequest, name: str, handle: BinaryIO,
         request.finish()
         return None
     handle.seek(first)
-    producer = FileProducer(request, handle, length, run_in_thread, on_end)
+    producer = FileProducer(request, handle, length, run_in_thread, on_end,
+                            clock=clock, stall_timeout=stall_timeout)
     producer.start()
     return producer
 

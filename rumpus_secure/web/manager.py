@@ -45,9 +45,11 @@ from rumpus_secure.web.sessions import Session
 from rumpus_secure.web.upload import UploadSink
 from rumpus_secure.web.zipstream import (
     MAX_PER_ACCOUNT,
+    MAX_NAMES,
     MAX_TOTAL,
     ZipProducer,
     build_zip,
+    unique_names,
     zip_name,
 )
 
@@ -210,7 +212,9 @@ class FilesResource(ManagerResource):
                 request, session.user, "download",
                 lambda reason: cut[0].cut(reason) if cut else None, since)
             producer = send_file(request, split_path(vpath)[-1], value,
-                                 self.app.server.run_in_thread, on_end=binding.cancel)
+                                 self.app.server.run_in_thread, on_end=binding.cancel,
+                                 clock=self.app.reactor,
+                                 stall_timeout=self.app.config.http_timeout)
             if producer is None:
                 binding.cancel()
             else:
@@ -499,10 +503,16 @@ class ZipResource(ManagerResource):
         except InvalidPath as e:
             answer(request, session, arg(request, b"dir") or "/", "error", friendly(e), 400)
             return
+        paths = unique_names(paths)  # a name listed twice is archived once
         names = [split_path(p)[-1] for p in paths]
         if not names:
             answer(request, session, directory, "error",
                    "Select the files and folders to download first.", 400)
+            return
+        if len(names) > MAX_NAMES:
+            answer(request, session, directory, "error",
+                   f"A ZIP download may select at most {MAX_NAMES} entries; "
+                   "select a folder instead.", 400)
             return
         running = self.running
         if (running.get(session.user, 0) >= MAX_PER_ACCOUNT
@@ -547,6 +557,8 @@ class ZipResource(ManagerResource):
             request.finish()
             return
         build = build_zip(lambda: self.app.open_fs(user, logged_in), directory, names)
-        producer = ZipProducer(request, build, self.app.reactor.callFromThread, done=done)
+        producer = ZipProducer(request, build, self.app.reactor.callFromThread, done=done,
+                               clock=self.app.reactor,
+                               stall_timeout=self.app.config.http_timeout)
         producers.append(producer)
         producer.start()
