@@ -5,7 +5,7 @@ The ``rumpus-secure`` admin command.
 
     rumpus-secure [--config FILE] [--data-dir DIR] [--root DIR] init
     rumpus-secure [--config FILE] [--data-dir DIR] [--root DIR] user add NAME ...
-    rumpus-secure ... user passwd|list|lock|unlock|del ...
+    rumpus-secure ... user passwd|list|lock|unlock|del|perms ...
     rumpus-secure ... audit [--since WHEN] [--json]
     rumpus-secure ... check [SERVER OPTIONS] [--host ADDR] [--strict]
     rumpus-secure ... ban list|lift ADDRESS
@@ -342,9 +342,31 @@ def _user_del(args: argparse.Namespace, context: Context) -> int:
     return 0
 
 
+def _user_perms(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``user perms``: replace an account's permissions.
+
+    Open sessions follow at once: an FTP session hears of it through the
+    account watcher (its next command obeys the new set; a transfer already
+    running finishes), a web session reads the account afresh for every
+    request.
+    """
+    text = args.perms.strip()
+    perms = ALL_PERMISSIONS if text.lower() == "all" else parse_permissions(text)
+    if not perms:
+        raise CliError("LIST needs at least one of " + ",".join(PERMISSION_ORDER)
+                       + " (or 'all'); to shut an account out, use 'user lock'")
+    store = context.open_store()
+    if store.get(args.name) is None:
+        raise AccountError(f"no account named {args.name!r}")
+    store.set_perms(args.name, perms)
+    context.say(f"account {args.name}: permissions {_show_perms(frozenset(perms))}")
+    return 0
+
+
 def add_user_command(subparsers: Any) -> None:
     """
-    ``user add|passwd|list|lock|unlock|del``: manage accounts.
+    ``user add|passwd|list|lock|unlock|del|perms``: manage accounts.
     """
     user = subparsers.add_parser("user", help="manage accounts")
     actions = user.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -393,6 +415,17 @@ def add_user_command(subparsers: Any) -> None:
     )
     delete.add_argument("name", metavar="NAME")
     delete.set_defaults(handler=_user_del)
+
+    perms = actions.add_parser(
+        "perms", help="replace an account's permissions (open sessions follow)"
+    )
+    perms.add_argument("name", metavar="NAME")
+    perms.add_argument(
+        "perms", metavar="LIST",
+        help="comma-separated permissions from: " + ",".join(PERMISSION_ORDER)
+        + ", or 'all'",
+    )
+    perms.set_defaults(handler=_user_perms)
 
 
 # -- audit ------------------------------------------------------------------
