@@ -247,3 +247,112 @@ def test_origin_compared_with_configured_origin_only(tmp_path):
                     server.reactor, secure=False)
     assert legacy.allowed_origins == {"https://files.example.org:8443",
                                       "http://files.example.org:8080"}
+
+
+# -- 7: forms only with the permission; security headers on Twisted's 400s;
+#       parallel "keep both" uploads ---------------------------------------------
+
+@pytest.mark.parametrize("form", [b"/rename?path=/f.txt", b"/delete?path=/f.txt",
+                                  b"/delete?dir=/&name=f.txt"])
+def test_read_only_account_gets_no_rename_or_delete_form(server, https, form):
+    from tests.fake_accounts import FakeAccount
+
+    server.store.accounts["alice"] = FakeAccount(
+        "alice", server.store.root / "alice", SECRET, frozenset({"list", "download"}))
+    for name in ("alice", "bob"):
+        (server.store.root / name / "f.txt").write_bytes(b"f")
+    assert https.post_form(b"/login", _ALICE_FORM).status == 303
+    response = https.get(form)
+    assert response.status == 303 and b"<form" not in response.body
+    listing = https.get(b"/files/").body
+    assert b"may not" in listing  # the notice says why
+    response = https.get(form, headers={b"accept": b"application/json"})
+    assert response.status == 403
+    # Second client, same address, with the permissions: gets the form.
+    bob = HTTPDriver(https.site)
+    assert bob.post_form(b"/login", {"username": "bob", "password": "bobs-password"}).status == 303
+    response = bob.get(form)
+    assert response.status == 200 and b"method=post" in response.body
+
+
+def test_rename_form_for_a_missing_entry_is_refused(server, https):
+    assert https.post_form(b"/login", _ALICE_FORM).status == 303
+    assert https.get(b"/rename?path=/nothing").status == 303
+
+
+def test_twisted_400_path_is_still_overridden():
+    """We override a private twisted.web method: fail loudly if it goes."""
+    from twisted.web import http
+
+    from rumpus_secure.web.channel import LimitedChannel
+
+    assert callable(getattr(http.HTTPChannel, "_respondToBadRequestAndDisconnect", None))
+    assert "_respondToBadRequestAndDisconnect" in LimitedChannel.__dict__
+
+
+@pytest.mark.parametrize("head", [
+    b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET /login HTTP/1.1\r\nHost: x\r\nBad\x01Name: y\r\n\r\n",
+    b"GET /login HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(501)) + b"\r\n",
+    b"POST /login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+])
+def test_twisted_own_400_carries_security_headers(server, https, head):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from tests.test_web_support import parse_response
+
+    protocol = https.site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 1))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(head)
+    response = parse_response(transport.value())
+    assert response.status == 400
+    assert response.header(b"strict-transport-security") == b"max-age=31536000"
+    assert b"default-src 'none'" in response.header(b"content-security-policy")
+    assert response.header(b"x-content-type-options") == b"nosniff"
+    assert response.header(b"x-frame-options") == b"DENY"
+    assert transport.disconnecting
+    assert transport.value().count(b"HTTP/1.1 400") == 1
+    protocol.connectionLost(None)
+    # Second client, same address: served.
+    bob = HTTPDriver(https.site)
+    assert bob.post_form(b"/login", {"username": "bob", "password": "bobs-password"}).status == 303
+
+
+def test_parallel_keep_both_uploads_get_numbered_names(server, https):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from tests.test_web_support import parse_response
+
+    bob = HTTPDriver(https.site)
+    assert https.post_form(b"/login", _ALICE_FORM).status == 303
+    assert bob.post_form(b"/login", {"username": "bob", "password": "bobs-password"}).status == 303
+    uploads = []
+    for number, web in enumerate([https] * 6 + [bob]):
+        body, ctype = multipart([("csrf", None, _csrf(web).encode()), ("exists", None, b"keep"),
+                                 ("file", "name.ext", b"%d" % number * 1000)])
+        protocol = https.site.buildProtocol(IPv4Address("TCP", "192.0.2.7", number))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        cookie = b"; ".join(k + b"=" + v for k, v in web.cookies.items())
+        protocol.dataReceived(
+            b"POST /upload?dir=/ HTTP/1.1\r\nHost: files.example.org:8443\r\n"
+            b"Origin: https://files.example.org:8443\r\nAccept: application/json\r\n"
+            b"Cookie: " + cookie + b"\r\nContent-Type: " + ctype
+            + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:-100])
+        uploads.append((protocol, transport, body))
+    for protocol, transport, body in uploads:  # all six began before any ended
+        protocol.dataReceived(body[-100:])
+    statuses = [parse_response(t.value()).status for _, t, _ in uploads]
+    assert statuses == [200] * 7
+    home = server.store.root / "alice"
+    assert sorted(p.name for p in home.iterdir()) == sorted(
+        ["name.ext"] + [f"name ({n}).ext" for n in range(1, 6)])
+    assert sorted(p.read_bytes()[:1] for p in home.iterdir()) == [b"%d" % n for n in range(6)]
+    assert [p.name for p in (server.store.root / "bob").iterdir()] == ["name.ext"]
+    from rumpus_secure.web.upload import NAME_CLAIMS
+
+    assert NAME_CLAIMS._held == set()

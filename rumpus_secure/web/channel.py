@@ -147,6 +147,27 @@ class LimitedChannel(http.HTTPChannel):
         self._cancel_head_timer()
         super().connectionLost(reason)
 
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """
+        twisted.web's own ``400`` (duplicate C{Content-Length}, both
+        C{Content-Length} and C{Transfer-Encoding}, a control character in
+        a header name, more than 500 headers, a malformed chunk...) is a
+        bare status line written straight to the transport: no security
+        headers.  This answers the same ``400`` through L{answer_and_close},
+        with the site's security headers.
+
+        B{Private API.}  This overrides a private method of
+        C{twisted.web.http.HTTPChannel} (every bad-request path of its
+        parser calls it); C{tests/test_web_round3.py} fails loudly if a
+        Twisted release renames it or stops calling it.
+        """
+        site = getattr(self, "site", None)
+        answer_and_close(self, 400, b"Bad request: the request is malformed.\n",
+                         b"text/plain; charset=utf-8",
+                         getattr(site, "security_headers", ()))
+        if self.transport is not None and not getattr(self.transport, "disconnecting", False):
+            self.loseConnection()
+
     def lineLengthExceeded(self, line: bytes) -> None:
         peer = getattr(self.transport.getPeer(), "host", "?") if self.transport else "?"
         _log.info("web: header line over {limit} bytes from {client}; answered 431",

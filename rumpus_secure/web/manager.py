@@ -367,9 +367,22 @@ class RenameResource(ManagerResource):
     """``GET /rename?path=``: the form; ``POST /rename``: do it."""
 
     async def get(self, request: IRequest, session: Session) -> None:
+        """
+        The form, only for an account that may rename (round 3: a read-only
+        account was offered forms whose POST was then refused) and an entry
+        that is there.
+        """
         path = arg(request, b"path") or "/"
         name = split_path(path)[-1] if split_path(path) else ""
-        send(request, 200, rename_form(session, path, name))
+
+        def check(fs: Any) -> None:
+            if "rename" not in fs.perms:
+                raise PermissionDenied("rename", path)
+            fs.stat(path)
+
+        ok, _ = await self.fs(request, session, check, back=parent_of(path))
+        if ok:
+            send(request, 200, rename_form(session, path, name))
 
     async def post(self, request: IRequest, session: Session) -> None:
         path = arg(request, b"path") or "/"
@@ -432,8 +445,13 @@ class DeleteResource(ManagerResource):
             answer(request, session, parent, "error", "Select something to delete first.",
                    400)
             return
-        ok, entries = await self.fs(request, session,
-                                    lambda fs: [fs.stat(p) for p in paths], back=parent)
+        def look(fs: Any) -> list[Any]:
+            # No confirmation form for an account that may not delete.
+            if "delete" not in fs.perms:
+                raise PermissionDenied("delete", paths[0])
+            return [fs.stat(p) for p in paths]
+
+        ok, entries = await self.fs(request, session, look, back=parent)
         if not ok:
             return
         if len(entries) == 1:

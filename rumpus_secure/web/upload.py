@@ -20,7 +20,12 @@ An existing file is never replaced by surprise: the form field ``exists``
 why), ``skip``, ``keep`` (store as ``name (1).ext``) or ``replace`` (needs
 the ``overwrite`` permission, which the filesystem checks).  Refusing and
 keeping both use the filesystem's exclusive store, so a file that appears
-while the upload runs is not replaced either.
+while the upload runs is not replaced either.  "Keep both" also claims its
+chosen name while the file is stored (L{NameClaims}): round 3 sent six
+parallel uploads of one name with ``exists=keep`` and got one stored file
+and five ``409``, because each chose the same free name and all but the
+first found it taken at commit; each now takes the next name no other
+upload of this server holds (``name (1).ext``, ``name (2).ext``...).
 
 An upload is bound to its account while it runs (L{TransferBinding}): when
 the account is locked, quarantined or deleted, or its password is set, the
@@ -32,6 +37,7 @@ files after ``user lock``.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from typing import Any, Callable
 
@@ -94,6 +100,33 @@ def upload_name(raw: str) -> str:
     return name
 
 
+class NameClaims:
+    """
+    Names that running "keep both" uploads have chosen and not yet stored,
+    per account; shared by the server's uploads, used from threads.
+    """
+
+    def __init__(self) -> None:
+        self._held: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, account: str, path: str) -> bool:
+        """Hold C{path} for this upload; False if another upload holds it."""
+        with self._lock:
+            if (account, path) in self._held:
+                return False
+            self._held.add((account, path))
+            return True
+
+    def release(self, account: str, path: str) -> None:
+        with self._lock:
+            self._held.discard((account, path))
+
+
+#: The claims of every upload in this process.
+NAME_CLAIMS = NameClaims()
+
+
 class FileResult:
     """What happened to one uploaded file."""
 
@@ -107,6 +140,8 @@ class FileResult:
         #: the name was taken and nothing was stored (``refuse``/``skip``)
         self.conflict = False
         self.skipped = False
+        #: the path this upload holds in L{NAME_CLAIMS} ("keep both")
+        self.claimed: str | None = None
 
 
 class UploadSink:
@@ -367,16 +402,28 @@ class UploadSink:
             if self.on_existing == "replace":
                 result.upload = fs.open_upload(join_path(self.directory, name))
                 return
+            keep = self.on_existing == "keep"
+            account = self.session.user if self.session is not None else ""
             for number in range(MAX_KEEP_BOTH + 1):
                 candidate = name if number == 0 else numbered_name(name, number)
+                path = join_path(self.directory, candidate)
+                if keep and not NAME_CLAIMS.claim(account, path):
+                    continue  # another upload is storing this name now
                 try:
-                    result.upload = fs.open_upload(join_path(self.directory, candidate),
-                                                   exclusive=True)
+                    result.upload = fs.open_upload(path, exclusive=True)
                     result.stored_name = candidate
+                    if keep:
+                        result.claimed = path
                     return
                 except AlreadyExists:
-                    if self.on_existing != "keep":
+                    if keep:
+                        NAME_CLAIMS.release(account, path)
+                    else:
                         raise
+                except BaseException:
+                    if keep:
+                        NAME_CLAIMS.release(account, path)
+                    raise
             raise AlreadyExists(join_path(self.directory, name))
         except AlreadyExists:
             result.conflict = True
@@ -406,7 +453,18 @@ class UploadSink:
             self._discard(result.upload)
             result.upload = None
 
+    def _release_claim(self, result: FileResult) -> None:
+        claimed, result.claimed = result.claimed, None
+        if claimed is not None and self.session is not None:
+            NAME_CLAIMS.release(self.session.user, claimed)
+
     def _commit(self, result: FileResult) -> None:
+        try:
+            self._commit_claimed(result)
+        finally:
+            self._release_claim(result)
+
+    def _commit_claimed(self, result: FileResult) -> None:
         upload, result.upload = result.upload, None
         if upload is None:
             return
@@ -427,6 +485,7 @@ class UploadSink:
 
     def _abort_all(self) -> None:
         for result in self.results:
+            self._release_claim(result)
             upload, result.upload = result.upload, None
             if upload is not None and not upload.finished:
                 self._discard(upload)
