@@ -136,3 +136,39 @@ def test_slow_head_cut_on_both_ports(tmp_path: Path) -> None:
         assert answer.startswith(b"HTTP/1.1 408"), answer
         assert b"strict-transport-security" in answer.lower()
         assert time.monotonic() - started < 6
+
+
+def test_slow_https_heads_do_not_lock_everyone_out(tmp_path: Path) -> None:
+    """
+    The attack at a small scale: the server full of HTTPS connections that
+    each sent part of a head; an honest HTTPS user and an implicit-FTPS user
+    from other addresses still get in (the oldest slow connections make room).
+    """
+    from tests.integration.test_guard_races_live import implicit_login
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    server = ServerProcess(tmp_path, max_connections="20", max_connections_per_ip="5")
+    with server:
+        server.add_user("honest", "honest-Passw0rd-for-web-slots")
+        slow = []
+        try:
+            for n in range(20):
+                raw = socket.create_connection(("127.0.0.1", server.https_port), 10,
+                                               source_address=(f"127.0.7.{n // 5 + 1}", 0))
+                tls = context.wrap_socket(raw, server_hostname="localhost")
+                tls.sendall(b"GET /login HTTP/1.1\r\nHost: local")
+                slow.append(tls)
+            time.sleep(2.5)  # eviction spares connections younger than 2 s
+            status, _, _ = _curl("-k", "--interface", "127.0.7.50",
+                                 f"https://127.0.0.1:{server.https_port}/login")
+            assert status == 200
+            assert implicit_login(server.ftps_port, "honest", "honest-Passw0rd-for-web-slots",
+                                  "127.0.7.51").startswith("230 ")
+            slow[0].settimeout(10)
+            told = slow[0].recv(300)
+            assert told.startswith(b"HTTP/1.1 503"), told
+        finally:
+            for sock in slow:
+                sock.close()
