@@ -43,8 +43,10 @@ MAX_LOGIN_BODY = 16 * 1024
 MAX_FORM_BODY = 64 * 1024
 
 #: First path segments of the pages that need a logged-in session.
-SESSION_PAGES = frozenset({b"files", b"upload", b"mkdir", b"rename", b"delete"})
-_SMALL_FORMS = frozenset({b"/login", b"/logout"})
+SESSION_PAGES = frozenset({b"files", b"upload", b"mkdir", b"rename", b"delete",
+                           b"account"})
+#: The login steps (password, two-factor code, enrolment code) are small too.
+_SMALL_FORMS = frozenset({b"/login", b"/logout", b"/login/code", b"/login/enrol"})
 
 #: C{(status, title, message)} of an answer given before the body.
 Refusal = tuple[int, str, str]

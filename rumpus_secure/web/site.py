@@ -33,6 +33,7 @@ from rumpus_secure.web.manager import (
     arg,
 )
 from rumpus_secure.web.pages import message_page
+from rumpus_secure.web.twofactor import AccountResource
 from rumpus_secure.web.upload import UPLOAD_PATH, UploadSink
 
 _log = Logger()
@@ -427,6 +428,7 @@ class Root(resource.Resource):
         self.putChild(b"rename", RenameResource(app))
         self.putChild(b"delete", DeleteResource(app))
         self.putChild(b"zip", ZipResource(app))
+        self.putChild(b"account", AccountResource(app))
 
     def getChild(self, name: bytes, request: IRequest) -> resource.Resource:
         return NotFoundPage()
