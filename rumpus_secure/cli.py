@@ -663,6 +663,82 @@ def add_ban_command(subparsers: Any) -> None:
     lift.set_defaults(handler=_ban_lift)
 
 
+# -- share ------------------------------------------------------------------
+
+
+def _share_store(context: Context) -> Any:
+    from rumpus_secure.shares import SQLiteShareStore
+
+    return SQLiteShareStore(context.require_database())
+
+
+def _share_list(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``share list [--owner NAME]``: every link, its state and its use.
+    """
+    import time
+
+    store = _share_store(context)
+    shares = store.list(args.owner)
+    if not shares:
+        context.say("no share links")
+        return 0
+    now = time.time()
+    rows = [("ID", "OWNER", "KIND", "STATE", "EXPIRES", "USED", "LAST USED", "PATH")]
+    for share in shares:
+        used = str(share.uses) + (f"/{share.max_uses}" if share.max_uses else "")
+        rows.append((share.id, share.owner, share.kind, share.state(now),
+                     _utc(share.expires), used,
+                     _utc(share.last_used) if share.last_used else "never", share.path))
+    widths = [max(len(row[i]) for row in rows) for i in range(7)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+        context.say("  ".join([*cells, row[7]]))
+    if args.events:
+        for share in shares:
+            for event in store.events(share.id, limit=args.events):
+                context.say(f"{share.id}  {_utc(event.at)}  {event.action}  "
+                            f"{event.client or '-'}  {event.name or ''}")
+    return 0
+
+
+def _utc(moment: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(moment)) + "Z"
+
+
+def _share_revoke(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``share revoke ID``: end a link at once (the running server reads the
+    store on every visit).
+    """
+    store = _share_store(context)
+    if store.get(args.id) is None:
+        raise CliError(f"no share link with id {args.id!r}")
+    if not store.revoke(args.id, "revoked by the administrator"):
+        raise CliError(f"share link {args.id} has already been revoked")
+    context.say(f"share link {args.id} revoked")
+    return 0
+
+
+def add_share_command(subparsers: Any) -> None:
+    """
+    ``share list|revoke``: the administrator's view of share links.
+    """
+    share = subparsers.add_parser("share", help="list or revoke share links")
+    actions = share.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="show share links and their use")
+    listing.add_argument("--owner", metavar="NAME", default=None,
+                         help="only this account's links")
+    listing.add_argument("--events", metavar="N", type=int, default=0,
+                         help="also show each link's last N visits")
+    listing.set_defaults(handler=_share_list)
+    revoke = actions.add_parser("revoke", help="end a share link now")
+    revoke.add_argument("id", metavar="ID")
+    revoke.set_defaults(handler=_share_revoke)
+
+
 # -- init -------------------------------------------------------------------
 
 
@@ -698,6 +774,7 @@ COMMANDS: list[Callable[[Any], None]] = [
     add_audit_command,
     add_check_command,
     add_ban_command,
+    add_share_command,
 ]
 
 

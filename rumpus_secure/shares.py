@@ -35,7 +35,8 @@ import time
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from zope.interface import Interface, implementer
 
@@ -177,7 +178,7 @@ def owner_allows(account: Any, share: Share) -> bool:
     is the account that made it (not a later one of the same name).
     """
     return (account is not None and not account.locked
-            and account.created <= share.created)
+            and getattr(account, "created", 0.0) <= share.created)
 
 
 class IShareStore(Interface):
@@ -279,10 +280,10 @@ class SQLiteShareStore:
         with closing(self._connect()) as db:
             if owner is None:
                 rows = db.execute(f"SELECT {_COLUMNS} FROM shares "
-                                  "ORDER BY created DESC").fetchall()
+                                  "ORDER BY created DESC, rowid DESC").fetchall()
             else:
                 rows = db.execute(f"SELECT {_COLUMNS} FROM shares WHERE owner = ? "
-                                  "ORDER BY created DESC", (owner,)).fetchall()
+                                  "ORDER BY created DESC, rowid DESC", (owner,)).fetchall()
         return [_share(row) for row in rows]
 
     def revoke(self, share_id: str, reason: str, owner: str | None = None) -> bool:
@@ -325,6 +326,18 @@ class SQLiteShareStore:
                 "WHERE share_id = ? ORDER BY seq DESC LIMIT ?",
                 (share_id, limit)).fetchall()
         return [ShareEvent(*row) for row in rows]
+
+
+def store_of(server: Any) -> IShareStore:
+    """
+    The server's share store: C{server.share_store}, made on first use as
+    the tables of its account database.
+    """
+    found = getattr(server, "share_store", None)
+    if found is None:
+        found = SQLiteShareStore(server.store.path, clock=server.reactor.seconds)
+        server.share_store = found
+    return found
 
 
 def _share(row: tuple) -> Share:  # type: ignore[type-arg]

@@ -614,3 +614,35 @@ def test_human_durations() -> None:
 def test_ban_without_a_database_is_one_line(bare_run: Run) -> None:
     code, _, err = bare_run("ban", "list")
     assert_one_error(code, err, "no accounts database")
+
+
+def test_share_list_and_revoke(run: Run, data_dir: Path) -> None:
+    """``share list|revoke``: the admin sees every link and its use, and ends one."""
+    import time as _time
+
+    from rumpus_secure.shares import SQLiteShareStore
+
+    run("user", "add", "alice", "--password-stdin", stdin=PW + "\n")
+    shares = SQLiteShareStore(data_dir / "accounts.sqlite3")
+    share, token = shares.create("alice", "download", "/a.txt", _time.time() + 3600,
+                                 None, 2, None, "")
+    bobs, _ = shares.create("bob", "dropbox", "/in", _time.time() + 3600, None, None,
+                            None, "")
+    shares.take_use(share.id)
+    shares.record(share.id, "download", "192.0.2.9", "a.txt")
+    code, out, _ = run("share", "list", "--events", "5")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["ID", "OWNER", "KIND"]
+    row = next(line for line in lines if line.startswith(share.id)).split()
+    assert row[1:4] == ["alice", "download", "active"] and "1/2" in row
+    assert any("192.0.2.9" in line for line in lines)
+    assert [line.split()[0] for line in run("share", "list", "--owner", "bob")[1]
+            .splitlines()[1:]] == [bobs.id]
+    assert run("share", "revoke", share.id)[0] == 0
+    assert shares.get(share.id).state(_time.time()) == "revoked"
+    assert shares.get(bobs.id).state(_time.time()) == "active"
+    code, _, err = run("share", "revoke", share.id)
+    assert code == 1 and "already been revoked" in err
+    code, _, err = run("share", "revoke", "nope")
+    assert code == 1 and "no share link" in err

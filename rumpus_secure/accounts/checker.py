@@ -48,13 +48,13 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from rumpus_secure.accounts import app_passwords
 from rumpus_secure.accounts.hashing import (
     hash_password,
     needs_rehash,
     normalise_text,
     verify_password,
 )
-from rumpus_secure.accounts import app_passwords
 from rumpus_secure.accounts.store import IAccountStore
 from rumpus_secure.accounts.verifier_cache import VerifierCache
 

@@ -37,7 +37,8 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import pyotp
 import segno

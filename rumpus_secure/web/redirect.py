@@ -332,9 +332,9 @@ class RedirectToHTTPS(resource.Resource):
         token = (share_target(request.path) or ("", ""))[0]
 
         def disable() -> str | None:
-            from rumpus_secure.shares import SQLiteShareStore, disable_exposed
+            from rumpus_secure.shares import disable_exposed, store_of
 
-            return disable_exposed(SQLiteShareStore(server_state.store.path), token)
+            return disable_exposed(store_of(server_state), token)
 
         def answer(share_id: Any) -> None:
             server_state.audit.record(

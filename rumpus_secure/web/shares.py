@@ -46,9 +46,9 @@ from rumpus_secure.shares import (
     MAX_NOTE,
     Share,
     ShareError,
-    SQLiteShareStore,
     owner_allows,
     share_target,
+    store_of,
     valid_token,
 )
 from rumpus_secure.vfs import JailedFS, VFSError, split_path
@@ -68,12 +68,8 @@ MAX_GRANTS = 10_000
 MAX_SIZE_MIB = 1024 * 1024
 
 
-def share_store(app: WebApp) -> SQLiteShareStore:
-    found = getattr(app, "_share_store", None)
-    if found is None:
-        found = SQLiteShareStore(app.server.store.path, clock=app.reactor.seconds)
-        app._share_store = found  # type: ignore[attr-defined]
-    return found
+def share_store(app: WebApp) -> Any:
+    return store_of(app.server)
 
 
 def link_url(app: WebApp, token: str) -> str:
@@ -150,7 +146,7 @@ def visitor_page(title: str, body: str) -> bytes:
         "<header class=top><span class=brand>rumpus-secure"
         "<span class=sub> shared with you</span></span></header>"
         f"<main><h1>{esc(title)}</h1>{body}</main></body></html>"
-    ).encode("utf-8")
+    ).encode()
 
 
 def _note(share: Share) -> str:
@@ -481,12 +477,16 @@ class DropBoxSink(UploadSink):
         self.share: Share | None = None
         self.unknown = False
         self.too_large = False
+        self._home: Any = None
         raw = request.getCookie(_grant_cookie(app))
         self._grant = raw.decode("ascii", "replace") if raw else None
         super().__init__(app, request, "/")
 
     def _admit(self, app: WebApp, request: IRequest) -> None:
-        from rumpus_secure.web.multipart import MultipartParser, boundary_from_content_type
+        from rumpus_secure.web.multipart import (
+            MultipartParser,
+            boundary_from_content_type,
+        )
 
         boundary = boundary_from_content_type(request.getHeader(b"content-type") or b"")
         if not app.same_origin(request):
@@ -495,6 +495,7 @@ class DropBoxSink(UploadSink):
             self._refuse("The upload must be sent as multipart/form-data.", 400)
         else:
             self._csrf_ok = True  # no session: the link is the credential
+            self.on_existing = "keep"
             self._parser = MultipartParser(boundary, self)
             self._enqueue(self._resolve, (), 0)
 
@@ -514,14 +515,14 @@ class DropBoxSink(UploadSink):
                 share.expires <= self._app.reactor.seconds():
             self.refusal = "This drop box is no longer available."
             return
-        if share.has_password:
-            # A lookup in a dict the reactor thread owns: one atomic get.
-            if not grants(self._app).allows(self._grant, share.id):
-                self.refusal = "Open the drop box's page and give its password first."
-                return
+        # A lookup in a dict the reactor thread owns: one atomic get.
+        if share.has_password and not grants(self._app).allows(self._grant, share.id):
+            self.refusal = "Open the drop box's page and give its password first."
+            return
         try:
             self._fs = visitor_fs(self._app, share)
-        except LookupError:
+            self._home = self._app.server.store.get(share.owner).home
+        except (LookupError, AttributeError):
             self.refusal = "This drop box is no longer available."
             return
         self.share = share
@@ -553,6 +554,20 @@ class DropBoxSink(UploadSink):
             result.upload = None
             return
         super()._write(result, data)
+
+    def _discard(self, upload: Any) -> None:
+        """
+        Abort, and remove what the visitor started: the drop box may not
+        delete, but a half file it made itself must not stay as if whole.
+        """
+        from rumpus_secure.vfs import AbortOutcome
+
+        path, atomic = upload.path, upload.atomic
+        if upload.abort() is AbortOutcome.KEPT_PARTIAL and atomic and self._home:
+            try:
+                JailedFS(self._home, frozenset({"delete"})).remove(path)
+            except VFSError:
+                pass
 
     def _commit(self, result: Any) -> None:
         share = self.share

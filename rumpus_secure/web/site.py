@@ -19,6 +19,7 @@ from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
 from rumpus_secure.config import ServerConfig
+from rumpus_secure.shares import is_dropbox_upload, share_target
 from rumpus_secure.web.app import WebApp
 from rumpus_secure.web.auth import LoginResource, LogoutResource
 from rumpus_secure.web.bodies import body_cap, early_refusal, too_large
@@ -33,7 +34,6 @@ from rumpus_secure.web.manager import (
     arg,
 )
 from rumpus_secure.web.pages import message_page
-from rumpus_secure.shares import is_dropbox_upload, share_target
 from rumpus_secure.web.shares import DropBoxSink, SharesResource, VisitorResource
 from rumpus_secure.web.twofactor import AccountResource
 from rumpus_secure.web.upload import UPLOAD_PATH, UploadSink
