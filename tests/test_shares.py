@@ -339,3 +339,19 @@ def test_link_password_over_plain_http_ends_the_link(server, site):
     moved = plain.get(link.encode())
     assert moved.status == 301
     assert moved.header(b"location").endswith(link.encode())
+
+
+def test_listing_offers_links_by_permission(server, site):
+    """
+    The Share link must not be an ``a[data-act]``: app.js takes every such
+    click that is not a rename for a delete.
+    """
+    home = server.store.get("alice").home
+    (home / "notes.txt").write_bytes(b"x")
+    web, _ = owner(site)
+    page = web.get(b"/files/").body
+    assert b"class=share-link" in page and b"data-act=share" not in page
+    assert b"id=make-dropbox" in page and b"id=share-folder" in page
+    server.store.accounts["alice"].perms = frozenset({"list"})
+    page = web.get(b"/files/").body
+    assert b"share-link" not in page and b"make-dropbox" not in page

@@ -159,7 +159,7 @@ def row(dir_arg: str, entry: Entry, perms: frozenset[str]) -> str:
     if "download" in perms and (entry.kind == "file"
                                 or (entry.kind == "dir" and "list" in perms)):
         actions.append(f"<a href='/shares/new?kind=download&amp;path={dir_arg}{quoted}' "
-                       "data-act=share>Share</a>")
+                       "class=share-link>Share</a>")
     if "rename" in perms:
         actions.append(f"<a href='/rename?path={dir_arg}{quoted}' data-act=rename>Rename</a>")
     if "delete" in perms:

@@ -140,7 +140,6 @@ def visitor_page(title: str, body: str) -> bytes:
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width, initial-scale=1'>"
         "<meta name=color-scheme content='light dark'>"
-        "<meta name=referrer content=no-referrer>"
         f"<title>{esc(title)} \u2013 rumpus-secure</title>"
         "<link rel=stylesheet href='/static/app.css'></head><body class=visitor>"
         "<header class=top><span class=brand>rumpus-secure"
