@@ -41,6 +41,7 @@ def load_or_create_key(path: Path) -> bytes:
         readable by others.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
