@@ -355,3 +355,12 @@ def test_listing_offers_links_by_permission(server, site):
     server.store.accounts["alice"].perms = frozenset({"list"})
     page = web.get(b"/files/").body
     assert b"share-link" not in page and b"make-dropbox" not in page
+
+
+def test_head_takes_no_use(server, site):
+    (server.store.get("alice").home / "notes.txt").write_bytes(b"once")
+    web, csrf = owner(site)
+    link = create_link(web, csrf, max_uses="1")
+    assert visitor(site).request(b"HEAD", link.encode() + b"/get").status == 200
+    assert visitor(site).request(b"HEAD", link.encode()).status == 200
+    assert visitor(site).get(link.encode() + b"/get").body == b"once"

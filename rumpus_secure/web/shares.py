@@ -245,6 +245,10 @@ class VisitorResource(resource.Resource):
                 send(request, 200, self.password_form(share))
             return
         if action == "get" and share.kind == "download":
+            if request.method == b"HEAD":
+                # A link checker or preview bot: no use is taken, no file sent.
+                send(request, 200, b"", b"application/octet-stream")
+                return
             await self.download(request, share)
             return
         if action:
