@@ -23,7 +23,11 @@ use is recorded in C{share_events} with the link's id, for the owner's
 page and ``rumpus-share share list``.
 
 The store is one more set of tables in the account database, like the
-bans and the web sessions; every method blocks (call from a thread).
+bans and the web sessions; every method blocks (call from a thread).  With
+10,000 links a visit's lookup (a connection, the token's SHA-256, one
+indexed query) takes about 90 microseconds median, the owner check 8, and
+taking a use 0.4 ms (``python bench/share_links.py``, 2 shared cores,
+while the test suite ran).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ TOKEN_BYTES = 24
 DEFAULT_DAYS = 7
 KINDS = ("download", "dropbox")
 MAX_NOTE = 1000
-#: Links one account may have (live or not) before old ones must go.
+#: Live links (not revoked, not expired) one account may have.
 MAX_PER_ACCOUNT = 200
 #: Events kept per link (the oldest go).
 EVENTS_KEPT = 1000
@@ -243,11 +247,12 @@ class SQLiteShareStore:
         with closing(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                count = db.execute("SELECT count(*) FROM shares WHERE owner = ?",
-                                   (owner,)).fetchone()[0]
+                count = db.execute(
+                    "SELECT count(*) FROM shares WHERE owner = ? AND revoked IS NULL "
+                    "AND expires > ?", (owner, now)).fetchone()[0]
                 if count >= MAX_PER_ACCOUNT:
                     raise ShareError(f"an account may have at most {MAX_PER_ACCOUNT} "
-                                     "links; delete old ones first")
+                                     "live links; revoke some first")
                 db.execute(
                     "INSERT INTO shares (id, token_hash, owner, kind, path, created, "
                     "expires, password_hash, max_uses, max_size, note) VALUES "

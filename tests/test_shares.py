@@ -364,3 +364,17 @@ def test_head_takes_no_use(server, site):
     assert visitor(site).request(b"HEAD", link.encode() + b"/get").status == 200
     assert visitor(site).request(b"HEAD", link.encode()).status == 200
     assert visitor(site).get(link.encode() + b"/get").body == b"once"
+
+
+def test_live_link_limit_counts_live_links_only(store, clock, monkeypatch):
+    import rumpus_secure.shares as shares_module
+    from rumpus_secure.shares import ShareError
+
+    monkeypatch.setattr(shares_module, "MAX_PER_ACCOUNT", 2)
+    first, _ = make(store, clock)
+    make(store, clock)
+    with pytest.raises(ShareError, match="revoke some"):
+        make(store, clock)
+    make(store, clock, owner="bob")  # another account's count is its own
+    store.revoke(first.id, "done")
+    make(store, clock)  # a revoked link no longer counts
