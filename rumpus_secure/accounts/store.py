@@ -235,6 +235,7 @@ class IAccountStore(Interface):
         password: str,
         home: Path | None = None,
         perms: Iterable[str] | None = None,
+        require_2fa: bool = False,
     ) -> Account:
         """
         Create an account and its home directory.
@@ -242,6 +243,8 @@ class IAccountStore(Interface):
         @param home: L{None} for C{ROOT/NAME}; an absolute path; or a path
             relative to the root.
         @param perms: permission names, L{None} for all of them.
+        @param require_2fa: the first web login must set up two-factor
+            login (L{ITwoFactorStore}), in the same transaction.
         @raises AccountError: bad name, empty password, unknown permission,
             duplicate account, or a home that cannot be created.
         """
@@ -293,7 +296,8 @@ class IAccountStore(Interface):
 
     def delete(name: str) -> None:
         """
-        Delete the account; its home directory is left on disk.
+        Delete the account (and its second factors and app passwords, in the
+        same transaction); its home directory is left on disk.
         """
 
     def change_reader() -> "ChangeReader":
