@@ -378,3 +378,14 @@ def test_live_link_limit_counts_live_links_only(store, clock, monkeypatch):
     make(store, clock, owner="bob")  # another account's count is its own
     store.revoke(first.id, "done")
     make(store, clock)  # a revoked link no longer counts
+
+
+def test_link_password_form_body_is_capped(server, site):
+    """``POST /s/<token>`` is a small form (16 KiB), refused from its headers."""
+    web, csrf = owner(site)
+    (server.store.get("alice").home / "notes.txt").write_bytes(b"x")
+    link = create_link(web, csrf, password="open sesame 1")
+    body = b"password=" + b"x" * (17 * 1024)
+    refused = visitor(site).request(b"POST", link.encode(), body=body, headers={
+        b"content-type": b"application/x-www-form-urlencoded"})
+    assert refused.status == 413

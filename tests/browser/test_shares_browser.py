@@ -27,7 +27,7 @@ from tests.browser.test_web_browser import (  # noqa: F401 - fixtures
     browser,
     server,
 )
-from tests.browser.test_web_manager_browser import log_in
+from tests.browser.test_web_manager_browser import log_in, run_axe
 
 pytestmark = pytest.mark.integration
 
@@ -119,6 +119,7 @@ def test_download_link_fresh_profile_expire_revoke(server, browser, tmp_path):
         assert "The plan for Monday" in visitor.page_source
         assert not visitor.find_elements(By.CSS_SELECTOR, "a[href^='/files']")
         visitor.save_screenshot(str(SCREENSHOTS / "share-download-visitor.png"))
+        run_axe(visitor, "download link visitor page")
         assert download(visitor, "plan.pdf") == b"%PDF-1.4 the plan"
         visitor.get(folder)
         _wait(lambda: visitor.find_elements(By.ID, "download"), what="the folder page")
@@ -164,6 +165,7 @@ def test_drop_box_two_files_no_listing(server, browser, tmp_path):
         _wait(lambda: visitor.find_elements(By.CSS_SELECTOR, "input[type=file]"),
               what="the drop box")
         visitor.save_screenshot(str(SCREENSHOTS / "share-dropbox-visitor.png"))
+        run_axe(visitor, "drop box visitor page")
         assert "private.txt" not in visitor.page_source
         visitor.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(
             f"{first}\n{second}")
@@ -187,6 +189,8 @@ def test_drop_box_two_files_no_listing(server, browser, tmp_path):
     browser.find_element(By.CSS_SELECTOR, "#shares tbody tr:first-child a").click()
     events = _wait(lambda: browser.find_element(By.ID, "share-events").text,
                    what="the link's uses")
+    browser.save_screenshot(str(SCREENSHOTS / "share-owner-uses.png"))
+    run_axe(browser, "a link's uses")
     assert events.count("upload") == 3 and "form (1).txt" in events
 
 

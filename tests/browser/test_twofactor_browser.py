@@ -21,7 +21,7 @@ from tests.browser.test_web_browser import (  # noqa: F401 - fixtures
     browser,
     server,
 )
-from tests.browser.test_web_manager_browser import add_user, log_in
+from tests.browser.test_web_manager_browser import add_user, log_in, run_axe
 
 pytestmark = pytest.mark.integration
 
@@ -62,17 +62,20 @@ def test_enrol_log_in_replay_and_recovery(server, browser):
     _wait(lambda: browser.find_elements(By.ID, "totp-secret"), what="the secret")
     assert browser.find_elements(By.CSS_SELECTOR, ".qr svg")
     browser.save_screenshot(str(SCREENSHOTS / "2fa-enrol.png"))
+    run_axe(browser, "2FA enrolment")
     secret = browser.find_element(By.ID, "totp-secret").text.replace(" ", "")
     give_code(browser, code_at(secret, time.time()))
     codes = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#recovery-codes code"),
                   what="the recovery codes")
     recovery = [c.text for c in codes]
+    browser.save_screenshot(str(SCREENSHOTS / "2fa-recovery-codes.png"))
     assert len(recovery) == 10
     log_out(browser)
 
     # The password alone is no longer enough: the code page comes next.
     password_step(browser, origin, server["user"], server["password"])
     browser.save_screenshot(str(SCREENSHOTS / "2fa-login-code.png"))
+    run_axe(browser, "2FA code page")
     # The next step's code (inside the +-1 window; the enrolment used this one).
     code = code_at(secret, time.time() + 30)
     give_code(browser, code)
