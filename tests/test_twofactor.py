@@ -277,3 +277,21 @@ def test_app_password_form() -> None:
     assert len(new.password) == len("rsap-") + 10 + 1 + 26
     for other in ("alice pw", "rsap-abc-def", new.password + "x"):
         assert app_passwords.ident_of(other) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_app_password_seen_in_cleartext_is_revoked(
+        checker: ArgonChecker, store: SQLiteAccountStore) -> None:
+    """
+    The exposure check (plain FTP, plain HTTP) asks the checker whether a
+    cleartext password was real: an app password is revoked instead, and the
+    account is not quarantined for it; Bob's app password stays.
+    """
+    new = add_app_password(store, "alice")
+    bobs = add_app_password(store, "bob")
+    assert await checker.check_password("alice", new.password) is False
+    assert store.app_password_hash("alice", new.ident) is None
+    assert store.app_password_hash("bob", bobs.ident) is not None
+    with pytest.raises(UnauthorizedLogin):
+        await checker.requestAvatarId(creds("alice", new.password, "ftps"))
+    assert await checker.check_password("alice", "alice pw") is True  # unchanged

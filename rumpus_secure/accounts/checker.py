@@ -168,6 +168,8 @@ class ArgonChecker:
 
         True even if the account is locked: used to tell whether a password
         seen in cleartext was a real one.  Same cost for unknown accounts.
+        An app password of the account seen this way is revoked, and the
+        answer is False: the main password was not exposed.
 
         @param threadpool: where to verify (the exposure checks have their
             own); the login pool by default.
@@ -194,6 +196,8 @@ class ArgonChecker:
         does not change the password, so it keeps the entry: a password
         seen again after its account was quarantined is known at once.
         """
+        if self._contain_app_password(name, password):
+            return False  # the main password was not exposed
         stamp = None
         if cache is not None:
             account = self._store.get(name)
@@ -206,6 +210,25 @@ class ArgonChecker:
         if cache is not None:
             cache.remember(name, password, stamp, result)
         return result
+
+    def _contain_app_password(self, name: str, password: str) -> bool:
+        """
+        In a thread, for a password seen in cleartext: if it is one of the
+        account's app passwords, revoke it (they are for FTPS only; the
+        revocation ends the FTP sessions that used it) and say so.
+        """
+        ident = app_passwords.ident_of(password)
+        reader = getattr(self._store, "app_password_hash", None)
+        if ident is None or reader is None:
+            return False
+        stored = reader(name, ident)
+        if stored is None:
+            return False
+        if verify_password(stored, password.strip().lower(), self._hasher):
+            self._store.revoke_app_password(name, ident)
+            _log.warn("app password {ident} of {account} was sent unencrypted: revoked",
+                      ident=ident, account=name)
+        return True
 
     def _login(self, name: str, password: str, channel: str | None = None) -> bytes:
         """
