@@ -46,6 +46,12 @@ from zope.interface import Interface, implementer
 
 from rumpus_secure.accounts.connections import ThreadConnections
 from rumpus_secure.accounts.hashing import hash_password
+from rumpus_secure.accounts.two_factor_store import (
+    TWO_FACTOR_SCHEMA,
+    ITwoFactorStore,
+    TwoFactorTables,
+    forget_credentials,
+)
 
 ALL_PERMISSIONS: frozenset[str] = frozenset(
     {"list", "download", "upload", "overwrite", "delete", "rename", "mkdir"}
@@ -98,35 +104,6 @@ CREATE TABLE IF NOT EXISTS account_changes (
     at REAL NOT NULL
 )
 """
-#: Two-factor login (rumpus_secure.accounts.totp): the secrets are sealed
-#: (rumpus_secure.accounts.secretbox), recovery codes are SHA-256 digests,
-#: app passwords argon2id hashes.  Rows are keyed by the exact account
-#: name and removed with the account.
-_TWO_FACTOR_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS account_2fa (
-    name TEXT PRIMARY KEY,
-    required INTEGER NOT NULL DEFAULT 0,
-    secret BLOB,
-    pending BLOB,
-    enabled REAL,
-    last_step INTEGER NOT NULL DEFAULT 0
-)""",
-    """CREATE TABLE IF NOT EXISTS recovery_codes (
-    name TEXT NOT NULL,
-    digest BLOB NOT NULL,
-    used REAL,
-    PRIMARY KEY (name, digest)
-)""",
-    """CREATE TABLE IF NOT EXISTS app_passwords (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    label TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    created REAL NOT NULL,
-    last_used REAL
-)""",
-    "CREATE INDEX IF NOT EXISTS app_passwords_name ON app_passwords (name)",
-)
 _COLUMNS = (
     "name, home, perms, locked, lock_reason, created, changed, "
     "password_changed, version"
@@ -158,35 +135,6 @@ class Account:
     changed: float
     password_changed: float
     version: int
-
-
-@dataclass(frozen=True)
-class TwoFactorRow:
-    """
-    An account's two-factor state as stored (sealed secrets, never codes).
-
-    @ivar secret: the confirmed secret, sealed; L{None} when not enrolled.
-    @ivar pending: a secret shown for enrolment, not yet confirmed.
-    @ivar last_step: the last TOTP step accepted (replays are refused).
-    """
-
-    required: bool
-    secret: bytes | None
-    pending: bytes | None
-    enabled: float | None
-    last_step: int
-    recovery_left: int
-
-
-@dataclass(frozen=True)
-class AppPassword:
-    """One app password as listed (never its hash)."""
-
-    id: str
-    name: str
-    label: str
-    created: float
-    last_used: float | None
 
 
 @dataclass(frozen=True)
@@ -306,53 +254,6 @@ class IAccountStore(Interface):
         """
 
 
-class ITwoFactorStore(Interface):
-    """
-    Two-factor state and app passwords, beside the accounts.  Every write
-    is logged in the change log, in the same transaction.
-    """
-
-    def two_factor(name: str) -> TwoFactorRow | None:
-        """The account's two-factor row, or L{None} if it has none."""
-
-    def set_two_factor_required(name: str, required: bool) -> None:
-        """Require (or stop requiring) two-factor login for the account."""
-
-    def set_pending_secret(name: str, sealed: bytes) -> None:
-        """Keep a sealed secret being enrolled (not yet in force)."""
-
-    def enable_two_factor(name: str, sealed: bytes, step: int,
-                          recovery: list[bytes]) -> bool:
-        """
-        Put the pending secret C{sealed} in force (if it is still the
-        pending one), with C{step} used and new recovery code digests.
-        """
-
-    def reset_two_factor(name: str) -> None:
-        """Forget the secret and codes; the next web login must enrol."""
-
-    def use_totp_step(name: str, step: int) -> bool:
-        """Record C{step} as used if it is later than the last one used."""
-
-    def use_recovery_code(name: str, digest: bytes) -> bool:
-        """Use up an unused recovery code; whether there was one."""
-
-    def add_app_password(name: str, ident: str, label: str, hashed: str) -> AppPassword:
-        """Store an app password's argon2id hash."""
-
-    def app_passwords(name: str) -> list[AppPassword]:
-        """The account's app passwords, newest first."""
-
-    def app_password_hash(name: str, ident: str) -> str | None:
-        """The hash of the account's app password C{ident}, or L{None}."""
-
-    def app_password_used(ident: str) -> None:
-        """Note when an app password was last used."""
-
-    def revoke_app_password(name: str, ident: str) -> bool:
-        """Delete an app password; whether it existed."""
-
-
 def check_name(name: str) -> str:
     """
     Return C{name} if it is a valid account name, else raise L{AccountError}.
@@ -407,7 +308,7 @@ def _clean_reason(reason: str) -> str:
 
 
 @implementer(IAccountStore, ITwoFactorStore)
-class SQLiteAccountStore:
+class SQLiteAccountStore(TwoFactorTables):
     """
     Accounts in one SQLite file, safe for several threads and processes.
 
@@ -464,7 +365,7 @@ class SQLiteAccountStore:
                 with self._write(db):
                     db.execute(_SCHEMA)
                     db.execute(_CHANGES_SCHEMA)
-                    for statement in _TWO_FACTOR_SCHEMA:
+                    for statement in TWO_FACTOR_SCHEMA:
                         db.execute(statement)
                     if db.execute("PRAGMA user_version").fetchone()[0] == 0:
                         db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
@@ -553,7 +454,7 @@ class SQLiteAccountStore:
                     f"an account named {existing!r} already exists"
                 ) from None
             _record(db, name, "add", None, now)
-            _forget_credentials(db, name)  # of an earlier account of this name
+            forget_credentials(db, name)  # of an earlier account of this name
             if require_2fa:
                 db.execute("INSERT INTO account_2fa (name, required) VALUES (?, 1)",
                            (name,))
@@ -631,13 +532,13 @@ class SQLiteAccountStore:
             )
             if cursor.rowcount == 0:
                 raise AccountError(f"no account named {name!r}")
-            _forget_credentials(db, name)
+            forget_credentials(db, name)
             _record(db, name, "delete", None, self._clock())
 
     def change_reader(self) -> ChangeReader:
         return ChangeReader(self.path)
 
-    # -- two-factor login and app passwords (ITwoFactorStore) ----------------
+    # -- for TwoFactorTables ----------------------------------------------------
 
     def _exists(self, db: sqlite3.Connection, name: str) -> None:
         row = db.execute("SELECT 1 FROM accounts WHERE name = ? COLLATE BINARY",
@@ -645,140 +546,9 @@ class SQLiteAccountStore:
         if row is None:
             raise AccountError(f"no account named {name!r}")
 
-    def _two_factor_row(self, db: sqlite3.Connection, name: str) -> None:
-        self._exists(db, name)
-        db.execute("INSERT OR IGNORE INTO account_2fa (name) VALUES (?)", (name,))
-
-    def _credentials_changed(self, db: sqlite3.Connection, name: str,
-                             detail: str, now: float) -> None:
-        """
-        Log a change of what the account's credentials are, as ``password``
-        (open FTP sessions end) and move its version on (cached password
-        verifications go stale).
-        """
-        db.execute("UPDATE accounts SET changed = ?, version = version + 1 "
-                   "WHERE name = ? COLLATE BINARY", (now, name))
-        _record(db, name, "password", detail, now)
-
-    def two_factor(self, name: str) -> TwoFactorRow | None:
-        with self._connections.connection() as db:
-            row = db.execute(
-                "SELECT required, secret, pending, enabled, last_step FROM account_2fa "
-                "WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                return None
-            left = db.execute("SELECT count(*) FROM recovery_codes WHERE name = ? "
-                              "AND used IS NULL", (name,)).fetchone()[0]
-        required, secret, pending, enabled, last_step = row
-        return TwoFactorRow(
-            required=bool(required),
-            secret=None if secret is None else bytes(secret),
-            pending=None if pending is None else bytes(pending),
-            enabled=enabled, last_step=int(last_step), recovery_left=int(left))
-
-    def set_two_factor_required(self, name: str, required: bool) -> None:
-        now = self._clock()
-        with self._writing() as db:
-            self._two_factor_row(db, name)
-            db.execute("UPDATE account_2fa SET required = ? WHERE name = ?",
-                       (int(required), name))
-            self._credentials_changed(
-                db, name, "two-factor login required" if required
-                else "two-factor login no longer required", now)
-
-    def set_pending_secret(self, name: str, sealed: bytes) -> None:
-        with self._writing() as db:
-            self._two_factor_row(db, name)
-            db.execute("UPDATE account_2fa SET pending = ? WHERE name = ?",
-                       (sealed, name))
-            _record(db, name, "2fa", "enrolment started", self._clock())
-
-    def enable_two_factor(self, name: str, sealed: bytes, step: int,
-                          recovery: list[bytes]) -> bool:
-        now = self._clock()
-        with self._writing() as db:
-            cursor = db.execute(
-                "UPDATE account_2fa SET secret = pending, pending = NULL, enabled = ?, "
-                "last_step = ? WHERE name = ? AND pending = ?",
-                (now, step, name, sealed))
-            if cursor.rowcount != 1:
-                return False
-            db.execute("DELETE FROM recovery_codes WHERE name = ?", (name,))
-            db.executemany("INSERT INTO recovery_codes (name, digest) VALUES (?, ?)",
-                           [(name, digest) for digest in recovery])
-            self._credentials_changed(db, name, "two-factor login turned on", now)
-        return True
-
-    def reset_two_factor(self, name: str) -> None:
-        now = self._clock()
-        with self._writing() as db:
-            self._two_factor_row(db, name)
-            db.execute("UPDATE account_2fa SET required = 1, secret = NULL, "
-                       "pending = NULL, enabled = NULL, last_step = 0 WHERE name = ?",
-                       (name,))
-            db.execute("DELETE FROM recovery_codes WHERE name = ?", (name,))
-            self._credentials_changed(db, name, "two-factor login reset", now)
-
-    def use_totp_step(self, name: str, step: int) -> bool:
-        with self._writing() as db:
-            cursor = db.execute(
-                "UPDATE account_2fa SET last_step = ? WHERE name = ? "
-                "AND secret IS NOT NULL AND last_step < ?", (step, name, step))
-            if cursor.rowcount != 1:
-                return False
-            _record(db, name, "2fa", "code used", self._clock())
-        return True
-
-    def use_recovery_code(self, name: str, digest: bytes) -> bool:
-        now = self._clock()
-        with self._writing() as db:
-            cursor = db.execute(
-                "UPDATE recovery_codes SET used = ? WHERE name = ? AND digest = ? "
-                "AND used IS NULL", (now, name, digest))
-            if cursor.rowcount != 1:
-                return False
-            _record(db, name, "2fa", "recovery code used", now)
-        return True
-
-    def add_app_password(self, name: str, ident: str, label: str,
-                         hashed: str) -> AppPassword:
-        now = self._clock()
-        with self._writing() as db:
-            self._exists(db, name)
-            db.execute("INSERT INTO app_passwords (id, name, label, hash, created) "
-                       "VALUES (?, ?, ?, ?, ?)", (ident, name, label, hashed, now))
-            _record(db, name, "app-password", f"added {ident}", now)
-        return AppPassword(id=ident, name=name, label=label, created=now, last_used=None)
-
-    def app_passwords(self, name: str) -> list[AppPassword]:
-        with self._connections.connection() as db:
-            rows = db.execute(
-                "SELECT id, name, label, created, last_used FROM app_passwords "
-                "WHERE name = ? ORDER BY created DESC", (name,)).fetchall()
-        return [AppPassword(*row) for row in rows]
-
-    def app_password_hash(self, name: str, ident: str) -> str | None:
-        with self._connections.connection() as db:
-            row = db.execute("SELECT hash FROM app_passwords WHERE id = ? AND name = ?",
-                             (ident, name)).fetchone()
-        return None if row is None else str(row[0])
-
-    def app_password_used(self, ident: str) -> None:
-        # Not an account change: no session depends on it.
-        with self._writing() as db:
-            db.execute("UPDATE app_passwords SET last_used = ? WHERE id = ?",
-                       (self._clock(), ident))
-
-    def revoke_app_password(self, name: str, ident: str) -> bool:
-        now = self._clock()
-        with self._writing() as db:
-            cursor = db.execute("DELETE FROM app_passwords WHERE id = ? AND name = ?",
-                                (ident, name))
-            if cursor.rowcount != 1:
-                return False
-            self._credentials_changed(db, name, f"app password {ident} revoked", now)
-        return True
-
+    def _log_change(self, db: sqlite3.Connection, name: str, kind: str,
+                    detail: str | None, when: float) -> None:
+        _record(db, name, kind, detail, when)
 
 class ChangeReader:
     """
@@ -845,15 +615,6 @@ def _record(db: sqlite3.Connection, name: str, kind: str, detail: str | None,
     if cursor.lastrowid is not None and cursor.lastrowid > CHANGES_KEPT:
         db.execute("DELETE FROM account_changes WHERE seq <= ?",
                    (cursor.lastrowid - CHANGES_KEPT,))
-
-
-def _forget_credentials(db: sqlite3.Connection, name: str) -> None:
-    """
-    Remove an account's second factors and app passwords (with the account,
-    or left by an earlier account of the same name).
-    """
-    for table in ("account_2fa", "recovery_codes", "app_passwords"):
-        db.execute(f"DELETE FROM {table} WHERE name = ?", (name,))
 
 
 def _account(row: tuple) -> Account:  # type: ignore[type-arg]

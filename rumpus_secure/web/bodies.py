@@ -86,7 +86,7 @@ def early_refusal(app: Any, request: IRequest, command: bytes, path: bytes,
     ban = request._ban()  # type: ignore[attr-defined]
     if ban is not None:
         return 403, "Access refused", app.server.guard.message(ban)
-    # The manager's upload and a drop box's (rumpus_secure.web.shares) stream.
+    # The manager's upload and a drop box's (rumpus_secure.web.visit) stream.
     upload = command == b"POST" and (path == UPLOAD_PATH or is_dropbox_upload(path))
     if not upload:
         cap = body_cap(path)

@@ -34,9 +34,10 @@ from rumpus_secure.web.manager import (
     arg,
 )
 from rumpus_secure.web.pages import message_page
-from rumpus_secure.web.shares import DropBoxSink, SharesResource, VisitorResource
+from rumpus_secure.web.shares import SharesResource
 from rumpus_secure.web.twofactor import AccountResource
 from rumpus_secure.web.upload import UPLOAD_PATH, UploadSink
+from rumpus_secure.web.visit import DropBoxSink, VisitorResource
 
 _log = Logger()
 

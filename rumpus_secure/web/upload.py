@@ -138,7 +138,7 @@ class UploadSink:
     def _admit(self, app: WebApp, request: IRequest) -> None:
         """
         Check the request from its headers: start parsing, or refuse.
-        (A drop box, L{rumpus_secure.web.shares}, admits visitors instead.)
+        (A drop box, L{rumpus_secure.web.visit}, admits visitors instead.)
         """
         content_type = request.getHeader(b"content-type") or b""
         boundary = boundary_from_content_type(content_type)
