@@ -26,6 +26,10 @@ connection, C{bench/account_watch.py}) tells the server's L{rumpus_secure.accoun
 since the last look, including deletions, which leave no row to version.
 The log keeps the last L{CHANGES_KEPT} rows.
 
+The same file holds each account's second factors and app passwords
+(L{rumpus_secure.accounts.two_factor_store}, mixed into the SQLite store:
+created and deleted with the account, in the same transactions).
+
 All methods block on disk I/O; the server calls them from a thread (see
 L{rumpus_secure.accounts.checker}).
 """

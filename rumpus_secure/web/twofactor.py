@@ -203,8 +203,11 @@ class LoginCodeResource(resource.Resource):
         self.app = app
 
     def render_GET(self, request: IRequest) -> Any:
-        if pending_logins(self.app).get(_pending_id(self.app, request)) is None:
+        pending = pending_logins(self.app).get(_pending_id(self.app, request))
+        if pending is None:
             see_other(request, "/login")
+        elif pending.enrol:
+            see_other(request, "/login/enrol")
         else:
             send(request, 200, code_form())
         return run(request, _nothing)
