@@ -190,10 +190,13 @@ def _user_add(args: argparse.Namespace, context: Context) -> int:
         if existing.name.lower() == args.name.lower():
             raise AccountError(f"an account named {existing.name!r} already exists")
     password, generated = _read_password(args, context)
-    account = store.add(args.name, password, home=home, perms=perms)
+    account = store.add(args.name, password, home=home, perms=perms,
+                        require_2fa=args.require_2fa)
     context.say(
         f"added account {account.name}, home {_show_home(account.home, context)}, "
         f"permissions {_show_perms(account.perms)}"
+        + ("; two-factor login required (set up at the first web login)"
+           if args.require_2fa else "")
     )
     if generated:
         context.say(f"generated password (shown only now): {password}")
@@ -295,15 +298,47 @@ def _user_list(args: argparse.Namespace, context: Context) -> int:
     if not accounts:
         context.say("no accounts")
         return 0
-    rows = [("NAME", "HOME", "PERMS", "LOCKED")]
+    store = context.open_store()
+    rows = [("NAME", "HOME", "PERMS", "2FA", "LOCKED")]
     for a in accounts:
         locked = f"yes: {a.lock_reason}" if a.locked else "no"
         rows.append((a.name, _show_home(a.home, context), _show_perms(a.perms),
-                     locked))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+                     _show_2fa(store.two_factor(a.name)), locked))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths)]
-        context.say("  ".join([*cells, row[3]]))
+        context.say("  ".join([*cells, row[4]]))
+    return 0
+
+
+def _show_2fa(row: Any) -> str:
+    """
+    ``on``, ``required`` (must enrol at the next web login) or ``off``.
+    """
+    if row is None:
+        return "off"
+    if row.secret is not None:
+        return "on"
+    return "required" if row.required else "off"
+
+
+def _user_2fa(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``user 2fa require|reset NAME``: require two-factor login, or forget the
+    account's secret and recovery codes so the next web login enrols again.
+    """
+    store = context.open_store()
+    if store.get(args.name) is None:
+        raise AccountError(f"no account named {args.name!r}")
+    if args.what == "require":
+        store.set_two_factor_required(args.name, True)
+        context.say(f"account {args.name}: two-factor login required; its password "
+                    "alone no longer works (web: it enrols at the next login; FTP: "
+                    "app passwords over FTPS only)")
+    else:
+        store.reset_two_factor(args.name)
+        context.say(f"account {args.name}: two-factor login reset; the next web "
+                    "login sets it up again (app passwords are kept)")
     return 0
 
 
@@ -344,7 +379,7 @@ def _user_del(args: argparse.Namespace, context: Context) -> int:
 
 def add_user_command(subparsers: Any) -> None:
     """
-    ``user add|passwd|list|lock|unlock|del``: manage accounts.
+    ``user add|passwd|list|2fa|lock|unlock|del``: manage accounts.
     """
     user = subparsers.add_parser("user", help="manage accounts")
     actions = user.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -365,6 +400,11 @@ def add_user_command(subparsers: Any) -> None:
         help="comma-separated permissions from: "
         + ",".join(PERMISSION_ORDER) + " [default: all]",
     )
+    add.add_argument(
+        "--require-2fa", action="store_true",
+        help="require two-factor login: the first web login sets it up; FTP "
+        "then takes app passwords over FTPS only",
+    )
     _add_password_options(add)
     add.set_defaults(handler=_user_add)
 
@@ -377,6 +417,12 @@ def add_user_command(subparsers: Any) -> None:
 
     listing = actions.add_parser("list", help="show every account")
     listing.set_defaults(handler=_user_list)
+
+    factor = actions.add_parser(
+        "2fa", help="require two-factor login, or reset it (forces a new set-up)")
+    factor.add_argument("what", choices=("require", "reset"), metavar="require|reset")
+    factor.add_argument("name", metavar="NAME")
+    factor.set_defaults(handler=_user_2fa)
 
     lock = actions.add_parser("lock", help="lock an account")
     lock.add_argument("name", metavar="NAME")
@@ -617,6 +663,82 @@ def add_ban_command(subparsers: Any) -> None:
     lift.set_defaults(handler=_ban_lift)
 
 
+# -- share ------------------------------------------------------------------
+
+
+def _share_store(context: Context) -> Any:
+    from rumpus_secure.shares import SQLiteShareStore
+
+    return SQLiteShareStore(context.require_database())
+
+
+def _share_list(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``share list [--owner NAME]``: every link, its state and its use.
+    """
+    import time
+
+    store = _share_store(context)
+    shares = store.list(args.owner)
+    if not shares:
+        context.say("no share links")
+        return 0
+    now = time.time()
+    rows = [("ID", "OWNER", "KIND", "STATE", "EXPIRES", "USED", "LAST USED", "PATH")]
+    for share in shares:
+        used = str(share.uses) + (f"/{share.max_uses}" if share.max_uses else "")
+        rows.append((share.id, share.owner, share.kind, share.state(now),
+                     _utc(share.expires), used,
+                     _utc(share.last_used) if share.last_used else "never", share.path))
+    widths = [max(len(row[i]) for row in rows) for i in range(7)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+        context.say("  ".join([*cells, row[7]]))
+    if args.events:
+        for share in shares:
+            for event in store.events(share.id, limit=args.events):
+                context.say(f"{share.id}  {_utc(event.at)}  {event.action}  "
+                            f"{event.client or '-'}  {event.name or ''}")
+    return 0
+
+
+def _utc(moment: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(moment)) + "Z"
+
+
+def _share_revoke(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``share revoke ID``: end a link at once (the running server reads the
+    store on every visit).
+    """
+    store = _share_store(context)
+    if store.get(args.id) is None:
+        raise CliError(f"no share link with id {args.id!r}")
+    if not store.revoke(args.id, "revoked by the administrator"):
+        raise CliError(f"share link {args.id} has already been revoked")
+    context.say(f"share link {args.id} revoked")
+    return 0
+
+
+def add_share_command(subparsers: Any) -> None:
+    """
+    ``share list|revoke``: the administrator's view of share links.
+    """
+    share = subparsers.add_parser("share", help="list or revoke share links")
+    actions = share.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="show share links and their use")
+    listing.add_argument("--owner", metavar="NAME", default=None,
+                         help="only this account's links")
+    listing.add_argument("--events", metavar="N", type=int, default=0,
+                         help="also show each link's last N visits")
+    listing.set_defaults(handler=_share_list)
+    revoke = actions.add_parser("revoke", help="end a share link now")
+    revoke.add_argument("id", metavar="ID")
+    revoke.set_defaults(handler=_share_revoke)
+
+
 # -- init -------------------------------------------------------------------
 
 
@@ -652,6 +774,7 @@ COMMANDS: list[Callable[[Any], None]] = [
     add_audit_command,
     add_check_command,
     add_ban_command,
+    add_share_command,
 ]
 
 

@@ -119,6 +119,13 @@ def _password_length(value: Any) -> int:
     return number
 
 
+def _share_days(value: Any) -> int:
+    number = _count(value)
+    if not 1 <= number <= 3650:
+        raise ValueError("expected a number of days from 1 to 3650")
+    return number
+
+
 def _optional_port(value: Any) -> int | None:
     if value is None or value == "" or value == 0:
         return None
@@ -318,6 +325,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("password-min-length", 12, _password_length,
            "Fewest characters of a password a person chooses (user add, "
            "user passwd); at least 8.", "N"),
+    Option("share-max-days", 30, _share_days,
+           "Longest life in days of a share link (download link or drop box) "
+           "a user creates; links default to 7 days or this, if shorter.", "DAYS"),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -372,6 +382,7 @@ class ServerConfig:
     metrics: str | None = None
     handshake_timeout: float = 15.0
     password_min_length: int = 12
+    share_max_days: int = 30
 
     @property
     def file_root(self) -> Path:

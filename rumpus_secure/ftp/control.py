@@ -23,7 +23,6 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.cred import error as cred_error
-from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger, LogLevel
@@ -32,7 +31,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rumpus_secure.accounts.bans import Ban
-from rumpus_secure.accounts.checker import LockedAccountError
+from rumpus_secure.accounts.checker import (
+    ChannelCredentials,
+    LockedAccountError,
+    TwoFactorRequired,
+)
 from rumpus_secure.ftp import data as data_channel
 from rumpus_secure.ftp.account_state import AccountBoundSession
 from rumpus_secure.ftp.files import FileCommands
@@ -679,8 +682,11 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         """
         exposure = getattr(self.session_factory.shared, "exposure", None)
         watch = exposure.watch(name) if exposure is not None else None
-        creds = UsernamePassword(name.encode("utf-8", "surrogateescape"),
-                                 password.encode("utf-8", "surrogateescape"))
+        # The channel decides whether app passwords count (FTPS only) and
+        # refuses a two-factor account's main password (accounts.checker).
+        creds = ChannelCredentials(name.encode("utf-8", "surrogateescape"),
+                                   password.encode("utf-8", "surrogateescape"),
+                                   "ftps" if self.secure else "ftp")
         # The mind is the server: the realm does its disk work in its threads.
         d = self.session_factory.portal.login(creds, self.session_factory.shared.server,
                                               IFileShell)
@@ -697,6 +703,16 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         def refused(failure: Failure) -> Any:
             if watch is not None:
                 watch.close()
+            if failure.check(TwoFactorRequired):
+                # The main password was right: not a failed guess.
+                ban = attempt.succeeded() if attempt is not None else None
+                if ban is not None:
+                    self._turn_away(ban)
+                    return None
+                self._audit("ftp.login", account=name, outcome="needs-app-password")
+                return ("530 Login refused: this account uses two-factor login, so "
+                        "its password works only on the web. Create an app password "
+                        "on the web (Account page) and use it here over FTPS.")
             if failure.check(LockedAccountError):
                 # The password was right: not a failed guess.
                 ban = attempt.succeeded() if attempt is not None else None
