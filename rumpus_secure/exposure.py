@@ -439,14 +439,18 @@ class ExposureGuard:
         if self._cache is not None:
             options["cache"] = self._cache
 
+        # Held only until the check takes it (a closure over the local name
+        # would outlive a "del").
+        held = [password]
+        del password
+
         def check(account: str) -> Any:
             job.account = account
-            return checker.check_password(account, password, **options)
+            return checker.check_password(account, held.pop(), **options)
 
         # The stored spelling of the name first: USER CAROL is carol.
         d = self.server.run_in_thread(stored_name, self.server.store, job.name)
         d.addCallback(check)
-        del password
         d.addCallback(self._checked, job)
         d.addErrback(self._failed, job)
         d.addBoth(self._finished, job)

@@ -20,6 +20,7 @@ from rumpus_secure.web.redirect import build_http_site
 from rumpus_secure.web.site import build_https_site
 from tests.ftp_fakes import connect
 from tests.guard_fakes import OpenRequest, hold_logins, login_form
+from tests.manual_thread import ManualThread
 from tests.test_guard_ftp import guarded, send
 from tests.test_web_support import make_server as make_web_server
 
@@ -254,3 +255,22 @@ def test_a_cleartext_password_under_the_name_in_capitals_is_contained(
     assert sniffed.lines()[-1].startswith("530 Login refused: this account is locked")
     [exposed] = server.audit.named("account.password_exposed")
     assert exposed["account"] == "carol"
+
+
+def test_the_check_runs_after_the_name_is_looked_up_in_a_thread(tmp_path: Path) -> None:
+    # The look-up of the stored spelling runs in a thread: the password must
+    # still reach the check when it comes back (and not stay after it).
+    server, reactor = guarded(tmp_path, threshold=15, login_failure_delay=0.0)
+    server.store.add("carol", "carols-password")
+    thread = ManualThread()
+    server.run_in_thread = thread  # type: ignore[method-assign]
+    clear, clear_transport, _ = connect(server, reactor=reactor, peer=USER_SIDE)
+    send(clear, clear_transport, "USER Carol", "PASS carols-password")
+    assert server.checker.checked == []
+    thread.run_next()  # the look-up
+    assert server.checker.checked == [("carol", "carols-password")]
+    assert "carols-password" not in repr([vars(job) for job in
+                                          server.exposure._by_key.values()])
+    thread.run_next()  # the lock
+    assert server.store.get("carol").locked
+    assert clear_transport.lines()[-1].startswith("530 ")
