@@ -110,3 +110,27 @@ def test_the_server_limits_verifications_to_the_pool(tmp_path: Path) -> None:
     assert settings.max_verifying_total == pool.max
     guard = Guard(settings, MemoryReactor())
     assert guard.settings.max_verifying_total == checker.slots
+
+
+def test_waiting_logins_and_evictable_connections_are_kept_apart() -> None:
+    # Logins waiting for a verification slot and connections that have not
+    # logged in (evictable when the server is full) are different books.
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    guard = Guard(GuardSettings(threshold=15, max_connections=1, max_verifying_per_ip=1),
+                  clock)
+    first = guard.begin_login("192.0.2.1", "ftp", "eve")
+    second = guard.begin_login("192.0.2.1", "ftp", "eve")
+    assert first.called and not second.called
+    assert guard.waiting("192.0.2.1") == 1
+    evicted: list[str] = []
+    assert guard.connection_opened("192.0.2.2") is None
+    guard.not_logged_in("idle", clock.seconds(), lambda: (
+        evicted.append("idle"), guard.connection_closed("192.0.2.2")))
+    clock.advance(10)
+    assert guard.connection_opened("198.51.100.4") is None  # the idle one made room
+    assert evicted == ["idle"]
+    assert guard.waiting("192.0.2.1") == 1
+    first.result.failed()
+    assert second.called and guard.waiting("192.0.2.1") == 0
