@@ -341,7 +341,7 @@ def attack_r3_3_cleartext_name_flood(target: Target, stop: threading.Event,
         wave += 1
         hosts = [f"127.3.{wave % 250}.{i}" for i in range(1, 31)]
 
-        def send(host: str, i: int) -> None:
+        def send(host: str, i: int, wave: int = wave) -> None:
             try:
                 with socket.create_connection((target.host, target.ports["ftp"]), 30,
                                               source_address=(host, 0)) as conn:
@@ -382,7 +382,7 @@ def attack_r3_4_guess_flood(target: Target, stop: threading.Event,
         hosts = [f"127.5.{wave % 250}.{i}" for i in range(1, 61)]
         sent = threading.Semaphore(0)
 
-        def send(host: str, i: int) -> None:
+        def send(host: str, i: int, sent: threading.Semaphore = sent) -> None:
             try:
                 with socket.create_connection((target.host, target.ports["ftps"]), 60,
                                               source_address=(host, 0)) as raw:

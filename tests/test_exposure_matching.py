@@ -86,7 +86,7 @@ def test_a_login_waits_for_a_check_of_its_own_password_only(tmp_path: Path) -> N
 
 def test_a_login_does_not_wait_for_a_check_queued_after_its_verification(
         tmp_path: Path) -> None:
-    server, reactor = guarded(tmp_path, threshold=15, login_failure_delay=0.0)
+    server, _ = guarded(tmp_path, threshold=15, login_failure_delay=0.0)
     checker = hold_logins(server, hold_checks=True)
     exposure = server.exposure
     watch = exposure.watch("alice", "right")
@@ -199,7 +199,7 @@ def test_a_banned_address_web_credentials_are_remembered(tmp_path: Path) -> None
 def test_candidates_not_checked_are_bounded(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(exposure_module, "UNCHECKED_MAX", 100)
-    server, reactor = guarded(tmp_path)
+    server, _ = guarded(tmp_path)
     exposure = server.exposure
     for i in range(200):
         exposure.not_checked(protocol="ftp", client=USER_SIDE, user="alice",
