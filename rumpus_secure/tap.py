@@ -692,7 +692,11 @@ def build_guard(server: Server, reactor: Any) -> Any:
     from rumpus_secure.guard import Guard, GuardSettings
 
     guard = Guard(
-        GuardSettings.from_config(server.config), reactor,
+        # As many verifications at once as the pool has threads: the guard
+        # picks the order, fairly (rumpus_secure.guard, Guard._schedule).
+        GuardSettings.from_config(server.config,
+                                  verify_slots=getattr(server.checker, "slots", 0)),
+        reactor,
         store=SQLiteBanStore(server.store.path), audit=server.audit,
         run_in_thread=server.run_in_thread,
     )

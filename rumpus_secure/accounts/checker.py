@@ -140,6 +140,14 @@ class ArgonChecker:
     def _pool(self) -> ThreadPool:
         return self._threadpool or self._reactor.getThreadPool()
 
+    @property
+    def slots(self) -> int:
+        """
+        How many logins are verified at once: the size of the pool.  The
+        guard starts no more than this, so that it picks the order.
+        """
+        return int(self._pool().max)
+
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
         """
         Fire with the account name (UTF-8 bytes) if the password is right.

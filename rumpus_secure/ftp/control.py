@@ -681,7 +681,7 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         Check the password; answer 230, 530 (after the failure delay) or 421.
         """
         exposure = getattr(self.session_factory.shared, "exposure", None)
-        watch = exposure.watch(name) if exposure is not None else None
+        watch = exposure.watch(name, password) if exposure is not None else None
         # The channel decides whether app passwords count (FTPS only) and
         # refuses a two-factor account's main password (accounts.checker).
         creds = ChannelCredentials(name.encode("utf-8", "surrogateescape"),
@@ -1017,19 +1017,15 @@ class _CleartextWatch:
         self._stop_timer()
         self._done = True
         control = self._control
-        guard = control.guard
-        ban = guard.is_banned(control.client_host) if guard is not None else None
-        if ban is not None:
-            # A banned address costs no more password checks.
-            control.audit.record("ftp.cleartext_password", client=control.client_host,
-                                 account=self._user, software=control.client_software,
-                                 protocol="ftp", outcome="not-checked-banned")
-            checked: defer.Deferred[Any] = defer.succeed(False)
-        else:
-            checked = control.session_factory.shared.exposure.check(
-                protocol="ftp", client=control.client_host, user=self._user,
-                password=argument or "", software=control.client_software,
-            )
+        # Checked even when the address is banned meanwhile: a connection
+        # opened before the ban may carry a victim's real password (its
+        # neighbour behind the same address got the ban).  New connections
+        # of a banned address are refused at the greeting, so the work stays
+        # bounded by the connection limit and the exposure queue's cap.
+        checked = control.session_factory.shared.exposure.check(
+            protocol="ftp", client=control.client_host, user=self._user,
+            password=argument or "", software=control.client_software,
+        )
         checked.addBoth(self._answer)
 
     def _answer(self, ignored: Any) -> None:

@@ -144,7 +144,7 @@ class LoginResource(resource.Resource):
                 attempt.abandoned()  # the browser left while it waited
                 return
         exposure = getattr(self.app.server, "exposure", None)
-        watch = exposure.watch(name) if exposure is not None else None
+        watch = exposure.watch(name, password) if exposure is not None else None
         credentials = ChannelCredentials(name.encode("utf-8", "surrogateescape"),
                                          password.encode("utf-8", "surrogateescape"),
                                          "web")

@@ -264,8 +264,10 @@ class RedirectToHTTPS(resource.Resource):
         Answering first would tell the client "refused" while the password
         still logs in over HTTPS (see L{rumpus_secure.exposure}).  Like a
         login attempted before TLS on FTP, it is an offence
-        (C{cleartext_login}): a flood ends in a ban, and a banned address's
-        credentials are not checked at all.
+        (C{cleartext_login}): a flood ends in a ban.  The request that
+        causes the ban is still checked; a banned address's later
+        credentials are not, but their HMAC is remembered (see
+        L{rumpus_secure.exposure.ExposureGuard.not_checked}).
         """
         client = str(getattr(request.getClientAddress(), "host", "?"))
         software = _text(request.getHeader(b"user-agent") or b"")[:200] or None
@@ -277,8 +279,13 @@ class RedirectToHTTPS(resource.Resource):
         if guard is not None and guard.check(client, "http") is not None:
             # Banned: one quiet audit record a minute (guard.refused), no
             # check, and the connection closes after this answer, dropping
-            # whatever else was pipelined on it.
+            # whatever else was pipelined on it.  The password's HMAC is
+            # remembered: a later login with it proves it exposed.
             _close_after(request)
+            if password is not None and self._server.exposure is not None:
+                self._server.exposure.not_checked(
+                    protocol="http", client=client, user=user, password=password,
+                    software=software, outcome="not-checked-banned", record=False)
             return _explanation(self._origin)
         self._server.audit.record(
             "web.cleartext_credentials", client=client, kind=kind, account=user,
@@ -286,12 +293,10 @@ class RedirectToHTTPS(resource.Resource):
         )
         if guard is not None and guard.offence(client, "cleartext_login", protocol="http",
                                                account=user) is not None:
+            # This request banned the address, but its password was read
+            # already: it is checked like the others (it may be a victim's
+            # behind the same address), and the connection closes after it.
             _close_after(request)
-            if password is not None:
-                self._server.audit.record(
-                    "http.cleartext_password", client=client, account=user,
-                    software=software, protocol="http", outcome="not-checked-banned")
-            return _explanation(self._origin)
         if password is None or self._server.exposure is None:
             return _explanation(self._origin)
         checked = self._server.exposure.check(protocol="http", client=client, user=user,
