@@ -585,6 +585,15 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
                 self._audit("ftp.login", account=name, outcome="locked")
                 return (f"530 Login refused: this account is locked ({reason}). "
                         "Ask your administrator to unlock it or reset the password.")
+            from rumpus_secure.db import StoreUnavailable
+
+            if failure.check(StoreUnavailable):
+                # The shared database is down: not the client's fault, no
+                # offence, and never "wrong password".
+                self._audit("ftp.login", account=name, outcome="unavailable")
+                self.sendLine("421 Service not available, try again later.")
+                self.close()
+                return None
             failure.trap(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials)
             self._audit("ftp.login", account=name, outcome="failed")
             return self._login_failed(name)

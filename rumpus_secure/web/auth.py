@@ -16,6 +16,7 @@ from twisted.web import resource
 from twisted.web.iweb import IRequest
 
 from rumpus_secure.accounts.checker import LockedAccountError
+from rumpus_secure.db import StoreUnavailable
 from rumpus_secure.web.app import WebApp, client_ip
 from rumpus_secure.web.manager import arg
 from rumpus_secure.web.pages import esc, page
@@ -111,6 +112,13 @@ class LoginResource(resource.Resource):
             send(request, 403, login_form(
                 next_path, "This account is locked, so you cannot log in." + reason
                 + " Ask your administrator to unlock it or set a new password."))
+            return
+        except StoreUnavailable:
+            # The shared database is down: no offence, never "wrong password".
+            self.app.audit(request, "web.login", account=name, outcome="unavailable")
+            send(request, 503, login_form(
+                next_path, "The server cannot check passwords right now; try again "
+                "later."))
             return
         except UnauthorizedLogin:
             self.app.audit(request, "web.login", account=name, outcome="failed")
