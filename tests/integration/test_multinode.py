@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.clients import ReusingFTP_TLS, client_context
 from tests.pg_cluster import PostgresCluster
 from tests.server_process import ServerProcess, subprocess_env
 
@@ -92,10 +93,8 @@ def pair(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
 
 
 def _ftps(node: ServerProcess) -> ftplib.FTP_TLS:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    ftp = ftplib.FTP_TLS(context=context, timeout=10)
+    # Data connections resume the control connection's TLS session.
+    ftp = ReusingFTP_TLS(context=client_context(), timeout=10)
     ftp.connect(node.host, node.ftp_port)
     ftp.auth()
     return ftp
@@ -201,7 +200,7 @@ def test_a_web_session_works_on_every_node_and_ends_everywhere(pair: Cluster) ->
     for name in ("frank", "grace"):
         _until(lambda: _request(b, "GET", "/files/", cookies[name])[0] == 200, 1.0)
     status, _, page = _request(b, "GET", "/files/", cookies["frank"])
-    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    csrf = re.search(r"name=csrf value='([^']+)'", page)
     assert csrf is not None, page
     status, _, _ = _request(b, "POST", "/logout", cookies["frank"],
                             body=f"csrf={csrf.group(1)}")
@@ -234,7 +233,7 @@ def test_a_paused_upload_survives_the_other_nodes_restart(pair: Cluster) -> None
     _until(lambda: not leftover.exists(), 10.0)
     assert partial.exists()
     conn.sendall(b"y" * 1000)
-    conn.unwrap() if hasattr(conn, "unwrap") else None
+    conn.unwrap()
     conn.close()
     assert ftp.voidresp().startswith("226")
     ftp.quit()
@@ -291,6 +290,7 @@ def test_a_database_outage_gives_421_and_recovers_without_restart(
         finally:
             postgres.start()
         conn.sendall(b"c" * 10000)
+        conn.unwrap()
         conn.close()
         assert ftp.voidresp().startswith("226")
         ftp.quit()
@@ -298,8 +298,6 @@ def test_a_database_outage_gives_421_and_recovers_without_restart(
         _until(lambda: _login(a, "ivan", "ivan-password-1").startswith("230"), 10.0, 0.5)
         assert _login(b, "ivan", "ivan-password-1").startswith("230")
         assert _greeting(a).startswith("220") and _greeting(b).startswith("220")
-        for node in cluster.nodes:
-            assert "wrong" not in node.all_logs().lower() or True
     finally:
         for node in cluster.nodes:
             node.stop()
