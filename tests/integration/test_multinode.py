@@ -283,8 +283,12 @@ def test_a_database_outage_gives_421_and_recovers_without_restart(
             for node in (a, b, a, b):
                 # Right and wrong passwords alike: try again later, and no
                 # offence counted (ban threshold 2 would have banned us).
-                assert _login(node, "ivan", "ivan-password-1").startswith("421")
-                assert _login(node, "ivan", "not-the-password").startswith("421")
+                for password in ("ivan-password-1", "not-the-password"):
+                    reply = _login(node, "ivan", password)
+                    assert reply.startswith("421") and "try again later" in reply, reply
+            status, _, page = _request(b, "POST", "/login",
+                                       body="username=ivan&password=ivan-password-1")
+            assert status == 503 and "try again later" in page
             conn.sendall(b"b" * 10000)  # the running transfer goes on
             time.sleep(max(0.0, 10 - (time.monotonic() - stopped)))
         finally:
