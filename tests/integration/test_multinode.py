@@ -163,6 +163,32 @@ def test_a_password_change_refuses_the_old_password_everywhere(pair: Cluster) ->
         assert _login(node, "erin", "erin-password-1").startswith("230")
 
 
+def test_a_lock_ends_open_sessions_on_every_node_within_a_second(pair: Cluster) -> None:
+    a, b = pair.nodes
+    pair.cli("user", "add", "judy", "--password-stdin", input="judy-password-1\n")
+    pair.cli("user", "add", "kim", "--password-stdin", input="kim-password-1\n")
+    sessions = {}
+    for node in (a, b):
+        for name in ("judy", "kim"):
+            ftp = _ftps(node)
+            ftp.login(name, f"{name}-password-1")
+            sessions[(node.host, name)] = ftp
+    started = time.monotonic()
+    pair.cli("user", "lock", "judy", "--reason", "left the company")
+    cli_done = time.monotonic()
+    for node in (a, b):
+        ftp = sessions[(node.host, "judy")]
+        ftp.sock.settimeout(5)
+        line = ftp.getline()  # pushed by the server, unasked
+        assert line.startswith("421") and "locked" in line, line
+    assert time.monotonic() - cli_done < 1.0, time.monotonic() - started
+    for node in (a, b):
+        # Kim, from the same address, goes on.
+        assert sessions[(node.host, "kim")].sendcmd("NOOP").startswith("200")
+        sessions[(node.host, "kim")].quit()
+    assert _login(b, "judy", "judy-password-1").startswith("530")
+
+
 def _https(node: ServerProcess) -> http.client.HTTPSConnection:
     context = ssl.create_default_context()
     context.check_hostname = False
