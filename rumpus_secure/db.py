@@ -224,7 +224,13 @@ class Database:
     def __init__(self, url: str, size: int = POOL_SIZE,
                  timeout: float = CONNECT_TIMEOUT) -> None:
         _psycopg()
+        import logging
+
         from psycopg_pool import ConnectionPool
+
+        # The pool warns on every reconnection attempt during an outage;
+        # the stores say it once (and again when it is over).
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
         self.url = url
         self.timeout = timeout

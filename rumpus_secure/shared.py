@@ -39,7 +39,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rumpus_secure.db import ACCOUNTS_CHANNEL, STATE_CHANNEL, Database
+from rumpus_secure.db import ACCOUNTS_CHANNEL, STATE_CHANNEL, Database, StoreUnavailable
 
 _log = Logger()
 
@@ -79,6 +79,21 @@ class StateFeed:
         self._reading = False
         self._again = False
         self._failing = False
+
+    def start_from_now(self, since: float) -> None:
+        """
+        Blocking, before the reactor runs: note where the log is, then read
+        the bans and sessions again, so that nothing written between the
+        node's first load and this moment is missed (what comes later is
+        read from the log).
+        """
+        self.seq, _, _ = self._read(None)
+        for ban in self._bans.load(since - self.guard.settings.ban_max_time):
+            self.guard.adopt(ban)
+        if self.sessions is not None:
+            for key, session in self._web.load(since - self.sessions.idle,
+                                               since - self.sessions.absolute):
+                self.sessions.adopt(key, session)
 
     def poll(self) -> defer.Deferred[None] | None:
         """
@@ -248,6 +263,12 @@ def install(top: Any, server: Any, reactor: Any) -> None:
         sessions = server.https_site.app.sessions
     feed = StateFeed(server.database, server.guard, sessions, server.run_in_db)
     server.state_feed = feed
+    try:
+        feed.start_from_now(reactor.seconds())
+    except StoreUnavailable as e:
+        raise SystemExit(f"rumpus-secure: error: {e}") from None
+    # Connections go back to the database before the process ends.
+    reactor.addSystemEventTrigger("after", "shutdown", server.database.close)
     fallback = TimerService(FALLBACK_INTERVAL, feed.poll)
     fallback.clock = reactor
     fallback.setServiceParent(top)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from argon2 import PasswordHasher
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from rumpus_secure.accounts.bans import Ban, IBanStore
@@ -52,7 +53,10 @@ from rumpus_secure.db import (
     LOCK_STATE_LOG,
     STATE_CHANNEL,
     Database,
+    StoreUnavailable,
 )
+
+_log = Logger()
 
 _COLUMNS = (
     "name, home, perms, locked, lock_reason, created, changed, "
@@ -260,10 +264,17 @@ class PGAccountStore:
 class PGChangeReader:
     """
     The L{rumpus_secure.accounts.watch.ChangeSource} of the PostgreSQL store.
+
+    During an outage L{since} finds nothing new (and says so once in the
+    log) instead of failing: the watcher asks every second and before every
+    FTP command, and a traceback each time would bury the one line that
+    matters.  Nothing is lost: the next read after the outage starts from
+    the same C{seq}.
     """
 
     def __init__(self, database: Database) -> None:
         self.database = database
+        self._failing = False
 
     def latest(self) -> int:
         with self.database.connection() as conn:
@@ -271,11 +282,22 @@ class PGChangeReader:
                 "SELECT coalesce(max(seq), 0) FROM account_changes").fetchone()[0])
 
     def since(self, seq: int, limit: int = 1000) -> ChangeBatch:
-        with self.database.connection() as conn:
-            rows = conn.execute(
-                "SELECT seq, name, kind, detail, at FROM account_changes "
-                "WHERE seq > %s ORDER BY seq LIMIT %s", (seq, limit)).fetchall()
-            oldest = conn.execute("SELECT min(seq) FROM account_changes").fetchone()[0]
+        try:
+            with self.database.connection() as conn:
+                rows = conn.execute(
+                    "SELECT seq, name, kind, detail, at FROM account_changes "
+                    "WHERE seq > %s ORDER BY seq LIMIT %s", (seq, limit)).fetchall()
+                oldest = conn.execute(
+                    "SELECT min(seq) FROM account_changes").fetchone()[0]
+        except StoreUnavailable as e:
+            if not self._failing:
+                self._failing = True
+                _log.warn("cannot read the account changes: {error}; open sessions "
+                          "go on as they are until the database is back", error=str(e))
+            return ChangeBatch([], 0)
+        if self._failing:
+            self._failing = False
+            _log.info("reading the account changes again")
         return ChangeBatch(
             [AccountChange(int(s), n, k, d, float(a)) for s, n, k, d, a in rows],
             int(oldest or 0))
