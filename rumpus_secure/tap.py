@@ -748,8 +748,9 @@ class StaleUploadCleanup(service.Service):
             roots = [server.config.file_root]
             roots.extend(account.home for account in server.store.list())
             # Nodes sharing a folder: only this node's leftovers.
-            return remove_stale_uploads(roots, started, node=server.config.node,
-                                        legacy=server.database is None)
+            return remove_stale_uploads(
+                roots, started, node=getattr(server.config, "node", None),
+                legacy=getattr(server, "database", None) is None)
 
         def report(result: Any) -> Any:
             if result.files:

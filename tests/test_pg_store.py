@@ -326,3 +326,37 @@ def test_copy_moves_an_sqlite_installation(tmp_path: Path, db: Database) -> None
         copy_sqlite(sqlite_store.path, db, now)
     with sqlite3.connect(sqlite_store.path) as check:
         assert check.execute("SELECT count(*) FROM accounts").fetchone()[0] == 2
+
+
+def test_db_commands_migrate_copy_and_refuse_an_old_schema(
+        postgres: Any, tmp_path: Path) -> None:
+    import io
+
+    from rumpus_secure import cli
+
+    def run(*argv: str) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        status = cli.main(list(argv), stdin=io.StringIO(), stdout=out, stderr=err)
+        return status, out.getvalue() + err.getvalue()
+
+    url = postgres.create_database()
+    status, text = run("--database", url, "user", "list")
+    assert status == 1 and "db migrate" in text
+    status, text = run("--database", url, "db", "migrate")
+    assert status == 0 and f"applied migration {LATEST_VERSION}" in text
+    status, text = run("db", "migrate", "--database", url)
+    assert status == 0 and "nothing to do" in text
+    status, text = run("--data-dir", str(tmp_path / "x"), "db", "migrate")
+    assert status == 1 and "needs --database" in text
+
+    data = tmp_path / "data"
+    SQLiteAccountStore.in_data_dir(data, tmp_path / "files", hasher=FAST).add("alice", "pw")
+    target = postgres.create_database()
+    status, text = run("db", "copy", "--from", f"sqlite:{data}", "--to", target)
+    assert status == 0 and "copied 1 account(s)" in text, text
+    status, text = run("--database", target, "user", "list")
+    assert status == 0 and "alice" in text
+    status, text = run("db", "copy", "--from", f"sqlite:{data}", "--to", target)
+    assert status == 1 and "already holds accounts" in text
+    status, text = run("db", "copy", "--from", f"sqlite:{tmp_path / 'none'}", "--to", target)
+    assert status == 1 and "no SQLite accounts database" in text
