@@ -114,6 +114,7 @@ class Context:
 
         assert self.config.database is not None
         database = Database(self.config.database, size=2)
+        _opened.append(database)
         if check:
             database.check_schema()
         return database
@@ -138,6 +139,9 @@ class Context:
 
 
 Handler = Callable[[argparse.Namespace, Context], int]
+
+#: Shared databases a command opened; L{main} closes them at the end.
+_opened: list[Any] = []
 
 
 # -- user -------------------------------------------------------------------
@@ -893,7 +897,11 @@ def main(
             stderr=stderr,
         )
         handler: Handler = args.handler
-        return handler(args, context)
+        try:
+            return handler(args, context)
+        finally:
+            while _opened:
+                _opened.pop().close()
     except (CliError, AccountError, ConfigError) as e:
         message = str(e)
     except sqlite3.Error as e:
