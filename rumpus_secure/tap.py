@@ -686,8 +686,12 @@ def open_shared_store(config: ServerConfig) -> tuple[Any, Any]:
             "change under the clients' feet from one connection to the next)")
     try:
         database = Database(config.database)
+    except DatabaseError as e:
+        raise _fail(str(e)) from None
+    try:
         database.check_schema()
     except (DatabaseError, StoreUnavailable) as e:
+        database.close()
         raise _fail(str(e)) from None
     _log.info("accounts, bans and web sessions in {database} (node {node})",
               database=redact(config.database), node=config.node)
