@@ -232,8 +232,6 @@ class Database:
         _psycopg()
         import logging
 
-        from psycopg_pool import ConnectionPool
-
         # The pool warns on every reconnection attempt during an outage;
         # the stores say it once (and again when it is over).
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)

@@ -145,3 +145,13 @@ def test_audit_command_merges_files_and_standard_input(tmp_path: Path) -> None:
     missing = cli.main(["--data-dir", str(tmp_path), "audit", str(tmp_path / "nope")],
                        stdout=io.StringIO(), stderr=err)
     assert missing == 1 and "no audit log" in err.getvalue()
+
+
+def test_the_listener_record_never_holds_the_database_password() -> None:
+    from rumpus_secure.tap import config_as_options
+
+    config = build_config({"database": "postgresql://rumpus:s3cret@db.example/rumpus"})
+    recorded = config_as_options(config)
+    assert recorded["database"] == "postgresql://rumpus:***@db.example/rumpus"
+    assert "s3cret" not in json.dumps(recorded)
+    assert build_config(recorded).database is not None  # reads back
