@@ -360,3 +360,37 @@ def test_db_commands_migrate_copy_and_refuse_an_old_schema(
     assert status == 1 and "already holds accounts" in text
     status, text = run("db", "copy", "--from", f"sqlite:{tmp_path / 'none'}", "--to", target)
     assert status == 1 and "no SQLite accounts database" in text
+
+
+def test_an_outage_fails_fast_and_the_first_request_after_it_recovers(
+        postgres: Any) -> None:
+    """
+    While the database is down, only the first request waits for the
+    connection timeout; once it is back, the next request works (the pool
+    is rebuilt instead of waiting out its reconnection back-off).
+    """
+    from rumpus_secure.db import RETRY_AFTER
+
+    url = postgres.create_database()
+    database = Database(url, timeout=2)
+    query = lambda: database.call(lambda c: c.execute("SELECT 1").fetchone()[0])  # noqa: E731
+    assert query() == 1
+    postgres.stop("fast")
+    try:
+        waits = []
+        stop = time.monotonic() + 3 * RETRY_AFTER + 2
+        while time.monotonic() < stop:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                query()
+            waits.append(time.monotonic() - started)
+            time.sleep(0.05)
+        assert sorted(waits)[len(waits) // 2] < 0.1  # most answers are at once
+        assert max(waits) < 2.5
+    finally:
+        postgres.start()
+    time.sleep(RETRY_AFTER)
+    started = time.monotonic()
+    assert query() == 1
+    assert time.monotonic() - started < 1.5
+    database.close()
