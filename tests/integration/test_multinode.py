@@ -328,6 +328,12 @@ def test_a_database_outage_gives_421_and_recovers_without_restart(
         _until(lambda: _login(a, "ivan", "ivan-password-1").startswith("230"), 10.0, 0.5)
         assert _login(b, "ivan", "ivan-password-1").startswith("230")
         assert _greeting(a).startswith("220") and _greeting(b).startswith("220")
+        # The notifications are back too: a ban on A holds on B within 1 s.
+        time.sleep(2)  # the listener reconnects within RELISTEN_DELAY
+        for _ in range(2):
+            reply = _login(a, "ivan", "not-the-password")
+        assert reply.startswith("421") and "try again later" not in reply, reply
+        _until(lambda: _greeting(b).startswith("421"), 1.0)
     finally:
         for node in cluster.nodes:
             node.stop()
