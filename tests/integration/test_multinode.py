@@ -303,6 +303,11 @@ def test_a_database_outage_gives_421_and_recovers_without_restart(
         ftp.prot_p()
         conn = ftp.transfercmd("STOR during-outage.bin")
         conn.sendall(b"a" * 10000)
+        status, headers, _ = _request(a, "POST", "/login",
+                                      body="username=ivan&password=ivan-password-1")
+        assert status == 303
+        cookie = headers["set-cookie"].split(";", 1)[0]
+        _until(lambda: _request(b, "GET", "/files/", cookie)[0] == 200, 1.0)
         postgres.stop("fast")
         try:
             stopped = time.monotonic()
@@ -315,6 +320,9 @@ def test_a_database_outage_gives_421_and_recovers_without_restart(
             status, _, page = _request(b, "POST", "/login",
                                        body="username=ivan&password=ivan-password-1")
             assert status == 503 and "try again later" in page
+            # A browser already logged in is told the same, not "error".
+            status, _, page = _request(b, "GET", "/files/", cookie)
+            assert status == 503 and "try again" in page.lower(), (status, page)
             conn.sendall(b"b" * 10000)  # the running transfer goes on
             time.sleep(max(0.0, 10 - (time.monotonic() - stopped)))
         finally:
