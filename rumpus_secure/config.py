@@ -192,6 +192,40 @@ def _cidr_list(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _database(value: Any) -> str | None:
+    from rumpus_secure.db import parse_database
+
+    return parse_database(value)
+
+
+def _node_id(value: Any) -> str | None:
+    """
+    A node name: it goes into file names, so letters, digits, ``.``, ``_``
+    and ``-`` only, 1 to 63 of them, not starting with ``.`` or ``-``.
+    """
+    import re
+
+    if value is None or value == "":
+        return None
+    text = _text(value)
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,62}", text):
+        raise ValueError("expected 1 to 63 letters, digits, '.', '_' or '-', not "
+                         "starting with '.' or '-'")
+    return text
+
+
+def default_node_id() -> str:
+    """
+    The host name, made fit for a file name (the default C{--node-id}).
+    """
+    import re
+    import socket
+
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname() or "node")
+    name = name.lstrip(".-")[:63]
+    return name or "node"
+
+
 @dataclass(frozen=True)
 class Option:
     """
@@ -328,6 +362,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("share-max-days", 30, _share_days,
            "Longest life in days of a share link (download link or drop box) "
            "a user creates; links default to 7 days or this, if shorter.", "DAYS"),
+    Option("database", None, _database,
+           "Where accounts, bans and web sessions live: sqlite (the embedded "
+           "DATA-DIR/accounts.sqlite3) or a postgresql://USER@HOST/DBNAME URL "
+           "shared by several nodes (needs rumpus-secure[postgres]).", "URL"),
+    Option("node-id", None, _node_id,
+           "This node's name in temporary upload names and audit events; "
+           "start-up cleanup removes only this node's leftovers "
+           "[default: the host name].", "NAME"),
+    Option("audit-log", None, _optional_path,
+           "Audit log file, or - for JSON lines on standard output (journald, "
+           "log shippers) [default: DATA-DIR/audit.log].", "PATH|-"),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -383,6 +428,16 @@ class ServerConfig:
     handshake_timeout: float = 15.0
     password_min_length: int = 12
     share_max_days: int = 30
+    database: str | None = None
+    node_id: str | None = None
+    audit_log: Path | None = None
+
+    @property
+    def node(self) -> str:
+        """
+        This node's name: C{--node-id}, else the host name.
+        """
+        return self.node_id if self.node_id is not None else default_node_id()
 
     @property
     def file_root(self) -> Path:

@@ -609,6 +609,39 @@ class Guard:
             self._audit.record("guard.lifted", client=address)
         return True
 
+    def adopt(self, ban: Ban) -> None:
+        """
+        Take in a ban that another node made or changed (the shared
+        database's feed, L{rumpus_secure.shared}); nothing is written back.
+
+        A ban this node made later than C{ban} is kept.
+        """
+        address = normalise_address(ban.address)
+        mine = self._bans.get(address)
+        if mine is not None and mine.created > ban.created:
+            return
+        new = mine is None or not mine.active(self._clock.seconds())
+        self._bans[address] = ban
+        self._scores.pop(address, None)
+        if new and ban.active(self._clock.seconds()):
+            _log.info("{client} banned on another node until {until}",
+                      client=address, until=iso_utc(ban.until))
+
+    def forget(self, address: str, at: float) -> bool:
+        """
+        Drop a ban that was lifted elsewhere at C{at} (another node, the
+        admin command); a ban this node made after C{at} is kept.
+        """
+        address = normalise_address(address)
+        ban = self._bans.get(address)
+        if ban is None or ban.created > at:
+            return False
+        del self._bans[address]
+        self._scores.pop(address, None)
+        if ban.active(self._clock.seconds()):
+            _log.info("ban on {client} lifted elsewhere", client=address)
+        return True
+
     def bans(self) -> list[Ban]:
         """
         The active bans, soonest to end first.

@@ -41,6 +41,7 @@ from rumpus_secure.ftp.account_state import AccountBoundSession
 from rumpus_secure.ftp.files import FileCommands
 from rumpus_secure.ftp.passive import PortPool
 from rumpus_secure.ftp.transfer import TransferEngine
+from rumpus_secure.db import StoreUnavailable
 from rumpus_secure.guard import FTP_OFFENCES, LoginAttempt, normalise_address
 from rumpus_secure.handshake import watch_handshake
 from rumpus_secure.long_work import LongWork
@@ -722,6 +723,15 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
                 reason = getattr(failure.value, "reason", None) or "locked"
                 self._audit("ftp.login", account=name, outcome="locked")
                 return self._locked_reply(reason)
+            if failure.check(StoreUnavailable):
+                # The shared database is down: not the client's fault, no
+                # offence, and never "wrong password".
+                if attempt is not None:
+                    attempt.abandoned()
+                self._audit("ftp.login", account=name, outcome="unavailable")
+                self.sendLine("421 Service not available, try again later.")
+                self.close()
+                return None
             if not failure.check(cred_error.UnauthorizedLogin,
                                  cred_error.UnhandledCredentials):
                 if attempt is not None:

@@ -26,6 +26,7 @@ from twisted.web.iweb import IRequest
 
 from rumpus_secure.accounts.bans import Ban
 from rumpus_secure.accounts.checker import ChannelCredentials, LockedAccountError
+from rumpus_secure.db import StoreUnavailable
 from rumpus_secure.web import twofactor
 from rumpus_secure.web.app import WebApp, client_ip
 from rumpus_secure.web.manager import arg
@@ -158,6 +159,17 @@ class LoginResource(resource.Resource):
                 send(request, 403, login_form(next_path, guard.message(ban)))
                 return
             self._locked(request, next_path, name, e.reason)
+            return
+        except StoreUnavailable:
+            # The shared database is down: no offence, never "wrong password".
+            if watch is not None:
+                watch.close()
+            if attempt is not None:
+                attempt.abandoned()
+            self.app.audit(request, "web.login", account=name, outcome="unavailable")
+            send(request, 503, login_form(
+                next_path, "The server cannot check passwords right now; try again "
+                "later."))
             return
         except UnauthorizedLogin:
             if watch is not None:
