@@ -39,6 +39,7 @@ def install_acme(server: Any, top: Any, reactor: Any) -> AcmeService | None:
         audit=server.audit,
     )
     acme.setServiceParent(top)
+    reloader.signal_hooks.append(acme.retry_soon)
     server.acme = acme
     if getattr(server, "metrics", None) is not None:
         watch_acme(server.metrics, acme)

@@ -92,6 +92,7 @@ class AcmeService(service.Service):
         self.next_attempt: datetime | None = None
         self._call: IDelayedCall | None = None
         self._busy = False
+        self._ca_wait_until: datetime | None = None
         #: Fires after each attempt with its outcome (for tests).
         self.observers: list[Callable[[bool], None]] = []
 
@@ -152,6 +153,26 @@ class AcmeService(service.Service):
                       due=due.isoformat())
         self._schedule(delay)
 
+    def retry_soon(self) -> bool:
+        """
+        Try again now if the last attempt failed (``SIGHUP``, after the
+        operator fixed the cause), unless the CA asked us to wait longer
+        (C{Retry-After}, rate limits) or an attempt is running.
+
+        :returns: whether an attempt was started.
+        """
+        if self._busy or not self.running:
+            return False
+        if self.failures == 0 and self.certificate is not None:
+            return False
+        if self._ca_wait_until is not None and self._now() < self._ca_wait_until:
+            _log.info("ACME: not retrying before {when}, as the CA asked",
+                      when=self._ca_wait_until.isoformat())
+            return False
+        _log.info("ACME: retrying now (signal)")
+        self._schedule(0)
+        return True
+
     # -- one attempt ---------------------------------------------------------------
 
     def attempt_now(self) -> Deferred[bool]:
@@ -193,6 +214,7 @@ class AcmeService(service.Service):
         self.certificate = certificate
         self.failures = 0
         self.last_error = None
+        self._ca_wait_until = None
         self.last_success = self._now()
         self._schedule_renewal(certificate)
         fingerprint = certificate.fingerprint(hashes.SHA256()).hex(":").upper()
@@ -216,6 +238,10 @@ class AcmeService(service.Service):
         delay = retry_delay(self.failures, failure.retry_after, failure.rate_limited,
                             first=self.first, longest=self.longest)
         self._schedule(delay)
+        self._ca_wait_until = (
+            self._now() + timedelta(seconds=delay)
+            if failure.retry_after is not None or failure.rate_limited else None
+        )
         kept = self.certificate
         _log.warn(
             "ACME: attempt {attempt} for {names} failed ({problem}): {reason}; next"
