@@ -374,3 +374,86 @@ def test_placeholder_then_issued_certificate_served_at_start(tmp_path):
     store.install_pending()
     assert prepare_files(tmp_path, NAMES[0])[2] is True
     assert store.current_certificate() is None
+
+
+# -- what the CA says about waiting reaches the schedule -----------------------------------
+
+
+class _RefusingCA:
+    """
+    A directory on loopback whose newAccount answers 429 rateLimited with
+    Retry-After, as Let's Encrypt does.
+    """
+
+    def __init__(self, retry_after: str) -> None:
+        import http.server
+        import json
+        import threading
+
+        retry = retry_after
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Replay-Nonce", "bm9uY2Vub25jZQ")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                base = f"http://127.0.0.1:{self.server.server_address[1]}"
+                body = json.dumps({"newNonce": base + "/nonce", "newAccount": base + "/acct",
+                                   "newOrder": base + "/order"}).encode()
+                self._send(200, body, {"Content-Type": "application/json"})
+
+            def do_HEAD(self) -> None:
+                self._send(200, b"", {})
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                body = json.dumps({"type": "urn:ietf:params:acme:error:rateLimited",
+                                   "detail": "too many new accounts"}).encode()
+                self._send(429, body, {"Content-Type": "application/problem+json",
+                                       "Retry-After": retry})
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/dir"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_rate_limit_and_retry_after_come_from_the_ca_response(tmp_path):
+    from rumpus_secure.acme.client import obtain_certificate
+
+    ca = _RefusingCA("7200")
+    try:
+        with pytest.raises(AcmeFailure) as caught:
+            obtain_certificate(AcmeSettings(ca.url, NAMES), AcmeStore(tmp_path / "acme"),
+                               ChallengeResponder())
+    finally:
+        ca.close()
+    failure = caught.value
+    assert failure.problem == "rateLimited" and failure.rate_limited
+    assert failure.retry_after == 7200
+    assert "too many new accounts" in failure.reason
+    assert schedule.retry_delay(1, failure.retry_after, failure.rate_limited) == 7200
+
+
+def test_unreachable_directory_is_a_network_failure(tmp_path):
+    from rumpus_secure.acme.client import obtain_certificate
+    from tests.server_process import free_port
+
+    with pytest.raises(AcmeFailure) as caught:
+        obtain_certificate(AcmeSettings(f"https://127.0.0.1:{free_port()}/dir", NAMES),
+                           AcmeStore(tmp_path / "acme"), ChallengeResponder())
+    assert caught.value.problem == "network"
+    assert "cannot reach the ACME directory" in caught.value.reason
