@@ -245,3 +245,48 @@ def test_refused_then_retried_switches_every_port_keeps_open_sessions(
             "failed", "ok"]
 
 
+
+
+def test_challenges_for_other_names_and_accounts_are_refused(acme_server: Any,
+                                                             tmp_path: Path) -> None:
+    """
+    While the server gets its own certificate, another ACME account orders
+    certificates whose names lead to this server: one for a name the server
+    does not serve, one for the server's own name.  The server answers
+    neither (it answers only its own pending tokens, for their own name), so
+    Pebble refuses both; the server's own order goes through.
+    """
+    import threading
+
+    from rumpus_secure.acme.challenges import ChallengeResponder
+    from rumpus_secure.acme.client import AcmeFailure, AcmeSettings, obtain_certificate
+    from rumpus_secure.acme.store import AcmeStore
+
+    server, pebble = acme_server()
+    outcomes: dict[str, Any] = {}
+
+    def intrude(name: str) -> None:
+        settings = AcmeSettings(pebble.directory_url, (name,), ca_bundle=pebble.ca_bundle)
+        try:
+            obtain_certificate(settings, AcmeStore(tmp_path / f"intruder-{name}"),
+                               ChallengeResponder())
+        except AcmeFailure as failure:
+            outcomes[name] = failure
+        else:
+            outcomes[name] = "issued"
+
+    with server:
+        threads = [threading.Thread(target=intrude, args=(name,))
+                   for name in ("intruder.rumpus.test", HOST)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        wait_for(lambda: attempts(server, "ok"), "the server's own certificate",
+                 server, pebble)
+    for name in ("intruder.rumpus.test", HOST):
+        failure = outcomes[name]
+        assert isinstance(failure, AcmeFailure), (name, failure)
+        assert failure.problem == "validation", (name, failure)
+        assert "404" in failure.reason, (name, failure.reason)
+    assert attempts(server, "failed") == []
