@@ -52,7 +52,8 @@ def acme_results(config: Any, now: datetime | None = None) -> list[Any]:
         return [CheckResult(
             name, Status.FAIL if expired else Status.WARN,
             f"renewal failing ({failures} attempt(s), last: {error}); still serving"
-            f" the certificate valid until {not_after}; next attempt {next_attempt}",
+            f" the certificate valid until {not_after}"
+            + (" (now expired)" if expired else "") + f"; next attempt {next_attempt}",
         )]
     return [CheckResult(name, Status.PASS,
                         f"issued by {config.acme_directory}, valid until {not_after};"
