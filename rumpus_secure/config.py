@@ -556,6 +556,11 @@ def validate(config: ServerConfig) -> None:
                 "--acme-directory validates by HTTP-01 and needs the --http "
                 "listener (reachable on port 80 from the internet)"
             )
+        if not config.http_redirect:
+            raise ConfigError(
+                "--acme-directory answers HTTP-01 on the redirecting --http "
+                "listener; it cannot be combined with --http-redirect off"
+            )
         if config.cert is not None:
             raise ConfigError(
                 "--acme-directory obtains the certificate itself: drop --cert "

@@ -333,6 +333,7 @@ def test_an_authorization_for_a_name_we_do_not_serve_is_not_answered():
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"http": "none"}, "needs the --http listener"),
+    ({"http-redirect": "off"}, "--http-redirect off"),
     ({"cert": "/c.pem", "key": "/k.pem"}, "drop --cert"),
     ({"public-host": "127.0.0.1"}, "public host name"),
     ({"public-host": "localhost"}, "public host name"),

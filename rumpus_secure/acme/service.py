@@ -55,8 +55,6 @@ class AcmeService(service.Service):
     :param longest: the longest back-off.
     """
 
-    name = "acme"
-
     def __init__(
         self,
         settings: AcmeSettings,
@@ -71,6 +69,7 @@ class AcmeService(service.Service):
         first: float = BACKOFF_FIRST,
         longest: float = BACKOFF_MAX,
     ) -> None:
+        self.setName("acme")
         self.settings = settings
         self.store = store
         self.responder = responder
@@ -112,7 +111,12 @@ class AcmeService(service.Service):
         self._call = None
         d = self.run_in_thread(self.store.current_certificate)
         d.addCallback(self._found)
-        d.addErrback(lambda f: _log.failure("reading the ACME certificate failed", f))
+        d.addErrback(self._unreadable)
+
+    def _unreadable(self, failure: Any) -> None:
+        _log.failure("ACME: reading the served certificate failed; ordering a new one",
+                     failure)
+        self._found(None)
 
     def _found(self, certificate: x509.Certificate | None) -> None:
         self.certificate = certificate
@@ -201,7 +205,11 @@ class AcmeService(service.Service):
                 return self._failed(AcmeFailure(f"internal error: {e}", "internal"))
             if not self.running:
                 return False
-            self.store.install_pending()
+            try:
+                self.store.install_pending()
+            except OSError as e:
+                return self._failed(AcmeFailure(
+                    f"cannot put the new certificate in place: {e}", "install"))
             if not self.install():
                 return self._failed(AcmeFailure(
                     "the issued certificate was refused by the TLS layer", "install"))
