@@ -100,15 +100,18 @@ class AcmeFailure(Exception):
 
 class _RetryAfter:
     """
-    Remembers the C{Retry-After} of the last refused response.
+    Remembers the C{Retry-After} of the last response if it was a refusal.
+
+    A success clears it: a refusal that the library retried past (a
+    ``badNonce``) says nothing about the failure that ends the attempt, and
+    the C{Retry-After} of a successful poll only paces that poll.
     """
 
     def __init__(self) -> None:
         self.value: str | None = None
 
     def __call__(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        if not response.ok:
-            self.value = response.headers.get("Retry-After")
+        self.value = None if response.ok else response.headers.get("Retry-After")
 
 
 def obtain_certificate(settings: AcmeSettings, store: AcmeStore,
