@@ -50,15 +50,25 @@ def test_renewal_30_days_before_expiry_or_at_two_thirds():
 
 
 def test_backoff_doubles_up_to_the_cap():
-    assert [schedule.backoff(n) for n in (1, 2, 3, 4)] == [60, 120, 240, 480]
+    assert [schedule.backoff(n) for n in (1, 2, 3, 4)] == [120, 240, 480, 960]
     assert schedule.backoff(20) == schedule.BACKOFF_MAX == 6 * 3600
     assert schedule.backoff(10_000) == schedule.BACKOFF_MAX
 
 
+def test_failing_attempts_stay_under_five_an_hour():
+    # Let's Encrypt: 5 failed validations per account, name and hour.
+    times, now = [0.0], 0.0
+    for failures in range(1, 40):
+        now += schedule.backoff(failures)
+        times.append(now)
+    for start in times:
+        assert sum(start <= t < start + 3600 for t in times) <= 5
+
+
 def test_retry_after_and_rate_limits_win_when_longer():
-    assert schedule.retry_delay(1, None, False) == 60
+    assert schedule.retry_delay(1, None, False) == 120
     assert schedule.retry_delay(1, 600, False) == 600
-    assert schedule.retry_delay(5, 10, False) == 960
+    assert schedule.retry_delay(5, 10, False) == 1920
     assert schedule.retry_delay(1, None, True) == schedule.RATE_LIMIT_MIN
     assert schedule.retry_delay(1, 7200, True) == 7200
 
@@ -180,7 +190,7 @@ def test_failures_back_off_and_keep_the_served_certificate(acme):
     clock = started(acme)
     placeholder = acme.store.cert_path.read_bytes()
     assert acme.ca.calls == 1 and acme.installed == []
-    for calls, wait in ((2, 60), (3, 120)):
+    for calls, wait in ((2, 120), (3, 240)):
         clock.advance(wait - 1)
         assert acme.ca.calls == calls - 1
         clock.advance(1)
@@ -189,7 +199,7 @@ def test_failures_back_off_and_keep_the_served_certificate(acme):
     status = acme.store.read_status()
     assert status["failures"] == 3 and status["last_error"] == "down"
     assert status["serving"] == "self-signed"
-    clock.advance(240)
+    clock.advance(480)
     assert acme.ca.calls == 4 and len(acme.installed) == 1 and acme.failures == 0
     assert [e["outcome"] for e in acme.audit_.named("acme.attempt")] == [
         "failed", "failed", "failed", "ok"]
@@ -261,7 +271,7 @@ def test_metrics_gauges(acme):
     sample = metrics.registry.get_sample_value
     assert sample("rumpus_acme_failures") == 1
     assert sample("rumpus_acme_self_signed") == 1
-    acme.clock_.advance(60)
+    acme.clock_.advance(120)
     assert sample("rumpus_acme_failures") == 0
     assert sample("rumpus_acme_self_signed") == 0
 

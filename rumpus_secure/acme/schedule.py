@@ -9,12 +9,16 @@ Pebble's test certificates of a few seconds) would be "due" before it was
 issued by that rule, so it renews at two thirds of its lifetime instead:
 the later of the two instants.
 
-Failures back off exponentially from one minute, doubling, to at most six
-hours: quick enough to recover from a short outage within minutes, slow
-enough that a misconfigured server makes at most a few attempts an hour
-against Let's Encrypt's failed-validation limit (5 per hour per account and
-name).  A ``Retry-After`` from the CA is always respected when it is
-longer, and a rate-limit answer without one waits at least an hour.
+Failures back off exponentially from two minutes, doubling, to at most six
+hours.  Two minutes is chosen against Let's Encrypt's failed-validation
+limit of 5 per hour per account and name: attempts at 0, 2, 6, 14 and 30
+minutes make five, the sixth comes at 62 minutes, so a server whose name
+or port 80 is misconfigured never trips the limit, and one whose problem
+is fixed recovers within minutes (or at once on ``SIGHUP``).  From the
+ninth failure on, an attempt every six hours keeps trying through a long
+outage, within the 30 days before expiry.  A ``Retry-After`` from the CA
+is always respected when it is longer, and a rate-limit answer without one
+waits at least an hour.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from email.utils import parsedate_to_datetime
 RENEW_BEFORE = timedelta(days=30)
 SHORT_LIVED_FRACTION = 2 / 3
 
-BACKOFF_FIRST = 60.0
+BACKOFF_FIRST = 120.0
 BACKOFF_MAX = 6 * 3600.0
 RATE_LIMIT_MIN = 3600.0
 
