@@ -252,6 +252,15 @@ def test_renewal_failure_keeps_the_old_certificate_and_warns(acme, tmp_path):
     assert expired.status is Status.FAIL
 
 
+def test_a_certificate_the_tls_layer_refuses_is_not_left_in_place(acme):
+    served = acme.store.cert_path.read_bytes()
+    acme.install = lambda: False
+    started(acme)
+    assert acme.failures == 1 and "refused by the TLS layer" in acme.last_error
+    assert acme.store.cert_path.read_bytes() == served
+    assert acme.serving_placeholder
+
+
 def test_check_without_acme_and_before_any_attempt(tmp_path):
     assert acme_results(ServerConfig(data_dir=tmp_path)) == []
     config = ServerConfig(data_dir=tmp_path, acme_directory="https://ca.example/dir",

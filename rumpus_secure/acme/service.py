@@ -211,6 +211,8 @@ class AcmeService(service.Service):
                 return self._failed(AcmeFailure(
                     f"cannot put the new certificate in place: {e}", "install"))
             if not self.install():
+                # The files must say what is served, for the next start.
+                self.store.restore_previous()
                 return self._failed(AcmeFailure(
                     "the issued certificate was refused by the TLS layer", "install"))
             return self._succeeded(issued)

@@ -126,11 +126,24 @@ class AcmeStore:
 
     def install_pending(self) -> None:
         """
-        Rename the pending pair over the served one (two renames, no data
-        written: cheap enough for the reactor thread).
+        Rename the pending pair over the served one, keeping the served one
+        as ``*.old`` (renames only, no data written: cheap enough for the
+        reactor thread).
         """
-        os.replace(self.directory / (KEY + ".new"), self.key_path)
-        os.replace(self.directory / (CERT + ".new"), self.cert_path)
+        for name in (KEY, CERT):
+            current = self.directory / name
+            if current.exists():
+                os.replace(current, self.directory / (name + ".old"))
+            os.replace(self.directory / (name + ".new"), current)
+
+    def restore_previous(self) -> None:
+        """
+        Put the pair that L{install_pending} replaced back in place.
+        """
+        for name in (KEY, CERT):
+            old = self.directory / (name + ".old")
+            if old.exists():
+                os.replace(old, self.directory / name)
 
     def install_placeholder(self, cert: Path, key: Path) -> None:
         """
