@@ -184,6 +184,19 @@ def test_first_certificate_is_ordered_at_once_and_installed(acme):
     assert acme.store.read_status()["serving"] == "acme"
 
 
+def test_a_stored_certificate_is_renewed_when_due_or_when_names_were_added(acme):
+    issued, key = make_cert(START - timedelta(days=10), timedelta(days=90))
+    acme.store.cert_path.write_bytes(issued)
+    acme.store.key_path.write_bytes(key)
+    started(acme)
+    assert acme.ca.calls == 0 and not acme.serving_placeholder
+    assert acme.next_attempt == START + timedelta(days=50)
+    acme.stopService()
+    acme.settings = AcmeSettings("https://ca.example/dir", NAMES + ("ftp.example.org",))
+    started(acme)
+    assert acme.ca.calls == 1
+
+
 def test_failures_back_off_and_keep_the_served_certificate(acme):
     acme.ca.failures = [AcmeFailure("down", "network"), AcmeFailure("down", "network"),
                         AcmeFailure("down", "network")]

@@ -127,6 +127,10 @@ class AcmeService(service.Service):
                 directory=self.settings.directory, names=", ".join(self.settings.names),
             )
             self._schedule(0)
+        elif missing := set(self.settings.names) - _dns_names(certificate):
+            _log.info("ACME: the certificate does not cover {missing}; ordering a new one",
+                      missing=", ".join(sorted(missing)))
+            self._schedule(0)
         else:
             self._schedule_renewal(certificate)
 
@@ -300,6 +304,14 @@ class AcmeService(service.Service):
             "next_attempt": iso(self.next_attempt),
             "not_after": iso(cert.not_valid_after_utc) if cert is not None else None,
         }
+
+
+def _dns_names(certificate: x509.Certificate) -> set[str]:
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return set()
+    return {name.lower() for name in san.value.get_values_for_type(x509.DNSName)}
 
 
 async def _false() -> bool:
