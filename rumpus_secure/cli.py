@@ -3,6 +3,7 @@ The ``rumpus-secure`` admin command.
 
 ::
 
+    rumpus-secure [--config FILE] [--data-dir DIR] [--root DIR] init
     rumpus-secure [--config FILE] [--data-dir DIR] [--root DIR] user add NAME ...
     rumpus-secure ... user passwd|list|lock|unlock|del ...
     rumpus-secure ... audit [--since WHEN] [--json]
@@ -10,8 +11,15 @@ The ``rumpus-secure`` admin command.
     rumpus-secure ... ban list|lift ADDRESS
 
 It works on the same files as the running server: give it the server's
-``--config`` (or the same ``--data-dir``/``--root``) and changes take effect
-at the server's next login, without a restart.
+``--config`` (or set ``RUMPUS_SECURE_CONFIG``, which the server reads too, or
+give the same ``--data-dir``/``--root``) and changes take effect without a
+restart: every account write is logged in the store's change log
+(L{rumpus_secure.accounts.store}), which the running server reads before
+each FTP command, so a lock, delete or new password also ends open sessions.
+Every command refuses a data directory without an accounts database, saying
+where it looked: run in the wrong folder, ``user add`` used to create a
+second, empty database that the running server never read.  Only the
+server's first start or ``rumpus-secure init`` creates one.
 
 Adding a subcommand is one function that takes the subparsers object, adds
 its parser and sets C{handler} with C{set_defaults}, plus one line in
@@ -42,7 +50,14 @@ from rumpus_secure.accounts.store import (
     format_permissions,
     parse_permissions,
 )
-from rumpus_secure.config import OPTIONS, ConfigError, ServerConfig, build_config
+from rumpus_secure.config import (
+    CONFIG_ENV,
+    OPTIONS,
+    ConfigError,
+    ServerConfig,
+    build_config,
+    config_file,
+)
 
 PROG = "rumpus-secure"
 GENERATED_PASSWORD_BYTES = 15  # 20 URL-safe characters
@@ -80,12 +95,27 @@ class Context:
             C{--data-dir}), not an empty one quietly created somewhere.
         """
         data_dir = self.config.data_dir
-        if not create and not (data_dir / DATABASE_NAME).exists():
-            raise CliError(
-                f"no accounts database in {data_dir} (wrong --data-dir or "
-                "--config? 'user add' creates it)"
-            )
+        if not create:
+            self.require_database()
         return SQLiteAccountStore.in_data_dir(data_dir, self.config.file_root)
+
+    def require_database(self) -> Path:
+        """
+        The accounts database's path, or a L{CliError} that says where we looked.
+        """
+        database = self.config.data_dir / DATABASE_NAME
+        if not database.is_file():
+            raise CliError(
+                f"no accounts database at {database.absolute()}: give the "
+                f"server's --config (or set {CONFIG_ENV}) or its --data-dir; "
+                "the server's first start or 'rumpus-secure init' creates one"
+            )
+        return database
+
+    def password_policy(self) -> Any:
+        from rumpus_secure.accounts.policy import PasswordPolicy
+
+        return PasswordPolicy(min_length=self.config.password_min_length)
 
 
 Handler = Callable[[argparse.Namespace, Context], int]
@@ -115,6 +145,7 @@ def _read_password(args: argparse.Namespace, context: Context) -> tuple[str, boo
     """
     if args.generate_password:
         return secrets.token_urlsafe(GENERATED_PASSWORD_BYTES), True
+    policy = context.password_policy()
     if args.password_stdin:
         line = context.stdin.readline()
         if line.endswith("\n"):
@@ -123,11 +154,14 @@ def _read_password(args: argparse.Namespace, context: Context) -> tuple[str, boo
                 line = line[:-1]
         if not line:
             raise CliError("empty password on standard input")
+        policy.check(line, args.name)
         return line, False
     try:
         first = getpass.getpass(f"Password for {args.name}: ")
         if not first:
             raise CliError("empty password")
+        # Before the second prompt: nobody types a refused password twice.
+        policy.check(first, args.name)
         second = getpass.getpass("Same password again: ")
     except EOFError:
         raise CliError("no password given (use --password-stdin in scripts)") from None
@@ -148,21 +182,81 @@ def _user_add(args: argparse.Namespace, context: Context) -> int:
                 "--perms needs at least one of " + ",".join(PERMISSION_ORDER)
             )
     check_name(args.name)
-    store = context.open_store(create=True)
+    store = context.open_store()
+    home = _checked_home(args, context)
     # Checked before asking for a password so nobody types it twice for
     # nothing; add() still refuses duplicates on its own.
     for existing in store.list():
         if existing.name.lower() == args.name.lower():
             raise AccountError(f"an account named {existing.name!r} already exists")
     password, generated = _read_password(args, context)
-    account = store.add(args.name, password, home=args.home, perms=perms)
+    account = store.add(args.name, password, home=home, perms=perms)
     context.say(
-        f"added account {account.name}, home {account.home}, "
+        f"added account {account.name}, home {_show_home(account.home, context)}, "
         f"permissions {_show_perms(account.perms)}"
     )
     if generated:
         context.say(f"generated password (shown only now): {password}")
     return 0
+
+
+def _outside_root(home: Path, context: Context) -> bool:
+    """
+    Whether C{home} lies outside the file root (symbolic links followed).
+    """
+    root = context.config.file_root.expanduser().resolve()
+    return not home.expanduser().resolve().is_relative_to(root)
+
+
+def _show_home(home: Path, context: Context) -> str:
+    if _outside_root(home, context):
+        return f"{home} (outside root)"
+    return str(home)
+
+
+def _checked_home(args: argparse.Namespace, context: Context) -> str | None:
+    """
+    The C{--home} to create, refused outside C{--root} without
+    C{--allow-outside-root}.
+
+    A home is everything its user may read and, with the permissions,
+    write: C{--home /etc} with the server running as root served
+    C{/etc/shadow}.
+    """
+    if args.home is None or args.home == "":
+        return args.home
+    home = Path(args.home).expanduser()
+    if not home.is_absolute():
+        home = context.config.file_root / home
+    if _outside_root(home, context) and not args.allow_outside_root:
+        raise CliError(
+            f"home {args.home} is outside the file root "
+            f"{context.config.file_root.absolute()}; the account could read "
+            "(and write) everything the server can there. Give "
+            "--allow-outside-root if that is what you mean"
+        )
+    return args.home
+
+
+def initial_password_file(data_dir: Path) -> Path:
+    """
+    Where the server's first start leaves the admin password.
+    """
+    from rumpus_secure.tap import INITIAL_PASSWORD_FILE
+
+    return data_dir / INITIAL_PASSWORD_FILE
+
+
+def _forget_initial_password(name: str, context: Context) -> None:
+    """
+    Delete the first-start password file once the admin no longer uses it.
+    """
+    from rumpus_secure.tap import BOOTSTRAP_ACCOUNT
+
+    path = initial_password_file(context.config.data_dir)
+    if name.lower() == BOOTSTRAP_ACCOUNT and path.exists():
+        path.unlink()
+        context.say(f"removed {path}: the first-start password is no longer valid")
 
 
 def _user_passwd(args: argparse.Namespace, context: Context) -> int:
@@ -176,6 +270,7 @@ def _user_passwd(args: argparse.Namespace, context: Context) -> int:
     password, generated = _read_password(args, context)
     store.set_password(args.name, password)
     context.say(f"password of {args.name} changed")
+    _forget_initial_password(args.name, context)
     if before.locked:
         context.say(f"account {args.name} unlocked (was locked: {before.lock_reason})")
     if generated:
@@ -203,7 +298,8 @@ def _user_list(args: argparse.Namespace, context: Context) -> int:
     rows = [("NAME", "HOME", "PERMS", "LOCKED")]
     for a in accounts:
         locked = f"yes: {a.lock_reason}" if a.locked else "no"
-        rows.append((a.name, str(a.home), _show_perms(a.perms), locked))
+        rows.append((a.name, _show_home(a.home, context), _show_perms(a.perms),
+                     locked))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths)]
@@ -242,6 +338,7 @@ def _user_del(args: argparse.Namespace, context: Context) -> int:
         f"account {args.name} deleted; its home directory {account.home} "
         "was left in place"
     )
+    _forget_initial_password(args.name, context)
     return 0
 
 
@@ -257,6 +354,11 @@ def add_user_command(subparsers: Any) -> None:
     add.add_argument(
         "--home", metavar="PATH", default=None,
         help="home directory [default: ROOT/NAME]; absolute, or relative to ROOT",
+    )
+    add.add_argument(
+        "--allow-outside-root", action="store_true",
+        help="accept a --home outside ROOT (the account can read everything "
+        "the server can there)",
     )
     add.add_argument(
         "--perms", metavar="LIST", default=None,
@@ -313,13 +415,12 @@ def _audit(args: argparse.Namespace, context: Context) -> int:
 
     from rumpus_secure.report import as_json, build_report, format_text
 
-    account_locked = None
-    if (context.config.data_dir / DATABASE_NAME).exists():
-        store = context.open_store()
+    # A wrong --data-dir is an error, not "No audit log yet" and status 0.
+    store = context.open_store()
 
-        def account_locked(name: str) -> bool | None:
-            account = store.get(name)
-            return None if account is None else account.locked
+    def account_locked(name: str) -> bool | None:
+        account = store.get(name)
+        return None if account is None else account.locked
 
     report = build_report(
         context.config.data_dir / "audit.log", since=args.since,
@@ -357,9 +458,28 @@ def _check(args: argparse.Namespace, context: Context) -> int:
     """
     ``check``: probe the running server's listeners like an outside client.
     """
-    from rumpus_secure.selfcheck import exit_status, format_results, run_checks
+    from rumpus_secure.selfcheck import (
+        exit_status,
+        format_results,
+        recorded_config,
+        run_checks,
+    )
 
-    results = run_checks(context.config, host=args.host)
+    config = context.config
+    given = [o.name for o in OPTIONS if o.name not in ("data-dir", "root")
+             and getattr(args, o.attribute, None) is not None]
+    if not given:
+        # No server options: check the server running on this data directory
+        # as it recorded itself, not the default ports.
+        recorded = recorded_config(config.data_dir)
+        if recorded is not None:
+            config = recorded.config
+            context.say(f"Checking the server recorded in {recorded.path} "
+                        f"(pid {recorded.pid}, started {recorded.started})")
+            if recorded.running() is False:
+                context.say(f"Note: process {recorded.pid} is not running; the "
+                            "record is from a server that did not stop cleanly")
+    results = run_checks(config, host=args.host)
     context.stdout.write(format_results(results))
     return exit_status(results, strict=args.strict)
 
@@ -370,13 +490,16 @@ def add_check_command(subparsers: Any) -> None:
 
     Every server option is accepted with the same name (and read from the
     same ``--config`` file), so the check is run with the server's own
-    command line; each lands in L{Context.config}.
+    command line; each lands in L{Context.config}.  With none of them, the
+    check probes what the server running on the data directory recorded in
+    ``DATA-DIR/listeners.json``.
     """
     check = subparsers.add_parser(
         "check", help="probe the running server's ports from outside: TLS "
         "required, versions, ALPN, redirect, HSTS, certificate",
-        description="Takes the same options as 'twistd rumpus-secure'; "
-        "exit status 0 when no check failed.",
+        description="With no options, checks the server running on the data "
+        "directory (it records its listeners there). Takes the same options as "
+        "'twistd rumpus-secure'; exit status 0 when no check failed.",
     )
     check.add_argument(
         "--config", metavar="FILE", default=argparse.SUPPRESS,
@@ -403,10 +526,7 @@ def add_check_command(subparsers: Any) -> None:
 def _ban_store(context: Context) -> Any:
     from rumpus_secure.accounts.bans import SQLiteBanStore
 
-    database = context.config.data_dir / DATABASE_NAME
-    if not database.exists():
-        raise CliError(f"no account database at {database}: is --data-dir right?")
-    return SQLiteBanStore(database)
+    return SQLiteBanStore(context.require_database())
 
 
 def _ban_list(args: argparse.Namespace, context: Context) -> int:
@@ -423,20 +543,59 @@ def _ban_list(args: argparse.Namespace, context: Context) -> int:
     if not active:
         context.say("no address is banned")
         return 0
-    rows = [(b.address, iso_utc(b.until), f"{b.minutes_left(now)} min",
-             f"level {b.level}", b.reason) for b in active]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        context.say("  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[4]]))
+    from rumpus_secure.report import table
+
+    context.say("\n".join(table(
+        ("ADDRESS", "BANNED UNTIL (UTC)", "TIME LEFT", "BAN", "REASON"),
+        ((b.address, iso_utc(b.until)[:19].replace("T", " "),
+          human_duration(b.until - now), _ban_ordinal(b.level), b.reason)
+         for b in active),
+    )))
     return 0
+
+
+def human_duration(seconds: float) -> str:
+    """
+    A duration for people: ``45 s``, ``14 min``, ``2 h 5 min``, ``3 d 4 h``.
+    """
+    seconds = max(0, int(seconds + 0.5))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = (seconds + 59) // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def _ban_ordinal(level: int) -> str:
+    """
+    Which ban this is in a row: level 0 is the first, each later one doubled.
+    """
+    number = level + 1
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(
+        number % 10, "th")
+    return "first" if number == 1 else f"{number}{suffix} (time x{2 ** level})"
 
 
 def _ban_lift(args: argparse.Namespace, context: Context) -> int:
     """
     ``ban lift ADDRESS``: end a ban now and forget the address's history.
     """
+    import ipaddress
+
     from rumpus_secure.guard import SYNC_INTERVAL, normalise_address
 
+    try:
+        ipaddress.ip_address(args.address.split("%", 1)[0])
+    except ValueError:
+        raise CliError(
+            f"{args.address!r} is not an IP address; 'ban lift' takes an "
+            "address as 'ban list' shows it, such as 192.0.2.7 or 2001:db8::1"
+        ) from None
     address = normalise_address(args.address)
     if not _ban_store(context).delete(address):
         raise CliError(f"{address} is not banned")
@@ -458,9 +617,37 @@ def add_ban_command(subparsers: Any) -> None:
     lift.set_defaults(handler=_ban_lift)
 
 
+# -- init -------------------------------------------------------------------
+
+
+def _init(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``init``: create the data directory and an empty accounts database.
+    """
+    database = context.config.data_dir / DATABASE_NAME
+    if database.exists():
+        raise CliError(f"an accounts database already exists at {database.absolute()}")
+    context.open_store(create=True)
+    context.say(f"created the accounts database at {database.absolute()}; add "
+                "accounts with 'rumpus-secure user add NAME'")
+    return 0
+
+
+def add_init_command(subparsers: Any) -> None:
+    """
+    ``init``: the one admin command that creates an accounts database.
+    """
+    init = subparsers.add_parser(
+        "init", help="create the data directory and an empty accounts database "
+        "(the server's first start does this too)",
+    )
+    init.set_defaults(handler=_init)
+
+
 # -- assembly ---------------------------------------------------------------
 
 COMMANDS: list[Callable[[Any], None]] = [
+    add_init_command,
     add_user_command,
     add_audit_command,
     add_check_command,
@@ -477,7 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--config", metavar="FILE", default=None,
-        help="the server's TOML configuration; data-dir and root are read from it",
+        help="the server's TOML configuration; data-dir and root are read from it "
+        f"[default: ${CONFIG_ENV}]",
     )
     parser.add_argument(
         "--data-dir", metavar="DIR", default=None,
@@ -490,7 +678,31 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in COMMANDS:
         register(subparsers)
+    _accept_global_options(parser)
     return parser
+
+
+def _accept_global_options(parser: argparse.ArgumentParser) -> None:
+    """
+    Let ``--config``, ``--data-dir`` and ``--root`` follow the command too.
+
+    ``rumpus-secure audit --data-dir /srv/data`` reads naturally; before,
+    argparse refused it with "unrecognized arguments".
+    """
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for sub in action.choices.values():
+            if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+                _accept_global_options(sub)
+                continue
+            for flag, metavar in (("--config", "FILE"), ("--data-dir", "DIR"),
+                                  ("--root", "DIR")):
+                try:
+                    sub.add_argument(flag, metavar=metavar, default=argparse.SUPPRESS,
+                                     help=argparse.SUPPRESS)
+                except argparse.ArgumentError:
+                    pass  # the command declares it itself (check)
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
@@ -503,7 +715,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         value = getattr(args, option.attribute, None)
         if value is not None:
             given[option.name] = value
-    return build_config(given, args.config)
+    return build_config(given, config_file(args.config))
 
 
 def main(

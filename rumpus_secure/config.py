@@ -16,7 +16,9 @@ L{rumpus_secure.tap}.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -106,6 +108,14 @@ def _count(value: Any) -> int:
         raise ValueError("expected a whole number") from None
     if number < 0:
         raise ValueError("expected a whole number of at least 0")
+    return number
+
+
+def _password_length(value: Any) -> int:
+    number = _count(value)
+    if not 8 <= number <= 128:
+        raise ValueError("expected a number of characters from 8 (NIST SP 800-63B) "
+                         "to 128")
     return number
 
 
@@ -345,6 +355,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics", "none", _endpoint,
            "Serve Prometheus metrics on this endpoint (e.g. "
            "tcp:9464:interface=127.0.0.1); none turns it off.", "ENDPOINT"),
+    Option("handshake-timeout", 15.0, _seconds,
+           "Seconds a client has to finish its TLS handshake (implicit FTPS, "
+           "HTTPS, FTP after AUTH TLS) before the connection is dropped; 0 "
+           "turns the deadline off.", "SECONDS"),
+    Option("password-min-length", 12, _password_length,
+           "Fewest characters of a password a person chooses (user add, "
+           "user passwd); at least 8.", "N"),
     Option("acme-directory", None, _optional_acme_directory,
            "Obtain and renew the certificate by ACME from this directory URL "
            "(Let's Encrypt: " "https://acme-v02.api.letsencrypt.org/directory; "
@@ -410,6 +427,8 @@ class ServerConfig:
     login_cache_time: float = 300.0
     xferlog: Path | None = None
     metrics: str | None = None
+    handshake_timeout: float = 15.0
+    password_min_length: int = 12
     acme_directory: str | None = None
     acme_email: str | None = None
     acme_names: tuple[str, ...] = field(default=())
@@ -476,11 +495,36 @@ def parse_value(name: str, value: Any) -> Any:
     """
     option = _BY_NAME.get(name)
     if option is None:
-        raise ConfigError(f"unknown option {name!r}")
+        raise ConfigError(f"unknown option {name!r}{did_you_mean(name)}")
     try:
         return option.parse(value)
     except ValueError as e:
         raise ConfigError(f"{name}: {e} (got {value!r})") from None
+
+
+def did_you_mean(name: str) -> str:
+    """
+    ``; did you mean 'data-dir'?`` for a misspelt option name, or nothing.
+    """
+    close = difflib.get_close_matches(name.replace("_", "-").lower(), _BY_NAME, n=1,
+                                      cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+#: The environment variable naming the configuration file when no
+#: ``--config`` is given, read by the server and the admin command alike.
+CONFIG_ENV = "RUMPUS_SECURE_CONFIG"
+
+
+def config_file(given: str | Path | None,
+                environ: Mapping[str, str] | None = None) -> str | Path | None:
+    """
+    The configuration file to read: C{--config}, else C{$RUMPUS_SECURE_CONFIG}.
+    """
+    if given:
+        return given
+    value = (os.environ if environ is None else environ).get(CONFIG_ENV, "").strip()
+    return value or None
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -503,7 +547,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     for key, value in data.items():
         name = key.replace("_", "-")
         if name not in _BY_NAME:
-            raise ConfigError(f"config file {path}: unknown option {key!r}")
+            raise ConfigError(
+                f"config file {path}: unknown option {key!r}{did_you_mean(name)}"
+            )
         out[name] = value
     return out
 
@@ -532,7 +578,7 @@ def build_config(
             values[option.attribute] = None
     for name in raw:
         if name not in _BY_NAME:
-            raise ConfigError(f"unknown option {name!r}")
+            raise ConfigError(f"unknown option {name!r}{did_you_mean(name)}")
     config = ServerConfig(**values)
     validate(config)
     return config

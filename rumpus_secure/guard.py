@@ -19,6 +19,34 @@ The guard also counts connections per address and in total, and logged-in
 sessions per account, and answers a failed login only after a short delay
 that holds up nobody else.
 
+B{Guesses in flight are guesses.}  A password check costs tens of
+milliseconds in a thread; a guesser who sends a hundred at once must not get
+a hundred verified before the first failure is scored.  So a login counts
+as a failed attempt from the moment its verification I{starts}
+(L{begin_login}): the score of an address is its offences plus its
+verifications in flight.  A verification may start only while that total
+stays within the threshold, and at most C{max_verifying_per_ip} (4) of an
+address's verifications run at a time, FTP and web together; other logins
+wait their turn (so one address cannot fill the verification pool either).
+A success takes its count back; a failure keeps it, and the failure that
+reaches the threshold bans the address and refuses everything still
+waiting.  So however many guesses arrive together, at most C{threshold}
+passwords from one address are verified per window, exactly as when they
+come one by one.  When a verification succeeds the ban is looked at again
+(L{LoginAttempt.succeeded}): a right password found after the address was
+banned does not log in.
+
+B{The self-check is free.}  TLS handshake failures from a loopback address
+are not offences: C{rumpus-secure check} runs on the server itself and fails
+handshakes on purpose (old TLS versions, a wrong ALPN), and a failed
+handshake carries no password guess.  Loopback is I{not} safe-listed as a
+whole: behind a local proxy that does not pass the client address on (no
+PROXY protocol), every client would appear as 127.0.0.1 and a safe list
+would give them all unlimited guesses; here they get nothing but free
+handshake failures.  The probe's cleartext C{USER rumpus-check-probe} is
+free too (see L{rumpus_secure.ftp.control}); a password sent after it is
+counted as usual.
+
 Use from a protocol (the FTP control connection does exactly this; the web
 side calls the same methods with C{protocol="https"})::
 
@@ -26,7 +54,9 @@ side calls the same methods with C{protocol="https"})::
     over = guard.connection_opened(host)     # None, or a LimitExceeded
     ...
     guard.connection_closed(host)            # only if connection_opened said None
-    ban = guard.offence(host, "login_failed", protocol="ftp", account=name)
+    attempt = await guard.begin_login(host, "ftp", name)   # a Ban: refuse
+    ...verify...
+    ban = attempt.succeeded()  # or attempt.failed(); a Ban: refuse anyway
     d = guard.delayed(reply)                 # the reply after the failure delay
 """
 
@@ -75,6 +105,16 @@ AUDIT_QUIET = 60.0
 #: Doubling stops here whatever C{ban_max_time} says (2**20 x ban time).
 MAX_LEVEL = 20
 
+#: Password verifications that may run at once for one address (FTP and
+#: web together); more wait.  Four covers a client that opens several
+#: connections with the same credentials at once (FileZilla opens up to
+#: three), and a quarter of the default verification pool.
+MAX_VERIFYING_PER_IP = 4
+
+#: Offences that a loopback address never scores: the self-check's
+#: deliberate handshake failures (see the module docstring).
+LOOPBACK_FREE = frozenset({"tls_failed"})
+
 #: Seconds between reads of the stored bans (L{Guard.sync}): how soon a ban
 #: lifted with C{rumpus-secure ban lift} lets the address in again.
 SYNC_INTERVAL = 5.0
@@ -110,6 +150,7 @@ class GuardSettings:
     max_connections: int = 500
     max_connections_per_ip: int = 20
     max_sessions_per_account: int = 10
+    max_verifying_per_ip: int = MAX_VERIFYING_PER_IP
     weights: Mapping[str, int] = field(default_factory=lambda: dict(WEIGHTS))
 
     @classmethod
@@ -125,6 +166,18 @@ class GuardSettings:
             max_connections_per_ip=config.max_connections_per_ip,
             max_sessions_per_account=config.max_sessions_per_account,
         )
+
+
+@dataclass
+class _Mark:
+    """
+    One offence in an address's score: C{pending} while it is a login whose
+    password is being verified; a refunded login weighs 0.
+    """
+
+    time: float
+    weight: int
+    pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,7 +216,9 @@ class Guard:
         self._audit = audit
         self._serial = SerialCalls(run_in_thread, "store a ban")
         self._safe = tuple(ipaddress.ip_network(n, strict=False) for n in settings.safe_list)
-        self._scores: dict[str, deque[tuple[float, int]]] = {}
+        self._scores: dict[str, deque[_Mark]] = {}
+        self._verifying: dict[str, int] = {}
+        self._waiting: dict[str, deque[tuple[LoginAttempt, defer.Deferred[Any]]]] = {}
         self._bans: dict[str, Ban] = {}
         self._quiet: dict[tuple[str, str], tuple[float, int]] = {}
         self._connections: dict[str, int] = {}
@@ -284,24 +339,161 @@ class Guard:
 
         @returns: the new ban if this offence caused one, else L{None}.
         """
-        weight = self.settings.weights.get(kind, 0)
-        if weight <= 0 or self.settings.threshold <= 0:
-            return None
         address = normalise_address(host)
-        if self.is_safe(address) or self.is_banned(address) is not None:
+        weight = self._weight(address, kind)
+        if weight <= 0 or self.is_banned(address) is not None:
             return None
-        now = self._clock.seconds()
+        self._events(address).append(_Mark(self._clock.seconds(), weight))
+        return self._ban_if_over(address, kind, protocol, account)
+
+    def _weight(self, address: str, kind: str) -> int:
+        """
+        What offence C{kind} from C{address} weighs: 0 when it is not scored.
+        """
+        weight = self.settings.weights.get(kind, 0)
+        if weight <= 0 or self.settings.threshold <= 0 or self.is_safe(address):
+            return 0
+        if kind in LOOPBACK_FREE and _is_loopback(address):
+            return 0
+        return weight
+
+    def _events(self, address: str) -> deque[_Mark]:
+        """
+        The address's marks within the window (and those still pending),
+        moved to the end of the eviction order.
+        """
+        cutoff = self._clock.seconds() - self.settings.window
         events = self._scores.pop(address, None) or deque()
+        if events and events[0].time <= cutoff:
+            events = deque(m for m in events if m.pending or m.time > cutoff)
         self._scores[address] = events  # most recent last: eviction order
-        while events and events[0][0] <= now - self.settings.window:
-            events.popleft()
-        events.append((now, weight))
-        score = sum(w for _, w in events)
+        return events
+
+    def _ban_if_over(self, address: str, reason: str, protocol: str,
+                     account: str | None) -> Ban | None:
+        """
+        Ban C{address} if its settled offences reach the threshold.
+        """
+        events = self._events(address)
+        score = sum(m.weight for m in events if not m.pending)
         if score < self.settings.threshold:
             self._bound()
             return None
         del self._scores[address]
-        return self._ban(address, kind, protocol, account, score, now)
+        return self._ban(address, reason, protocol, account, score,
+                         self._clock.seconds())
+
+    # -- logins: guesses in flight ------------------------------------------
+
+    def begin_login(
+        self, host: str, protocol: str, account: str | None = None
+    ) -> defer.Deferred[LoginAttempt | Ban]:
+        """
+        Wait until a login's password may be verified, and count it then.
+
+        Fires with a L{LoginAttempt} when the password may be verified (call
+        exactly one of its C{succeeded}, C{failed} or C{abandoned} when the
+        verification ends), or with the L{Ban} that refuses it: the
+        address's ban, or one made while it waited.
+        """
+        address = normalise_address(host)
+        ban = self.check(address, protocol)
+        if ban is not None:
+            return defer.succeed(ban)
+        attempt = LoginAttempt(self, address, protocol, account)
+        queue = self._waiting.get(address)
+        if not queue and self._may_start(address):
+            self._start(attempt)
+            return defer.succeed(attempt)
+        waiting: defer.Deferred[LoginAttempt | Ban] = defer.Deferred()
+        self._waiting.setdefault(address, deque()).append((attempt, waiting))
+        return waiting
+
+    def verifying(self, host: str) -> int:
+        """
+        How many of the address's password verifications are running.
+        """
+        return self._verifying.get(normalise_address(host), 0)
+
+    def waiting(self, host: str) -> int:
+        """
+        How many of the address's logins wait to be verified.
+        """
+        return len(self._waiting.get(normalise_address(host), ()))
+
+    def _may_start(self, address: str) -> bool:
+        """
+        May one more of the address's passwords be verified now?
+        """
+        if self.is_safe(address):
+            return True
+        limit = self.settings.max_verifying_per_ip
+        if limit and self._verifying.get(address, 0) >= limit:
+            return False
+        weight = self._weight(address, "login_failed")
+        if weight <= 0:
+            return True
+        score = sum(m.weight for m in self._events(address))
+        return score + weight <= self.settings.threshold
+
+    def _start(self, attempt: LoginAttempt) -> None:
+        address = attempt.address
+        self._verifying[address] = self._verifying.get(address, 0) + 1
+        weight = self._weight(address, "login_failed")
+        if weight > 0:
+            attempt._mark = _Mark(self._clock.seconds(), weight, pending=True)
+            self._events(address).append(attempt._mark)
+            self._bound()
+
+    def _ended(self, attempt: LoginAttempt, failed: bool) -> Ban | None:
+        """
+        A verification ended: settle or refund its mark, free its slot,
+        ban if a failure reached the threshold, start the next ones waiting.
+        """
+        address = attempt.address
+        count = self._verifying.get(address, 0) - 1
+        if count > 0:
+            self._verifying[address] = count
+        else:
+            self._verifying.pop(address, None)
+        mark = attempt._mark
+        ban = None
+        if mark is not None:
+            mark.pending = False
+            if not failed:
+                mark.weight = 0
+            elif self.is_banned(address) is None:
+                ban = self._ban_if_over(address, "login_failed", attempt.protocol,
+                                        attempt.account)
+        if ban is None:
+            self._start_waiting(address)
+        return ban
+
+    def _start_waiting(self, address: str) -> None:
+        """
+        Start the address's waiting logins while there is room.
+        """
+        ban = self.is_banned(address)
+        if ban is not None:
+            self._refuse_waiting(address, ban)
+            return
+        started = []
+        queue = self._waiting.get(address)
+        while queue and self._may_start(address):
+            attempt, waiting = queue.popleft()
+            self._start(attempt)
+            started.append((attempt, waiting))
+        if not queue:
+            self._waiting.pop(address, None)
+        for attempt, waiting in started:
+            waiting.callback(attempt)
+
+    def _refuse_waiting(self, address: str, ban: Ban) -> None:
+        """
+        The address was banned: every login still waiting is refused.
+        """
+        for _, waiting in self._waiting.pop(address, ()):
+            waiting.callback(ban)
 
     def _ban(self, address: str, reason: str, protocol: str,
              account: str | None, score: int, now: float) -> Ban:
@@ -313,6 +505,7 @@ class Guard:
         ban = Ban(address=address, until=now + duration, level=level,
                   reason=reason, created=now)
         self._bans[address] = ban
+        self._refuse_waiting(address, ban)
         if self._store is not None:
             self._write(self._store.save, ban)
         _log.warn(
@@ -357,7 +550,7 @@ class Guard:
         if len(self._scores) > MAX_TRACKED:
             cutoff = self._clock.seconds() - self.settings.window
             for address in [a for a, ev in self._scores.items()
-                            if not ev or ev[-1][0] <= cutoff]:
+                            if not ev or ev[-1].time <= cutoff]:
                 del self._scores[address]
             while len(self._scores) > MAX_TRACKED:
                 del self._scores[next(iter(self._scores))]
@@ -456,6 +649,64 @@ class Guard:
 
     def sessions(self, account: str) -> int:
         return self._sessions.get(account, 0)
+
+
+class LoginAttempt:
+    """
+    One login whose password is being verified; see L{Guard.begin_login}.
+
+    It counts as a failed attempt until it ends; exactly one of
+    L{succeeded}, L{failed} or L{abandoned} ends it and frees its
+    verification slot (later calls do nothing).
+    """
+
+    def __init__(self, guard: Guard, address: str, protocol: str,
+                 account: str | None) -> None:
+        self._guard = guard
+        self.address = address
+        self.protocol = protocol
+        self.account = account
+        self._mark: _Mark | None = None
+        self._ended = False
+
+    def _end(self, failed: bool) -> Ban | None:
+        if self._ended:
+            return None
+        self._ended = True
+        return self._guard._ended(self, failed)
+
+    def succeeded(self) -> Ban | None:
+        """
+        The password was right: take back the failure it counted as.
+
+        @returns: the address's ban if it was banned meanwhile (by another
+            guess in flight): then the login must be refused all the same.
+        """
+        self._end(failed=False)
+        return self._guard.check(self.address, self.protocol)
+
+    def failed(self) -> Ban | None:
+        """
+        The password was wrong: the failure stands.
+
+        @returns: the address's ban, if any (perhaps caused by this failure).
+        """
+        self._end(failed=True)
+        return self._guard.is_banned(self.address)
+
+    def abandoned(self) -> None:
+        """
+        The password was never verified (the client left while the login
+        waited): it counts for nothing.
+        """
+        self._end(failed=False)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def iso_utc(moment: float) -> str:

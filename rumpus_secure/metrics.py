@@ -47,6 +47,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import resource, server
 from zope.interface import alsoProvides
 
@@ -81,6 +82,10 @@ LOGIN_OUTCOMES = frozenset({"ok", "failed", "locked", "too-many-sessions"})
 #: Password checks take 50-300 ms of argon2id; the buckets span a cache hit
 #: (well under 1 ms) to a pool saturated by a burst (seconds).
 CHECK_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+#: The start of an HTTP request line: plain HTTP sent to a TLS port.
+HTTP_METHOD = re.compile(rb"[A-Z]{3,7} ")
 
 
 def tls_reason(error: str | None) -> str:
@@ -342,6 +347,21 @@ class Metrics:
 
         tls_factory.buildProtocol = build_and_track
 
+    def track_wrong_port(self, factory: Any, protocol: str) -> None:
+        """
+        Count clients that spoke plain text to a TLS port as failed
+        handshakes (L{rumpus_secure.sniff} answers them before TLS starts).
+        """
+        observers = getattr(factory, "observers", None)
+        if observers is None:
+            return
+
+        def wrong(first: bytes) -> None:
+            reason = "http-request" if HTTP_METHOD.match(first) else "not-tls"
+            self.tls_failures.labels(protocol, reason).inc()
+
+        observers.append(wrong)
+
     def _watch_channel(self, tls: Any, channel: Any) -> None:
         state = {"done": False}
         already = IHandshakeListener.providedBy(channel)
@@ -466,12 +486,16 @@ def build_metrics(server_state: Any, top: Any, reactor: Any) -> Metrics:
     metrics = Metrics(reactor)
     server_state.audit.add_observer(metrics.observe)
     for child in top:
-        if getattr(child, "name", None) in ("ftp", "ftps"):
-            factory = child.factory
-            factory = getattr(factory, "wrappedFactory", factory)
-            metrics.sessions.track_factory(factory)
-        elif getattr(child, "name", None) == "https":
-            metrics.track_https(child.factory)
+        name = getattr(child, "name", None)
+        if name in ("ftp", "ftps"):
+            # The FTP factory sits inside the wrong-port sniffer and, on the
+            # implicit port, the TLS wrapper.
+            metrics.sessions.track_factory(_innermost(child.factory))
+            if name == "ftps":
+                metrics.track_wrong_port(child.factory, "ftps-implicit")
+        elif name == "https":
+            metrics.track_https(_tls_factory(child.factory))
+            metrics.track_wrong_port(child.factory, "https")
     site = getattr(server_state, "https_site", None)
     app = getattr(site, "app", None)
     if app is not None and getattr(app, "sessions", None) is not None:
@@ -486,3 +510,24 @@ def build_metrics(server_state: Any, top: Any, reactor: Any) -> Metrics:
 
 
 __all__ = ["Metrics", "MetricsPage", "build_metrics", "metrics_site", "tls_reason"]
+
+
+def _innermost(factory: Any) -> Any:
+    """
+    The factory at the bottom of a chain of wrapping factories.
+    """
+    while getattr(factory, "wrappedFactory", None) is not None:
+        factory = factory.wrappedFactory
+    return factory
+
+
+def _tls_factory(factory: Any) -> Any:
+    """
+    The TLS wrapper in a chain of wrapping factories (the outermost if none).
+    """
+    found = factory
+    while factory is not None:
+        if isinstance(factory, TLSMemoryBIOFactory):
+            return factory
+        factory = getattr(factory, "wrappedFactory", None)
+    return found

@@ -125,6 +125,9 @@ class Ban:
     reason: str = ""
     until: str = ""
     refused: int = 0
+    #: When an administrator lifted the last ban (``rumpus-secure ban
+    #: lift``), or empty if it ran its course or still runs.
+    lifted: str = ""
 
 
 @dataclass
@@ -284,8 +287,16 @@ def _summarise(
                     ban.last_ban = when
                     ban.reason = _text(event.get("reason"))
                     ban.until = _text(event.get("until") or event.get("expires"))
+                    if ban.lifted and ban.lifted <= when:
+                        ban.lifted = ""  # a new ban after the lift
             else:
                 ban.refused += 1
+        elif name == "guard.lifted":
+            address = client or _text(event.get("address"))
+            lifted = bans.get(address)
+            # A lift of a ban from before --since has no row to go with.
+            if lifted is not None and when >= lifted.last_ban:
+                lifted.lifted = when
         elif name.endswith(".login") and event.get("outcome") in _FAILED_OUTCOMES:
             row_f = failed.setdefault(account, FailedLogins(account))
             if event.get("outcome") == "locked":
@@ -436,10 +447,11 @@ def format_text(report: Report) -> str:
     _heading(out, "Banned addresses")
     if report.bans:
         out += table(
-            ("ADDRESS", "BANS", "LAST BAN (UTC)", "UNTIL", "REASON", "REFUSED"),
+            ("ADDRESS", "BANS", "LAST BAN (UTC)", "UNTIL", "LIFTED (UTC)", "REASON",
+             "REFUSED"),
             (
                 (r.client, r.bans, _short_time(r.last_ban), _short_time(r.until),
-                 r.reason, r.refused)
+                 _short_time(r.lifted), r.reason, r.refused)
                 for r in report.bans
             ),
         )

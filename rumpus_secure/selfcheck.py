@@ -19,6 +19,15 @@ quarantine an account, and a made-up one would count as a failed login.  The
 probe announces itself with ``CLNT rumpus-secure-check`` so that the audit
 report can leave it out.
 
+The check costs the guard nothing, so it can run as often as wanted (from
+cron, say) without banning the administrator: that cleartext ``USER`` of
+the probe account is not scored (a ``PASS`` after it would be), and TLS
+handshake failures from a loopback address (the old-TLS and ALPN probes)
+are not offences (see L{rumpus_secure.guard}).  Run from another host with
+``--host``, the handshake probes do count against that host's address.  An
+address the guard turns away (``421 Too many ...``) is reported as such,
+never mistaken for the implicit-only mode.
+
 Blocking sockets, no reactor: every probe has its own deadline
 (L{PROBE_TIMEOUT}).
 """
@@ -33,6 +42,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Self
 
 from cryptography import x509
@@ -369,6 +379,7 @@ class SelfCheck:
             with _Connection(target, self.timeout) as conn:
                 code, text = conn.ftp_reply()
                 if code == 421:
+                    _not_turned_away(text, target)
                     return Status.PASS, f"plain port closes at once (implicit-only): {text}"
                 if code != 220:
                     return Status.FAIL, f"unexpected greeting: {text}"
@@ -397,6 +408,7 @@ class SelfCheck:
         try:
             code, text = conn.ftp_reply()
             if code == 421:
+                _not_turned_away(text, target)
                 raise _Skip("implicit-only: the plain port offers no AUTH TLS")
             if code != 220:
                 raise ProbeError(f"unexpected greeting: {text}")
@@ -592,6 +604,19 @@ class SelfCheck:
         self._add("Certificate: expiry", status, f"{detail}; SHA-256 {fingerprint}")
 
 
+def _not_turned_away(text: str, target: Target) -> None:
+    """
+    Raise L{ProbeError} if a 421 greeting is the guard's (a ban or a
+    connection limit), not the implicit-only policy: the probe then says
+    nothing about the server's mode.
+    """
+    if "Too many" in text:
+        raise ProbeError(
+            f"{_where(target)} turned this address away ({text}); nothing about the "
+            "server's mode can be checked from here (see: rumpus-secure ban list)"
+        )
+
+
 class _Skip(Exception):
     """
     This rule does not apply to the configuration.
@@ -658,3 +683,71 @@ def exit_status(results: list[CheckResult], strict: bool = False) -> int:
     """
     bad = {Status.FAIL, Status.WARN} if strict else {Status.FAIL}
     return 1 if any(r.status in bad for r in results) else 0
+
+
+# -- the running server's own record --------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordedServer:
+    """
+    What the running server recorded about itself (L{ListenerRecord}).
+    """
+
+    path: Path
+    pid: int | None
+    started: str
+    config: ServerConfig
+
+    def running(self) -> bool | None:
+        """
+        Whether the recording process still runs (L{None}: cannot tell).
+        """
+        import os
+
+        if self.pid is None:
+            return None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        except OSError:
+            return None
+        return True
+
+
+def recorded_config(data_dir: Path) -> RecordedServer | None:
+    """
+    The configuration the server running on C{data_dir} recorded, or L{None}.
+
+    A listener configured with port 0 is probed on the port it was given.
+    Raises L{ConfigError} for a record that cannot be read.
+    """
+    import json
+
+    from rumpus_secure.config import ConfigError, build_config, endpoint_port
+    from rumpus_secure.tap import LISTENERS_FILE
+
+    path = Path(data_dir) / LISTENERS_FILE
+    try:
+        record = json.loads(path.read_text("utf-8"))
+        options = dict(record["options"])
+        listening = record.get("listening") or {}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"the listener record {path} cannot be read: {e}") from None
+    for label, bound in listening.items():
+        description = options.get(label)
+        if not description or description == "none" or endpoint_port(description):
+            continue
+        if isinstance(bound, dict) and bound.get("port"):
+            proxy = "haproxy:" if description.startswith("haproxy:") else ""
+            host = str(bound.get("host") or "127.0.0.1").replace(":", "\\:")
+            options[label] = f"{proxy}tcp:{bound['port']}:interface={host}"
+    config = build_config(options)
+    pid = record.get("pid")
+    return RecordedServer(path, pid if isinstance(pid, int) else None,
+                          str(record.get("started", "")), config)

@@ -24,7 +24,14 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from rumpus_secure.config import OPTIONS, ConfigError, ServerConfig, build_config
+from rumpus_secure.config import (
+    CONFIG_ENV,
+    OPTIONS,
+    ConfigError,
+    ServerConfig,
+    build_config,
+    config_file,
+)
 
 _log = Logger()
 
@@ -53,7 +60,8 @@ class Options(usage.Options):
         "option may also be set in a TOML file given with --config (the same "
         "names as keys); the command line wins."
     )
-    optParameters = [["config", "c", None, "TOML configuration file."]] + [
+    optParameters = [["config", "c", None,
+                      f"TOML configuration file [default: ${CONFIG_ENV}]."]] + [
         [option.name, None, None, option.help + _default_suffix(option.default)]
         for option in OPTIONS
     ]
@@ -66,8 +74,13 @@ class Options(usage.Options):
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
+            from rumpus_secure.config import did_you_mean
+
+            message = str(e)
+            if message.startswith("option --") and message.endswith(" not recognized"):
+                message += did_you_mean(message[len("option --"):-len(" not recognized")])
             raise SystemExit(
-                f"{_PROG}: error: {e} (see: twistd {_PROG} --help)"
+                f"{_PROG}: error: {message} (see: twistd {_PROG} --help)"
             ) from None
 
     def postOptions(self) -> None:
@@ -77,9 +90,31 @@ class Options(usage.Options):
             if self[option.name] is not None
         }
         try:
-            self.server_config = build_config(given, self["config"])
+            self.server_config = build_config(given, config_file(self["config"]))
         except ConfigError as e:
             raise SystemExit(f"{_PROG}: error: {e}") from None
+        no_pidfile_in_foreground(getattr(self, "parent", None))
+
+
+def no_pidfile_in_foreground(twistd_options: Any) -> None:
+    """
+    In the foreground (``twistd -n``) write no pid file unless one is asked for.
+
+    twistd writes C{twistd.pid} in the current folder by default and refuses
+    to start while it names a live process: a second instance started from
+    the same folder (another data directory, other ports) failed with
+    "Another twistd server is running".  Nothing needs a pid file in the
+    foreground (systemd and the terminal know the process), so the default
+    name is dropped there; any other C{--pidfile} (also C{./twistd.pid}) is
+    kept, and daemons keep theirs.
+
+    @param twistd_options: twistd's own options (our L{Options}' C{parent}),
+        or L{None} when not run by twistd.
+    """
+    if twistd_options is None or not hasattr(twistd_options, "get"):
+        return
+    if twistd_options.get("nodaemon") and twistd_options.get("pidfile") == "twistd.pid":
+        twistd_options["pidfile"] = ""
 
 
 def _fail(message: str) -> SystemExit:
@@ -97,7 +132,7 @@ def _as_config(options: Any) -> ServerConfig:
     if isinstance(options, Mapping):
         given = {k: v for k, v in options.items() if k != "config" and v is not None}
         try:
-            return build_config(given, options.get("config"))
+            return build_config(given, config_file(options.get("config")))
         except ConfigError as e:
             raise _fail(str(e)) from None
     raise TypeError(f"cannot make a configuration from {options!r}")
@@ -160,10 +195,14 @@ class ListenerService(StreamServerEndpointService):
             raise PortUnavailable(1, str(failure.code)) from None
 
     def startService(self) -> None:
+        #: Fires with the listening port once bound (L{ListenerRecord}).
+        self.bound: defer.Deferred[Any] = defer.Deferred()
         super().startService()
         self._waitingForPort.addCallback(self._announce)
 
     def _announce(self, port: Any) -> Any:
+        if not self.bound.called:
+            self.bound.callback(port)
         if port is not None:
             address = port.getHost()
             _log.info(
@@ -172,6 +211,104 @@ class ListenerService(StreamServerEndpointService):
                 port=getattr(address, "port", "?"),
             )
         return port
+
+
+#: The file in the data directory where the running server records its
+#: listeners, so that ``rumpus-secure check`` with no options probes it.
+LISTENERS_FILE = "listeners.json"
+
+
+def config_as_options(config: ServerConfig) -> dict[str, Any]:
+    """
+    Every option of C{config} as a value L{build_config} reads back the same.
+    """
+    out: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = getattr(config, option.attribute)
+        if value is None:
+            if option.name in ("ftp", "ftps", "http", "https"):
+                out[option.name] = "none"
+            continue
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        elif isinstance(value, Path):
+            value = str(value.absolute())
+        elif option.name == "passive-ports":
+            value = f"{value[0]}-{value[1]}"
+        elif isinstance(value, tuple):
+            value = ",".join(value)
+        out[option.name] = value
+    return out
+
+
+class ListenerRecord(service.Service):
+    """
+    Record the listeners in C{DATA-DIR/listeners.json} once they are bound.
+
+    ``rumpus-secure check`` used to need every server option repeated, or it
+    probed the default ports.  The record holds the server's effective
+    options and the address each listener is bound to; the admin command
+    reads it (L{rumpus_secure.selfcheck.recorded_config}).  It is written
+    atomically and removed at a clean stop; a record left by a crash names a
+    process id that no longer runs, which the check reports.
+    """
+
+    name = "listener-record"
+
+    def __init__(self, config: ServerConfig, listeners: list[ListenerService],
+                 pid: int | None = None) -> None:
+        self.config = config
+        self.listeners = listeners
+        self.pid = os.getpid() if pid is None else pid
+        self.path = config.data_dir / LISTENERS_FILE
+        self.written: defer.Deferred[Any] = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = defer.gatherResults([listener.bound for listener in self.listeners],
+                                consumeErrors=True)
+        d.addCallback(self._write)
+        d.addErrback(lambda failure: _log.failure(
+            "not recording the listeners in {path}", failure, path=str(self.path)))
+        d.chainDeferred(self.written)
+
+    def record(self, ports: list[Any]) -> dict[str, Any]:
+        """
+        The record's content, given each listener's bound port.
+        """
+        listening = {}
+        for listener, port in zip(self.listeners, ports):
+            address = port.getHost() if port is not None else None
+            listening[listener.label] = {
+                "endpoint": listener.description,
+                "host": getattr(address, "host", None),
+                "port": getattr(address, "port", None),
+            }
+        return {
+            "pid": self.pid,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "options": config_as_options(self.config),
+            "listening": listening,
+        }
+
+    def _write(self, ports: list[Any]) -> None:
+        import json
+
+        text = json.dumps(self.record(ports), indent=2) + "\n"
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, self.path)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        import json
+
+        try:
+            if json.loads(self.path.read_text("utf-8")).get("pid") == self.pid:
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass
+        return None
 
 
 #: Listen backlog for TCP listeners that do not set one.  Twisted's default
@@ -218,6 +355,7 @@ class Server:
     http_site: Any = None
     https_site: Any = None
     metrics: Any = None
+    account_watcher: Any = None
     acme: Any = None
     acme_responder: Any = None
 
@@ -232,36 +370,176 @@ class Server:
         )
 
 
+#: The account the first start creates.
+BOOTSTRAP_ACCOUNT = "admin"
+
+#: The file in the data directory that keeps the first-start admin password
+#: until the admin sets one (see L{bootstrap_admin}).
+INITIAL_PASSWORD_FILE = "initial-admin-password"
+
+
 def bootstrap_admin(store: Any, data_dir: Path, out: Any = None) -> str | None:
     """
     On the very first run create account C{admin} with a random password.
 
-    The password is printed once on the console (never logged); a marker
-    file makes sure nothing is regenerated later, even if every account is
-    deleted afterwards.
+    The password is printed once on the console (never logged) and written
+    to C{DATA-DIR/initial-admin-password} (mode 0600): under systemd the
+    console is the journal, and a first start that fails later (a port in
+    use) used to lose it.  The file goes once the admin sets a password
+    (L{forget_initial_password}, and C{rumpus-secure user passwd admin}).
+    A marker file makes sure nothing is regenerated later, even if every
+    account is deleted afterwards.
 
     @returns: the password when the account was created, else L{None}.
     """
     marker = data_dir / ".bootstrapped"
+    stream = out if out is not None else sys.stdout
+    saved = data_dir / INITIAL_PASSWORD_FILE
     if marker.exists():
+        if saved.exists():
+            stream.write(
+                f"\n  The password of account '{BOOTSTRAP_ACCOUNT}' from the first start "
+                f"is in {saved.absolute()}\n  until you change it with: "
+                f"rumpus-secure --data-dir {data_dir} user passwd {BOOTSTRAP_ACCOUNT}\n\n"
+            )
+            stream.flush()
         return None
     created = None
     if not store.list():
         password = secrets.token_urlsafe(15)
-        store.add("admin", password)
+        store.add(BOOTSTRAP_ACCOUNT, password)
         created = password
-        stream = out if out is not None else sys.stdout
+        _write_private(saved, password + "\n")
         stream.write(
             "\n"
-            "  First run: created account 'admin' with password:\n"
+            f"  First run: created account '{BOOTSTRAP_ACCOUNT}' with password:\n"
             f"      {password}\n"
-            "  It is shown only this once. Change it with:\n"
-            f"      rumpus-secure --data-dir {data_dir} user passwd admin\n"
+            f"  It is also in {saved.absolute()} (readable only by this user)\n"
+            "  until you change it with:\n"
+            f"      rumpus-secure --data-dir {data_dir} user passwd {BOOTSTRAP_ACCOUNT}\n"
             "\n"
         )
         stream.flush()
     marker.write_text("bootstrap done; delete this file to create 'admin' again\n")
     return created
+
+
+def _write_private(path: Path, text: str) -> None:
+    """
+    Write C{text} to a new file that only this user can read (0600 from birth).
+    """
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def forget_initial_password(store: Any, data_dir: Path) -> bool:
+    """
+    Delete C{initial-admin-password} once it no longer opens the account.
+
+    The account's C{password_changed} later than the file means the admin
+    set a password (with the admin command, or any other way); a deleted
+    account needs no password either.
+
+    @returns: whether the file was deleted.
+    """
+    saved = data_dir / INITIAL_PASSWORD_FILE
+    try:
+        written = saved.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    account = store.get(BOOTSTRAP_ACCOUNT)
+    if account is not None and account.password_changed <= written + 1:
+        return False
+    saved.unlink(missing_ok=True)
+    _log.info("removed {path}: the first-start password is no longer in use",
+              path=str(saved))
+    return True
+
+
+_LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+_ALL_INTERFACES = ("", "0.0.0.0", "::", "0:0:0:0:0:0:0:0")
+
+
+def listens_on_all_interfaces(description: str | None) -> bool:
+    """
+    Whether a TCP endpoint description accepts connections from any network.
+
+    ``tcp:2121`` and ``tcp:2121:interface=0.0.0.0`` do; ``interface=127.0.0.1``
+    and ``unix:`` endpoints do not.
+    """
+    if not description:
+        return False
+    parts = description.split(":")
+    if parts[0] == "haproxy":
+        parts = parts[1:]
+    if not parts or parts[0] not in ("tcp", "tcp6", "ssl"):
+        return False
+    text = description.replace("\\:", "")
+    for part in text.split(":"):
+        if part.startswith("interface="):
+            return part[len("interface="):] in _ALL_INTERFACES
+    return True
+
+
+def _is_loopback_name(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def startup_warnings(
+    config: ServerConfig,
+    self_signed: bool,
+    euid: int | None,
+    dropping_to: Any = None,
+) -> list[str]:
+    """
+    What an operator should know before the first client tries, one line each.
+
+    Pure, so each warning is tested without a server: L{makeService} prints
+    them on the console (the operator starting the server reads that) and
+    logs them.
+
+    @param self_signed: whether the certificate in use is self-signed.
+    @param euid: the effective user id, or L{None} where there is none.
+    @param dropping_to: twistd's C{--uid}, when twistd switches to it after
+        binding.
+    """
+    warnings = []
+    listeners = [config.ftp, config.ftps, config.http, config.https]
+    everywhere = any(listens_on_all_interfaces(d) for d in listeners)
+    if everywhere and _is_loopback_name(config.public_host):
+        warnings.append(
+            f"--public-host is {config.public_host} but the listeners accept "
+            "connections on all interfaces: remote clients will be redirected to "
+            f"{config.public_host} (the HTTP redirect, links, FTP hints) and will "
+            "not reach this server. Set the name they use: --public-host "
+            "files.example.com (or public-host in the --config file)"
+        )
+    if everywhere and self_signed:
+        warnings.append(
+            "the certificate is self-signed and the listeners accept connections "
+            "on all interfaces: remote clients will have to turn certificate "
+            "verification off (curl -k, lftp 'set ssl:verify-certificate no'), "
+            "which also hides a man in the middle. Give a real certificate with "
+            "--cert FILE --key FILE"
+        )
+    if euid == 0 and dropping_to is None:
+        warnings.append(
+            "running as root: a mistake in an account's home or in this server "
+            "gives the client root's reach over the files. Drop root after binding "
+            "with twistd's --uid/--gid (twistd -n --uid=rumpus --gid=rumpus "
+            "rumpus-secure ...), or run under systemd with User= and "
+            "AmbientCapabilities=CAP_NET_BIND_SERVICE (see the README)"
+        )
+    return warnings
 
 
 def raise_open_file_limit(wanted: int = 65536) -> int:
@@ -287,9 +565,11 @@ def raise_open_file_limit(wanted: int = 65536) -> int:
     return soft
 
 
-def build_server(config: ServerConfig, reactor: Any) -> Server:
+def build_server(config: ServerConfig, reactor: Any, dropping_to: Any = None) -> Server:
     """
     Open the data directory, accounts, certificate and audit log.
+
+    @param dropping_to: twistd's C{--uid}, if it switches to it after binding.
     """
     limit = raise_open_file_limit()
     if limit < 4096:
@@ -300,7 +580,7 @@ def build_server(config: ServerConfig, reactor: Any) -> Server:
     from rumpus_secure.accounts.checker import ArgonChecker, verify_thread_pool
     from rumpus_secure.accounts.store import AccountError, SQLiteAccountStore
     from rumpus_secure.audit import JSONLinesAuditLog
-    from rumpus_secure.exposure import ExposureGuard
+    from rumpus_secure.exposure import build_exposure_guard
     from rumpus_secure.ftp.realm import FTPRealm
     from rumpus_secure.tls import TLSConfigError, TLSContextSource, ensure_certificate
 
@@ -310,6 +590,7 @@ def build_server(config: ServerConfig, reactor: Any) -> Server:
         store = SQLiteAccountStore(config.data_dir / "accounts.sqlite3", config.file_root)
     except AccountError as e:
         raise _fail(str(e)) from None
+    forget_initial_password(store, config.data_dir)
     bootstrap_admin(store, config.data_dir)
     cert, key = config.cert, config.key
     if config.acme_directory is not None:
@@ -336,6 +617,9 @@ def build_server(config: ServerConfig, reactor: Any) -> Server:
     # written to stdout was the same line twice).
     for warning in info.warnings:
         _log.warn("certificate: {warning}", warning=warning)
+    euid = os.geteuid() if hasattr(os, "geteuid") else None
+    for warning in startup_warnings(config, info.self_signed, euid, dropping_to):
+        _log.warn("{warning}", warning=warning)
     audit = JSONLinesAuditLog(config.data_dir / "audit.log")
     # Argon2id holds 19 MiB per verification: a pool of its own bounds that
     # memory and keeps a login burst from starving other thread work.
@@ -349,8 +633,11 @@ def build_server(config: ServerConfig, reactor: Any) -> Server:
     portal = Portal(FTPRealm(store), [checker])
     server = Server(config=config, store=store, checker=checker, portal=portal,
                     tls=tls, audit=audit, reactor=reactor)
-    server.exposure = ExposureGuard(server, reactor)
+    server.exposure = build_exposure_guard(server, reactor)
     server.guard = build_guard(server, reactor)
+    from rumpus_secure.accounts.watch import build_watcher
+
+    server.account_watcher = build_watcher(store, reactor)
     return server
 
 
@@ -435,9 +722,12 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
 
         reactor = default_reactor
     config = _as_config(options)
-    server = build_server(config, reactor)
+    twistd_options = getattr(options, "parent", None)
+    dropping_to = twistd_options.get("uid") if hasattr(twistd_options, "get") else None
+    server = build_server(config, reactor, dropping_to)
 
     from rumpus_secure.ftp.control import build_ftp_factory
+    from rumpus_secure.sniff import wrap_https, wrap_implicit_ftps, wrap_plain_http
     from rumpus_secure.web.redirect import build_http_site
     from rumpus_secure.web.sessions import SessionKeeper
     from rumpus_secure.web.site import build_https_site
@@ -458,7 +748,11 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     if config.ftps:
         ListenerService(
             "ftps", config.ftps, _endpoint(reactor, "ftps", config.ftps),
-            server.tls.wrap_factory(ftp_factory.implicit(), [b"ftp"]),
+            wrap_implicit_ftps(
+                server.tls.wrap_factory(ftp_factory.implicit(), [b"ftp"], reactor,
+                                        handshake_timeout=config.handshake_timeout),
+                config, reactor,
+            ),
         ).setServiceParent(top)
     if config.https:
         server.https_site = build_https_site(server, reactor,
@@ -468,15 +762,22 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
         server.https_site.timeOut = config.http_timeout
         ListenerService(
             "https", config.https, _endpoint(reactor, "https", config.https),
-            server.tls.wrap_factory(server.https_site, [b"http/1.1"]),
+            wrap_https(
+                server.tls.wrap_factory(server.https_site, [b"http/1.1"], reactor,
+                                        handshake_timeout=config.handshake_timeout),
+                config, reactor,
+            ),
         ).setServiceParent(top)
     if config.http:
         server.http_site = build_http_site(server, reactor)
         server.http_site.timeOut = config.http_timeout
         ListenerService(
             "http", config.http, _endpoint(reactor, "http", config.http),
-            server.http_site,
+            wrap_plain_http(server.http_site, config, reactor),
         ).setServiceParent(top)
+    ListenerRecord(
+        config, [child for child in top if isinstance(child, ListenerService)],
+    ).setServiceParent(top)
     from rumpus_secure.guard import SYNC_INTERVAL
     from rumpus_secure.reload import ReloadService
 
@@ -484,6 +785,12 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     ban_sync = TimerService(SYNC_INTERVAL, server.guard.sync)
     ban_sync.clock = reactor
     ban_sync.setServiceParent(top)
+    from rumpus_secure.accounts.watch import POLL_INTERVAL
+
+    # Account changes (admin command, quarantine) reach open FTP sessions.
+    account_watch = TimerService(POLL_INTERVAL, server.account_watcher.poll)
+    account_watch.clock = reactor
+    account_watch.setServiceParent(top)
     ReloadService(
         server.tls, reactor, config.cert_check_interval,
         audit=server.audit, reactor=reactor,

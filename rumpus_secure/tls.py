@@ -48,6 +48,11 @@ from rumpus_secure.certificates import (
     load_certificate,
     load_material,
 )
+from rumpus_secure.handshake import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    HandshakeDeadlineFactory,
+    HandshakesInFlight,
+)
 
 __all__ = [
     "FTP_ALPN",
@@ -219,6 +224,7 @@ class TLSContextSource:
         self._clock = clock
         self._session_timeout = session_timeout
         self._creators: dict[tuple[bytes, ...], _ProfileCreator] = {}
+        self._in_flight: HandshakesInFlight | None = None
         #: Why the last L{reload} kept the old certificate, or L{None}.
         self.last_error: str | None = None
         self._signature = self._file_signature()
@@ -256,17 +262,35 @@ class TLSContextSource:
         factory: IProtocolFactory,
         alpn: Sequence[bytes] | None,
         clock: IReactorTime | None = None,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> TLSMemoryBIOFactory:
         """
         Wrap a server factory in TLS from the start (implicit FTPS, HTTPS).
 
         :param clock: schedules the flush of small writes that Twisted's TLS
-            layer aggregates; the source's clock if not given, and the global
-            reactor if neither is.
+            layer aggregates, and the handshake deadline; the source's clock
+            if not given, and the global reactor if neither is.
+        :param handshake_timeout: seconds a client has to finish its TLS
+            handshake before the connection is aborted (0: no deadline); see
+            L{rumpus_secure.handshake}.
         """
-        return TLSMemoryBIOFactory(
-            self.context_factory(alpn), False, factory, clock=clock or self._clock
+        clock = clock or self._clock
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        return HandshakeDeadlineFactory(
+            self.context_factory(alpn), False, factory, clock=clock,
+            handshake_timeout=handshake_timeout,
+            in_flight=self.handshakes_in_flight(clock),
         )
+
+    def handshakes_in_flight(self, clock: IReactorTime) -> HandshakesInFlight:
+        """
+        The one bound on handshakes in progress shared by every TLS port and
+        every C{AUTH TLS} of this source (made with C{clock} on first use).
+        """
+        if self._in_flight is None:
+            self._in_flight = HandshakesInFlight(clock)
+        return self._in_flight
 
     def files_changed(self) -> bool:
         """

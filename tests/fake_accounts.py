@@ -16,6 +16,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from rumpus_secure.accounts.checker import LockedAccountError
+from rumpus_secure.accounts.hashing import normalise_text
 from rumpus_secure.vfs import ALL_PERMISSIONS
 
 
@@ -63,15 +64,17 @@ class FakeChecker:
         self.checked: list[tuple[str, str]] = []
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes]:
-        name = credentials.username.decode("utf-8")
+        # As the real checker: bytes that are not UTF-8 are read as latin-1.
+        name = normalise_text(credentials.username)
         account = self.store.get(name)
-        if account is None or account.password != credentials.password.decode("utf-8"):
+        if account is None or account.password != normalise_text(credentials.password):
             return defer.fail(UnauthorizedLogin())
         if account.locked:
             return defer.fail(LockedAccountError(name, account.lock_reason))
         return defer.succeed(name.encode("utf-8"))
 
-    def check_password(self, name: str, password: str) -> defer.Deferred[bool]:
+    def check_password(self, name: str, password: str, threadpool: Any = None,
+                       cache: Any = None) -> defer.Deferred[bool]:
         self.checked.append((name, password))
         account = self.store.get(name)
         return defer.succeed(account is not None and account.password == password)

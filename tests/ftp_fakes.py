@@ -18,6 +18,7 @@ from rumpus_secure.config import ServerConfig
 from rumpus_secure.exposure import ExposureGuard
 from rumpus_secure.ftp.control import ControlProtocol, FTPFactories
 from rumpus_secure.ftp.realm import FTPRealm
+from rumpus_secure.long_work import LongWork
 from tests.fake_accounts import FakeChecker, FakeStore
 
 
@@ -59,6 +60,7 @@ class FakeServer:
     threaded: list[Any] = field(default_factory=list)
     exposure: Any = None
     guard: Any = None
+    long_work: Any = None
 
     def run_in_thread(self, function: Any, *args: Any) -> defer.Deferred[Any]:
         self.threaded.append(function)
@@ -77,6 +79,7 @@ def make_server(tmp_path: Path, **config: Any) -> FakeServer:
         tls=FakeTLS(), portal=Portal(FTPRealm(store), [checker]),
     )
     server.exposure = ExposureGuard(server, MemoryReactorClock())
+    server.long_work = LongWork(MemoryReactorClock(), run_in_thread=server.run_in_thread)
     return server
 
 

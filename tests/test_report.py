@@ -192,6 +192,37 @@ def test_bans(tmp_path: Path) -> None:
     assert row.split()[1] == "2" and "cleartext_login" in row
 
 
+def test_ban_section_says_when_a_ban_was_lifted(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    _write(log, [
+        {"time": _at(5), "event": "guard.ban", "client": "203.0.113.5",
+         "reason": "login_failed", "until": _at(4), "seconds": 900},
+        {"time": _at(4.5), "event": "guard.lifted", "client": "203.0.113.5",
+         "by": "admin"},
+        {"time": _at(3), "event": "guard.ban", "client": "198.51.100.7",
+         "reason": "garbage", "until": _at(2), "seconds": 900},
+        {"time": _at(2.5), "event": "guard.lifted", "client": "198.51.100.7"},
+        # Banned again after the lift: the new ban is not lifted.
+        {"time": _at(1), "event": "guard.ban", "client": "198.51.100.7",
+         "reason": "garbage", "until": _at(0.5), "seconds": 1800},
+        # A lift with no ban in the period has no row.
+        {"time": _at(0.2), "event": "guard.lifted", "client": "192.0.2.1"},
+    ])
+    report = build_report(log)
+    by_client = {b.client: b for b in report.bans}
+    assert set(by_client) == {"203.0.113.5", "198.51.100.7"}
+    assert by_client["203.0.113.5"].lifted == _at(4.5)
+    assert by_client["198.51.100.7"].lifted == ""
+    text = format_text(report)
+    assert "LIFTED (UTC)" in text
+    row = next(line for line in text.splitlines() if line.startswith("203.0.113.5"))
+    assert _at(4.5)[:19].replace("T", " ") in row
+    from rumpus_secure.report import as_json
+
+    lifted = {b["client"]: b["lifted"] for b in as_json(report)["bans"]}
+    assert lifted["203.0.113.5"] == _at(4.5)
+
+
 def test_no_log_yet(tmp_path: Path) -> None:
     report = build_report(tmp_path / "audit.log")
     assert not report.exists
@@ -239,8 +270,16 @@ def test_command_text_and_store(tmp_path: Path) -> None:
     assert "secret" not in out
 
 
+def _init(data: Path) -> None:
+    """
+    An accounts database, as the server's first start leaves it.
+    """
+    SQLiteAccountStore.in_data_dir(data, data / "files")
+
+
 def test_command_json(tmp_path: Path) -> None:
     data = tmp_path / "data"
+    _init(data)
     _write(data / "audit.log", _events())
     status, out, _ = _run("--data-dir", str(data), "audit", "--json")
     assert status == 0
@@ -262,6 +301,7 @@ def test_command_json(tmp_path: Path) -> None:
 
 def test_command_since(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "data"
+    _init(data)
     recent = datetime.now(UTC) - timedelta(minutes=5)
     _write(data / "audit.log", [
         {"time": "2020-01-01T00:00:00.000Z", "event": "ftp.login",
@@ -279,6 +319,10 @@ def test_command_since(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_command_no_log(tmp_path: Path) -> None:
+    # A data directory that is not one is an error, not "No audit log yet".
+    status, out, err = _run("--data-dir", str(tmp_path / "nothing"), "audit")
+    assert status == 1 and "no accounts database at" in err and out == ""
+    _init(tmp_path / "nothing")
     status, out, _ = _run("--data-dir", str(tmp_path / "nothing"), "audit")
     assert status == 0 and out.startswith("No audit log yet at ")
     status, out, _ = _run("--data-dir", str(tmp_path / "nothing"), "audit", "--json")
@@ -328,6 +372,7 @@ def test_transfers_per_account(tmp_path: Path) -> None:
     assert row.split()[:6] == ["alice", "2", "1500", "1", "200", "1"]
     assert "web downloads count as files" in section
 
+    _init(tmp_path)
     status, out, _ = _run("--data-dir", str(tmp_path), "audit", "--json")
     assert status == 0
     data = json.loads(out)

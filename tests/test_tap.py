@@ -7,7 +7,9 @@ from __future__ import annotations
 import io
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.application import service
@@ -154,13 +156,17 @@ def test_make_service_children(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert set(found) == {"ftp", "ftps", "http", "https"}
     assert found["ftp"].description == "tcp:2121"
     assert found["ftps"].description == "tcp:9990"
-    # The implicit FTPS and HTTPS listeners are TLS-wrapped; plain ones are not.
+    # The implicit FTPS and HTTPS listeners are TLS-wrapped behind a
+    # first-byte sniffer that answers plain clients; plain ones are not.
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    assert isinstance(found["ftps"].factory, TLSMemoryBIOFactory)
-    assert isinstance(found["https"].factory, TLSMemoryBIOFactory)
+    from rumpus_secure.sniff import SniffingFactory
+
+    for name, tls in [("ftps", True), ("https", True), ("http", False)]:
+        assert isinstance(found[name].factory, SniffingFactory)
+        assert found[name].factory.expect_tls is tls
+        assert isinstance(found[name].factory.wrapped, TLSMemoryBIOFactory) is tls
     assert not isinstance(found["ftp"].factory, TLSMemoryBIOFactory)
-    assert not isinstance(found["http"].factory, TLSMemoryBIOFactory)
     data = tmp_path / "data"
     assert (data / "accounts.sqlite3").exists()
     assert (data / "tls" / "cert.pem").exists()
@@ -184,11 +190,53 @@ def test_first_run_bootstrap_happens_once(tmp_path: Path) -> None:
     assert password and password in out.getvalue()
     assert "rumpus-secure --data-dir" in out.getvalue()
     assert [a.name for a in store.list()] == ["admin"]
-    # A later run, even with every account gone, creates nothing.
+    # A later run, even with every account gone, creates nothing (and the
+    # password file of the deleted account goes first).
     store.delete("admin")
+    assert tap.forget_initial_password(store, tmp_path)
     again = io.StringIO()
     assert tap.bootstrap_admin(store, tmp_path, again) is None
     assert again.getvalue() == "" and store.list() == []
+
+
+def test_first_run_password_is_kept_in_a_private_file(tmp_path: Path) -> None:
+    from rumpus_secure.accounts.store import SQLiteAccountStore
+
+    store = SQLiteAccountStore(tmp_path / "accounts.sqlite3", tmp_path / "files")
+    out = io.StringIO()
+    password = tap.bootstrap_admin(store, tmp_path, out)
+    saved = tmp_path / "initial-admin-password"
+    assert saved.read_text() == f"{password}\n"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert str(saved) in out.getvalue()
+    # A later start (the first one failed, say) keeps it and says where it is.
+    assert not tap.forget_initial_password(store, tmp_path)
+    later = io.StringIO()
+    assert tap.bootstrap_admin(store, tmp_path, later) is None
+    assert saved.exists() and str(saved) in later.getvalue()
+    assert password not in later.getvalue()
+
+
+def test_first_run_password_file_goes_once_the_password_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from rumpus_secure.accounts.store import SQLiteAccountStore
+
+    store = SQLiteAccountStore(tmp_path / "accounts.sqlite3", tmp_path / "files")
+    tap.bootstrap_admin(store, tmp_path, io.StringIO())
+    saved = tmp_path / "initial-admin-password"
+    # Another account's change leaves it alone.
+    store.add("bob", "a long enough passphrase")
+    assert not tap.forget_initial_password(store, tmp_path)
+    # The admin's new password (any way: web, admin command) removes it at
+    # the next start; the file is dated before the change.
+    written = saved.stat().st_mtime
+    os.utime(saved, (written - 10, written - 10))
+    store.set_password("admin", "another long passphrase")
+    assert tap.forget_initial_password(store, tmp_path)
+    assert not saved.exists()
 
 
 def test_second_start_keeps_certificate_and_admin(tmp_path: Path,
@@ -329,3 +377,193 @@ def test_backlog_reaches_the_listener(tmp_path: Path) -> None:
     listener.privilegedStartService()
     [(port, factory, backlog, interface)] = reactor.tcpServers
     assert (port, backlog) == (2121, 1024)
+
+
+# -- start-up warnings, pid file, config names (issue #13, parts 4 and 5) -----
+
+
+def test_unknown_option_gets_did_you_mean(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown option 'data-dri'; did you mean 'data-dir'"):
+        build_config({"data-dri": "x"})
+    config = tmp_path / "server.toml"
+    config.write_text("public_hots = 'files.example.com'\n")
+    with pytest.raises(ConfigError, match="did you mean 'public-host'"):
+        build_config({}, config)
+    with pytest.raises(ConfigError) as raised:
+        build_config({"zzzzzz": 1})
+    assert "did you mean" not in str(raised.value)
+
+
+@pytest.mark.parametrize("description, everywhere", [
+    ("tcp:2121", True),
+    ("tcp:port=2121", True),
+    ("tcp:2121:interface=0.0.0.0", True),
+    ("tcp6:2121:interface=\\:\\:", True),
+    ("haproxy:tcp:21", True),
+    ("tcp:2121:interface=127.0.0.1", False),
+    ("tcp:2121:interface=192.0.2.10", False),
+    ("unix:/run/rumpus.sock", False),
+    (None, False),
+])
+def test_listens_on_all_interfaces(description: str | None, everywhere: bool) -> None:
+    assert tap.listens_on_all_interfaces(description) is everywhere
+
+
+def _warnings(self_signed: bool = False, euid: int | None = 1000,
+              dropping_to: Any = None, **options: str) -> list[str]:
+    return tap.startup_warnings(build_config(options), self_signed, euid, dropping_to)
+
+
+def test_warning_public_host_localhost_on_all_interfaces() -> None:
+    [warning] = _warnings()
+    assert "--public-host is localhost" in warning
+    assert "remote clients will be redirected to localhost" in warning
+    assert "--public-host files.example.com" in warning
+    assert _warnings(**{"public-host": "files.example.com"}) == []
+    assert _warnings(**{"public-host": "127.0.0.1"}) != []
+    local = {name: "tcp:0:interface=127.0.0.1" for name in ("ftp", "ftps", "http", "https")}
+    assert _warnings(**local) == []
+
+
+def test_warning_self_signed_on_all_interfaces() -> None:
+    options = {"public-host": "files.example.com"}
+    [warning] = _warnings(self_signed=True, **options)
+    assert "self-signed" in warning and "verification off" in warning
+    assert "--cert FILE --key FILE" in warning
+    local = {name: "tcp:0:interface=127.0.0.1" for name in ("ftp", "ftps", "http", "https")}
+    assert _warnings(self_signed=True, **options, **local) == []
+
+
+def test_warning_running_as_root_says_how_to_drop_it() -> None:
+    options = {"public-host": "files.example.com"}
+    [warning] = _warnings(euid=0, **options)
+    assert "running as root" in warning
+    assert "--uid" in warning and "User=" in warning and "CAP_NET_BIND_SERVICE" in warning
+    # twistd --uid drops root after binding: nothing to say.
+    assert _warnings(euid=0, dropping_to=1000, **options) == []
+    assert _warnings(euid=None, **options) == []
+
+
+def test_quick_start_warns_once_and_still_works_as_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The start-up warnings go to the log once: under ``twistd -n`` the log is
+    the console, so a second copy on stdout was the same line twice.
+    """
+    import os
+
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        monkeypatch.setattr(os, "geteuid", lambda: 0)
+        top = tap.makeService({"data-dir": str(tmp_path / "data")}, reactor=Reactor())
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert set(listeners(top)) == {"ftp", "ftps", "http", "https"}
+    from twisted.logger import formatEvent
+
+    warned = [formatEvent(e) for e in events if e.get("log_level") is not None
+              and e["log_level"].name == "warn"]
+    for expected in ("--public-host is localhost",
+                     "the certificate is self-signed and the listeners",
+                     "running as root"):
+        assert sum(expected in w for w in warned) == 1, (expected, warned)
+    assert "Warning:" not in capsys.readouterr().out
+
+
+def test_twistd_in_the_foreground_writes_no_pid_file_unless_asked() -> None:
+    """
+    twistd's own option parsing with our plugin: -n drops the default
+    twistd.pid (a second instance from the same folder refused to start);
+    an explicit other name and daemon mode keep theirs.  This relies on
+    twistd's 'pidfile' and 'nodaemon' option names: it fails if they change.
+    """
+    from twisted.scripts.twistd import ServerOptions
+
+    def pidfile(*argv: str) -> str:
+        options = ServerOptions()
+        options.parseOptions([*argv, "rumpus-secure", "--data-dir", "/nonexistent"])
+        return options["pidfile"]
+
+    assert pidfile("-n") == ""
+    assert pidfile("-n", "--pidfile=") == ""
+    assert pidfile("-n", "--pidfile=./twistd.pid").endswith("/twistd.pid")
+    assert pidfile("-n", "--pidfile=/run/rumpus.pid") == "/run/rumpus.pid"
+    assert pidfile().endswith("/twistd.pid")  # a daemon keeps its pid file
+
+
+def test_listener_record_round_trip(tmp_path: Path) -> None:
+    """
+    The server records its options and bound ports; the check reads back the
+    same configuration, with a port-0 listener on the port it got.
+    """
+    import json
+
+    from twisted.internet.address import IPv4Address
+
+    from rumpus_secure.selfcheck import recorded_config
+
+    config = build_config({
+        "data-dir": str(tmp_path), "ftp": "tcp:0:interface=127.0.0.1",
+        "ftps": "haproxy:tcp:9990", "http": "none", "public-host": "files.example.com",
+        "passive-ports": "60000-60010", "safe-list": "10.0.0.0/8,192.0.2.1",
+        "http-redirect": "off", "root": str(tmp_path / "srv"),
+    })
+
+    class Bound:
+        def __init__(self, port: int) -> None:
+            self.port = port
+
+        def getHost(self) -> IPv4Address:
+            return IPv4Address("TCP", "127.0.0.1", self.port)
+
+    listeners = [
+        tap.ListenerService(label, getattr(config, label), None, None)
+        for label in ("ftp", "ftps", "https")
+    ]
+    record = tap.ListenerRecord(config, listeners, pid=4242)
+    record._write([Bound(40001), Bound(9990), Bound(8443)])
+    written = json.loads((tmp_path / "listeners.json").read_text())
+    assert written["pid"] == 4242
+    assert written["listening"]["ftp"] == {
+        "endpoint": "tcp:0:interface=127.0.0.1", "host": "127.0.0.1", "port": 40001}
+    recorded = recorded_config(tmp_path)
+    assert recorded is not None and recorded.pid == 4242
+    assert recorded.config.ftp == "tcp:40001:interface=127.0.0.1"
+    expected = {f.name: getattr(config, f.name) for f in fields(ServerConfig)}
+    got = {f.name: getattr(recorded.config, f.name) for f in fields(ServerConfig)}
+    expected["ftp"] = got["ftp"]
+    expected["data_dir"] = config.data_dir.absolute()
+    assert got == expected
+    # A clean stop removes the record it wrote, not another process's.
+    record.stopService()
+    assert recorded_config(tmp_path) is None
+    record._write([Bound(40001), Bound(9990), Bound(8443)])
+    tap.ListenerRecord(config, listeners, pid=1).stopService()
+    assert (tmp_path / "listeners.json").exists()
+
+
+def test_make_service_records_the_listeners(tmp_path: Path) -> None:
+    import json
+
+    reactor = Reactor()
+    top = tap.makeService({"data-dir": str(tmp_path)}, reactor=reactor)
+    top.privilegedStartService()
+    top.startService()
+    try:
+        written = json.loads((tmp_path / "listeners.json").read_text())
+        assert set(written["listening"]) == {"ftp", "ftps", "http", "https"}
+        assert written["options"]["ftp"] == "tcp:2121"
+    finally:
+        top.stopService()
+    assert not (tmp_path / "listeners.json").exists()
+
+
+def test_unknown_flag_gets_did_you_mean() -> None:
+    with pytest.raises(SystemExit) as raised:
+        tap.Options().parseOptions(["--public-hots", "x"])
+    assert "option --public-hots not recognized; did you mean 'public-host'?" in str(
+        raised.value)

@@ -327,17 +327,27 @@ def test_rename_refuses_slash_and_dotdot(server, web):
     (server.store.get("alice").home / "f").write_bytes(b"x")
     token = login(web)
     for name in ("../escape", "a/b", "..", ""):
-        response = web.post_form(b"/rename", {"csrf": token, "path": "/f", "name": name})
+        response = web.post_form(b"/rename", {"csrf": token, "path": "/f", "name": name},
+                                 headers={b"accept": b"application/json"})
         assert response.status == 400, name
+        # A form gets the error on the folder it came from, not on a page of its own.
+        response = web.post_form(b"/rename", {"csrf": token, "path": "/f", "name": name})
+        assert response.status == 303 and response.header(b"location") == b"/files/"
+        assert b"flash error" in web.get(b"/files/").body
+    assert (server.store.get("alice").home / "f").exists()
 
 
 def test_permission_errors_are_friendly(server, web):
     account = server.store.add("viewer", "pw", frozenset({"list", "download"}))
     (account.home / "f").write_bytes(b"x")
     token = login(web, "viewer", "pw")
-    response = web.post_form(b"/delete", {"csrf": token, "path": "/f"})
+    response = web.post_form(b"/delete", {"csrf": token, "path": "/f"},
+                             headers={b"accept": b"application/json"})
     assert response.status == 403
     assert b"may not delete" in response.body and b"Traceback" not in response.body
+    response = web.post_form(b"/delete", {"csrf": token, "path": "/f"})
+    assert response.status == 303
+    assert b"may not delete" in web.get(b"/files/").body
     assert (account.home / "f").exists()
     body, ctype = multipart([("csrf", None, token.encode()), ("file", "up.txt", b"data")])
     response = web.request(b"POST", b"/upload?dir=/", body=body, headers={b"content-type": ctype})

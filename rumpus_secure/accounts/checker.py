@@ -111,26 +111,56 @@ class ArgonChecker:
             self._reactor, self._pool(), self._login, name, password
         )
 
-    def check_password(self, name: str | bytes, password: str | bytes) -> Deferred[bool]:
+    def check_password(
+        self,
+        name: str | bytes,
+        password: str | bytes,
+        threadpool: ThreadPool | None = None,
+        cache: VerifierCache | None = None,
+    ) -> Deferred[bool]:
         """
         Fire with whether C{password} is the real password of account C{name}.
 
         True even if the account is locked: used to tell whether a password
         seen in cleartext was a real one.  Same cost for unknown accounts.
+
+        @param threadpool: where to verify (the exposure checks have their
+            own); the login pool by default.
+        @param cache: remembers outcomes, right and wrong, per state of the
+            account's password (when it was set, when the account was
+            made), so an identical pair is verified once; L{None}: no memory.
         """
         return deferToThreadPool(
             self._reactor,
-            self._pool(),
+            threadpool or self._pool(),
             self._matches,
             normalise_text(name),
             normalise_text(password),
+            cache,
         )
 
-    def _matches(self, name: str, password: str) -> bool:
+    def _matches(self, name: str, password: str,
+                 cache: VerifierCache | None = None) -> bool:
         """
         In a thread: read the hash and verify.
+
+        With a cache the account is read first (as in L{_login}): a password
+        change between the two reads can only make the entry stale.  A lock
+        does not change the password, so it keeps the entry: a password
+        seen again after its account was quarantined is known at once.
         """
-        return verify_password(self._store.password_hash(name), password, self._hasher)
+        stamp = None
+        if cache is not None:
+            account = self._store.get(name)
+            stamp = (None if account is None
+                     else ("password", account.password_changed, account.created))
+            known = cache.outcome(name, password, stamp)
+            if known is not None:
+                return known
+        result = verify_password(self._store.password_hash(name), password, self._hasher)
+        if cache is not None:
+            cache.remember(name, password, stamp, result)
+        return result
 
     def _login(self, name: str, password: str) -> bytes:
         """

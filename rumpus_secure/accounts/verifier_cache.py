@@ -10,6 +10,12 @@ skips argon2id only if the account's stored C{version} is still C{v}: the
 store bumps C{version} on every password change, lock (quarantine included),
 unlock and permission change, so any of those drops the entry.
 
+The exposure checks of L{rumpus_secure.exposure} keep an instance of their
+own that also remembers I{wrong} passwords (L{outcome}), stamped with the
+state of the account's password: a flood of the same cleartext pair is then
+verified once.  The login cache never stores a failure: an attacker could
+otherwise push honest entries out with wrong guesses.
+
 The key is HMAC-SHA256 under a random secret made when the process starts,
 over ``name NUL password``; the password itself is never kept, and the keys
 are useless outside this process.  Only successes are stored, the map is
@@ -50,7 +56,7 @@ class VerifierCache:
         self.size = size
         self._clock = clock
         self._secret = secrets.token_bytes(32)
-        self._entries: OrderedDict[bytes, tuple[Hashable, float]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[Hashable, float, bool]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -68,31 +74,40 @@ class VerifierCache:
         The stamp is what identifies the account's state, at least its
         C{version}; any difference is a miss and drops the entry.
         """
+        return self.outcome(name, password, stamp) is True
+
+    def outcome(self, name: str, password: str, stamp: Hashable) -> bool | None:
+        """
+        How C{name}/C{password} verified against account C{stamp}, or
+        L{None} when not remembered.
+        """
         key = self._key(name, password)
         now = self._clock()
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 self.misses += 1
-                return False
-            cached_stamp, expires = entry
+                return None
+            cached_stamp, expires, result = entry
             if cached_stamp != stamp or now >= expires:
                 del self._entries[key]
                 self.misses += 1
-                return False
+                return None
             self._entries.move_to_end(key)
             self.hits += 1
-            return True
+            return result
 
-    def remember(self, name: str, password: str, stamp: Hashable) -> None:
+    def remember(self, name: str, password: str, stamp: Hashable,
+                 result: bool = True) -> None:
         """
-        Record a successful verification against account C{stamp}.
+        Record a verification against account C{stamp}: a success unless
+        C{result} says otherwise.
         """
         if self.ttl <= 0 or self.size <= 0:
             return
         key = self._key(name, password)
         with self._lock:
-            self._entries[key] = (stamp, self._clock() + self.ttl)
+            self._entries[key] = (stamp, self._clock() + self.ttl, result)
             self._entries.move_to_end(key)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)

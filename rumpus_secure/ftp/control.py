@@ -17,6 +17,7 @@ of L{rumpus_secure.ftp.files}):
 
 from __future__ import annotations
 
+import inspect
 from collections import deque
 from typing import Any
 
@@ -25,16 +26,21 @@ from twisted.cred import error as cred_error
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols import ftp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from rumpus_secure.accounts.bans import Ban
+from rumpus_secure.accounts.checker import LockedAccountError
 from rumpus_secure.ftp import data as data_channel
+from rumpus_secure.ftp.account_state import AccountBoundSession
 from rumpus_secure.ftp.files import FileCommands
 from rumpus_secure.ftp.passive import PortPool
 from rumpus_secure.ftp.transfer import TransferEngine
-from rumpus_secure.guard import FTP_OFFENCES, normalise_address
+from rumpus_secure.guard import FTP_OFFENCES, LoginAttempt, normalise_address
+from rumpus_secure.handshake import watch_handshake
+from rumpus_secure.long_work import LongWork
 from rumpus_secure.ftp.policy import (
     AUTH_MECHANISMS,
     ControlPolicy,
@@ -42,6 +48,7 @@ from rumpus_secure.ftp.policy import (
     split_command,
 )
 from rumpus_secure.ftp.shell import IFileShell
+from rumpus_secure.report import PROBE_ACCOUNT
 
 _log = Logger()
 
@@ -64,7 +71,7 @@ def _peer_host(transport: Any) -> str:
 
 
 @implementer(IHandshakeListener)
-class ControlProtocol(FileCommands, ftp.FTP):
+class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
     """
     One FTP control connection (plain port or implicit FTPS port).
     """
@@ -98,6 +105,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
         self._counted_host: str | None = None
         self._session_account: str | None = None
         self._line_timer: Any = None
+        self._handshake_deadline: Any = None
 
     # -- plumbing -------------------------------------------------------
 
@@ -108,7 +116,11 @@ class ControlProtocol(FileCommands, ftp.FTP):
     def client_host(self) -> str:
         return _peer_host(self.transport)
 
-    def _audit(self, event: str, **fields: Any) -> None:
+    def _audit(self, event: str, *, scored: bool = True, **fields: Any) -> None:
+        """
+        Record C{event}; an offence (L{FTP_OFFENCES}) also goes to the guard
+        unless C{scored} is false.
+        """
         self.audit.record(
             event,
             client=self.client_host,
@@ -118,7 +130,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
             **fields,
         )
         kind = FTP_OFFENCES.get(event)
-        if kind is not None and self.guard is not None:
+        if kind is not None and self.guard is not None and scored:
             self.guard.offence(self.client_host, kind, protocol=self._protocol_name,
                                account=fields.get("account"))
 
@@ -129,6 +141,8 @@ class ControlProtocol(FileCommands, ftp.FTP):
     def sendLine(self, line: str | bytes) -> None:
         if isinstance(line, str):
             line = line.encode("utf-8", "surrogateescape")
+        if self._closing:
+            return  # after close() (a 421, QUIT): nothing more, even a late reply
         if self.transport is not None and not self._transport_gone():
             ftp.basic.LineReceiver.sendLine(self, line)
 
@@ -209,6 +223,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
         )
 
     def handshakeCompleted(self) -> None:
+        self._cancel_handshake_deadline()
         connection = self._tls_connection()
         if connection is not None:
             self.tls_version = connection.get_protocol_version_name()
@@ -237,6 +252,7 @@ class ControlProtocol(FileCommands, ftp.FTP):
             self._drain_call.cancel()
         self._drain_call = None
         self._cancel_line_timer()
+        self._cancel_handshake_deadline()
         self._end_session()
         if self._counted_host is not None:
             self.guard.connection_closed(self._counted_host)
@@ -300,8 +316,9 @@ class ControlProtocol(FileCommands, ftp.FTP):
         self._execute(verb, argument)
 
     def _execute(self, verb: str, argument: str | None) -> None:
-        result = defer.maybeDeferred(self._dispatch, verb, argument)
-        result.addCallbacks(self._replied, self._failed)
+        # Waits for the account's latest state (rumpus_secure.ftp.account_state).
+        result = defer.maybeDeferred(self._dispatch_when_current, verb, argument)
+        result.addCallbacks(self._replied, self._failed, errbackArgs=(verb[:16],))
         result.addErrback(self._reply_failed)
         done: list[bool] = []
         result.addBoth(done.append)
@@ -340,17 +357,21 @@ class ControlProtocol(FileCommands, ftp.FTP):
         elif result is not None:
             self.reply(result)
 
-    def _failed(self, failure: Failure) -> None:
+    def _failed(self, failure: Failure, verb: str = "?") -> None:
         if failure.check(ftp.FTPCmdError):
             self.sendLine(failure.value.response())
         elif failure.check(_MissingArgument):
             self.sendLine(f"501 {failure.value.args[0]} needs an argument.")
         else:
-            _log.failure("unexpected error in FTP command", failure)
-            self.sendLine("451 Requested action aborted: internal error.")
+            # A bug, not the client's fault: a short reply, and a log line
+            # that a client without an account cannot turn into a flood.
+            self.session_factory.shared.errors.report(
+                verb, failure, authenticated=self.account is not None)
+            self.sendLine("451 Local error: the command could not be completed.")
 
     def _reply_failed(self, failure: Failure) -> None:
-        _log.failure("could not reply to an FTP command", failure)
+        _log.failure("could not reply to an FTP command", failure,
+                     level=LogLevel.error)
         self.close()
 
     def _dispatch(self, verb: str, argument: str | None) -> Any:
@@ -363,13 +384,15 @@ class ControlProtocol(FileCommands, ftp.FTP):
         method = getattr(self, "ftp_" + verb, None)
         if method is None:
             return f"502 Command {verb[:32]} not implemented."
+        takes, needs = _arguments_of(method)
+        if argument is not None and not takes:
+            if argument.strip():
+                return f"501 {verb} takes no argument."
+            argument = None  # "NOOP " with a trailing space
         if argument is None:
-            try:
-                return method()
-            except TypeError as e:
-                if "positional argument" in str(e):
-                    raise _MissingArgument(verb) from None
-                raise
+            if needs:
+                raise _MissingArgument(verb)
+            return method()
         return method(argument)
 
     # -- RFC 4217 ---------------------------------------------------------
@@ -396,7 +419,23 @@ class ControlProtocol(FileCommands, ftp.FTP):
             self.pbsz_done = True
         self.secure = True
         self.transport.startTLS(self.session_factory.tls_context)
+        # The handshake gets its own deadline, not the 600 s idle timeout.
+        tls = self.session_factory.shared.tls
+        in_flight = getattr(tls, "handshakes_in_flight", None)
+        self._handshake_deadline = watch_handshake(
+            self.reactor, self.transport, self.config.handshake_timeout,
+            self._handshake_timed_out,
+            in_flight(self.reactor) if in_flight is not None else None,
+        )
         return None
+
+    def _handshake_timed_out(self) -> None:
+        self._audit("ftp.tls_timeout", outcome="closed")
+
+    def _cancel_handshake_deadline(self) -> None:
+        deadline, self._handshake_deadline = self._handshake_deadline, None
+        if deadline is not None:
+            deadline.cancel()
 
     def _reset_session(self) -> None:
         """
@@ -516,62 +555,110 @@ class ControlProtocol(FileCommands, ftp.FTP):
             return "503 Send USER first."
         name, self._user = self._user, None
         self.state = self.UNAUTH
-        if self._banned_meanwhile():
+        if self.guard is None:
+            return self._verify(name, password, None)
+        # Verified only when this address has a verification slot, and
+        # counted as a failed attempt from then on (see rumpus_secure.guard).
+        starting = self.guard.begin_login(self.client_host, self._protocol_name, name)
+        return starting.addCallback(self._attempt_started, name, password)
+
+    def _attempt_started(self, attempt: Any, name: str, password: str) -> Any:
+        if isinstance(attempt, Ban):
+            # Banned before or while it waited: the password is not checked.
+            self._turn_away(attempt)
             return None
+        if self._closing:
+            attempt.abandoned()
+            return None
+        return self._verify(name, password, attempt)
+
+    def _verify(self, name: str, password: str, attempt: LoginAttempt | None) -> Any:
+        """
+        Check the password; answer 230, 530 (after the failure delay) or 421.
+        """
+        exposure = getattr(self.session_factory.shared, "exposure", None)
+        watch = exposure.watch(name) if exposure is not None else None
         creds = UsernamePassword(name.encode("utf-8", "surrogateescape"),
                                  password.encode("utf-8", "surrogateescape"))
         # The mind is the server: the realm does its disk work in its threads.
         d = self.session_factory.portal.login(creds, self.session_factory.shared.server,
                                               IFileShell)
 
-        def logged_in(result: Any) -> str | None:
-            interface, avatar, logout = result
-            if self.guard is not None:
-                if not self.guard.session_started(name):
-                    logout()
-                    self._audit("ftp.login", account=name, outcome="too-many-sessions")
-                    limit = self.guard.settings.max_sessions_per_account
-                    self.sendLine(f"421 Too many sessions for this account "
-                                  f"(limit {limit}); try again later.")
-                    self.close()
-                    return None
-                self._session_account = name
-            self.shell = avatar
-            self.logout = logout
-            self.account = name
-            self.workingDirectory = []
-            self.state = self.AUTHED
-            self._audit("ftp.login", account=name, outcome="ok")
-            return f"230 Welcome, {name[:64]}: logged in."
+        def logged_in(result: Any) -> Any:
+            ban = attempt.succeeded() if attempt is not None else None
+            if watch is None:
+                return self._accept(name, result, ban, None)
+            # A check of a password this account sent in cleartext may be
+            # pending: its outcome decides (rumpus_secure.exposure).
+            outcome = defer.Deferred.fromCoroutine(watch.outcome())
+            return outcome.addCallback(lambda reason: self._accept(name, result, ban, reason))
 
         def refused(failure: Failure) -> Any:
-            from rumpus_secure.accounts.checker import LockedAccountError
-
+            if watch is not None:
+                watch.close()
             if failure.check(LockedAccountError):
+                # The password was right: not a failed guess.
+                ban = attempt.succeeded() if attempt is not None else None
+                if ban is not None:
+                    self._turn_away(ban)
+                    return None
                 reason = getattr(failure.value, "reason", None) or "locked"
                 self._audit("ftp.login", account=name, outcome="locked")
-                return (f"530 Login refused: this account is locked ({reason}). "
-                        "Ask your administrator to unlock it or reset the password.")
-            failure.trap(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials)
+                return self._locked_reply(reason)
+            if not failure.check(cred_error.UnauthorizedLogin,
+                                 cred_error.UnhandledCredentials):
+                if attempt is not None:
+                    attempt.abandoned()  # no verdict on the password
+                return failure
             self._audit("ftp.login", account=name, outcome="failed")
-            return self._login_failed(name)
+            ban = attempt.failed() if attempt is not None else None
+            return self._login_failed(ban)
 
         return d.addCallbacks(logged_in, refused)
 
-    def _banned_meanwhile(self) -> bool:
+    @staticmethod
+    def _locked_reply(reason: str) -> str:
+        return (f"530 Login refused: this account is locked ({reason}). "
+                "Ask your administrator to unlock it or reset the password.")
+
+    def _accept(self, name: str, result: Any, ban: Any, locked: str | None) -> Any:
         """
-        Refuse the login (421 and close) if this address was banned while
-        the connection was open: otherwise a guesser holding several
-        connections would keep guessing on the others, and could even log
-        in with a lucky guess, through the ban.  The password is not checked.
+        The password was right: log in, unless the address was banned or the
+        account quarantined while it was being checked.
         """
-        if self.guard is None:
-            return False
-        ban = self.guard.check(self.client_host, self._protocol_name)
-        if ban is None:
-            return False
-        self._turn_away(ban)
-        return True
+        interface, avatar, logout = result
+        if ban is None and self.guard is not None and locked is not None:
+            ban = self.guard.check(self.client_host, self._protocol_name)
+        if ban is not None:
+            logout()
+            self._audit("ftp.login", account=name, outcome="banned-meanwhile")
+            self._turn_away(ban)
+            return None
+        if locked is not None:
+            logout()
+            self._audit("ftp.login", account=name, outcome="locked")
+            return self._locked_reply(locked)
+        if self._closing:
+            logout()  # the client left while its password was checked
+            return None
+        if self.guard is not None:
+            if not self.guard.session_started(name):
+                logout()
+                self._audit("ftp.login", account=name, outcome="too-many-sessions")
+                limit = self.guard.settings.max_sessions_per_account
+                self.sendLine(f"421 Too many sessions for this account "
+                              f"(limit {limit}); try again later.")
+                self.close()
+                return None
+            self._session_account = name
+        self.shell = avatar
+        self.logout = logout
+        self.account = name
+        self.workingDirectory = []
+        self.state = self.AUTHED
+        self._bind_account(name)
+        self._audit("ftp.login", account=name, outcome="ok")
+        return f"230 Welcome, {name[:64]}: logged in."
 
     def _turn_away(self, ban: Any) -> None:
         """
@@ -581,27 +668,23 @@ class ControlProtocol(FileCommands, ftp.FTP):
         self.sendLine("421 " + self.guard.message(ban))
         self.close()
 
-    def _login_failed(self, name: str) -> Any:
+    def _login_failed(self, ban: Any) -> Any:
         """
-        Score the failure and answer after the delay (421 and close if banned).
+        Answer a failed login after the delay (421 and close if banned).
 
-        The command loop waits for the reply, so pipelined guesses on this
-        connection wait too; other connections are not held up.
+        The failure was counted when its verification began.  The command loop
+        waits for the reply, so pipelined guesses on this connection wait
+        too; other connections are not held up.
         """
         guard = self.guard
         if guard is None:
             return "530 Login incorrect."
-        # A ban this failure caused, or one that another connection from
-        # the same address caused while the password was being checked.
-        ban = (guard.offence(self.client_host, "login_failed",
-                             protocol=self._protocol_name, account=name)
-               or guard.is_banned(self.client_host))
         if ban is None:
             return guard.delayed("530 Login incorrect.")
-
         return guard.delayed(None).addCallback(lambda ignored: self._turn_away(ban))
 
     def _end_session(self) -> None:
+        self._unbind_account()
         if self._session_account is not None and self.guard is not None:
             self.guard.session_ended(self._session_account)
         self._session_account = None
@@ -646,10 +729,13 @@ class ControlProtocol(FileCommands, ftp.FTP):
         Refuse a login sent without TLS, then watch for a PASS sent anyway.
         """
         user = (argument or "").strip() if verb == "USER" else None
+        # The self-check's probe (rumpus-secure check) carries no password:
+        # it costs nothing unless a PASS follows it.
+        probe = user == PROBE_ACCOUNT
         self._audit("ftp.cleartext_user", account=user, command=verb,
-                    outcome="refused")
+                    outcome="refused", scored=not probe)
         self.sendLine(self.policy.refusal(Verdict.CLEARTEXT_LOGIN, verb))
-        self._watch = _CleartextWatch(self, user)
+        self._watch = _CleartextWatch(self, user, unscored=probe)
         if verb == "PASS":
             self._watch.line(f"PASS {argument or ''}")
         # What is still queued came in the clear behind the USER: watch it too.
@@ -686,6 +772,74 @@ class _MissingArgument(Exception):
     pass
 
 
+_ARGUMENTS: dict[Any, tuple[bool, bool]] = {}
+
+
+def _arguments_of(method: Any) -> tuple[bool, bool]:
+    """
+    Whether an C{ftp_*} method accepts an argument, and whether it needs
+    one (cached per function).
+
+    C{NOOP x} must get 501, not a C{TypeError} from calling C{ftp_NOOP("x")};
+    and a C{TypeError} raised inside a handler must not pass for a missing
+    argument.
+    """
+    function = getattr(method, "__func__", method)
+    known = _ARGUMENTS.get(function)
+    if known is None:
+        positional = [
+            p for p in inspect.signature(method).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+        known = _ARGUMENTS[function] = (
+            bool(positional),
+            any(p.default is p.empty and p.kind is not p.VAR_POSITIONAL
+                for p in positional))
+    return known
+
+
+class ErrorReports:
+    """
+    Log unexpected errors in command handlers without letting clients flood.
+
+    Why: before this, every such error was logged at critical level with a
+    traceback (about 500 bytes a line of input): 200 lines sent by a client
+    without an account gave 100 KB of log.  Now each verb is logged at most
+    once per C{interval} seconds, at error level; the traceback only for
+    logged-in sessions (a client with an account is accountable and rare); a
+    count of what was left out comes with the next line.  The command's
+    argument is never logged: it may be a password.
+    """
+
+    def __init__(self, clock: Any, interval: float = 60.0) -> None:
+        self._clock = clock
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        #: Every error reported, logged or not.
+        self.count = 0
+
+    def report(self, verb: str, failure: Failure, *, authenticated: bool) -> None:
+        self.count += 1
+        now = self._clock.seconds()
+        last = self._last.get(verb)
+        if last is not None and now - last < self.interval:
+            self._suppressed[verb] = self._suppressed.get(verb, 0) + 1
+            return
+        if len(self._last) > 256:  # bounded: verbs are client-chosen
+            self._last.clear()
+        self._last[verb] = now
+        skipped = self._suppressed.pop(verb, 0)
+        if authenticated:
+            _log.failure(
+                "unexpected error in FTP command {verb} ({skipped} more not logged)",
+                failure, level=LogLevel.error, verb=verb, skipped=skipped)
+        else:
+            _log.error(
+                "unexpected error in FTP command {verb} before login: {error} "
+                "({skipped} more not logged)",
+                verb=verb, error=failure.type.__name__, skipped=skipped)
+
+
 class _CleartextWatch:
     """
     After a cleartext USER: execute nothing, catch a PASS, then close.
@@ -693,17 +847,35 @@ class _CleartextWatch:
     The connection stays open for the grace period so that a client which
     pipelined ``USER``/``PASS`` (or sends PASS without reading our reply) has
     its password read by us rather than left in a socket buffer; we need it
-    to tell whether the real password was exposed.  Whatever happens, the
-    reply never says whether the user exists or the password was right.
+    to tell whether the real password was exposed.  The PASS is answered
+    (``530``) and the connection closed only once that check is done, so
+    nothing tells the client "refused" while its password still logs in
+    (see L{rumpus_secure.exposure}).  Whatever happens, the reply never says
+    whether the user exists or the password was right.
+
+    @param unscored: the USER was the self-check's probe and was not scored
+        as an offence; a PASS or another USER after it is.
     """
 
-    def __init__(self, control: ControlProtocol, user: str | None) -> None:
+    def __init__(self, control: ControlProtocol, user: str | None,
+                 unscored: bool = False) -> None:
         self._control = control
         self._user = user
+        self._unscored = unscored
         self._done = False
         self._timer = control.reactor.callLater(
             control.config.cleartext_grace, self._expire
         )
+
+    def _score(self) -> None:
+        """
+        Count the cleartext login the probe's USER did not count.
+        """
+        control = self._control
+        if self._unscored and control.guard is not None:
+            self._unscored = False
+            control.guard.offence(control.client_host, "cleartext_login",
+                                  protocol=control._protocol_name, account=self._user)
 
     def line(self, text: str) -> None:
         if self._done:
@@ -711,6 +883,8 @@ class _CleartextWatch:
         verb, argument = split_command(text)
         if verb == "USER" and argument:
             self._user = argument.strip()
+            if self._user != PROBE_ACCOUNT:
+                self._score()
             self._control.sendLine(
                 self._control.policy.refusal(Verdict.CLEARTEXT_LOGIN, verb))
             return
@@ -719,32 +893,44 @@ class _CleartextWatch:
             self._control.sendLine(
                 self._control.policy.refusal(Verdict.NEEDS_TLS, verb[:16] or "command"))
             return
-        self._control.sendLine(
-            self._control.policy.refusal(Verdict.CLEARTEXT_LOGIN, "PASS"))
-        self._finish()
+        self._score()
+        self._stop_timer()
+        self._done = True
         control = self._control
-        control.session_factory.shared.exposure.check(
-            protocol="ftp", client=control.client_host, user=self._user,
-            password=argument or "", software=control.client_software,
-        )
+        guard = control.guard
+        ban = guard.is_banned(control.client_host) if guard is not None else None
+        if ban is not None:
+            # A banned address costs no more password checks.
+            control.audit.record("ftp.cleartext_password", client=control.client_host,
+                                 account=self._user, software=control.client_software,
+                                 protocol="ftp", outcome="not-checked-banned")
+            checked: defer.Deferred[Any] = defer.succeed(False)
+        else:
+            checked = control.session_factory.shared.exposure.check(
+                protocol="ftp", client=control.client_host, user=self._user,
+                password=argument or "", software=control.client_software,
+            )
+        checked.addBoth(self._answer)
+
+    def _answer(self, ignored: Any) -> None:
+        control = self._control
+        control.sendLine(control.policy.refusal(Verdict.CLEARTEXT_LOGIN, "PASS"))
+        control.close()
 
     def _expire(self) -> None:
         self._timer = None
         if not self._done:
-            self._finish()
+            self._done = True
+            self._control.close()
 
-    def _finish(self) -> None:
-        self._done = True
+    def _stop_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        self._control.close()
 
     def connection_lost(self) -> None:
         self._done = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._stop_timer()
 
 
 class ControlFactory(protocol.ServerFactory):
@@ -801,9 +987,13 @@ class FTPFactories:
             self.port_pool = None
         self.exposure = server.exposure
         self.guard = getattr(server, "guard", None)
+        self.account_watcher = getattr(server, "account_watcher", None)
         self.data_connect_timeout = self.config.data_connect_timeout
         self.engine = getattr(server, "transfer_engine", None) or TransferEngine(
             reactor, idle_timeout=self.config.data_idle_timeout)
+        self.errors = ErrorReports(reactor)
+        #: Whole-file HASH and other long work: not the shared thread pool.
+        self.long_work: LongWork = getattr(server, "long_work", None) or LongWork(reactor)
 
     def plain(self) -> ControlFactory:
         return ControlFactory(self, implicit=False)

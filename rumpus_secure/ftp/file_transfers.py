@@ -17,7 +17,10 @@ decides the reply:
    for resuming (a new file, or an in-place APPE/REST write) or discarded
    (the old file is intact);
  - a data connection that did not resume the control connection's TLS
-   session, when reuse is required, gets 522 and is audited.
+   session, when reuse is required, gets 522 and is audited;
+ - a transfer cut because its account was locked, quarantined, deleted or
+   given a new password (L{Transfer.end}, from
+   L{rumpus_secure.ftp.account_state}) gets 426 with that reason.
 
 Every file transfer that got as far as its 150 is audited once, after its
 reply, as ``ftp.upload`` or ``ftp.download`` (L{_audit_transfer}): the one
@@ -104,6 +107,8 @@ class Transfer:
         self.source = source
         self.handle = TransferHandle()
         self.by_abor = False
+        #: Why the session ended this transfer (L{end}), or L{None}.
+        self.ended_by: str | None = None
         self.finished: defer.Deferred[None] = defer.Deferred()
 
     @property
@@ -115,6 +120,17 @@ class Transfer:
         ABOR: stop now; fires once the transfer command has replied.
         """
         self.by_abor = True
+        return self._stop()
+
+    def end(self, reason: str) -> defer.Deferred[None]:
+        """
+        Stop now because the session ends (C{reason} goes into the 426);
+        fires once the transfer command has replied.
+        """
+        self.ended_by = reason
+        return self._stop()
+
+    def _stop(self) -> defer.Deferred[None]:
         self.handle.abort()
         self.source.close()
         d: defer.Deferred[None] = defer.Deferred()
@@ -230,7 +246,9 @@ class TransferCommands:
             except HandshakeFailed as e:
                 if plan is not None and plan.cancel is not None:
                     await plan.cancel()
-                if transfer is not None and transfer.by_abor:
+                if transfer is not None and transfer.ended_by is not None:
+                    reply = f"426 Transfer aborted before the data connection: {transfer.ended_by}."
+                elif transfer is not None and transfer.by_abor:
                     reply = "426 Transfer aborted: ABOR received before the data connection."
                 else:
                     self._audit("ftp.data_tls_failed", account=self.account,  # type: ignore[attr-defined]
@@ -239,15 +257,18 @@ class TransferCommands:
             except (DataConnectionTimeout, defer.CancelledError) as e:
                 if plan is not None and plan.cancel is not None:
                     await plan.cancel()
-                if transfer is not None and transfer.by_abor:
+                if transfer is not None and transfer.ended_by is not None:
+                    reply = f"426 Transfer aborted before the data connection: {transfer.ended_by}."
+                elif transfer is not None and transfer.by_abor:
                     reply = "426 Transfer aborted: ABOR received before the data connection."
                 elif isinstance(e, DataConnectionTimeout):
                     reply = "425 The data connection was not opened in time; transfer not started."
                 else:
                     reply = "426 Data connection closed; transfer not started."
             except Exception:  # noqa: BLE001 (a bug: logged, and the client told)
-                _log.failure("{verb} failed", verb=verb)
-                reply = "451 Requested action aborted: internal error."
+                self.session_factory.shared.errors.report(  # type: ignore[attr-defined]
+                    verb, Failure(), authenticated=True)
+                reply = "451 Local error: the command could not be completed."
                 if plan is not None and plan.cancel is not None:
                     await plan.cancel()
             finally:
@@ -316,8 +337,11 @@ class TransferCommands:
                         command=verb, error=result.detail)
 
     @staticmethod
-    def _failure_reply(result: TransferResult, transfer_bytes: int, by_abor: bool) -> str:
+    def _failure_reply(result: TransferResult, transfer_bytes: int, by_abor: bool,
+                       ended_by: str | None = None) -> str:
         outcome = result.outcome
+        if ended_by is not None:
+            return f"426 Transfer aborted after {transfer_bytes} bytes: {ended_by}."
         if outcome is Outcome.NOT_RESUMED:
             return ("522 Data connection refused: it must resume the TLS session of "
                     "this control connection (TLS session reuse is required). Enable "
@@ -344,7 +368,8 @@ class TransferCommands:
         async def finish(result: TransferResult) -> str:
             if result.ok:
                 return "226 Listing sent."
-            return self._failure_reply(result, result.bytes, self._aborted())
+            return self._failure_reply(result, result.bytes, self._aborted(),
+                                       self._ended_by())
 
         return Plan(target, f"150 Sending the {verb} of {wire_name(target)}.",
                     send_bytes(payload), finish)
@@ -352,6 +377,10 @@ class TransferCommands:
     def _aborted(self) -> bool:
         transfer = self._transfer
         return transfer is not None and transfer.by_abor
+
+    def _ended_by(self) -> str | None:
+        transfer = self._transfer
+        return None if transfer is None else transfer.ended_by
 
     def ftp_RETR(self, path: str) -> Any:
         async def prepare() -> Plan:
@@ -370,7 +399,8 @@ class TransferCommands:
                 await close_file()
                 if result.ok:
                     return f"226 Transfer complete: {result.bytes} bytes sent."
-                return self._failure_reply(result, result.bytes, self._aborted())
+                return self._failure_reply(result, result.bytes, self._aborted(),
+                                           self._ended_by())
 
             return Plan(target,
                         f"150 Opening {mode} mode data connection for "
@@ -398,6 +428,11 @@ class TransferCommands:
         if verb == "STOU":
             base = self._path(path or "upload")
             parts = split_path(base)
+            if not parts:
+                # "STOU /", "STOU ..": the home itself, which has no name
+                # to make a unique one from.
+                raise Refused("553 STOU refused: name a file, not the top "
+                              "directory (or send STOU alone).")
             directory = "/" + "/".join(parts[:-1]) if path else shell.cwd
             target = await shell.call("unique_name", directory, parts[-1])
             return await shell.call("open_upload", target, exclusive=True)
@@ -434,7 +469,8 @@ class TransferCommands:
             outcome = await abort()
             if isinstance(result.error, VFSError):
                 return f"{vfs_reply(result.error, verb)}; {_outcome_text(outcome, upload)}"
-            reply = self._failure_reply(result, result.bytes, self._aborted())
+            reply = self._failure_reply(result, result.bytes, self._aborted(),
+                                        self._ended_by())
             if reply.startswith("426 Transfer aborted after"):
                 reply = "426 Upload aborted after" + reply[len("426 Transfer aborted after"):]
             return f"{reply.rstrip('.')}; {_outcome_text(outcome, upload)}"

@@ -21,6 +21,7 @@ from twisted.internet import defer
 
 from rumpus_secure.ftp import listing
 from rumpus_secure.ftp.file_transfers import Plan, Refused, TransferCommands
+from rumpus_secure.long_work import GoneAway
 from rumpus_secure.vfs import split_path, wire_name
 
 #: OPTS HASH names and the hashlib names behind them.
@@ -164,9 +165,23 @@ class FileCommands(TransferCommands):
         algorithm = self._hash_algorithm
 
         async def digest() -> str:
-            assert self.shell is not None
+            assert self.shell is not None and self.account is not None
             target = self._path(path)
-            value, size = await self.shell.hash_with_size(target, HASH_NAMES[algorithm])
+            fs = self.shell.fs
+
+            def hash_with_size() -> tuple[str, int]:
+                size = fs.stat(target).size
+                return fs.hash_file(target, HASH_NAMES[algorithm]), size
+
+            # Seconds of disk and CPU for a big file: on the long-work pool,
+            # one at a time per account (L{rumpus_secure.long_work}).
+            long_work = self.session_factory.shared.long_work  # type: ignore[attr-defined]
+            try:
+                value, size = await long_work.run(
+                    self.account, hash_with_size,
+                    wanted=lambda: not self._closing)  # type: ignore[attr-defined]
+            except GoneAway:
+                return "450 HASH not run: the connection is closing."
             return f"213 {algorithm} 0-{size} {value} {wire_name(target)}"
 
         return self._fs_command("HASH", digest())

@@ -26,8 +26,9 @@ class FTPRealm:
     """
     Gives each login a L{FileShell} on the account's home directory.
 
-    The account is read from the store at login time, so a change made with
-    the admin command (home, permissions) applies to the next login.  The
+    The account is read from the store at login time; later changes reach
+    the open session through the account watcher
+    (L{rumpus_secure.ftp.account_state}).  The
     store lookup and the creation of a missing home are disk work: they run
     through the C{mind}'s ``run_in_thread`` (the server object the control
     connection passes to C{Portal.login}), so C{requestAvatar} returns a

@@ -245,8 +245,10 @@ class JailedFS(JailCore):
         Write into a file in place from ``offset`` (REST + STOR resume).
 
         Needs ``overwrite`` if the file exists, ``upload`` if it does not
-        (then ``offset`` must be 0).  With ``truncate`` the file is first cut
-        at ``offset``.
+        (then ``offset`` must be 0).  With ``truncate`` the file ends after
+        the new data once committed; when ``offset`` is below the file's
+        size the new data is spliced in at commit, so an aborted upload
+        leaves the file unchanged (see L{rumpus_secure.vfs.upload}).
 
         :raises InvalidOffset: when ``offset`` is negative or past the end.
         """
@@ -282,8 +284,17 @@ class JailedFS(JailCore):
                     size = os.fstat(fd).st_size
                     if offset > size:
                         raise InvalidOffset(vpath, offset, size)
-                    if truncate:
-                        os.ftruncate(fd, offset)
+                    if truncate and offset < size:
+                        # Rewriting the tail: splice at commit, never cut now.
+                        temp_name, temp_fd = self._create_temp(
+                            dir_fd, vpath, FILE_MODE)
+                        return Upload(
+                            path=vpath, dir_fd=dir_fd, fd=temp_fd, name=name,
+                            temp_name=temp_name, dest_existed=True,
+                            may_replace=True, exclusive=False,
+                            fsync=self._fsync(fsync), splice_fd=fd,
+                            splice_at=offset,
+                        )
                     os.lseek(fd, offset, os.SEEK_SET)
             except OSError as err:
                 os.close(fd)
@@ -385,11 +396,15 @@ class JailedFS(JailCore):
                 except OSError as err:
                     raise from_os_error(err, vpath) from None
 
-    def rename(self, src: str, dst: str) -> None:
+    def rename(self, src: str, dst: str, *, replace: bool = True) -> None:
         """
         Rename or move ``src`` to ``dst`` (renameat semantics; a symlink is
         moved itself).  Needs ``rename``, and ``overwrite`` too when ``dst``
         is an existing file.  An existing directory is never replaced.
+
+        With ``replace=False`` an existing ``dst`` is never replaced, also
+        one that appears during the call (``AlreadyExists``): the web
+        manager asks the person first.
         """
         src_parts = split_path(src)
         dst_parts = split_path(dst)
@@ -406,7 +421,7 @@ class JailedFS(JailCore):
             if lstat_at(src_fd, src_parts[-1]) is None:
                 raise NotFound(src_vpath)
             existing = lstat_at(dst_fd, dst_parts[-1])
-            if existing is not None and stat.S_ISDIR(existing.st_mode):
+            if existing is not None and (stat.S_ISDIR(existing.st_mode) or not replace):
                 raise AlreadyExists(dst_vpath)
             if existing is not None:
                 self._require("overwrite", dst_vpath)

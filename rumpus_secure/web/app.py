@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 from pathlib import Path
 from typing import Any, Callable, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -33,6 +33,7 @@ from rumpus_secure.vfs import (
     SymlinkNotFollowed,
     VFSError,
 )
+from rumpus_secure.web.origin import https_origin
 from rumpus_secure.web.sessions import Session, SessionStore, SQLiteSessions
 
 _log = Logger()
@@ -94,8 +95,6 @@ class WebApp:
 
     def __init__(self, server: Any, reactor: Any, *, secure: bool = True,
                  sessions_db: Path | None = None) -> None:
-        from rumpus_secure.web.redirect import https_origin
-
         self.server = server
         self.reactor = reactor
         self.config = server.config
@@ -180,8 +179,18 @@ class WebApp:
         return hmac.compare_digest(token, session.csrf.encode("ascii"))
 
     def post_allowed(self, request: IRequest, session: Session) -> bool:
-        """Origin check plus CSRF token (form field C{csrf} or header)."""
+        """
+        Origin check plus CSRF token (form field C{csrf} or header).
+
+        A token in the query string is refused, and the whole request with
+        it: a URL ends up in access logs, proxies and browser history, so a
+        token there is as good as published.  (twisted.web merges query and
+        form arguments into C{request.args}; with no C{csrf} in the query,
+        the value there came from the body.)
+        """
         if not self.same_origin(request):
+            return False
+        if b"csrf" in query_args(request):
             return False
         token = request.getHeader(b"x-csrf-token")
         if token is None:
@@ -217,6 +226,16 @@ class WebApp:
 
     def audit(self, request: IRequest, event: str, **fields: Any) -> None:
         self.server.audit.record(event, client=client_ip(request), **fields)
+
+
+def query_args(request: IRequest) -> set[bytes]:
+    """The argument names in the query string alone (not those of the body)."""
+    _, _, query = (request.uri or b"").partition(b"?")
+    names = set()
+    for pair in query.split(b"&"):
+        name = pair.split(b"=", 1)[0].replace(b"+", b" ")
+        names.add(unquote_to_bytes(name))
+    return names
 
 
 def client_ip(request: IRequest) -> str:

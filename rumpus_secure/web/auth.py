@@ -4,6 +4,12 @@ Logging in and out with the same accounts as FTP.
 The password goes to the same checker (argon2id in a thread); the reply
 waits for it, so a wrong user name and a wrong password look and take the
 same.  A locked account is named as locked only after a correct password.
+
+The login obeys the same guard as FTP (L{rumpus_secure.guard}): it counts as
+a failed attempt while its password is verified, waits for a verification
+slot of its address, and a ban made meanwhile refuses it even when the
+password was right.  It also waits for any pending check of a password the
+account sent in cleartext (L{rumpus_secure.exposure}) and obeys it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.web import resource
 from twisted.web.iweb import IRequest
 
+from rumpus_secure.accounts.bans import Ban
 from rumpus_secure.accounts.checker import LockedAccountError
 from rumpus_secure.web.app import WebApp, client_ip
 from rumpus_secure.web.manager import arg
@@ -41,15 +48,23 @@ def ftp_note(config: Any) -> str:
             "WinSCP, lftp, curl):</p><ul>" + "".join(ways) + "</ul></section>")
 
 
-def login_form(next_path: str, message: str | None = None, footer: str = "") -> bytes:
+def login_form(next_path: str, message: str | None = None, footer: str = "",
+               username: str = "", notice: str | None = None) -> bytes:
+    """
+    The login page; after a failed attempt C{username} stays filled in
+    and the password field has the focus.
+    """
     note = f"<p class='flash error' role=alert>{esc(message)}</p>" if message else ""
+    if notice:
+        note += f"<p class='flash ok' role=status>{esc(notice)}</p>"
+    focus_user, focus_password = ("", " autofocus") if username else (" autofocus", "")
     return page("Log in", note + (
-        "<form class=card method=post action='/login'>"
+        "<form class='card narrow' method=post action='/login'>"
         f"<input type=hidden name=next value='{esc(next_path)}'>"
         "<label>User name <input type=text name=username autocomplete=username "
-        "autocapitalize=none required autofocus></label>"
+        f"value='{esc(username)}' autocapitalize=none required{focus_user}></label>"
         "<label>Password <input type=password name=password "
-        "autocomplete=current-password required></label>"
+        f"autocomplete=current-password required{focus_password}></label>"
         "<button type=submit>Log in</button></form>"
     ) + footer)
 
@@ -73,7 +88,9 @@ class LoginResource(resource.Resource):
         if self.app.session(request) is not None:
             see_other(request, next_path)
         else:
-            send(request, 200, login_form(next_path, footer=ftp_note(self.app.config)))
+            notice = "You are logged out." if arg(request, b"out") == "1" else None
+            send(request, 200, login_form(next_path, footer=ftp_note(self.app.config),
+                                          notice=notice))
         return run(request, _nothing)
 
     render_HEAD = render_GET
@@ -92,37 +109,83 @@ class LoginResource(resource.Resource):
         name = (arg(request, b"username") or "").strip()
         password = arg(request, b"password") or ""
         if not name or not password:
-            send(request, 400, login_form(next_path, "Enter your user name and password."))
+            send(request, 400, login_form(next_path, "Enter your user name and password.",
+                                          username=name))
             return
         guard = getattr(self.app.server, "guard", None)
         client = client_ip(request)
+        attempt = None
         if guard is not None:
-            ban = guard.check(client, "web")
-            if ban is not None:
-                send(request, 403, login_form(next_path, guard.message(ban)))
+            # Verified only when this address has a verification slot, and
+            # counted as a failed attempt from then on (rumpus_secure.guard).
+            started = await guard.begin_login(client, "web", name)
+            if isinstance(started, Ban):
+                send(request, 403, login_form(next_path, guard.message(started)))
                 return
+            attempt = started
+            if getattr(request, "_disconnected", False):
+                attempt.abandoned()  # the browser left while it waited
+                return
+        exposure = getattr(self.app.server, "exposure", None)
+        watch = exposure.watch(name) if exposure is not None else None
         credentials = UsernamePassword(name.encode("utf-8", "surrogateescape"),
                                        password.encode("utf-8", "surrogateescape"))
         try:
             avatar = await self.app.server.checker.requestAvatarId(credentials)
         except LockedAccountError as e:
-            self.app.audit(request, "web.login", account=name, outcome="locked")
-            reason = f" Reason: {e.reason}." if e.reason else ""
-            send(request, 403, login_form(
-                next_path, "This account is locked, so you cannot log in." + reason
-                + " Ask your administrator to unlock it or set a new password."))
+            if watch is not None:
+                watch.close()
+            # The password was right: not a failed guess.
+            if attempt is not None and (ban := attempt.succeeded()) is not None:
+                send(request, 403, login_form(next_path, guard.message(ban)))
+                return
+            self._locked(request, next_path, name, e.reason)
             return
         except UnauthorizedLogin:
+            if watch is not None:
+                watch.close()
             self.app.audit(request, "web.login", account=name, outcome="failed")
-            if guard is not None:
-                guard.offence(client, "login_failed", protocol="web", account=name)
+            if guard is not None and attempt is not None:
+                ban = attempt.failed()
                 await guard.delayed(None)
-            send(request, 401, login_form(next_path, "Wrong user name or password."))
+                if ban is not None:
+                    send(request, 403, login_form(next_path, guard.message(ban),
+                                                  username=name))
+                    return
+            send(request, 401, login_form(next_path, "Wrong user name or password.",
+                                          username=name))
+            return
+        except BaseException:
+            if watch is not None:
+                watch.close()
+            if attempt is not None:
+                attempt.abandoned()
+            raise
+        ban = attempt.succeeded() if attempt is not None else None
+        # A check of a password this account sent in cleartext may be
+        # pending: its outcome decides (rumpus_secure.exposure).
+        locked = await watch.outcome() if watch is not None else None
+        if ban is None and guard is not None and locked is not None:
+            ban = guard.check(client, "web")
+        if ban is not None:
+            self.app.audit(request, "web.login", account=name, outcome="banned-meanwhile")
+            send(request, 403, login_form(next_path, guard.message(ban)))
+            return
+        if locked is not None:
+            self._locked(request, next_path, name, locked)
             return
         user = avatar.decode("utf-8", "surrogateescape") if isinstance(avatar, bytes) else avatar
         self.app.start_session(request, user)
         self.app.audit(request, "web.login", account=user, outcome="ok")
         see_other(request, next_path)
+
+    def _locked(self, request: IRequest, next_path: str, name: str,
+                reason: str | None) -> None:
+        self.app.audit(request, "web.login", account=name, outcome="locked")
+        because = f" Reason: {reason}." if reason else ""
+        send(request, 403, login_form(
+            next_path, "This account is locked, so you cannot log in." + because
+            + " Ask your administrator to unlock it or set a new password."))
 
 
 class LogoutResource(resource.Resource):
@@ -142,7 +205,7 @@ class LogoutResource(resource.Resource):
         if session is not None:
             self.app.audit(request, "web.logout", account=session.user)
         self.app.end_session(request)
-        see_other(request, "/login")
+        see_other(request, "/login?out=1")
         return run(request, _nothing)
 
     def render_GET(self, request: IRequest) -> Any:

@@ -154,6 +154,8 @@ class MultipartParser:
                         if len(buffer) > MAX_HEADER_BYTES:
                             raise MultipartError("a part's headers are too long")
                         return
+                    if end > MAX_HEADER_BYTES:  # arrived whole, in one chunk
+                        raise MultipartError("a part's headers are too long")
                     block, skip = bytes(buffer[:end]), end + 4
                 del buffer[:skip]
                 self._parts += 1

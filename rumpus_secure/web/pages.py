@@ -49,33 +49,42 @@ def human_time(timestamp: float) -> str:
 
 
 def page(title: str, body: str, *, user: str | None = None, csrf: str | None = None,
-         flash: Iterable[tuple[str, str]] = ()) -> bytes:
+         flash: Iterable[tuple[str, str]] = (), wide: bool = False) -> bytes:
     """
-    A whole HTML document.
+    A whole HTML document: a header with the product name (and, logged in,
+    the account and a log-out button), the notices, then C{body}.
 
     @param body: already-escaped HTML.
     @param user: shows the account name and a log-out button.
+    @param wide: use the full window width (folder listings).
     """
-    header = ""
+    who = ""
     if user is not None:
-        header = (
-            "<header class=top><a class=brand href='/files/'>rumpus-secure</a>"
-            f"<span class=who>{esc(user)}</span>"
+        who = (
+            f"<span class=who><span class=sr>Logged in as </span>{esc(user)}</span>"
             "<form method=post action='/logout' class=inline>"
             f"<input type=hidden name=csrf value='{esc(csrf or '')}'>"
-            "<button type=submit>Log out</button></form></header>"
+            "<button type=submit class=plain>Log out</button></form>"
         )
+    header = (
+        "<header class=top><a class=brand href='/files/'>rumpus-secure"
+        "<span class=sub> files</span></a>" + who + "</header>"
+    )
     notes = "".join(
-        f"<p class='flash {esc(kind)}' role=status>{esc(message)}</p>"
+        f"<p class='flash {esc(kind)}' role={'alert' if kind == 'error' else 'status'}>"
+        f"{esc(message)}</p>"
         for kind, message in flash
     )
+    main_class = " class=wide" if wide else ""
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width, initial-scale=1'>"
-        f"<title>{esc(title)}</title>"
+        "<meta name=color-scheme content='light dark'>"
+        f"<title>{esc(title)} \u2013 rumpus-secure</title>"
         "<link rel=stylesheet href='/static/app.css'>"
         "<script src='/static/app.js' defer></script></head><body>"
-        f"{header}<main><h1>{esc(title)}</h1>{notes}{body}</main></body></html>"
+        f"{header}<main{main_class}><h1>{esc(title)}</h1><div id=notes>{notes}</div>"
+        f"{body}</main></body></html>"
     ).encode("utf-8")
 
 

@@ -15,8 +15,10 @@ Two exceptions:
 * credentials on plain HTTP (an ``Authorization`` header, or a password
   posted to the login form) are never acted on and never redirected (a 308
   would make the browser send the password a second time): the request gets
-  ``403`` with an explanation, and the password is checked off-thread by the
-  exposure guard, which quarantines the account if it was real.
+  ``403`` with an explanation, sent once the password has been checked
+  off-thread by the exposure guard, which quarantines the account if it was
+  real.  Each such request is an offence for the guard (a flood ends in a
+  ban; a banned address's passwords are not checked).
 
 Request bodies are not kept: only a small ``POST /login`` body is read (to
 find an exposed password); anything else is discarded as it arrives.
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import re
 import time
 from typing import Any
@@ -41,6 +42,8 @@ from twisted.web.server import NOT_DONE_YET
 
 from rumpus_secure.config import ServerConfig
 from rumpus_secure.web.acme import acme_token, serve_challenge
+from rumpus_secure.web.channel import LimitedChannel
+from rumpus_secure.web.origin import https_origin
 
 _log = Logger()
 
@@ -56,21 +59,6 @@ _ORIGIN_FORM_MATCH = _ORIGIN_FORM.fullmatch
 #: Header values shared by every redirect (Headers copies the list it is given).
 _NO_STORE = [b"no-store"]
 _TEXT_PLAIN = [b"text/plain; charset=utf-8"]
-
-
-def https_origin(config: ServerConfig) -> bytes:
-    """
-    The HTTPS origin clients are sent to, e.g. ``https://files.example.com:8443``.
-    """
-    host = config.public_host
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            host = f"[{host}]"
-    except ValueError:
-        pass
-    port = config.https_port
-    suffix = "" if port in (None, 443) else f":{port}"
-    return f"https://{host}{suffix}".encode("ascii")
 
 
 def _valid_origin_form(target: bytes) -> bool:
@@ -124,14 +112,15 @@ class PlainRequest(server.Request):
 
     L{process} skips twisted.web's resource traversal when the site's root
     is a L{RedirectToHTTPS} (it is a leaf that answers every path): the
-    request goes straight to its C{render}.  Everything else (the ``*``
-    target, another root resource) takes the stock path.
+    request goes straight to its C{render}, which also refuses the ``*``
+    target with ``400`` (twisted.web would answer ``OPTIONS *`` with
+    ``200``).  Another root resource takes the stock path.
     """
 
     def process(self) -> None:
         self.site = site = self.channel.site
         root = site.resource
-        if self.path == b"*" or not isinstance(root, RedirectToHTTPS):
+        if not isinstance(root, RedirectToHTTPS):
             super().process()
             return
         headers = self.responseHeaders
@@ -202,6 +191,15 @@ def _explanation(origin: bytes) -> bytes:
     )
 
 
+def _close_after(request: IRequest) -> None:
+    """
+    Close the connection once this response is sent; requests pipelined
+    behind it are dropped unread.
+    """
+    request.setHeader(b"connection", b"close")
+    request.channel.persistent = False
+
+
 class RedirectToHTTPS(resource.Resource):
     """
     Answers every request with a redirect to the same path on HTTPS.
@@ -241,20 +239,58 @@ class RedirectToHTTPS(resource.Resource):
         return b"This server only answers over HTTPS: " + location + b"\n"
 
     def _refuse_credentials(self, request: IRequest, kind: str, user: str | None,
-                            password: str | None) -> bytes:
+                            password: str | None) -> bytes | int:
+        """
+        Refuse credentials sent in cleartext: score the offence, check the
+        password, and send the ``403`` only once the check is done.
+
+        Answering first would tell the client "refused" while the password
+        still logs in over HTTPS (see L{rumpus_secure.exposure}).  Like a
+        login attempted before TLS on FTP, it is an offence
+        (C{cleartext_login}): a flood ends in a ban, and a banned address's
+        credentials are not checked at all.
+        """
         client = str(getattr(request.getClientAddress(), "host", "?"))
         software = _text(request.getHeader(b"user-agent") or b"")[:200] or None
-        if self._server is not None:
-            self._server.audit.record(
-                "web.cleartext_credentials", client=client, kind=kind, account=user,
-                method=_text(request.method), path=_text(request.path)[:200],
-            )
-            if password is not None and self._server.exposure is not None:
-                self._server.exposure.check(protocol="http", client=client, user=user,
-                                            password=password, software=software)
         request.setResponseCode(403)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        return _explanation(self._origin)
+        if self._server is None:
+            return _explanation(self._origin)
+        guard = getattr(self._server, "guard", None)
+        if guard is not None and guard.check(client, "http") is not None:
+            # Banned: one quiet audit record a minute (guard.refused), no
+            # check, and the connection closes after this answer, dropping
+            # whatever else was pipelined on it.
+            _close_after(request)
+            return _explanation(self._origin)
+        self._server.audit.record(
+            "web.cleartext_credentials", client=client, kind=kind, account=user,
+            method=_text(request.method), path=_text(request.path)[:200],
+        )
+        if guard is not None and guard.offence(client, "cleartext_login", protocol="http",
+                                               account=user) is not None:
+            _close_after(request)
+            if password is not None:
+                self._server.audit.record(
+                    "http.cleartext_password", client=client, account=user,
+                    software=software, protocol="http", outcome="not-checked-banned")
+            return _explanation(self._origin)
+        if password is None or self._server.exposure is None:
+            return _explanation(self._origin)
+        checked = self._server.exposure.check(protocol="http", client=client, user=user,
+                                              password=password, software=software)
+
+        def answer(ignored: Any) -> None:
+            if request._disconnected or request.finished:
+                return
+            body = _explanation(self._origin)
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+            request.finish()
+
+        checked.addBoth(answer).addErrback(
+            lambda f: _log.failure("answering cleartext credentials failed", f))
+        return NOT_DONE_YET
 
     def _challenge(self, request: IRequest, token: bytes) -> int:
         d = Deferred.fromCoroutine(serve_challenge(self._server, request, token))
@@ -296,6 +332,7 @@ class PlainSite(server.Site):
     """
 
     requestFactory = PlainRequest
+    protocol = LimitedChannel
     displayTracebacks = False
 
     def log(self, request: Any) -> None:

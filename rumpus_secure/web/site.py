@@ -10,25 +10,32 @@ Referrer-Policy and frame denial, through L{SecureRequest}.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
 from rumpus_secure.config import ServerConfig
 from rumpus_secure.web.app import WebApp
 from rumpus_secure.web.auth import LoginResource, LogoutResource
+from rumpus_secure.web.bodies import body_cap, early_refusal, too_large
+from rumpus_secure.web.channel import Discard, LimitedChannel, answer_and_close
 from rumpus_secure.web.manager import (
     DeleteResource,
     FilesResource,
     MkdirResource,
     RenameResource,
     UploadResource,
+    ZipResource,
     arg,
 )
 from rumpus_secure.web.pages import message_page
 from rumpus_secure.web.upload import UPLOAD_PATH, UploadSink
+
+_log = Logger()
 
 CSP = (
     b"default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; "
@@ -65,9 +72,16 @@ def security_headers(config: ServerConfig, secure: bool = True) -> list[tuple[by
 class SecureRequest(server.Request):
     """
     A request that adds the site's security headers before writing headers,
-    streams uploads to disk (see L{UploadSink}) and fails with a page a
+    streams uploads to disk (see L{UploadSink}), refuses bodies it will not
+    use before reading them (see L{early_refusal}) and fails with a page a
     person can read.
     """
+
+    #: Set when the request was answered before its body: nothing more runs.
+    _refused = False
+    #: Most body bytes this request may send (L{None}: streamed upload).
+    _body_cap: int | None = None
+    _body_received = 0
 
     def _ban(self, audit: bool = True) -> Any:
         """
@@ -81,16 +95,42 @@ class SecureRequest(server.Request):
         return guard.check(host, "web") if audit else guard.is_banned(host)
 
     def process(self) -> None:
+        if self._refused:
+            return  # answered from the headers; the connection is closing
         ban = self._ban()
-        if ban is None:
+        if ban is None and self.path.startswith(b"/"):
             super().process()
             return
-        # A banned address gets one page that says why and for how long,
-        # whatever it asked for (the same guard answers 421 on FTP).
-        guard = self.channel.site.app.server.guard  # type: ignore[attr-defined]
         self.site = self.channel.site
-        body = message_page("Access refused", guard.message(ban))
-        self.setResponseCode(403)
+        if ban is None:
+            # Asterisk-form (OPTIONS *) and anything else that is not a path.
+            status, body = 400, message_page(
+                "Bad request", "The request target must be a path such as /files/.")
+        else:
+            # A banned address gets one page that says why and for how long,
+            # whatever it asked for (the same guard answers 421 on FTP).
+            guard = self.channel.site.app.server.guard  # type: ignore[attr-defined]
+            status, body = 403, message_page("Access refused", guard.message(ban))
+        self.setResponseCode(status)
+        self.setHeader(b"content-type", b"text/html; charset=utf-8")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        if self.method != b"HEAD":
+            self.write(body)
+        self.finish()
+
+    def render(self, resrc: Any) -> None:
+        """
+        No page here takes a method other than GET, HEAD and POST: any other
+        gets 405 with an Allow header (twisted.web answers OPTIONS, PUT or
+        DELETE with a 501 "Huh?" page of its own).
+        """
+        if self.method in (b"GET", b"HEAD", b"POST"):
+            super().render(resrc)
+            return
+        body = message_page("Method not allowed",
+                            "This site answers GET, HEAD and POST requests only.")
+        self.setResponseCode(405)
+        self.setHeader(b"allow", b"GET, HEAD, POST")
         self.setHeader(b"content-type", b"text/html; charset=utf-8")
         self.setHeader(b"content-length", b"%d" % len(body))
         self.write(body)
@@ -98,14 +138,18 @@ class SecureRequest(server.Request):
 
     def gotLength(self, length: int | None) -> None:
         app = getattr(getattr(self.channel, "site", None), "app", None)
-        if app is not None and self._ban(audit=False) is not None:
-            super().gotLength(length)  # refused in process(); nothing reaches a file
+        if app is None:
+            super().gotLength(length)
             return
         channel = self.channel
-        command = getattr(channel, "_command", None)
+        command = getattr(channel, "_command", None) or b""
         target = getattr(channel, "_path", b"") or b""
         path, _, query = target.partition(b"?")
-        if app is not None and command == b"POST" and path == UPLOAD_PATH:
+        refusal = early_refusal(app, self, command, path, length)
+        if refusal is not None:
+            self.refuse_now(*refusal)
+            return
+        if command == b"POST" and path == UPLOAD_PATH:
             from urllib.parse import parse_qs
 
             values = parse_qs(query.decode("latin-1"), encoding="utf-8",
@@ -113,7 +157,43 @@ class SecureRequest(server.Request):
             self._parsePOSTFormSubmission = False
             self.content = UploadSink(app, self, values[0] or "/")
             return
+        self._body_cap = body_cap(path)
         super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._body_cap is not None:
+            self._body_received += len(data)
+            if self._body_received > self._body_cap:  # a chunked body past its cap
+                self.refuse_now(*too_large(self._body_cap))
+                return
+        super().handleContentChunk(data)
+
+    def refuse_now(self, status: int, title: str, message: str) -> None:
+        """
+        Answer from the headers alone and close: the body (read so far or
+        still to come) is dropped, never parsed, and no resource runs.
+        """
+        self._refused = True
+        self._parsePOSTFormSubmission = False
+        self.content = Discard()
+        # No "100 Continue" after the answer (twisted.web sends it after gotLength).
+        self.requestHeaders.removeHeader(b"expect")
+        host = str(getattr(self.getClientAddress(), "host", "?"))
+        _log.info("web: {status} before the body for {client} ({target})",
+                  status=status, client=host,
+                  target=(getattr(self.channel, "_path", b"") or b"")[:200])
+        if b"application/json" in (self.getHeader(b"accept") or b""):
+            body = json.dumps({"message": message}).encode("utf-8")
+            content_type = b"application/json; charset=utf-8"
+        else:
+            body = message_page(title, message, link=("/login", "Log in") if status == 401
+                                else ("/files/", "Your files"))
+            content_type = b"text/html; charset=utf-8"
+        site = self.channel.site
+        answer_and_close(self.channel, status, body, content_type,
+                         getattr(site, "security_headers", ()))
 
     def connectionLost(self, reason: Any) -> None:
         if isinstance(self.content, UploadSink):
@@ -128,9 +208,7 @@ class SecureRequest(server.Request):
         super().write(data)
 
     def processingFailed(self, reason: Any) -> None:
-        from twisted.logger import Logger
-
-        Logger().failure("web request failed", reason)
+        _log.failure("web request failed", reason)
         if self.finished or self._disconnected:
             return None
         body = message_page("Something went wrong",
@@ -208,12 +286,64 @@ def account_log_formatter(timestamp: str, request: Any) -> str:
 UNLOGGED_PREFIXES = (b"/static/",)
 
 
+class GuardedChannel(LimitedChannel):
+    """
+    An HTTP(S) connection (with L{LimitedChannel}'s header limits) counted
+    against the guard's connection limits,
+    per address and in total, as FTP control connections are (the same
+    counters: an address's FTP and web connections add up).  One over the
+    limit gets ``503`` and is closed before it is read.
+
+    The address is read in C{connectionMade}, which runs after a PROXY
+    header (C{haproxy:} endpoints) has been parsed.
+    """
+
+    _counted_host: str | None = None
+    _refused = False
+
+    def _guard(self) -> Any:
+        app = getattr(self.site, "app", None)
+        return getattr(getattr(app, "server", None), "guard", None)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        guard = self._guard()
+        if guard is None:
+            return
+        host = str(getattr(self.transport.getPeer(), "host", "?"))
+        over = guard.connection_opened(host, "https")
+        if over is None:
+            self._counted_host = host
+            return
+        where = "from your address" if over.scope == "address" else "to this server"
+        body = f"Too many connections {where} (limit {over.limit}); try again later.\n"
+        self._refused = True
+        self.transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 10\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body.encode("ascii")))
+        self.loseConnection()  # unregisters the channel as producer first
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().dataReceived(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self._counted_host is not None:
+            guard = self._guard()
+            if guard is not None:
+                guard.connection_closed(self._counted_host)
+            self._counted_host = None
+        super().connectionLost(reason)
+
+
 class SecureSite(server.Site):
     """
     A site whose every response carries the security headers.
     """
 
     requestFactory = SecureRequest
+    protocol = GuardedChannel
     displayTracebacks = False
     noisy = False
 
@@ -243,6 +373,10 @@ class StaticAssets(resource.Resource):
             if path.suffix in STATIC_TYPES:
                 self._files[path.name.encode()] = (path.read_bytes(),
                                                    STATIC_TYPES[path.suffix])
+
+    def render(self, request: IRequest) -> bytes:
+        """``/static`` itself is no file (HEAD here was a 500, found by fuzzing)."""
+        return NotFoundPage().render(request)
 
     def getChild(self, name: bytes, request: IRequest) -> resource.Resource:
         found = self._files.get(name)
@@ -292,6 +426,7 @@ class Root(resource.Resource):
         self.putChild(b"mkdir", MkdirResource(app))
         self.putChild(b"rename", RenameResource(app))
         self.putChild(b"delete", DeleteResource(app))
+        self.putChild(b"zip", ZipResource(app))
 
     def getChild(self, name: bytes, request: IRequest) -> resource.Resource:
         return NotFoundPage()

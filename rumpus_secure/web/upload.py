@@ -13,6 +13,14 @@ the upload's size.
 
 The session and the Origin are checked from the headers; the CSRF token must
 be the first form field, before any file, or nothing is written.
+
+An existing file is never replaced by surprise: the form field ``exists``
+(before the files) says what to do with a name that is taken -- ``refuse``
+(the default, also without JavaScript: nothing is stored and the reply says
+why), ``skip``, ``keep`` (store as ``name (1).ext``) or ``replace`` (needs
+the ``overwrite`` permission, which the filesystem checks).  Refusing and
+keeping both use the filesystem's exclusive store, so a file that appears
+while the upload runs is not replaced either.
 """
 
 from __future__ import annotations
@@ -25,7 +33,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
-from rumpus_secure.vfs import AbortOutcome, InvalidPath, JailedFS, Upload, VFSError, join_path
+from rumpus_secure.vfs import (
+    AbortOutcome,
+    AlreadyExists,
+    InvalidPath,
+    JailedFS,
+    Upload,
+    VFSError,
+    join_path,
+)
 from rumpus_secure.web.app import AccountGone, PasswordChanged, WebApp, friendly
 from rumpus_secure.web.multipart import (
     MultipartError,
@@ -40,6 +56,22 @@ HIGH_WATER = 4 * 1024 * 1024
 LOW_WATER = 1024 * 1024
 MAX_BATCH = 4 * 1024 * 1024
 UPLOAD_PATH = b"/upload"
+#: What to do when an uploaded file's name is taken (form field ``exists``).
+ON_EXISTING = ("refuse", "skip", "keep", "replace")
+#: How many ``name (n).ext`` candidates "keep both" tries.
+MAX_KEEP_BOTH = 1000
+
+
+def numbered_name(name: str, number: int) -> str:
+    """
+    ``report.txt`` -> ``report (1).txt``: the number goes before the last
+    extension (``archive.tar.gz`` -> ``archive.tar (1).gz``, as browsers
+    and desktops do), or at the end for a name without one (``.bashrc``).
+    """
+    stem, dot, extension = name.rpartition(".")
+    if not dot or not stem:
+        return f"{name} ({number})"
+    return f"{stem} ({number}).{extension}"
 
 
 def upload_name(raw: str) -> str:
@@ -63,6 +95,11 @@ class FileResult:
         self.size = 0
         self.error: str | None = None
         self.upload: Upload | None = None
+        #: the name it was stored under ("keep both" may choose another)
+        self.stored_name = name
+        #: the name was taken and nothing was stored (``refuse``/``skip``)
+        self.conflict = False
+        self.skipped = False
 
 
 class UploadSink:
@@ -83,6 +120,7 @@ class UploadSink:
         self.received = 0
         self._fs: JailedFS | None = None
         self._csrf_ok = False
+        self.on_existing = "refuse"
         self._field: str | None = None
         self._field_value = bytearray()
         self._current: FileResult | None = None
@@ -168,6 +206,9 @@ class UploadSink:
             if not self._csrf_ok:
                 self._refuse("The form's security token was wrong or expired; "
                              "reload the page and try again.", 403)
+        elif self._field == "exists":
+            value = self._field_value.decode("ascii", "replace")
+            self.on_existing = value if value in ON_EXISTING else "refuse"
         elif self._current is not None:
             self._enqueue(self._commit, (self._current,), 0)
         self._field = None
@@ -282,8 +323,32 @@ class UploadSink:
 
     def _open(self, result: FileResult) -> None:
         try:
-            path = join_path(self.directory, upload_name(result.name))
-            result.upload = self._filesystem().open_upload(path)
+            name = upload_name(result.name)
+            fs = self._filesystem()
+            if self.on_existing == "replace":
+                result.upload = fs.open_upload(join_path(self.directory, name))
+                return
+            for number in range(MAX_KEEP_BOTH + 1):
+                candidate = name if number == 0 else numbered_name(name, number)
+                try:
+                    result.upload = fs.open_upload(join_path(self.directory, candidate),
+                                                   exclusive=True)
+                    result.stored_name = candidate
+                    return
+                except AlreadyExists:
+                    if self.on_existing != "keep":
+                        raise
+            raise AlreadyExists(join_path(self.directory, name))
+        except AlreadyExists:
+            result.conflict = True
+            if self.on_existing == "skip":
+                result.skipped = True
+            else:
+                choices = ("\u201ckeep both\u201d or \u201creplace\u201d"
+                           if "overwrite" in self._filesystem().perms
+                           else "\u201ckeep both\u201d")
+                result.error = (f"{result.name} already exists here; nothing was "
+                                f"replaced. Choose {choices} to store it.")
         except VFSError as e:
             result.error = friendly(e)
         except AccountGone:
@@ -308,6 +373,11 @@ class UploadSink:
             return
         try:
             upload.commit()
+        except AlreadyExists:
+            # appeared while the upload ran: still not replaced
+            result.conflict = True
+            result.error = (f"{result.name} appeared here while it was uploaded; "
+                            "nothing was replaced.")
         except VFSError as e:
             result.error = friendly(e)
 

@@ -56,6 +56,10 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
     data = tmp_path / "data"
     password = "browser test pw 1"
     subprocess.run(
+        [sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(data), "init"],
+        text=True, env=_env(), check=True, capture_output=True,
+    )
+    subprocess.run(
         [sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(data),
          "user", "add", "alice", "--password-stdin"],
         input=password + "\n", text=True, env=_env(), check=True, capture_output=True,
@@ -165,13 +169,14 @@ def test_browse_upload_download_rename_delete(server, browser, tmp_path):
     source.write_bytes(payload)
     browser.execute_script(
         "sessionStorage.removeItem('sawProgress');"
-        "var bar = document.getElementById('upload-progress');"
         "new MutationObserver(function () {"
-        "  if (!bar.classList.contains('hidden')) sessionStorage.setItem('sawProgress', '1');"
-        "}).observe(bar, {attributes: true});"
+        "  if (document.querySelector('#queue progress')) sessionStorage.setItem('sawProgress', '1');"
+        "}).observe(document.getElementById('queue'), {childList: true, subtree: true});"
     )
-    browser.find_element(By.CSS_SELECTOR, "#upload-form input[type=file]").send_keys(str(source))
-    browser.find_element(By.CSS_SELECTOR, "#upload-form button[type=submit]").click()
+    # With the script, choosing files starts the upload (no button to press).
+    browser.find_element(
+        By.CSS_SELECTOR, "#upload-form input[type=file]:not([webkitdirectory])"
+    ).send_keys(str(source))
     _wait(lambda: source.name in browser.find_element(By.CSS_SELECTOR, "table.files").text,
           timeout=60, what="uploaded file in the listing")
     assert browser.execute_script("return sessionStorage.getItem('sawProgress')") == "1"
@@ -179,7 +184,7 @@ def test_browse_upload_download_rename_delete(server, browser, tmp_path):
     browser.save_screenshot(str(SCREENSHOTS / "listing.png"))
 
     # Download through the link and compare bytes.
-    link = browser.find_element(By.CSS_SELECTOR, "td.actions a[download]")
+    link = browser.find_element(By.CSS_SELECTOR, "td.act a[download]")
     link.click()
     target = browser.downloads / source.name
     _wait(lambda: target.exists() and target.stat().st_size == len(payload)
@@ -187,27 +192,31 @@ def test_browse_upload_download_rename_delete(server, browser, tmp_path):
           what="download")
     assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(payload).digest()
 
-    # Rename.
+    # Rename, in a dialog.
     browser.find_element(By.LINK_TEXT, "Rename").click()
-    field = browser.find_element(By.NAME, "name")
+    field = _wait(lambda: browser.find_element(By.CSS_SELECTOR, "dialog[open] input[type=text]"),
+                  what="rename dialog")
     field.clear()
     field.send_keys("renamed.bin")
-    browser.find_element(By.CSS_SELECTOR, "form.card button[type=submit]").click()
+    browser.find_element(By.CSS_SELECTOR, "dialog[open] button[value=ok]").click()
     _wait(lambda: "renamed.bin" in browser.find_element(By.CSS_SELECTOR, "table.files").text,
           what="renamed file")
     assert (server["home"] / "renamed.bin").exists()
     assert not (server["home"] / source.name).exists()
 
-    # Delete, with confirmation.
+    # Delete, with confirmation in a dialog.
     browser.find_element(By.LINK_TEXT, "Delete").click()
-    assert "cannot be undone" in browser.page_source
-    browser.find_element(By.CSS_SELECTOR, "button.danger").click()
+    box = _wait(lambda: browser.find_element(By.CSS_SELECTOR, "dialog[open]"),
+                what="delete dialog")
+    assert "cannot be undone" in box.text
+    box.find_element(By.CSS_SELECTOR, "button.danger").click()
     _wait(lambda: "This folder is empty" in browser.page_source, what="empty folder")
     assert not (server["home"] / "renamed.bin").exists()
 
     # Log out: the files are no longer reachable.
     browser.find_element(By.CSS_SELECTOR, "header form button").click()
     _wait(lambda: browser.current_url.startswith(origin + "/login"), what="login page")
+    assert "You are logged out." in browser.page_source
     browser.get(origin + "/files/")
     _wait(lambda: browser.current_url.startswith(origin + "/login"), what="login again")
 

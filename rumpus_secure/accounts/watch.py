@@ -1,0 +1,278 @@
+"""
+Account changes reach the sessions that are already open.
+
+A login checks the account once; an FTP session then lives for hours.  If
+the administrator locks the account (or the server quarantines it, or the
+password is reset, or the account is deleted, or its permissions change),
+the open sessions must hear of it, although the change was most likely made
+by another process (the ``rumpus-secure user`` command) writing the same
+SQLite file.
+
+L{AccountWatcher} is that hearing, one per server.  It reads the store's
+change log (L{rumpus_secure.accounts.store.ChangeReader}: one indexed query
+on a kept-open connection in a thread of its own; a read takes 30
+microseconds median, and an FTPS C{NOOP} round trip goes from about 60 to
+125-165 microseconds, C{bench/account_watch.py}) and hands each change to the sessions registered for that account.
+Nothing scans all sessions: the registry maps an account name to its
+sessions.
+
+It reads in two cases:
+
+ - every L{POLL_INTERVAL} seconds (a C{TimerService} in the server), so an
+   idle session hears of a change within a second or so;
+ - on demand, through L{AccountWatcher.fresh}: a session calls it before
+   each command and waits for a read that I{started after} the command
+   arrived, so a command sent after ``user lock`` returned is refused, never
+   executed.  Reads never overlap: every command that arrives while one
+   read runs shares the next one, so a thousand busy sessions cost one
+   query at a time, not a thousand.
+
+A session registers with the C{seq} the watcher had read when its login
+began (L{AccountWatcher.fresh} before the password check), and is told of
+every later change of its account exactly once, in order, even one that was
+read before it registered: the next read goes back to the oldest C{seq} a
+new registration asks for.
+
+If the log lost rows that a session still needed (more than
+L{rumpus_secure.accounts.store.CHANGES_KEPT} changes between two reads),
+the session is told ``kind="unknown"`` and should end: its account's state
+cannot be vouched for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorCore
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from rumpus_secure.accounts.store import AccountChange, ChangeBatch
+
+_log = Logger()
+
+#: Seconds between reads of the change log while nothing asks for one.
+POLL_INTERVAL = 1.0
+
+#: Changes read at most at once; more are read by the next read, at once.
+BATCH = 1000
+
+
+class IChangeListener(Protocol):
+    def account_changed(self, change: AccountChange) -> None:
+        """
+        A change of the account this listener watches, with C{seq} above any
+        it was told before.
+        """
+
+
+class Watch:
+    """
+    One session's registration; L{cancel} it when the session ends.
+
+    @ivar seen: the C{seq} of the last change this session was told of (or
+        the C{seq} read when its login began).
+    """
+
+    def __init__(self, watcher: AccountWatcher, name: str,
+                 listener: IChangeListener, seen: int) -> None:
+        self.watcher = watcher
+        self.name = name
+        self.listener = listener
+        self.seen = seen
+        self.active = True
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            self.watcher._forget(self)
+
+
+class ChangeSource(Protocol):
+    def latest(self) -> int: ...
+    def since(self, seq: int, limit: int = ...) -> ChangeBatch: ...
+    def close(self) -> None: ...
+
+
+class AccountWatcher:
+    """
+    Reads the account change log and tells the sessions concerned.
+
+    @param reader: the store's L{ChangeReader} (or a fake with the same
+        methods); used from one thread at a time.
+    @param run_in_thread: C{f(function, *args) -> Deferred}.  Reads never
+        overlap, so a one-thread pool (L{watch_thread_pool}) is enough.
+    @ivar seq: the newest C{seq} read, L{None} before the first read.
+    @ivar reads: how many reads were made (for tests and benchmarks).
+    """
+
+    def __init__(self, reader: ChangeSource,
+                 run_in_thread: Callable[..., defer.Deferred[Any]]) -> None:
+        self.reader = reader
+        self._run = run_in_thread
+        self.seq: int | None = None
+        self.reads = 0
+        self._watches: dict[str, set[Watch]] = {}
+        self._reading = False
+        self._next: list[defer.Deferred[int]] = []
+        self._back_to: int | None = None
+        self._stopped = False
+
+    # -- registry ---------------------------------------------------------
+
+    def watch(self, name: str, listener: IChangeListener, since: int) -> Watch:
+        """
+        Tell C{listener} of every change of account C{name} after C{since}.
+
+        @param since: the value L{fresh} fired with before the login's
+            password was checked.
+        """
+        entry = Watch(self, name, listener, since)
+        self._watches.setdefault(name, set()).add(entry)
+        if self.seq is not None and since < self.seq:
+            # Changes were read between the login's start and now: go back.
+            self._back_to = since if self._back_to is None else min(self._back_to, since)
+            self._read()
+        return entry
+
+    def _forget(self, entry: Watch) -> None:
+        entries = self._watches.get(entry.name)
+        if entries is not None:
+            entries.discard(entry)
+            if not entries:
+                del self._watches[entry.name]
+
+    def sessions(self, name: str) -> int:
+        """How many sessions are registered for C{name}."""
+        return len(self._watches.get(name, ()))
+
+    # -- reading ----------------------------------------------------------
+
+    def poll(self) -> defer.Deferred[int] | None:
+        """
+        Read the log now unless a read is running (the timer's call).
+        """
+        if self._reading or self._stopped:
+            return None
+        return self.fresh()
+
+    def fresh(self) -> defer.Deferred[int]:
+        """
+        Fire, with the newest C{seq}, after a read that started after this
+        call, once every change it found has been handed out.
+
+        Never fails: a read that fails is logged and the Deferred fires
+        with the last C{seq} known (the timer retries).
+        """
+        d: defer.Deferred[int] = defer.Deferred()
+        self._next.append(d)
+        self._read()
+        return d
+
+    def _read(self) -> None:
+        if self._reading or self._stopped:
+            return
+        self._reading = True
+        waiting, self._next = self._next, []
+        since = self.seq
+        if since is not None and self._back_to is not None:
+            since, self._back_to = min(since, self._back_to), None
+        self.reads += 1
+        if since is None:
+            d = self._run(self.reader.latest)
+            d.addCallback(self._started)
+        else:
+            d = self._run(self.reader.since, since, BATCH)
+            d.addCallback(self._deliver, since)
+        d.addErrback(self._failed)
+        d.addBoth(self._done, waiting)
+
+    def _started(self, latest: int) -> bool:
+        self.seq = latest
+        return False
+
+    def _deliver(self, batch: ChangeBatch, since: int) -> bool:
+        if batch.oldest > since + 1:
+            self._lost(batch.oldest - 1)
+        for change in batch.changes:
+            for entry in list(self._watches.get(change.name, ())):
+                if entry.active and change.seq > entry.seen:
+                    entry.seen = change.seq
+                    self._tell(entry, change)
+        if batch.changes:
+            self.seq = max(self.seq or 0, batch.changes[-1].seq)
+        return len(batch.changes) >= BATCH
+
+    def _lost(self, before: int) -> None:
+        """Changes up to C{before} are gone from the log: end who needed them."""
+        _log.warn("account changes up to {seq} were dropped from the log before "
+                  "they were read; ending the sessions they may concern", seq=before)
+        for entries in list(self._watches.values()):
+            for entry in list(entries):
+                if entry.active and entry.seen < before:
+                    entry.seen = before
+                    self._tell(entry, AccountChange(before, entry.name, "unknown",
+                                                    None, 0.0))
+
+    def _tell(self, entry: Watch, change: AccountChange) -> None:
+        try:
+            entry.listener.account_changed(change)
+        except Exception:
+            _log.failure("a session failed to handle a change of account {account}",
+                         account=change.name)
+
+    def _failed(self, failure: Failure) -> bool:
+        _log.failure("could not read the account change log", failure)
+        return False
+
+    def _done(self, more: bool, waiting: list[defer.Deferred[int]]) -> None:
+        self._reading = False
+        if more:
+            # The log holds more than one batch: the waiters wait for the rest.
+            self._next = waiting + self._next
+            waiting = []
+        seq = self.seq or 0
+        for d in waiting:
+            d.callback(seq)
+        if (more or self._next or self._back_to is not None) and not self._stopped:
+            self._read()
+
+    def stop(self) -> None:
+        """
+        No more reads (the server stops); whoever waits is let go.
+        """
+        self._stopped = True
+        waiting, self._next = self._next, []
+        for d in waiting:
+            d.callback(self.seq or 0)
+
+
+def watch_thread_pool(reactor: IReactorCore) -> ThreadPool:
+    """
+    One thread for the watcher's reads, started and stopped with C{reactor}.
+
+    Every FTP command waits for a read, so reads must not queue behind the
+    shared pool's file work (ten threads that a few slow disks can fill).
+    """
+    pool = ThreadPool(minthreads=1, maxthreads=1, name="rumpus-account-watch")
+    reactor.callWhenRunning(pool.start)
+    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+    return pool
+
+
+def build_watcher(store: Any, reactor: Any) -> AccountWatcher:
+    """
+    The server's watcher on C{store}'s change log, with its own thread.
+    """
+    pool = watch_thread_pool(reactor)
+
+    def run(function: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        return deferToThreadPool(reactor, pool, function, *args)
+
+    return AccountWatcher(store.change_reader(), run)
+
+
