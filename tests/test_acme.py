@@ -125,6 +125,8 @@ class FakeCA:
     def __call__(self, settings: AcmeSettings, store: AcmeStore,
                  responder: ChallengeResponder) -> Issued:
         self.calls += 1
+        if self.calls > 50:
+            raise RuntimeError("ordering in a loop")
         if self.failures:
             raise self.failures.pop(0)
         when = datetime.fromtimestamp(self.clock.seconds(), UTC)
@@ -194,6 +196,18 @@ def test_a_stored_certificate_is_renewed_when_due_or_when_names_were_added(acme)
     acme.stopService()
     acme.settings = AcmeSettings("https://ca.example/dir", NAMES + ("ftp.example.org",))
     started(acme)
+    assert acme.ca.calls == 1
+
+
+def test_a_certificate_due_on_arrival_does_not_loop(acme):
+    # Valid for 5 more minutes, but past two thirds of its 30 on arrival.
+    acme.ca.lifetime = timedelta(minutes=30)
+    acme.ca.clock = Clock()
+    acme.ca.clock.advance((START - timedelta(minutes=25)).timestamp())
+    clock = started(acme)
+    assert acme.ca.calls == 1
+    assert acme.next_attempt == START + timedelta(seconds=60)
+    clock.advance(59)
     assert acme.ca.calls == 1
 
 

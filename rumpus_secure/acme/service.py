@@ -41,6 +41,9 @@ from rumpus_secure.acme.store import AcmeStore
 
 _log = Logger()
 
+#: Seconds at least between a certificate's arrival and the next order.
+MIN_REORDER = 60.0
+
 
 class AcmeService(service.Service):
     """
@@ -151,10 +154,18 @@ class AcmeService(service.Service):
         self.next_attempt = self._now() + timedelta(seconds=delay)
         self._call = self.clock.callLater(delay, self.attempt_now)
 
-    def _schedule_renewal(self, certificate: x509.Certificate) -> None:
+    def _schedule_renewal(self, certificate: x509.Certificate, *,
+                          just_issued: bool = False) -> None:
         due = renewal_time(certificate.not_valid_before_utc,
                            certificate.not_valid_after_utc)
         delay = max(0.0, (due - self._now()).total_seconds())
+        if just_issued:
+            # A certificate that is due as soon as it is issued (backdated,
+            # or a clock far off) must not make us order again at once, in
+            # a loop: at most one order a minute (a third of the lifetime
+            # for certificates shorter than three minutes).
+            lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
+            delay = max(delay, min(MIN_REORDER, lifetime.total_seconds() / 3))
         if delay > 0:
             _log.info("ACME: certificate valid until {not_after}; renewal due {due}",
                       not_after=certificate.not_valid_after_utc.isoformat(),
@@ -230,7 +241,7 @@ class AcmeService(service.Service):
         self.last_error = None
         self._ca_wait_until = None
         self.last_success = self._now()
-        self._schedule_renewal(certificate)
+        self._schedule_renewal(certificate, just_issued=True)
         fingerprint = certificate.fingerprint(hashes.SHA256()).hex(":").upper()
         _log.info(
             "ACME: installed a certificate for {names} from {issuer}, valid until"
