@@ -344,6 +344,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("line-timeout", 30.0, _seconds,
            "Seconds a client may take to finish an FTP command line it has "
            "started (slow-client protection); 0 turns it off.", "SECONDS"),
+    Option("login-timeout", 30.0, _seconds,
+           "Seconds an FTP client has to log in after connecting (or after "
+           "REIN) before it is disconnected; 0 turns it off.", "SECONDS"),
     Option("http-timeout", 60.0, _seconds,
            "Idle timeout of HTTP and HTTPS connections in seconds.", "SECONDS"),
     Option("login-cache-time", 300.0, _seconds,
@@ -423,6 +426,7 @@ class ServerConfig:
     max_connections_per_ip: int = 20
     max_sessions_per_account: int = 10
     line_timeout: float = 30.0
+    login_timeout: float = 30.0
     http_timeout: float = 60.0
     login_cache_time: float = 300.0
     xferlog: Path | None = None

@@ -115,6 +115,10 @@ MAX_VERIFYING_PER_IP = 4
 #: deliberate handshake failures (see the module docstring).
 LOOPBACK_FREE = frozenset({"tls_failed"})
 
+#: Seconds a connection that has not logged in keeps its slot against a
+#: newcomer when the server is full (see Guard.not_logged_in).
+EVICT_MIN_AGE = 2.0
+
 #: Seconds between reads of the stored bans (L{Guard.sync}): how soon a ban
 #: lifted with C{rumpus-secure ban lift} lets the address in again.
 SYNC_INTERVAL = 5.0
@@ -218,10 +222,12 @@ class Guard:
         self._safe = tuple(ipaddress.ip_network(n, strict=False) for n in settings.safe_list)
         self._scores: dict[str, deque[_Mark]] = {}
         self._verifying: dict[str, int] = {}
-        self._waiting: dict[str, deque[tuple[LoginAttempt, defer.Deferred[Any]]]] = {}
+        self._not_logged_in: dict[str, deque[tuple[LoginAttempt, defer.Deferred[Any]]]] = {}
         self._bans: dict[str, Ban] = {}
         self._quiet: dict[tuple[str, str], tuple[float, int]] = {}
         self._connections: dict[str, int] = {}
+        #: Connections not logged in yet, oldest first (see L{not_logged_in}).
+        self._not_logged_in: dict[object, tuple[float, Callable[[], None]]] = {}
         self.total_connections = 0
         self._sessions: dict[str, int] = {}
 
@@ -401,12 +407,12 @@ class Guard:
         if ban is not None:
             return defer.succeed(ban)
         attempt = LoginAttempt(self, address, protocol, account)
-        queue = self._waiting.get(address)
+        queue = self._not_logged_in.get(address)
         if not queue and self._may_start(address):
             self._start(attempt)
             return defer.succeed(attempt)
         waiting: defer.Deferred[LoginAttempt | Ban] = defer.Deferred()
-        self._waiting.setdefault(address, deque()).append((attempt, waiting))
+        self._not_logged_in.setdefault(address, deque()).append((attempt, waiting))
         return waiting
 
     def verifying(self, host: str) -> int:
@@ -419,7 +425,7 @@ class Guard:
         """
         How many of the address's logins wait to be verified.
         """
-        return len(self._waiting.get(normalise_address(host), ()))
+        return len(self._not_logged_in.get(normalise_address(host), ()))
 
     def _may_start(self, address: str) -> bool:
         """
@@ -478,13 +484,13 @@ class Guard:
             self._refuse_waiting(address, ban)
             return
         started = []
-        queue = self._waiting.get(address)
+        queue = self._not_logged_in.get(address)
         while queue and self._may_start(address):
             attempt, waiting = queue.popleft()
             self._start(attempt)
             started.append((attempt, waiting))
         if not queue:
-            self._waiting.pop(address, None)
+            self._not_logged_in.pop(address, None)
         for attempt, waiting in started:
             waiting.callback(attempt)
 
@@ -492,7 +498,7 @@ class Guard:
         """
         The address was banned: every login still waiting is refused.
         """
-        for _, waiting in self._waiting.pop(address, ()):
+        for _, waiting in self._not_logged_in.pop(address, ()):
             waiting.callback(ban)
 
     def _ban(self, address: str, reason: str, protocol: str,
@@ -601,7 +607,8 @@ class Guard:
         address = normalise_address(host)
         settings = self.settings
         over = None
-        if settings.max_connections and self.total_connections >= settings.max_connections:
+        if (settings.max_connections and self.total_connections >= settings.max_connections
+                and not self._evict_one_not_logged_in()):
             over = LimitExceeded("total", settings.max_connections)
         elif (settings.max_connections_per_ip
               and self._connections.get(address, 0) >= settings.max_connections_per_ip
@@ -614,6 +621,41 @@ class Guard:
         self._connections[address] = self._connections.get(address, 0) + 1
         self.total_connections += 1
         return None
+
+    # -- connections that have not logged in ---------------------------------
+    #
+    # A connection that only read the greeting holds a slot of
+    # --max-connections until its login timeout: 520 such connections from
+    # 26 addresses (under the per-address limit) locked every client out of
+    # FTP and HTTPS.  When the server is full, the oldest of them that has
+    # waited at least EVICT_MIN_AGE seconds gives its slot to the newcomer
+    # (a burst of new clients does not push each other out).
+
+    def not_logged_in(self, key: object, opened: float, evict: Callable[[], None]) -> None:
+        """
+        Note a counted connection that has not logged in yet.
+
+        :param opened: when it was opened (the guard's clock).
+        :param evict: ends it at once and releases its slot (by calling
+            L{connection_closed}); called at most once.
+        """
+        self._not_logged_in[key] = (opened, evict)
+
+    def logged_in_or_gone(self, key: object) -> None:
+        """
+        The connection logged in or went away: it can no longer be evicted.
+        """
+        self._not_logged_in.pop(key, None)
+
+    def _evict_one_not_logged_in(self) -> bool:
+        if not self._not_logged_in:
+            return False
+        key, (opened, evict) = next(iter(self._not_logged_in.items()))
+        if self._clock.seconds() - opened < EVICT_MIN_AGE:
+            return False
+        del self._not_logged_in[key]
+        evict()
+        return True
 
     def connection_closed(self, host: str) -> None:
         address = normalise_address(host)

@@ -750,7 +750,8 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
             "ftps", config.ftps, _endpoint(reactor, "ftps", config.ftps),
             wrap_implicit_ftps(
                 server.tls.wrap_factory(ftp_factory.implicit(), [b"ftp"], reactor,
-                                        handshake_timeout=config.handshake_timeout),
+                                        handshake_timeout=config.handshake_timeout,
+                                        per_session=True),
                 config, reactor,
             ),
         ).setServiceParent(top)

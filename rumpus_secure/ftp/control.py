@@ -55,6 +55,16 @@ _log = Logger()
 #: Lines we queue while a command runs before we stop reading the socket.
 MAX_PENDING_LINES = 32
 
+#: Seconds a closing connection may take to send its last reply (and TLS
+#: close_notify) before it is cut.
+CLOSE_GRACE = 5.0
+
+#: Commands after which a pending REST offset still applies: the transfer
+#: commands, and those that set a transfer up (clients send PASV or TYPE
+#: between REST and RETR).
+_KEEP_RESTART = frozenset({"REST", "RETR", "STOR", "APPE", "STOU",
+                           "PASV", "EPSV", "PORT", "EPRT", "TYPE"})
+
 #: Commands that need no login.
 _SESSIONLESS = frozenset(
     {"AUTH", "FEAT", "SYST", "NOOP", "QUIT", "HELP", "CLNT", "HOST", "PBSZ",
@@ -78,6 +88,10 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
 
     _encoding = "utf-8"
     MAX_LENGTH = 8192
+    #: Commands end at LF, with or without CR before it: a client that sends
+    #: bare LF is answered (it hung before), and an LF inside a CRLF line
+    #: can no longer smuggle a second line into the echo of a reply.
+    delimiter = b"\n"
 
     def __init__(self, session_factory: "ControlFactory") -> None:
         self.session_factory = session_factory
@@ -105,6 +119,10 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self._counted_host: str | None = None
         self._session_account: str | None = None
         self._line_timer: Any = None
+        self._last_host = "?"
+        self.tls_context_in_use: Any = None
+        self._login_timer: Any = None
+        self._abort_timer: Any = None
         self._handshake_deadline: Any = None
 
     # -- plumbing -------------------------------------------------------
@@ -114,7 +132,13 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
 
     @property
     def client_host(self) -> str:
-        return _peer_host(self.transport)
+        """
+        The client's address; still known once the connection is gone (the
+        audit of a transfer that ends after it said ``?``).
+        """
+        if self.transport is not None:
+            self._last_host = _peer_host(self.transport)
+        return self._last_host
 
     def _audit(self, event: str, *, scored: bool = True, **fields: Any) -> None:
         """
@@ -144,7 +168,11 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         if self._closing:
             return  # after close() (a 421, QUIT): nothing more, even a late reply
         if self.transport is not None and not self._transport_gone():
-            ftp.basic.LineReceiver.sendLine(self, line)
+            if b"\r" in line or b"\n" in line:
+                # A reply line never breaks: text echoed from the client
+                # (a verb, a path) cannot forge a reply line of its own.
+                line = line.replace(b"\r", b" ").replace(b"\n", b" ")
+            self.transport.write(line + b"\r\n")
 
     def _transport_gone(self) -> bool:
         return self.transport is None or getattr(self.transport, "disconnected", False)
@@ -156,8 +184,19 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self._closing = True
         self.disconnected = True
         self._pending.clear()
+        self._cancel_login_timer()
         if self.transport is not None:
             self.transport.loseConnection()
+            if self._abort_timer is None:
+                # A TLS connection closes only once its close_notify is
+                # written; a client that keeps sending (a line that never
+                # ends) must not keep it open: cut it after a grace.
+                self._abort_timer = self.reactor.callLater(CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_timer = None
+        if self.transport is not None and not self._transport_gone():
+            self.transport.abortConnection()
 
     # -- connection life --------------------------------------------------
 
@@ -176,6 +215,7 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
                 pass
         if self._refused_by_guard():
             return
+        self._start_login_timer()
         if not self.implicit and self.policy.plain_port_closed:
             self.sendLine(self.policy.implicit_only_greeting())
             self._audit("ftp.plain_port_refused", outcome="closed")
@@ -203,6 +243,7 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
             over = guard.connection_opened(host, self._protocol_name)
             if over is None:
                 self._counted_host = host
+                guard.not_logged_in(self, self.reactor.seconds(), self._evicted)
                 return False
             if over.scope == "address":
                 reply = (f"421 Too many connections from your address "
@@ -213,6 +254,48 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self.sendLine(reply)
         self.close()
         return True
+
+    def _evicted(self) -> None:
+        """
+        The server is full and this connection has not logged in: give its
+        slot to a newcomer (L{rumpus_secure.guard.Guard.not_logged_in}).
+        """
+        if self._counted_host is not None and self.guard is not None:
+            self.guard.connection_closed(self._counted_host)
+            self._counted_host = None
+        self._audit("ftp.evicted", outcome="closed", scored=False)
+        self.sendLine("421 The server is full and this connection has not logged "
+                      "in; closing. Log in right after connecting.")
+        self.close()
+
+    # -- login deadline ---------------------------------------------------
+
+    def _start_login_timer(self) -> None:
+        timeout = self.config.login_timeout
+        if timeout > 0 and self._login_timer is None and not self._closing:
+            self._login_timer = self.reactor.callLater(timeout, self._login_timed_out)
+
+    def _cancel_login_timer(self) -> None:
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
+
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        if self.state == self.AUTHED or self._closing:
+            return
+        self._audit("ftp.login_timeout", outcome="closed", scored=False)
+        self.sendLine(f"421 Not logged in within {self.config.login_timeout:.0f} s; "
+                      "closing.")
+        self.close()
+
+    def _logged_in(self) -> None:
+        """
+        The session is logged in: no login deadline, and not evictable.
+        """
+        self._cancel_login_timer()
+        if self.guard is not None:
+            self.guard.logged_in_or_gone(self)
 
     def _greeting(self) -> str:
         if self.secure or self.policy.mode == "allow-plain":
@@ -227,6 +310,10 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         connection = self._tls_connection()
         if connection is not None:
             self.tls_version = connection.get_protocol_version_name()
+            # Kept: data connections resume this context's sessions, and a
+            # transfer may still be set up after the control connection has
+            # gone (its transport is None then).
+            self.tls_context_in_use = connection.get_context()
         self._audit("ftp.tls_established", outcome="ok",
                     mode="implicit" if self.implicit else "explicit")
         if self.implicit and not self._closing:
@@ -248,6 +335,12 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
             self._audit("ftp.tls_failed", outcome="refused",
                         error=reason.getErrorMessage()[:200])
         self._closing = True
+        self._cancel_login_timer()
+        if self._abort_timer is not None and self._abort_timer.active():
+            self._abort_timer.cancel()
+        self._abort_timer = None
+        if self.guard is not None:
+            self.guard.logged_in_or_gone(self)
         if self._drain_call is not None and self._drain_call.active():
             self._drain_call.cancel()
         self._drain_call = None
@@ -267,6 +360,8 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self.close()
 
     def lineLengthExceeded(self, line: bytes) -> None:
+        if self._closing:
+            return  # once: not one audit event per 16 KiB that follows
         self.sendLine("500 Command line too long; closing.")
         self._audit("ftp.protocol_garbage", reason="line too long")
         self.close()
@@ -316,6 +411,11 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self._execute(verb, argument)
 
     def _execute(self, verb: str, argument: str | None) -> None:
+        if verb not in _KEEP_RESTART:
+            # A REST offset applies to the next transfer (RFC 3659 section
+            # 5); kept across other commands (LIST, CWD, SIZE...) it cut a
+            # later, unrelated STOR short.
+            self._rest = 0
         # Waits for the account's latest state (rumpus_secure.ftp.account_state).
         result = defer.maybeDeferred(self._dispatch_when_current, verb, argument)
         result.addCallbacks(self._replied, self._failed, errbackArgs=(verb[:16],))
@@ -453,6 +553,7 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self.workingDirectory = []
         self.prot = "P" if self.implicit else "C"
         self.pbsz_done = self.implicit
+        self._start_login_timer()
 
     def ftp_PBSZ(self, size: str) -> str:
         if not self.secure:
@@ -656,6 +757,7 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self.account = name
         self.workingDirectory = []
         self.state = self.AUTHED
+        self._logged_in()
         self._bind_account(name)
         self._audit("ftp.login", account=name, outcome="ok")
         return f"230 Welcome, {name[:64]}: logged in."
@@ -692,6 +794,8 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
     # -- slow clients ------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return  # closing: nothing more is read, buffered or executed
         super().dataReceived(data)
         self._watch_partial_line(b"\n" in data)
 
@@ -952,7 +1056,9 @@ class ControlFactory(protocol.ServerFactory):
 
     @property
     def tls_context(self) -> Any:
-        return self.shared.tls.context_factory([b"ftp"])
+        # A TLS context per control connection: its data connections can
+        # resume its session and nobody else's (tls.per_session_factory).
+        return self.shared.tls.per_session_factory([b"ftp"])
 
     def buildProtocol(self, addr: Any) -> ControlProtocol:
         p = ControlProtocol(self)
