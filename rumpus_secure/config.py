@@ -226,6 +226,53 @@ def default_node_id() -> str:
     return name or "node"
 
 
+def _optional_acme_directory(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = _text(value)
+    if text.lower() in ("none", "off"):
+        return None
+    if not text.startswith("https://") or any(c in text for c in " \r\n\t"):
+        raise ValueError("expected an https:// URL of an ACME directory")
+    return text
+
+
+def _optional_email(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = _text(value)
+    local, at, domain = text.rpartition("@")
+    if not at or not local or "." not in domain or any(c in text for c in " ,<>\r\n\t"):
+        raise ValueError("expected an e-mail address such as admin@example.com")
+    return text
+
+
+def _host_list(value: Any) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    out: list[str] = []
+    for item in items:
+        item = str(item).strip().lower().rstrip(".")
+        if not item:
+            continue
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            pass
+        else:
+            raise ValueError(f"{item!r} is an address; ACME names must be host names")
+        if "." not in item or not all(
+            part and len(part) <= 63 and part.replace("-", "").isalnum()
+            and not part.startswith("-") and not part.endswith("-")
+            for part in item.split(".")
+        ):
+            raise ValueError(f"{item!r} is not a host name such as files.example.com")
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Option:
     """
@@ -373,6 +420,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("audit-log", None, _optional_path,
            "Audit log file, or - for JSON lines on standard output (journald, "
            "log shippers) [default: DATA-DIR/audit.log].", "PATH|-"),
+    Option("acme-directory", None, _optional_acme_directory,
+           "Obtain and renew the certificate by ACME from this directory URL "
+           "(Let's Encrypt: " "https://acme-v02.api.letsencrypt.org/directory; "
+           "staging: https://acme-staging-v02.api.letsencrypt.org/directory), "
+           "validated by HTTP-01 on the --http listener.", "URL"),
+    Option("acme-email", None, _optional_email,
+           "Contact address given to the ACME certificate authority (expiry "
+           "and policy mail).", "ADDRESS"),
+    Option("acme-names", (), _host_list,
+           "Comma-separated extra names for the ACME certificate, beside "
+           "--public-host.", "NAMES"),
+    Option("acme-ca-bundle", None, _optional_path,
+           "PEM file of the CA(s) trusted for the ACME directory's HTTPS (a "
+           "private or test CA) [default: the system's].", "FILE"),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -431,6 +492,10 @@ class ServerConfig:
     database: str | None = None
     node_id: str | None = None
     audit_log: Path | None = None
+    acme_directory: str | None = None
+    acme_email: str | None = None
+    acme_names: tuple[str, ...] = field(default=())
+    acme_ca_bundle: Path | None = None
 
     @property
     def node(self) -> str:
@@ -601,3 +666,26 @@ def validate(config: ServerConfig) -> None:
         raise ConfigError(
             "--ftp-security implicit-only needs an implicit FTPS listener (--ftps)"
         )
+    if config.acme_directory is not None:
+        if config.http is None:
+            raise ConfigError(
+                "--acme-directory validates by HTTP-01 and needs the --http "
+                "listener (reachable on port 80 from the internet)"
+            )
+        if not config.http_redirect:
+            raise ConfigError(
+                "--acme-directory answers HTTP-01 on the redirecting --http "
+                "listener; it cannot be combined with --http-redirect off"
+            )
+        if config.cert is not None:
+            raise ConfigError(
+                "--acme-directory obtains the certificate itself: drop --cert "
+                "and --key, or drop --acme-directory"
+            )
+        try:
+            _host_list(config.public_host)
+        except ValueError:
+            raise ConfigError(
+                f"--acme-directory needs a --public-host that is a public host "
+                f"name, not {config.public_host!r}"
+            ) from None

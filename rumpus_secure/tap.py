@@ -375,6 +375,8 @@ class Server:
 
         pool = self.db_pool or self.reactor.getThreadPool()
         return deferToThreadPool(self.reactor, pool, function, *args, **kwargs)
+    acme: Any = None
+    acme_responder: Any = None
 
     def run_in_thread(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         """
@@ -619,9 +621,14 @@ def build_server(config: ServerConfig, reactor: Any, dropping_to: Any = None) ->
         shared_bootstrap_admin(store, config.data_dir)
     else:
         bootstrap_admin(store, config.data_dir)
+    cert, key = config.cert, config.key
+    if config.acme_directory is not None:
+        from rumpus_secure.acme.store import prepare_files
+
+        cert, key, _ = prepare_files(config.data_dir, config.public_host)
     try:
         info = ensure_certificate(
-            config.data_dir, config.public_host, config.cert, config.key,
+            config.data_dir, config.public_host, cert, key,
             allow_expired=config.allow_expired,
         )
         tls = TLSContextSource(
@@ -903,6 +910,9 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
         audit=server.audit, reactor=reactor,
     ).setServiceParent(top)
     install_observability(server, top, reactor)
+    from rumpus_secure.acme.assembly import install_acme
+
+    install_acme(server, top, reactor)
     return top
 
 

@@ -226,7 +226,8 @@ class RedirectToHTTPS(resource.Resource):
         super().__init__()
         self._origin = https_origin(config)
         self._server = server_state
-        self._acme = config.acme_webroot is not None
+        self._acme = (config.acme_webroot is not None
+                      or getattr(config, "acme_directory", None) is not None)
 
     def render(self, request: IRequest) -> bytes | int:
         target = request.uri
