@@ -318,6 +318,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("password-min-length", 12, _password_length,
            "Fewest characters of a password a person chooses (user add, "
            "user passwd); at least 8.", "N"),
+    Option("client-ca", None, _optional_path,
+           "Ask FTPS and HTTPS clients for a certificate (optional: password "
+           "users still connect) and trust those issued by the CA(s) in this "
+           "PEM file; accounts set to 'user auth NAME cert' log in with one.",
+           "FILE"),
+    Option("client-crl", None, _optional_path,
+           "A PEM or DER certificate revocation list of the client CA; a "
+           "revoked client certificate is refused (re-read when it changes).",
+           "FILE"),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -372,6 +381,8 @@ class ServerConfig:
     metrics: str | None = None
     handshake_timeout: float = 15.0
     password_min_length: int = 12
+    client_ca: Path | None = None
+    client_crl: Path | None = None
 
     @property
     def file_root(self) -> Path:
@@ -529,6 +540,8 @@ def validate(config: ServerConfig) -> None:
     """
     if (config.cert is None) != (config.key is None):
         raise ConfigError("--cert and --key must be given together")
+    if config.client_crl is not None and config.client_ca is None:
+        raise ConfigError("--client-crl needs --client-ca")
     if not any((config.ftp, config.ftps, config.http, config.https)):
         raise ConfigError("every listener is set to none: nothing to serve")
     if config.ftp_security == "implicit-only" and config.ftps is None:

@@ -65,7 +65,8 @@ HOME_MODE = 0o750
 CHANGES_KEPT = 10_000
 
 #: The kinds of change in the log.
-CHANGE_KINDS = ("add", "password", "lock", "unlock", "perms", "delete")
+CHANGE_KINDS = ("add", "password", "lock", "unlock", "perms", "delete",
+                "cert-add", "cert-del", "auth")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9._@-]{0,63}\Z")
 

@@ -23,7 +23,6 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.cred import error as cred_error
-from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger, LogLevel
@@ -35,6 +34,7 @@ from rumpus_secure.accounts.bans import Ban
 from rumpus_secure.accounts.checker import LockedAccountError
 from rumpus_secure.ftp import data as data_channel
 from rumpus_secure.ftp.account_state import AccountBoundSession
+from rumpus_secure.ftp.client_cert_login import ClientCertLogin
 from rumpus_secure.ftp.files import FileCommands
 from rumpus_secure.ftp.passive import PortPool
 from rumpus_secure.ftp.transfer import TransferEngine
@@ -81,7 +81,7 @@ def _peer_host(transport: Any) -> str:
 
 
 @implementer(IHandshakeListener)
-class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
+class ControlProtocol(ClientCertLogin, AccountBoundSession, FileCommands, ftp.FTP):
     """
     One FTP control connection (plain port or implicit FTPS port).
     """
@@ -679,8 +679,7 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         """
         exposure = getattr(self.session_factory.shared, "exposure", None)
         watch = exposure.watch(name) if exposure is not None else None
-        creds = UsernamePassword(name.encode("utf-8", "surrogateescape"),
-                                 password.encode("utf-8", "surrogateescape"))
+        creds = self._login_credentials(name, password)
         # The mind is the server: the realm does its disk work in its threads.
         d = self.session_factory.portal.login(creds, self.session_factory.shared.server,
                                               IFileShell)
@@ -711,7 +710,8 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
                 if attempt is not None:
                     attempt.abandoned()  # no verdict on the password
                 return failure
-            self._audit("ftp.login", account=name, outcome="failed")
+            self._audit("ftp.login", account=name, outcome="failed",
+                        **self._login_audit_fields(failure))
             ban = attempt.failed() if attempt is not None else None
             return self._login_failed(ban)
 
@@ -759,7 +759,7 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self.state = self.AUTHED
         self._logged_in()
         self._bind_account(name)
-        self._audit("ftp.login", account=name, outcome="ok")
+        self._audit("ftp.login", account=name, outcome="ok", **self._login_audit_fields())
         return f"230 Welcome, {name[:64]}: logged in."
 
     def _turn_away(self, ban: Any) -> None:
