@@ -94,10 +94,12 @@ class ClientCertLogin:
         self.login_certificate = verdict.fingerprint
         return {"method": verdict.mode, "certificate": verdict.fingerprint}
 
-    def ftp_USER(self, username: str) -> Any:
-        reply = super().ftp_USER(username)  # type: ignore[misc]
-        if not reply.startswith("331"):
-            return reply
+    def _user_reply(self, reply: str) -> Any:
+        """
+        What USER answers: C{reply} (331), or a login by certificate.
+
+        Called by C{ftp_USER} once it has accepted the name.
+        """
         login = self._certificate_login()
         presented = self._peer_certificate() if login is not None else None
         if presented is None:
@@ -134,15 +136,21 @@ class ClientCertLogin:
         self._cert_login_at_user = False
         return answer
 
-    def ftp_PASS(self, password: str = "") -> Any:
+    def _pass_after_certificate_login(self) -> str | None:
+        """
+        The answer to a PASS sent after USER logged in by certificate, else
+        L{None} (the PASS is handled as usual).
+        """
         if self._cert_login_at_user and self.state == self.AUTHED:  # type: ignore[attr-defined]
             return "230 Already logged in with your certificate."
-        return super().ftp_PASS(password)  # type: ignore[misc]
+        return None
 
-    def _reset_session(self) -> None:
+    def _forget_certificate_login(self) -> None:
+        """
+        REIN or AUTH: the next login starts afresh.
+        """
         self.login_certificate = None
         self._cert_login_at_user = False
-        super()._reset_session()  # type: ignore[misc]
 
     def _data_tls(self) -> Any:
         settings = super()._data_tls()  # type: ignore[misc]

@@ -541,6 +541,7 @@ class ControlProtocol(ClientCertLogin, AccountBoundSession, FileCommands, ftp.FT
         """
         Forget login and transfer state (RFC 4217 section 4.2, and REIN).
         """
+        self._forget_certificate_login()
         self.close_data()
         self._end_session()
         if self.shell is not None and getattr(self, "logout", None):
@@ -649,9 +650,11 @@ class ControlProtocol(ClientCertLogin, AccountBoundSession, FileCommands, ftp.FT
             return "501 USER needs a user name."
         self._user = username
         self.state = self.INAUTH
-        return f"331 Password required for {username[:64]}."
+        return self._user_reply(f"331 Password required for {username[:64]}.")
 
     def ftp_PASS(self, password: str = "") -> Any:
+        if (already := self._pass_after_certificate_login()) is not None:
+            return already
         if self.state != self.INAUTH or self._user is None:
             return "503 Send USER first."
         name, self._user = self._user, None
