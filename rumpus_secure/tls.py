@@ -51,7 +51,7 @@ from pathlib import Path
 from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL._util import lib as _openssl_lib
-from OpenSSL.crypto import X509, X509Name
+from OpenSSL.crypto import X509
 from twisted.internet.interfaces import (
     IOpenSSLContextFactory,
     IOpenSSLServerConnectionCreator,
@@ -83,7 +83,7 @@ __all__ = [
     "CertificateInfo",
     "TLSConfigError",
     "TLSContextSource",
-    "client_ca_names",
+    "client_ca_certificates",
     "ensure_certificate",
     "keep_session_resumable",
     "load_certificate",
@@ -282,9 +282,9 @@ class TLSContextSource:
         self._session_creators: dict[tuple[bytes, ...], _SessionCreator] = {}
         #: Why the last L{reload} kept the old certificate, or L{None}.
         self.last_error: str | None = None
-        self._client_ca_names: list[X509Name] | None = None
+        self._client_cas: list[x509.Certificate] | None = None
         if client_ca is not None:
-            self._client_ca_names = client_ca_names(client_ca)
+            self._client_cas = client_ca_certificates(client_ca)
         self._signature = self._file_signature()
         self._material = self._read()
         self._contexts: dict[tuple[bytes, ...], SSL.Context] = {
@@ -500,23 +500,21 @@ class TLSContextSource:
         context.set_timeout(self._session_timeout)
         if profile:
             context.set_alpn_select_callback(_alpn_selector(profile))
-        if self._client_ca_names is not None:
-            request_client_certificates(context, self._client_ca_names)
+        if self._client_cas is not None:
+            request_client_certificates(context, self._client_cas)
         return context
 
 
-def client_ca_names(path: Path) -> list[X509Name]:
+def client_ca_certificates(path: Path) -> list[x509.Certificate]:
     """
-    The subjects of the CA certificates in PEM file C{path}, for the
-    certificate request.
+    The CA certificates in PEM file C{path}, read once (not per context).
 
     :raises TLSConfigError: the file holds no certificate.
     """
     try:
-        cas = x509.load_pem_x509_certificates(Path(path).read_bytes())
+        return x509.load_pem_x509_certificates(Path(path).read_bytes())
     except (OSError, ValueError) as e:
         raise TLSConfigError(f"--client-ca {path}: no usable CA certificate: {e}") from None
-    return [X509.from_cryptography(ca).get_subject() for ca in cas]
 
 
 def _accept_any_chain(connection: SSL.Connection, certificate: X509, error: int,
@@ -524,7 +522,8 @@ def _accept_any_chain(connection: SSL.Connection, certificate: X509, error: int,
     return True
 
 
-def request_client_certificates(context: SSL.Context, ca_names: list[X509Name]) -> None:
+def request_client_certificates(context: SSL.Context,
+                                cas: Sequence[x509.Certificate]) -> None:
     """
     Ask for a client certificate on C{context}, and take whatever comes.
 
@@ -533,10 +532,11 @@ def request_client_certificates(context: SSL.Context, ca_names: list[X509Name]) 
     never fails for a certificate: whether it may log in, and as whom, is
     decided at login with the account known, audited and counted by the
     guard (L{rumpus_secure.accounts.client_certs}).  The client still
-    proves it holds the certificate's key (CertificateVerify).  C{ca_names}
-    tells clients which certificates to offer.
+    proves it holds the certificate's key (CertificateVerify).  The subjects
+    of C{cas} tell clients which certificates to offer.
     """
-    context.set_client_ca_list(ca_names)
+    for ca in cas:
+        context.add_client_ca(ca)
     context.set_verify(SSL.VERIFY_PEER, _accept_any_chain)
 
 
