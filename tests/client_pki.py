@@ -61,7 +61,7 @@ class ClientPKI:
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(self.now - DAY)
-            .not_valid_after(self.now + 30 * DAY)
+            .not_valid_after(self.now + 365 * DAY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.KeyUsage(
                 digital_signature=False, content_commitment=False, key_encipherment=False,

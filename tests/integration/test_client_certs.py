@@ -336,3 +336,28 @@ def test_https_password_and_cert_plus_password_accounts_get_the_form(
         result = curl_https(world, world.certs[label], "/files/", tmp_path / label)
         assert b"\n200 " in result.stdout and b"name=password" in result.stdout
         assert f"{label}.txt".encode() not in result.stdout
+
+
+# -- rumpus-secure check ------------------------------------------------------
+
+
+def test_check_shows_the_client_ca_crl_and_requests(world: World) -> None:
+    """
+    ``check`` with the server's options: the CA, the CRL, and each TLS port's
+    certificate request naming the CA.
+    """
+    import sys
+
+    from tests.server_process import subprocess_env
+
+    result = subprocess.run(
+        [sys.executable, "-m", "rumpus_secure.cli", "check", *world.server.arguments()],
+        capture_output=True, text=True, timeout=60, env=subprocess_env(),
+        cwd=world.server.tmp_path)
+    rows = {line[:41].strip(): line[41:] for line in result.stdout.splitlines()}
+    ca = f"Client CA: CN={world.pki.common_name}"
+    assert rows[ca].split()[0] == "PASS", result.stdout
+    assert rows["Client CRL"].split()[:2] == ["PASS", "1"], result.stdout
+    for port in ("FTP", "FTPS", "HTTPS"):
+        row = rows[f"{port}: asks for a client certificate"]
+        assert row.split()[0] == "PASS" and world.pki.common_name in row, result.stdout
