@@ -36,7 +36,10 @@ Client certificates (C{--client-ca}): every context, per profile and per
 session, asks for one and accepts any chain (L{request_client_certificates});
 the login judges it.  A data connection is pinned to its control
 connection's context, so it is asked too, and a resumed session carries the
-certificate of the control connection's handshake.
+certificate of the control connection's handshake.  Measured with
+C{bench/client_certs.py}: the request adds 0.03 ms to a control connection's
+context (0.14 -> 0.17 ms); a full in-memory handshake takes 1.05 ms without
+it, 1.36 ms when the client sends no certificate, 1.94 ms with one.
 """
 
 from __future__ import annotations
