@@ -10,7 +10,8 @@ directory, never committed).  Accounts:
    not for being unknown);
  - C{bob}: method C{cert}; his own certificate;
  - C{carol}: method C{cert+password};
- - C{dave}: method C{password} (the default), no certificate.
+ - C{dave}: method C{password} (the default), no certificate;
+ - C{erin}: method C{cert}, for the test that removes her certificate.
 
 A rogue certificate (another CA, same name) is bound to alice too: it must
 be refused as not from the client CA.
@@ -43,7 +44,8 @@ from tests.server_process import ServerProcess, require_tool
 pytestmark = pytest.mark.integration
 
 PASSWORDS = {"alice": "alice-password-1", "bob": "bob-password-22",
-             "carol": "carol-password-333", "dave": "dave-password-4444"}
+             "carol": "carol-password-333", "dave": "dave-password-4444",
+             "erin": "erin-password-55555"}
 
 
 @dataclass
@@ -73,6 +75,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "bob": pki.issue("bob"),
         "carol": pki.issue("carol"),
         "dave": pki.issue("dave"),
+        "erin": pki.issue("erin"),
         "expired": pki.issue("alice expired", expired=True),
         "revoked": pki.issue("alice revoked"),
         "rogue": rogue_ca.issue("alice rogue"),
@@ -84,14 +87,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                            login_failure_delay="0", data_tls_reuse="optional")
     with server:
         for name, password in PASSWORDS.items():
-            mode = {"alice": "cert", "bob": "cert", "carol": "cert+password"}.get(
+            mode = {"alice": "cert", "bob": "cert", "erin": "cert",
+                    "carol": "cert+password"}.get(
                 name, "password")
             server.cli("user", "add", name, "--password-stdin", "--auth", mode,
                        input=password + "\n")
             (server.home(name) / f"{name}.txt").write_text(f"file of {name}\n")
         for label, account in (("alice", "alice"), ("expired", "alice"),
                                ("revoked", "alice"), ("rogue", "alice"),
-                               ("bob", "bob"), ("carol", "carol")):
+                               ("bob", "bob"), ("carol", "carol"), ("erin", "erin")):
             server.cli("user", "cert", "add", account, "--cert",
                        str(certs[label].cert_path))
         yield World(server, pki, certs)
@@ -361,3 +365,58 @@ def test_check_shows_the_client_ca_crl_and_requests(world: World) -> None:
     for port in ("FTP", "FTPS", "HTTPS"):
         row = rows[f"{port}: asks for a client certificate"]
         assert row.split()[0] == "PASS" and world.pki.common_name in row, result.stdout
+
+
+def test_https_form_login_of_a_cert_plus_password_account(world: World,
+                                                          tmp_path: Path) -> None:
+    curl = require_tool("curl")
+    base = f"https://127.0.0.1:{world.server.https_port}"
+
+    def post(cert: ClientCert | None, password: str) -> str:
+        args = [curl, "-sS", "-k", "-c", str(tmp_path / "jar"), "-o", "/dev/null",
+                "-w", "%{http_code}", "-H", f"Origin: {base}",
+                "--data-urlencode", "username=carol",
+                "--data-urlencode", f"password={password}"]
+        if cert is not None:
+            args += ["--cert", str(cert.cert_path), "--key", str(cert.key_path)]
+        return run(*args, f"{base}/login").stdout.decode()
+
+    carol = world.certs["carol"]
+    assert post(carol, PASSWORDS["carol"]) == "303"
+    assert world.last_login("web.login", "carol")["outcome"] == "ok"
+    assert post(None, PASSWORDS["carol"]) == "401"
+    assert world.last_login("web.login", "carol")["reason"] == "cert-missing"
+    assert post(world.certs["bob"], PASSWORDS["carol"]) == "401"
+    assert world.last_login("web.login", "carol")["reason"] == "cert-other-account"
+    assert post(carol, "wrong-password") == "401"
+
+
+# -- account changes reach open sessions ----------------------------------------
+
+
+def test_removing_a_certificate_ends_its_accounts_sessions_only(world: World) -> None:
+    """
+    erin and bob are logged in (same address, at once); removing erin's
+    certificate ends her session at her next command; bob goes on.
+    """
+    sessions = {}
+    for name in ("erin", "bob"):
+        ftp = ImplicitFTP_TLS(context=_context(world.certs[name]), timeout=TIMEOUT)
+        ftp.connect("127.0.0.1", world.server.ftps_port)
+        assert ftp.sendcmd(f"USER {name}").startswith("232 ")
+        sessions[name] = ftp
+    world.server.cli("user", "cert", "del", "erin", world.certs["erin"].fingerprint)
+    with pytest.raises(ftplib.Error, match="^421 Session ended: a client certificate"):
+        sessions["erin"].sendcmd("PWD")
+    assert sessions["bob"].sendcmd("PWD").startswith("257 ")
+    ended = world.last_login("ftp.session_ended", "erin")
+    assert ended["reason"] == "cert-del"
+    # And she cannot log in again with it.
+    again = ImplicitFTP_TLS(context=_context(world.certs["erin"]), timeout=TIMEOUT)
+    again.connect("127.0.0.1", world.server.ftps_port)
+    assert again.sendcmd("USER erin").startswith("331 ")
+    with pytest.raises(ftplib.Error, match="^530"):
+        again.sendcmd("PASS anything")
+    assert world.last_login("ftp.login", "erin")["reason"] == "cert-not-bound"
+    for ftp in (*sessions.values(), again):
+        ftp.close()
