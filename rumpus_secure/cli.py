@@ -420,6 +420,9 @@ def _user_cert_add(args: argparse.Namespace, context: Context) -> int:
     binding = _client_certs(context).add(args.name, data)
     context.say(f"bound certificate {binding.fingerprint} ({binding.subject}) "
                 f"to account {binding.name}")
+    if binding.not_after < time.time():
+        context.say("note: this certificate has expired: it is bound, but refused "
+                    "at login")
     mode = _client_certs(context).auth_mode(args.name)
     if mode == "password":
         context.say(f"account {args.name} still logs in with its password only: "

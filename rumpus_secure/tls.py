@@ -286,6 +286,7 @@ class TLSContextSource:
         #: Why the last L{reload} kept the old certificate, or L{None}.
         self.last_error: str | None = None
         self._client_cas: list[x509.Certificate] | None = None
+        self._client_ca_path = client_ca
         if client_ca is not None:
             self._client_cas = client_ca_certificates(client_ca)
         self._signature = self._file_signature()
@@ -396,6 +397,9 @@ class TLSContextSource:
         self.last_error = None
         try:
             material = self._read()
+            if self._client_ca_path is not None:
+                # A new client CA file applies to the certificate request too.
+                self._client_cas = client_ca_certificates(self._client_ca_path)
             contexts = {
                 profile: self._build_context(material, profile)
                 for profile in self._contexts

@@ -371,3 +371,72 @@ def test_without_client_ca_no_certificate_is_asked_for(tmp_path: Path) -> None:
     client.set_connect_state()
     _handshake(server, client)
     assert client.get_client_ca_list() == []
+
+
+def test_reload_applies_a_new_client_ca_to_the_request(tmp_path: Path) -> None:
+    first = ClientPKI(tmp_path / "first", common_name="first client CA")
+    second = ClientPKI(tmp_path / "second", common_name="second client CA")
+    ca_file = tmp_path / "client-ca.pem"
+    ca_file.write_bytes(first.ca_path.read_bytes())
+    info = ensure_certificate(tmp_path / "data", "localhost", None, None)
+    source = TLSContextSource(info.cert_path, info.key_path, client_ca=ca_file)
+
+    def named() -> list[str]:
+        server = SSL.Connection(source.per_session_factory([b"ftp"]).getContext(), None)
+        server.set_accept_state()
+        client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+        client.set_connect_state()
+        _handshake(server, client)
+        return [n.CN for n in client.get_client_ca_list()]
+
+    assert named() == ["first client CA"]
+    ca_file.write_bytes(second.ca_path.read_bytes())
+    assert source.reload()
+    assert named() == ["second client CA"]
+    ca_file.write_bytes(b"not a certificate")
+    assert not source.reload() and "--client-ca" in (source.last_error or "")
+    assert named() == ["second client CA"]
+
+
+def test_client_crl_needs_client_ca(tmp_path: Path) -> None:
+    from rumpus_secure.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match="--client-crl needs --client-ca"):
+        build_config({"data-dir": str(tmp_path), "client-crl": str(tmp_path / "x.crl")},
+                     None)
+    config = build_config({"data-dir": str(tmp_path), "client-ca": "ca.pem"}, None)
+    assert config.client_ca == Path("ca.pem") and config.client_crl is None
+
+
+@pytest.mark.parametrize("option", ["client-ca", "client-crl"])
+def test_unusable_client_ca_or_crl_stops_the_start_with_one_line(
+        tmp_path: Path, pki: ClientPKI, option: str) -> None:
+    from rumpus_secure import tap
+
+    from .test_tap import Reactor
+
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    options = {"data-dir": str(tmp_path / "d"), "client-ca": str(pki.ca_path),
+               option: str(bad)}
+    with pytest.raises(SystemExit) as e:
+        tap.makeService(options, reactor=Reactor())
+    message = str(e.value.code)
+    assert message.startswith("rumpus-secure: error: --" + option) and "\n" not in message
+
+
+def test_the_server_checker_applies_login_methods(tmp_path: Path, pki: ClientPKI) -> None:
+    """
+    Assembled by makeService: the portal and the web use the certificate-aware
+    checker, with the client CA when one is given.
+    """
+    from rumpus_secure import tap
+
+    from .test_tap import Reactor
+
+    service = tap.makeService({"data-dir": str(tmp_path / "d"),
+                               "client-ca": str(pki.ca_path)}, reactor=Reactor())
+    server = service.server  # type: ignore[attr-defined]
+    assert isinstance(server.checker, CertificateAwareChecker)
+    assert server.checker.login.ca is not None
+    assert server.portal.checkers[server.checker.credentialInterfaces[0]] is server.checker

@@ -99,9 +99,13 @@ async def certificate_login(app: WebApp, request: IRequest) -> str | None:
     except CertificateRefused as e:
         app.audit(request, "web.login", account=name, outcome="failed", method="cert",
                   reason=e.reason, certificate=e.fingerprint)
-        if attempt is not None:
-            attempt.failed()
-        return f"Certificate login refused: {refusal_text(e.reason)}."
+        message = f"Certificate login refused: {refusal_text(e.reason)}."
+        if guard is not None and attempt is not None:
+            ban = attempt.failed()
+            await guard.delayed(None)  # as after a wrong password
+            if ban is not None:
+                return str(guard.message(ban))
+        return message
     except BaseException:
         if attempt is not None:
             attempt.abandoned()
