@@ -31,15 +31,15 @@ from OpenSSL import SSL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rumpus_secure.accounts.client_certs import (  # noqa: E402
+from rumpus_secure.accounts.client_certs import (
     CertificateLogin,
     ClientCA,
     ClientCertStore,
     PeerCertificate,
 )
-from rumpus_secure.accounts.store import SQLiteAccountStore  # noqa: E402
-from rumpus_secure.tls import FTP_ALPN, TLSContextSource, ensure_certificate  # noqa: E402
-from tests.client_pki import ClientPKI  # noqa: E402
+from rumpus_secure.accounts.store import SQLiteAccountStore
+from rumpus_secure.tls import FTP_ALPN, TLSContextSource, ensure_certificate
+from tests.client_pki import ClientPKI
 
 
 def _median_ms(function: Callable[[], object], count: int) -> float:

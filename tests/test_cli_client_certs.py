@@ -12,7 +12,7 @@ from .client_pki import ClientPKI
 from .test_cli import Run, bare_run, cheap_hashing, data_dir, run  # noqa: F401
 
 
-def test_user_add_auth_and_cert_commands(run: Run, tmp_path: Path) -> None:
+def test_user_add_auth_and_cert_commands(run: Run, tmp_path: Path) -> None:  # noqa: F811
     pki = ClientPKI(tmp_path / "pki")
     one, two = pki.issue("alice one"), pki.issue("alice two")
     code, out, _ = run("user", "add", "alice", "--auth", "cert", "--password-stdin",
@@ -33,7 +33,8 @@ def test_user_add_auth_and_cert_commands(run: Run, tmp_path: Path) -> None:
     assert code == 0 and certs.auth_mode("alice") == "cert+password"
 
 
-def test_bad_input_is_refused_clearly_and_changes_nothing(run: Run, tmp_path: Path) -> None:
+def test_bad_input_is_refused_clearly_and_changes_nothing(
+        run: Run, tmp_path: Path) -> None:  # noqa: F811
     pki = ClientPKI(tmp_path / "pki")
     cert = pki.issue("bob")
     run("user", "add", "bob", "--password-stdin", stdin="a-long-enough-password\n")

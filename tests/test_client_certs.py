@@ -172,7 +172,7 @@ class SyncPool:
                                  **kwargs: Any) -> None:
         try:
             result = function(*args, **kwargs)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - handed over, as a thread pool does
             on_result(False, Failure())
         else:
             on_result(True, result)

@@ -43,10 +43,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -357,12 +358,11 @@ class ClientCA:
                                     chain).verify_certificate()
         except crypto.X509StoreContextError:
             return "cert-untrusted"
-        if self._crl is not None:
-            issuer = leaf.issuer
-            if self._crl.issuer == issuer and self._crl_signed():
-                if self._crl.get_revoked_certificate_by_serial_number(
-                        leaf.serial_number) is not None:
-                    return "cert-revoked"
+        crl = self._crl
+        if (crl is not None and crl.issuer == leaf.issuer and self._crl_signed()
+                and crl.get_revoked_certificate_by_serial_number(
+                    leaf.serial_number) is not None):
+            return "cert-revoked"
         return None
 
     def _crl_signed(self) -> bool:
