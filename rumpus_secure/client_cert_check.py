@@ -40,12 +40,13 @@ def client_certificate_checks(check: SelfCheck) -> None:
     from rumpus_secure.selfcheck import Status
 
     config = check.config
-    if getattr(config, "client_ca", None) is None:
+    client_ca = getattr(config, "client_ca", None)
+    if client_ca is None:
         return  # off: no rows, the report stays as it was
     try:
-        cas = x509.load_pem_x509_certificates(config.client_ca.read_bytes())
+        cas = x509.load_pem_x509_certificates(client_ca.read_bytes())
     except (OSError, ValueError) as e:
-        check._add("Client CA", Status.FAIL, f"--client-ca {config.client_ca}: {e}")
+        check._add("Client CA", Status.FAIL, f"--client-ca {client_ca}: {e}")
         return
     now = check.now()
     for ca in cas:
@@ -155,6 +156,7 @@ def _handshake(tls: SSL.Connection, sock: Any, deadline: float) -> None:
     timeout) before C{deadline} (C{time.monotonic()}).
     """
     sock.setblocking(False)
+    wait: tuple[list[Any], list[Any]]
     while True:
         try:
             tls.do_handshake()

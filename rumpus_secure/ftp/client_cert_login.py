@@ -5,7 +5,8 @@ The login method of an account (C{rumpus-secure user auth NAME ...}) is
 applied by the server's checker
 (L{rumpus_secure.accounts.client_certs.CertificateAwareChecker}); this
 mixin hands it the certificate of the control connection and reports what
-it decided:
+it decided.  The control protocol calls its hooks (a mixin cannot override
+the protocol's own C{ftp_USER}/C{ftp_PASS}):
 
  - every USER/PASS login carries the connection's certificate
    (L{_login_credentials}); a refusal is audited as C{ftp.login} with
@@ -13,15 +14,20 @@ it decided:
    C{UnauthorizedLogin}, is counted by the guard like a wrong password;
  - C{USER NAME} alone logs a C{cert} account in (RFC 2228's "logged in,
    authorized by security data exchange", code 232) when the certificate of
-   the connection passes for NAME: clients need no PASS.  If it does not
-   pass, USER answers 331 as for anyone, and the PASS that follows gets
-   the refusal, audited and counted;
- - a PASS after such a login is answered "230 Already logged in";
+   the connection passes for NAME (L{_user_reply}): clients need no PASS.
+   If it does not pass, USER answers 331 as for anyone, and the PASS that
+   follows gets the refusal, audited and counted.  Nothing about the
+   account shows in that 331, whatever certificate was presented;
+ - a PASS after such a login is answered "230 Already logged in"
+   (L{_pass_after_certificate_login});
  - the data connections must present the control connection's certificate
    (L{_data_tls}: C{TLSSettings.client_cert}, checked by
    L{rumpus_secure.ftp.transfer}); a data connection whose certificate
    differs (or that has none when the control connection had one) is
-   refused before any byte of a file moves.
+   refused before any byte of a file moves.  With resumption required (the
+   default) a data connection resumes the control connection's session,
+   which carries its certificate; the check matters with
+   C{--data-tls-reuse optional}.
 """
 
 from __future__ import annotations
@@ -102,10 +108,11 @@ class ClientCertLogin:
         """
         login = self._certificate_login()
         presented = self._peer_certificate() if login is not None else None
-        if presented is None:
+        name: str | None = getattr(self, "_user", None)
+        if presented is None or name is None:
             return reply
         return defer.Deferred.fromCoroutine(
-            self._login_at_user(login, self._user, presented, reply))  # type: ignore[attr-defined]
+            self._login_at_user(login, name, presented, reply))
 
     async def _login_at_user(self, login: Any, name: str, presented: PeerCertificate,
                              reply: str) -> Any:
@@ -116,8 +123,9 @@ class ClientCertLogin:
         watcher = self._account_watcher()  # type: ignore[attr-defined]
         seq = await watcher.fresh() if watcher is not None else None
         verdict = await server.run_in_thread(login.check, name, presented)
-        if (verdict.mode != "cert" or verdict.refusal is not None or self._closing  # type: ignore[attr-defined]
-                or self._user != name):  # type: ignore[attr-defined]
+        if (verdict.mode != "cert" or verdict.refusal is not None
+                or self._closing  # type: ignore[attr-defined]
+                or getattr(self, "_user", None) != name):
             return reply  # PASS decides, audited and counted there
         guard = self.guard  # type: ignore[attr-defined]
         if guard is not None:
@@ -125,7 +133,7 @@ class ClientCertLogin:
             if ban is not None:
                 self._turn_away(ban)  # type: ignore[attr-defined]
                 return None
-        self._user = None  # type: ignore[attr-defined]
+        self._user = None
         self.state = self.UNAUTH  # type: ignore[attr-defined]
         self._login_seq = seq
         self._cert_login_at_user = True

@@ -92,7 +92,8 @@ async def certificate_login(app: WebApp, request: IRequest) -> str | None:
     try:
         avatar = await checker.requestAvatarId(credentials)
     except LockedAccountError as e:
-        if attempt is not None and (ban := attempt.succeeded()) is not None:
+        if guard is not None and attempt is not None and (
+                ban := attempt.succeeded()) is not None:
             return str(guard.message(ban))
         app.audit(request, "web.login", account=name, outcome="locked", method="cert")
         return f"This account is locked ({e.reason or 'no reason given'})."
@@ -110,7 +111,8 @@ async def certificate_login(app: WebApp, request: IRequest) -> str | None:
         if attempt is not None:
             attempt.abandoned()
         raise
-    if attempt is not None and (ban := attempt.succeeded()) is not None:
+    if guard is not None and attempt is not None and (
+            ban := attempt.succeeded()) is not None:
         return str(guard.message(ban))
     user = avatar.decode("utf-8", "surrogateescape")
     app.start_session(request, user)
