@@ -463,6 +463,13 @@ def _user_auth(args: argparse.Namespace, context: Context) -> int:
     ``user auth NAME password|cert|cert+password``: the login method.
     """
     certs = _client_certs(context)
+    if args.mode is None:
+        if context.open_store().get(args.name) is None:
+            raise AccountError(f"no account named {args.name!r}")
+        bound = len(certs.list(args.name))
+        context.say(f"account {args.name} logs in with: {certs.auth_mode(args.name)} "
+                    f"({bound} certificate(s) bound)")
+        return 0
     certs.set_auth_mode(args.name, args.mode)
     context.say(f"account {args.name} now logs in with: {args.mode}")
     if args.mode != "password" and not certs.list(args.name):
@@ -502,7 +509,9 @@ def _add_certificate_actions(actions: Any, add: argparse.ArgumentParser) -> None
     cert_del.set_defaults(handler=_user_cert_del)
     auth = actions.add_parser("auth", help="set how an account logs in")
     auth.add_argument("name", metavar="NAME")
-    auth.add_argument("mode", choices=AUTH_MODES, metavar="|".join(AUTH_MODES))
+    auth.add_argument("mode", choices=AUTH_MODES, metavar="|".join(AUTH_MODES),
+                      nargs="?", default=None,
+                      help="the new login method; leave out to show the current one")
     auth.set_defaults(handler=_user_auth)
 
 

@@ -31,6 +31,8 @@ def test_user_add_auth_and_cert_commands(run: Run, tmp_path: Path) -> None:  # n
     assert [b.fingerprint for b in certs.list("alice")] == [two.fingerprint]
     code, out, _ = run("user", "auth", "alice", "cert+password")
     assert code == 0 and certs.auth_mode("alice") == "cert+password"
+    code, out, _ = run("user", "auth", "alice")
+    assert out == "account alice logs in with: cert+password (1 certificate(s) bound)\n"
 
 
 def test_bad_input_is_refused_clearly_and_changes_nothing(
