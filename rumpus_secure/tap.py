@@ -625,7 +625,7 @@ def build_server(config: ServerConfig, reactor: Any, dropping_to: Any = None) ->
     checker = ArgonChecker(store, reactor, threadpool=verify_thread_pool(reactor),
                            cache=cache)
     # Login methods (password, cert, cert+password) before the password.
-    from rumpus_secure.accounts.client_certs import build_certificate_checker
+    from rumpus_secure.accounts.cert_checker import build_certificate_checker
 
     try:
         checker = build_certificate_checker(config, store, checker, reactor)

@@ -19,12 +19,14 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from rumpus_secure.accounts.bans import MemoryBanStore
-from rumpus_secure.accounts.checker import LockedAccountError
-from rumpus_secure.accounts.client_certs import (
+from rumpus_secure.accounts.cert_checker import (
     CertificateAwareChecker,
     CertificateCredentials,
-    CertificateLogin,
     CertificateRefused,
+)
+from rumpus_secure.accounts.checker import LockedAccountError
+from rumpus_secure.accounts.client_certs import (
+    CertificateLogin,
     CertVerdict,
     ClientCA,
     ClientCertStore,

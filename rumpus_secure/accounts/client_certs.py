@@ -14,9 +14,9 @@ Three things live here:
  - L{ClientCA}: is a presented certificate one of ours?  It must chain to
    the C{--client-ca} file, be inside its validity period, and not be on
    the C{--client-crl} list.
- - L{CertificateAwareChecker}: the twisted.cred checker every login goes
-   through (FTP and web), wrapped around the password checker: it applies
-   the account's login method before, and instead of, the password.
+ - L{CertificateLogin}: what an account's login method makes of a presented
+   certificate; L{rumpus_secure.accounts.cert_checker} applies it in the
+   twisted.cred checker every login goes through (FTP and web).
 
 Why the certificate is judged at login and not by OpenSSL during the
 handshake: the certificate is optional at the TLS level (password users
@@ -52,15 +52,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL, crypto
-from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import IUsernamePassword, UsernamePassword
-from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.threads import deferToThreadPool
-from zope.interface import implementer
 
-from rumpus_secure.accounts.checker import LockedAccountError
-from rumpus_secure.accounts.hashing import normalise_text
 from rumpus_secure.accounts.store import AccountError, SQLiteAccountStore, _record
 
 #: Login methods of an account, in the words of C{rumpus-secure user auth}.
@@ -434,101 +426,3 @@ class CertificateLogin:
         if owner is None:
             return None
         return owner, self.bindings.auth_mode(owner)
-
-
-class CertificateRefused(UnauthorizedLogin):
-    """
-    The account's login method wants a certificate, and this one is refused.
-
-    @ivar reason: one of L{REFUSALS}.
-    """
-
-    def __init__(self, name: str, reason: str, fingerprint: str | None) -> None:
-        super().__init__(f"certificate refused for {name}: {reason}")
-        self.name = name
-        self.reason = reason
-        self.fingerprint = fingerprint
-
-
-class CertificateCredentials(UsernamePassword):
-    """
-    A user name, a password (maybe empty) and the certificate of the connection.
-    """
-
-    def __init__(self, username: bytes, password: bytes,
-                 certificate: PeerCertificate | None) -> None:
-        super().__init__(username, password)
-        self.certificate = certificate
-        #: Set by the checker when the certificate passed for the account.
-        self.verdict: CertVerdict | None = None
-
-
-@implementer(ICredentialsChecker)
-class CertificateAwareChecker:
-    """
-    The login method of the account first, then (if it wants one) the password.
-
-    Wraps the password checker (L{rumpus_secure.accounts.checker.ArgonChecker});
-    everything else is delegated to it.  For C{cert} accounts the password
-    is not looked at; for C{cert+password} both must pass; a refused
-    certificate fails with L{CertificateRefused} only after the password
-    check has run too, so that a refusal costs as long as a wrong password.
-    """
-
-    credentialInterfaces = (IUsernamePassword,)
-
-    def __init__(self, inner: Any, login: CertificateLogin, reactor: Any,
-                 threadpool: Any = None) -> None:
-        self._inner = inner
-        self.login = login
-        self._reactor = reactor
-        self._threadpool = threadpool
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
-        return ensureDeferred(self._request(credentials))
-
-    async def _request(self, credentials: Any) -> bytes:
-        name = normalise_text(credentials.username)
-        presented = getattr(credentials, "certificate", None)
-        pool = self._threadpool or self._reactor.getThreadPool()
-        verdict: CertVerdict = await deferToThreadPool(
-            self._reactor, pool, self.login.check, name, presented)
-        if verdict.mode == "password":
-            return await self._inner.requestAvatarId(credentials)
-        if verdict.refusal is not None:
-            try:
-                await self._inner.requestAvatarId(credentials)
-            except UnauthorizedLogin:
-                pass
-            raise CertificateRefused(name, verdict.refusal, verdict.fingerprint)
-        if isinstance(credentials, CertificateCredentials):
-            credentials.verdict = verdict
-        if verdict.mode == "cert+password":
-            return await self._inner.requestAvatarId(credentials)
-        account = await deferToThreadPool(self._reactor, pool,
-                                          self.login.bindings.store.get, name)
-        if account is None:
-            raise CertificateRefused(name, "cert-not-bound", verdict.fingerprint)
-        if account.locked:
-            raise LockedAccountError(account.name, account.lock_reason)
-        return str(account.name).encode("utf-8")
-
-
-def build_certificate_checker(config: Any, store: SQLiteAccountStore, inner: Any,
-                              reactor: Any, threadpool: Any = None
-                              ) -> CertificateAwareChecker:
-    """
-    The server's checker: the login methods over C{inner} (always, so that a
-    C{cert} account never logs in with its password alone, even without
-    C{--client-ca}).
-
-    @raises ValueError: the client CA or CRL file is unusable.
-    """
-    ca = None
-    if getattr(config, "client_ca", None) is not None:
-        ca = ClientCA(config.client_ca, config.client_crl, clock=reactor.seconds)
-    return CertificateAwareChecker(inner, CertificateLogin(ClientCertStore(store), ca),
-                                   reactor, threadpool)

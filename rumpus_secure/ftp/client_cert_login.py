@@ -3,7 +3,7 @@ FTPS logins with a client certificate (a mixin of the control protocol).
 
 The login method of an account (C{rumpus-secure user auth NAME ...}) is
 applied by the server's checker
-(L{rumpus_secure.accounts.client_certs.CertificateAwareChecker}); this
+(L{rumpus_secure.accounts.cert_checker.CertificateAwareChecker}); this
 mixin hands it the certificate of the control connection and reports what
 it decided.  The control protocol calls its hooks (a mixin cannot override
 the protocol's own C{ftp_USER}/C{ftp_PASS}):
@@ -37,11 +37,11 @@ from typing import Any
 
 from twisted.internet import defer
 
-from rumpus_secure.accounts.client_certs import (
+from rumpus_secure.accounts.cert_checker import (
     CertificateCredentials,
     CertificateRefused,
-    PeerCertificate,
 )
+from rumpus_secure.accounts.client_certs import PeerCertificate
 
 
 class ClientCertLogin:

@@ -22,7 +22,7 @@ from twisted.web.iweb import IRequest
 
 from rumpus_secure.accounts.bans import Ban
 from rumpus_secure.accounts.checker import LockedAccountError
-from rumpus_secure.accounts.client_certs import CertificateCredentials
+from rumpus_secure.accounts.cert_checker import CertificateCredentials
 from rumpus_secure.web.app import WebApp, client_ip
 from rumpus_secure.web.client_cert_login import (
     certificate_login,

@@ -22,12 +22,12 @@ from OpenSSL import SSL
 from twisted.web.iweb import IRequest
 
 from rumpus_secure.accounts.bans import Ban
-from rumpus_secure.accounts.checker import LockedAccountError
-from rumpus_secure.accounts.client_certs import (
+from rumpus_secure.accounts.cert_checker import (
     CertificateCredentials,
     CertificateRefused,
-    PeerCertificate,
 )
+from rumpus_secure.accounts.checker import LockedAccountError
+from rumpus_secure.accounts.client_certs import PeerCertificate
 from rumpus_secure.web.app import WebApp, client_ip
 
 #: What a person is told for each refusal.
