@@ -38,6 +38,7 @@ import getpass
 import secrets
 import sqlite3
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
@@ -215,6 +216,9 @@ def _user_add(args: argparse.Namespace, context: Context) -> int:
     password, generated = _read_password(args, context)
     account = store.add(args.name, password, home=home, perms=perms,
                         require_2fa=args.require_2fa)
+    if getattr(args, "auth", "password") != "password":
+        _client_certs(context).set_auth_mode(account.name, args.auth)
+        context.say(f"account {account.name} logs in with: {args.auth}")
     context.say(
         f"added account {account.name}, home {_show_home(account.home, context)}, "
         f"permissions {_show_perms(account.perms)}"
@@ -462,6 +466,122 @@ def add_user_command(subparsers: Any) -> None:
     )
     delete.add_argument("name", metavar="NAME")
     delete.set_defaults(handler=_user_del)
+    _add_certificate_actions(actions, add)
+
+
+# -- user cert / user auth ----------------------------------------------------
+
+
+def _client_certs(context: Context) -> Any:
+    from rumpus_secure.accounts.client_certs import ClientCertStore
+
+    return ClientCertStore(context.open_store())
+
+
+def _user_cert_add(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``user cert add NAME --cert FILE``: bind a certificate to an account.
+    """
+    try:
+        data = Path(args.client_cert_file).read_bytes()
+    except OSError as e:
+        raise CliError(f"cannot read {args.client_cert_file}: {e.strerror}") from None
+    binding = _client_certs(context).add(args.name, data)
+    context.say(f"bound certificate {binding.fingerprint} ({binding.subject}) "
+                f"to account {binding.name}")
+    if binding.not_after < time.time():
+        context.say("note: this certificate has expired: it is bound, but refused "
+                    "at login")
+    mode = _client_certs(context).auth_mode(args.name)
+    if mode == "password":
+        context.say(f"account {args.name} still logs in with its password only: "
+                    f"'{PROG} user auth {args.name} cert' (or cert+password) "
+                    "makes it use the certificate")
+    return 0
+
+
+def _user_cert_list(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``user cert list [NAME]``: the bound certificates.
+    """
+    certs = _client_certs(context)
+    bindings = certs.list(args.name)
+    if not bindings:
+        context.say("no certificates bound")
+        return 0
+    now = time.time()
+    for b in bindings:
+        expiry = time.strftime("%Y-%m-%d", time.gmtime(b.not_after))
+        state = "EXPIRED " if b.not_after < now else ""
+        context.say(f"{b.name}  {certs.auth_mode(b.name)}  {b.fingerprint}  "
+                    f"{state}until {expiry}  {b.subject}")
+    return 0
+
+
+def _user_cert_del(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``user cert del NAME FINGERPRINT``: unbind a certificate.
+    """
+    binding = _client_certs(context).delete(args.name, args.fingerprint)
+    context.say(f"removed certificate {binding.fingerprint} from account {args.name}")
+    return 0
+
+
+def _user_auth(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``user auth NAME password|cert|cert+password``: the login method.
+    """
+    certs = _client_certs(context)
+    if args.mode is None:
+        if context.open_store().get(args.name) is None:
+            raise AccountError(f"no account named {args.name!r}")
+        bound = len(certs.list(args.name))
+        context.say(f"account {args.name} logs in with: {certs.auth_mode(args.name)} "
+                    f"({bound} certificate(s) bound)")
+        return 0
+    certs.set_auth_mode(args.name, args.mode)
+    context.say(f"account {args.name} now logs in with: {args.mode}")
+    if args.mode != "password" and not certs.list(args.name):
+        context.say(f"note: no certificate is bound to {args.name} yet: "
+                    f"'{PROG} user cert add {args.name} --cert FILE'")
+    if args.mode != "password" and context.config.client_ca is None:
+        context.say("note: the server needs --client-ca to ask clients for "
+                    "certificates")
+    return 0
+
+
+def _add_certificate_actions(actions: Any, add: argparse.ArgumentParser) -> None:
+    """
+    ``user cert add|list|del``, ``user auth`` and ``user add --auth``.
+    """
+    from rumpus_secure.accounts.client_certs import AUTH_MODES
+
+    add.add_argument("--auth", choices=AUTH_MODES, default="password",
+                     help="how the account logs in [default: password]")
+    cert = actions.add_parser("cert", help="bind client certificates to accounts")
+    cert_actions = cert.add_subparsers(dest="cert_action", metavar="ACTION",
+                                       required=True)
+    cert_add = cert_actions.add_parser("add", help="bind a certificate to an account")
+    cert_add.add_argument("name", metavar="NAME")
+    # dest: not "cert", which is the server's own --cert option for _config.
+    cert_add.add_argument("--cert", metavar="FILE", required=True,
+                          dest="client_cert_file",
+                          help="the client certificate (PEM or DER)")
+    cert_add.set_defaults(handler=_user_cert_add)
+    cert_list = cert_actions.add_parser("list", help="show bound certificates")
+    cert_list.add_argument("name", metavar="NAME", nargs="?", default=None)
+    cert_list.set_defaults(handler=_user_cert_list)
+    cert_del = cert_actions.add_parser("del", help="unbind a certificate")
+    cert_del.add_argument("name", metavar="NAME")
+    cert_del.add_argument("fingerprint", metavar="FINGERPRINT",
+                          help="its SHA-256 fingerprint, or its first 8+ hex digits")
+    cert_del.set_defaults(handler=_user_cert_del)
+    auth = actions.add_parser("auth", help="set how an account logs in")
+    auth.add_argument("name", metavar="NAME")
+    auth.add_argument("mode", choices=AUTH_MODES, metavar="|".join(AUTH_MODES),
+                      nargs="?", default=None,
+                      help="the new login method; leave out to show the current one")
+    auth.set_defaults(handler=_user_auth)
 
 
 # -- audit ------------------------------------------------------------------

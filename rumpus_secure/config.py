@@ -434,6 +434,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("acme-ca-bundle", None, _optional_path,
            "PEM file of the CA(s) trusted for the ACME directory's HTTPS (a "
            "private or test CA) [default: the system's].", "FILE"),
+    Option("client-ca", None, _optional_path,
+           "Ask FTPS and HTTPS clients for a certificate (optional: password "
+           "users still connect) and trust those issued by the CA(s) in this "
+           "PEM file; accounts set to 'user auth NAME cert' log in with one.",
+           "FILE"),
+    Option("client-crl", None, _optional_path,
+           "A PEM or DER certificate revocation list of the client CA; a "
+           "revoked client certificate is refused (re-read when it changes).",
+           "FILE"),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -496,6 +505,8 @@ class ServerConfig:
     acme_email: str | None = None
     acme_names: tuple[str, ...] = field(default=())
     acme_ca_bundle: Path | None = None
+    client_ca: Path | None = None
+    client_crl: Path | None = None
 
     @property
     def node(self) -> str:
@@ -660,6 +671,8 @@ def validate(config: ServerConfig) -> None:
     """
     if (config.cert is None) != (config.key is None):
         raise ConfigError("--cert and --key must be given together")
+    if config.client_crl is not None and config.client_ca is None:
+        raise ConfigError("--client-crl needs --client-ca")
     if not any((config.ftp, config.ftps, config.http, config.https)):
         raise ConfigError("every listener is set to none: nothing to serve")
     if config.ftp_security == "implicit-only" and config.ftps is None:

@@ -634,6 +634,7 @@ def build_server(config: ServerConfig, reactor: Any, dropping_to: Any = None) ->
         tls = TLSContextSource(
             info.cert_path, info.key_path, public_host=config.public_host,
             allow_expired=config.allow_expired, clock=reactor,
+            client_ca=config.client_ca,
         )
     except TLSConfigError as e:
         raise _fail(str(e)) from None
@@ -661,6 +662,13 @@ def build_server(config: ServerConfig, reactor: Any, dropping_to: Any = None) ->
         cache = VerifierCache(ttl=config.login_cache_time)
     checker = ArgonChecker(store, reactor, threadpool=verify_thread_pool(reactor),
                            cache=cache)
+    # Login methods (password, cert, cert+password) before the password.
+    from rumpus_secure.accounts.cert_checker import build_certificate_checker
+
+    try:
+        checker = build_certificate_checker(config, store, checker, reactor)
+    except ValueError as e:
+        raise _fail(str(e)) from None
     portal = Portal(FTPRealm(store), [checker])
     server = Server(config=config, store=store, checker=checker, portal=portal,
                     tls=tls, audit=audit, reactor=reactor)

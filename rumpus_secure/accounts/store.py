@@ -78,9 +78,11 @@ CHANGES_KEPT = 10_000
 #: of what the account's credentials are (two-factor login turned on,
 #: required or reset, an app password revoked): open FTP sessions end on
 #: it.  ``2fa`` and ``app-password`` are writes that change nothing a
-#: session relies on (a code used up, an app password added).
+#: session relies on (a code used up, an app password added).  The
+#: ``cert-*`` and ``auth`` kinds are client-certificate bindings and the
+#: login method (L{rumpus_secure.accounts.client_certs}).
 CHANGE_KINDS = ("add", "password", "lock", "unlock", "perms", "delete", "2fa",
-                "app-password")
+                "app-password", "cert-add", "cert-del", "auth")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9._@-]{0,63}\Z")
 

@@ -32,12 +32,12 @@ from zope.interface import implementer
 
 from rumpus_secure.accounts.bans import Ban
 from rumpus_secure.accounts.checker import (
-    ChannelCredentials,
     LockedAccountError,
     TwoFactorRequired,
 )
 from rumpus_secure.ftp import data as data_channel
 from rumpus_secure.ftp.account_state import AccountBoundSession
+from rumpus_secure.ftp.client_cert_login import ClientCertLogin
 from rumpus_secure.ftp.files import FileCommands
 from rumpus_secure.ftp.passive import PortPool
 from rumpus_secure.ftp.transfer import TransferEngine
@@ -85,7 +85,7 @@ def _peer_host(transport: Any) -> str:
 
 
 @implementer(IHandshakeListener)
-class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
+class ControlProtocol(ClientCertLogin, AccountBoundSession, FileCommands, ftp.FTP):
     """
     One FTP control connection (plain port or implicit FTPS port).
     """
@@ -545,6 +545,7 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         """
         Forget login and transfer state (RFC 4217 section 4.2, and REIN).
         """
+        self._forget_certificate_login()
         self.close_data()
         self._end_session()
         if self.shell is not None and getattr(self, "logout", None):
@@ -653,9 +654,11 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
             return "501 USER needs a user name."
         self._user = username
         self.state = self.INAUTH
-        return f"331 Password required for {username[:64]}."
+        return self._user_reply(f"331 Password required for {username[:64]}.")
 
     def ftp_PASS(self, password: str = "") -> Any:
+        if (already := self._pass_after_certificate_login()) is not None:
+            return already
         if self.state != self.INAUTH or self._user is None:
             return "503 Send USER first."
         name, self._user = self._user, None
@@ -683,11 +686,10 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         """
         exposure = getattr(self.session_factory.shared, "exposure", None)
         watch = exposure.watch(name, password) if exposure is not None else None
-        # The channel decides whether app passwords count (FTPS only) and
-        # refuses a two-factor account's main password (accounts.checker).
-        creds = ChannelCredentials(name.encode("utf-8", "surrogateescape"),
-                                   password.encode("utf-8", "surrogateescape"),
-                                   "ftps" if self.secure else "ftp")
+        # The credentials carry the channel (app passwords count on FTPS
+        # only; a two-factor account's main password is refused here) and
+        # the connection's client certificate (accounts.cert_checker).
+        creds = self._login_credentials(name, password)
         # The mind is the server: the realm does its disk work in its threads.
         d = self.session_factory.portal.login(creds, self.session_factory.shared.server,
                                               IFileShell)
@@ -737,7 +739,8 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
                 if attempt is not None:
                     attempt.abandoned()  # no verdict on the password
                 return failure
-            self._audit("ftp.login", account=name, outcome="failed")
+            self._audit("ftp.login", account=name, outcome="failed",
+                        **self._login_audit_fields(failure))
             ban = attempt.failed() if attempt is not None else None
             return self._login_failed(ban)
 
@@ -785,7 +788,7 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self.state = self.AUTHED
         self._logged_in()
         self._bind_account(name)
-        self._audit("ftp.login", account=name, outcome="ok")
+        self._audit("ftp.login", account=name, outcome="ok", **self._login_audit_fields())
         return f"230 Welcome, {name[:64]}: logged in."
 
     def _turn_away(self, ban: Any) -> None:

@@ -37,7 +37,7 @@ from rumpus_secure.ftp.passive import (
     active_connector,
     normalise_host,
 )
-from rumpus_secure.ftp.transfer import SessionNotResumed, TransferHandle
+from rumpus_secure.ftp.transfer import ClientCertMismatch, SessionNotResumed, TransferHandle
 
 __all__ = [
     "ActiveSource",
@@ -96,7 +96,8 @@ class PassiveSource:
         def failed(failure: Failure) -> None:
             refused = failure.check(SessionNotResumed)
             if refused:
-                reason = "foreign-session"
+                reason = ("foreign-certificate" if failure.check(ClientCertMismatch)
+                          else "foreign-session")
             elif cancelled:
                 return  # our own abort ended it
             else:

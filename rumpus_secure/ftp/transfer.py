@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
+from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
@@ -117,6 +118,11 @@ class TLSSettings:
     context: SSL.Context
     require_reuse: bool = True
     strict_eof: bool = True
+    #: With a client CA: the data connection must present the certificate
+    #: the control connection presented (its SHA-256 fingerprint; L{None}:
+    #: none).  See L{rumpus_secure.ftp.client_cert_login}.
+    check_client_cert: bool = False
+    client_cert: str | None = None
 
 
 class _Aborted(Exception):
@@ -140,6 +146,12 @@ class SessionNotResumed(Exception):
     """
 
     channel: _Channel | None = None
+
+
+class ClientCertMismatch(SessionNotResumed):
+    """
+    The data connection's client certificate is not its control connection's.
+    """
 
 
 #: Raised by a data connection stopped with L{TransferHandle.abort}.
@@ -315,6 +327,14 @@ class _Channel:
                 if self._eof:
                     raise ConnectionError("the client closed during the handshake") from None
                 self._feed_tls()
+        if settings.check_client_cert:
+            peer = tls.get_peer_certificate(as_cryptography=True)
+            presented = (None if peer is None
+                         else peer.fingerprint(hashes.SHA256()).hex(":").upper())
+            if presented != settings.client_cert:
+                raise ClientCertMismatch(
+                    "the data connection's client certificate is not the one"
+                    " of its control connection")
         if tls.get_protocol_version_name() == "TLSv1.3":
             # The handshake's last flight went out with the WantRead above;
             # what OpenSSL has written since is post-handshake (tickets).

@@ -25,10 +25,16 @@ from twisted.web import resource
 from twisted.web.iweb import IRequest
 
 from rumpus_secure.accounts.bans import Ban
-from rumpus_secure.accounts.checker import ChannelCredentials, LockedAccountError
+from rumpus_secure.accounts.cert_checker import CertificateCredentials
+from rumpus_secure.accounts.checker import LockedAccountError
 from rumpus_secure.db import StoreUnavailable
 from rumpus_secure.web import twofactor
 from rumpus_secure.web.app import WebApp, client_ip
+from rumpus_secure.web.client_cert_login import (
+    certificate_login,
+    refusal_fields,
+    request_certificate,
+)
 from rumpus_secure.web.manager import arg
 from rumpus_secure.web.pages import esc, page
 from rumpus_secure.web.respond import error_page, run, see_other, send
@@ -105,6 +111,8 @@ class LoginResource(resource.Resource):
         next_path = _safe_next(arg(request, b"next"))
         if self.app.session(request) is not None:
             see_other(request, next_path)
+        elif request_certificate(request) is not None and arg(request, b"out") != "1":
+            return run(request, lambda: self._certificate_login(request, next_path))
         else:
             notice = "You are logged out." if arg(request, b"out") == "1" else None
             send(request, 200, login_form(next_path, footer=ftp_note(self.app.config),
@@ -112,6 +120,18 @@ class LoginResource(resource.Resource):
         return run(request, _nothing)
 
     render_HEAD = render_GET
+
+    async def _certificate_login(self, request: IRequest, next_path: str) -> None:
+        """
+        GET /login with a client certificate: log in without the form if it
+        is bound to a C{cert} account (rumpus_secure.web.client_cert_login).
+        """
+        outcome = await certificate_login(self.app, request)
+        if outcome == "ok":
+            see_other(request, next_path)
+            return
+        send(request, 200 if outcome is None else 403,
+             login_form(next_path, outcome, footer=ftp_note(self.app.config)))
 
     def render_POST(self, request: IRequest) -> Any:
         return run(request, lambda: self.login(request))
@@ -146,9 +166,9 @@ class LoginResource(resource.Resource):
                 return
         exposure = getattr(self.app.server, "exposure", None)
         watch = exposure.watch(name, password) if exposure is not None else None
-        credentials = ChannelCredentials(name.encode("utf-8", "surrogateescape"),
-                                         password.encode("utf-8", "surrogateescape"),
-                                         "web")
+        credentials = CertificateCredentials(name.encode("utf-8", "surrogateescape"),
+                                             password.encode("utf-8", "surrogateescape"),
+                                             request_certificate(request), channel="web")
         try:
             avatar = await self.app.server.checker.requestAvatarId(credentials)
         except LockedAccountError as e:
@@ -171,10 +191,11 @@ class LoginResource(resource.Resource):
                 next_path, "The server cannot check passwords right now; try again "
                 "later."))
             return
-        except UnauthorizedLogin:
+        except UnauthorizedLogin as refused:
             if watch is not None:
                 watch.close()
-            self.app.audit(request, "web.login", account=name, outcome="failed")
+            self.app.audit(request, "web.login", account=name, outcome="failed",
+                           **refusal_fields(refused))
             if guard is not None and attempt is not None:
                 ban = attempt.failed()
                 await guard.delayed(None)
