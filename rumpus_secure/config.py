@@ -318,6 +318,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("password-min-length", 12, _password_length,
            "Fewest characters of a password a person chooses (user add, "
            "user passwd); at least 8.", "N"),
+    Option("trusted-proxies", (), _cidr_list,
+           "Comma-separated addresses/CIDR networks of the load balancers "
+           "allowed to send PROXY headers (haproxy: listeners, and passive "
+           "data connections from them).", "CIDRS"),
+    Option("passive-bind", None, _optional_address,
+           "Address the passive data listeners bind, when it differs from the "
+           "announced --passive-address (a node behind a load balancer) "
+           "[default: the address the control connection reached].", "ADDR"),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -372,6 +380,8 @@ class ServerConfig:
     metrics: str | None = None
     handshake_timeout: float = 15.0
     password_min_length: int = 12
+    trusted_proxies: tuple[str, ...] = field(default=())
+    passive_bind: str | None = None
 
     @property
     def file_root(self) -> Path:

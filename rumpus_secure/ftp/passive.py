@@ -43,6 +43,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rumpus_secure.guard import normalise_address as normalise_host
+from rumpus_secure.proxy import (
+    HEADER_TIMEOUT,
+    ProxyHeaderError,
+    TrustedProxies,
+    read_header,
+)
 
 _log = Logger()
 
@@ -83,6 +89,12 @@ def _accept_as_is(sock: socket.socket, host: str) -> defer.Deferred[Any]:
     return defer.succeed(sock)
 
 
+class _Turned(Exception):
+    """
+    A connection through the proxy was turned away and already reported.
+    """
+
+
 def random_order(ports: Iterable[int]) -> Iterable[int]:
     """
     The ports in a random order, from a system random source.
@@ -103,6 +115,10 @@ class PassiveListener:
     Waits for one data connection from one address.
 
     @param on_refused: called with the address of a refused connection.
+    @param trusted: load balancers (C{--trusted-proxies}): a connection from
+        one of them starts with a PROXY header naming the real client, which
+        is held to C{allowed_peer} like a direct connection (the passive
+        ranges are routed to their node by the balancer, see the README).
     @ivar vet: called with each connection from the allowed address and
         that address; fires with what L{wait} delivers (the socket, or a
         channel made from it) or fails with L{DataConnectionRefused}, and is
@@ -113,8 +129,10 @@ class PassiveListener:
     def __init__(self, reactor: Any, interface: str, ports: range,
                  allowed_peer: str, timeout: float,
                  on_refused: Callable[[str], None] = lambda host: None,
-                 pool: PortPool | None = None) -> None:
+                 pool: PortPool | None = None,
+                 trusted: TrustedProxies | None = None) -> None:
         self.reactor = reactor
+        self.trusted = trusted
         self.allowed_peer = normalise_host(allowed_peer)
         self.on_refused = on_refused
         self.vet: Vet = _accept_as_is
@@ -178,21 +196,53 @@ class PassiveListener:
                 _log.info("passive accept failed: {error}", error=e)
                 return
             host = normalise_host(address[0])
-            if host != self.allowed_peer:
+            proxied = bool(self.trusted) and host in self.trusted  # type: ignore[operator]
+            if host != self.allowed_peer and not proxied:
                 conn.close()
                 self.on_refused(host)
                 continue
-            conn.setblocking(True)
             if len(self._candidates) >= MAX_CANDIDATES:
                 _log.info("passive port {port}: a new connection from {host}"
                           " displaces the oldest one still in its handshake",
                           port=self.port, host=host)
                 self._candidates[0].cancel()  # removes it from the list
-            self._vet(conn, host)
+            if proxied:
+                self._vet(conn, host, self._after_header)
+            else:
+                conn.setblocking(True)
+                self._vet(conn, host)
 
-    def _vet(self, conn: socket.socket, host: str) -> None:
+    def _after_header(self, conn: socket.socket, proxy: str) -> defer.Deferred[Any]:
+        """
+        Read the PROXY header of a connection from a trusted proxy, then vet
+        it as coming from the client the header names.
+        """
+        conn.setblocking(False)
+        reading = read_header(self.reactor, conn, min(HEADER_TIMEOUT, self._timeout))
+
+        def got(header: Any) -> Any:
+            source = proxy if header.source is None else normalise_host(header.source.host)
+            if source != self.allowed_peer:
+                conn.close()
+                self.on_refused(source)
+                raise _Turned()
+            conn.setblocking(True)
+            return self.vet(conn, source)
+
+        def bad(failure: Failure) -> Failure:
+            conn.close()
+            if failure.check(ProxyHeaderError):
+                _log.info("passive port {port}: bad PROXY header from {proxy}: {error}",
+                          port=self.port, proxy=proxy, error=failure.getErrorMessage())
+                self.on_refused(proxy)
+                return Failure(_Turned())
+            return failure
+
+        return reading.addCallbacks(got, bad)
+
+    def _vet(self, conn: socket.socket, host: str, vet: Vet | None = None) -> None:
         try:
-            vetting = self.vet(conn, host)
+            vetting = (vet or self.vet)(conn, host)
         except Exception:  # noqa: BLE001 (a bug: logged; the port keeps serving)
             _log.failure("vetting a data connection failed")
             conn.close()
@@ -218,7 +268,7 @@ class PassiveListener:
         self._deliver()
 
     def _refused(self, failure: Failure) -> None:
-        if failure.check(defer.CancelledError):
+        if failure.check(defer.CancelledError, _Turned):
             return
         if failure.check(DataConnectionRefused):
             self._refusal = failure.value
