@@ -1,0 +1,132 @@
+"""
+Issue #17, shared filesystems: the no-clobber rename stays atomic where
+``renameat2(RENAME_NOREPLACE)`` is refused (GlusterFS FUSE: EINVAL; NFS).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rumpus_secure.vfs import _syscalls
+
+
+@pytest.fixture(params=[errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP])
+def flag_refused(request: Any, monkeypatch: pytest.MonkeyPatch) -> int:
+    """
+    A renameat2 that refuses RENAME_NOREPLACE as a shared filesystem does.
+    """
+    code = request.param
+
+    def refuse(*args: Any) -> int:
+        ctypes.set_errno(code)
+        return -1
+
+    monkeypatch.setattr(_syscalls, "_renameat2", refuse)
+    return code
+
+
+def _dir(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def test_fallback_moves_a_file(tmp_path: Path, flag_refused: int) -> None:
+    (tmp_path / "part").write_bytes(b"new")
+    fd = _dir(tmp_path)
+    try:
+        _syscalls.rename_noreplace(fd, "part", fd, "final")
+    finally:
+        os.close(fd)
+    assert (tmp_path / "final").read_bytes() == b"new"
+    assert not (tmp_path / "part").exists()
+
+
+def test_fallback_never_clobbers_even_in_the_window(
+        tmp_path: Path, flag_refused: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Another node creates the name between a check and a rename: the
+    check-then-rename clobbered it; link() refuses atomically.
+    """
+    monkeypatch.setattr(_syscalls, "exists_at", lambda dir_fd, name: False)
+    (tmp_path / "part").write_bytes(b"mine")
+    (tmp_path / "final").write_bytes(b"theirs")
+    fd = _dir(tmp_path)
+    try:
+        with pytest.raises(FileExistsError):
+            _syscalls.rename_noreplace(fd, "part", fd, "final")
+    finally:
+        os.close(fd)
+    assert (tmp_path / "final").read_bytes() == b"theirs"
+    assert (tmp_path / "part").read_bytes() == b"mine"
+
+
+def test_fallback_race_has_one_winner(tmp_path: Path, flag_refused: int) -> None:
+    writers = 16
+    for n in range(writers):
+        (tmp_path / f"part{n}").write_bytes(b"%d" % n)
+    fd = _dir(tmp_path)
+    won: list[int] = []
+    lost: list[int] = []
+    start = threading.Barrier(writers)
+
+    def commit(n: int) -> None:
+        start.wait()
+        try:
+            _syscalls.rename_noreplace(fd, f"part{n}", fd, "final")
+            won.append(n)
+        except FileExistsError:
+            lost.append(n)
+
+    threads = [threading.Thread(target=commit, args=(n,)) for n in range(writers)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        os.close(fd)
+    assert len(won) == 1 and len(lost) == writers - 1
+    assert (tmp_path / "final").read_bytes() == b"%d" % won[0]
+    for n in lost:
+        assert (tmp_path / f"part{n}").exists()
+
+
+def test_fallback_renames_a_directory(tmp_path: Path, flag_refused: int) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "taken").mkdir()
+    fd = _dir(tmp_path)
+    try:
+        _syscalls.rename_noreplace(fd, "a", fd, "b")
+        with pytest.raises(FileExistsError):
+            _syscalls.rename_noreplace(fd, "b", fd, "taken")
+    finally:
+        os.close(fd)
+    assert (tmp_path / "b").is_dir() and (tmp_path / "taken").is_dir()
+
+
+def test_other_errors_are_not_swallowed(tmp_path: Path, flag_refused: int) -> None:
+    fd = _dir(tmp_path)
+    try:
+        with pytest.raises(FileNotFoundError):
+            _syscalls.rename_noreplace(fd, "missing", fd, "final")
+    finally:
+        os.close(fd)
+
+
+def test_unique_fact_does_not_depend_on_the_device(tmp_path: Path) -> None:
+    """
+    Two nodes mount the same files with different device numbers: the
+    MLSD unique fact must be the same on both.
+    """
+    from rumpus_secure.vfs._base import Entry
+
+    (tmp_path / "f").write_bytes(b"x")
+    st = os.lstat(tmp_path / "f")
+    other = os.stat_result((st.st_mode, st.st_ino, st.st_dev + 7, *tuple(st)[3:]))
+    assert Entry.from_stat("f", st).unique == Entry.from_stat("f", other).unique
