@@ -130,3 +130,32 @@ def test_unique_fact_does_not_depend_on_the_device(tmp_path: Path) -> None:
     st = os.lstat(tmp_path / "f")
     other = os.stat_result((st.st_mode, st.st_ino, st.st_dev + 7, *tuple(st)[3:]))
     assert Entry.from_stat("f", st).unique == Entry.from_stat("f", other).unique
+
+
+def test_homes_are_stored_relative_to_the_root(tmp_path: Path) -> None:
+    """
+    Each node mounts the shared files at its own --root: an account made on
+    one node finds its home under the other node's root.
+    """
+    import sqlite3
+
+    from argon2 import PasswordHasher
+
+    from rumpus_secure.accounts.store import SQLiteAccountStore
+
+    cheap = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    database = tmp_path / "data" / "accounts.sqlite3"
+    node1 = SQLiteAccountStore(database, tmp_path / "mnt1", hasher=cheap)
+    node1.add("alice", "correct horse battery")
+    node1.add("bob", "correct horse battery", home=Path("team/bob"))
+    node1.add("carol", "correct horse battery", home=tmp_path / "elsewhere" / "carol")
+    with sqlite3.connect(database) as db:
+        stored = dict(db.execute("SELECT name, home FROM accounts"))
+    assert stored == {"alice": "alice", "bob": "team/bob",
+                      "carol": str(tmp_path / "elsewhere" / "carol")}
+    node2 = SQLiteAccountStore(database, tmp_path / "mnt2", hasher=cheap)
+    assert node2.get("alice").home == tmp_path / "mnt2" / "alice"
+    assert node2.get("bob").home == tmp_path / "mnt2" / "team" / "bob"
+    assert node2.get("carol").home == tmp_path / "elsewhere" / "carol"
+    assert node1.get("alice").home == tmp_path / "mnt1" / "alice"
+    assert {a.name: a.home for a in node2.list()}["alice"] == tmp_path / "mnt2" / "alice"
