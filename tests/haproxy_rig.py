@@ -55,39 +55,55 @@ def _free_everywhere(port: int, hosts: tuple[str, ...]) -> bool:
     return True
 
 
-def _pick_ports(count: int) -> tuple[int, list[range]]:
+#: The listeners every node has behind HAProxy, in port order.
+LABELS = ("ftp", "ftps", "https")
+
+
+def _pick_ports(count: int) -> tuple[dict[str, int], list[range]]:
     """
-    A control port and C{count} passive ranges, free on every rig address.
+    A port per listener and C{count} passive ranges, free on every rig address.
     """
     hosts = (VIRTUAL, *NODE_HOSTS[:count])
     rng = random.SystemRandom()
     for _ in range(50):
         base = rng.randrange(20000, 30000 - RANGE_SIZE * (count + 1))
-        control = base
-        ranges = [range(base + 1 + n * RANGE_SIZE, base + 1 + (n + 1) * RANGE_SIZE)
+        ports = {label: base + n for n, label in enumerate(LABELS)}
+        first = base + len(LABELS)
+        ranges = [range(first + n * RANGE_SIZE, first + (n + 1) * RANGE_SIZE)
                   for n in range(count)]
-        wanted = [control, *(p for r in ranges for p in r)]
+        wanted = [*ports.values(), *(p for r in ranges for p in r)]
         if all(_free_everywhere(p, hosts) for p in wanted):
-            return control, ranges
+            return ports, ranges
     raise RuntimeError("no free ports for the HAProxy rig")
 
 
-def haproxy_config(control: int, ranges: list[range], hosts: tuple[str, ...],
+def haproxy_config(ports: dict[str, int], ranges: list[range], hosts: tuple[str, ...],
                    check_interval_ms: int = 300) -> str:
     """
     The HAProxy configuration the README documents, for loopback.
 
-    - control: ``balance source`` with consistent hashing (a client stays on
-      its node, and a node that goes away moves only its own clients),
-      ``send-proxy-v2``, health checks, ``option redispatch``;
+    - each listener: ``balance source`` with consistent hashing (a client
+      stays on its node, and a node that goes away moves only its own
+      clients), ``send-proxy-v2``, health checks, ``option redispatch``;
     - one frontend per node passive range, routed to that node only, with
       ``send-proxy-v2`` so the node checks the real client's address;
     - timeouts longer than the longest transfer.
     """
-    servers = "\n".join(
-        f"    server n{n + 1} {host}:{control} send-proxy-v2 "
-        f"check inter {check_interval_ms}ms fall 1 rise 2"
-        for n, host in enumerate(hosts))
+    control = ""
+    for label, port in ports.items():
+        servers = "\n".join(
+            f"    server n{n + 1} {host}:{port} send-proxy-v2 "
+            f"check inter {check_interval_ms}ms fall 1 rise 2"
+            for n, host in enumerate(hosts))
+        control += (f"frontend {label}\n"
+                    f"    bind {VIRTUAL}:{port}\n"
+                    f"    maxconn 6000\n"
+                    f"    default_backend {label}_nodes\n"
+                    f"backend {label}_nodes\n"
+                    f"    balance source\n"
+                    f"    hash-type consistent\n"
+                    f"    source {VIRTUAL}\n"
+                    f"{servers}\n\n")
     passive = "\n".join(
         f"frontend passive_n{n + 1}\n"
         f"    bind {VIRTUAL}:{r.start}-{r.stop - 1}\n"
@@ -108,18 +124,7 @@ defaults
     retries 3
     option redispatch
 
-frontend ftp
-    bind {VIRTUAL}:{control}
-    maxconn 6000
-    default_backend ftp_nodes
-
-backend ftp_nodes
-    balance source
-    hash-type consistent
-    source {VIRTUAL}
-{servers}
-
-{passive}"""
+{control}{passive}"""
 
 
 @dataclass
@@ -131,10 +136,17 @@ class Rig:
     tmp_path: Path
     nodes: int = 3
     options: dict[str, Any] = field(default_factory=dict)
-    control: int = 0
+    ports: dict[str, int] = field(default_factory=dict)
     ranges: list[range] = field(default_factory=list)
     servers: list[ServerProcess] = field(default_factory=list)
     haproxy: subprocess.Popen[bytes] | None = None
+
+    @property
+    def control(self) -> int:
+        """
+        The FTP control port (the same on HAProxy and on every node).
+        """
+        return self.ports["ftp"]
 
     @property
     def data_dir(self) -> Path:
@@ -162,13 +174,14 @@ class Rig:
             "/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)
         if haproxy is None:
             require_tool("haproxy")
-        self.control, self.ranges = _pick_ports(self.nodes)
+        self.ports, self.ranges = _pick_ports(self.nodes)
         hosts = NODE_HOSTS[:self.nodes]
         for n, host in enumerate(hosts):
             r = self.ranges[n]
             options = dict(
-                ftp=f"haproxy:tcp:{self.control}:interface={host}",
-                ftps="none", http="none", https="none",
+                http="none",
+                **{label: f"haproxy:tcp:{port}:interface={host}"
+                   for label, port in self.ports.items()},
                 root=str(self.root), trusted_proxies=VIRTUAL,
                 passive_ports=f"{r.start}-{r.stop - 1}", passive_address=VIRTUAL,
                 passive_bind=host, ftp_security="allow-plain", data_tls="optional",
@@ -183,7 +196,7 @@ class Rig:
             server.start()
             self.wait_node(n)
         config = self.tmp_path / "haproxy.cfg"
-        config.write_text(haproxy_config(self.control, self.ranges, hosts))
+        config.write_text(haproxy_config(self.ports, self.ranges, hosts))
         checked = subprocess.run([str(haproxy), "-c", "-f", str(config)],
                                  capture_output=True, text=True)
         assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -202,7 +215,7 @@ class Rig:
     def wait_node(self, n: int, limit: float = 30.0) -> None:
         server = self.servers[n]
         deadline = time.monotonic() + limit
-        while not port_accepts(self.control, NODE_HOSTS[n]):
+        while not all(port_accepts(port, NODE_HOSTS[n]) for port in self.ports.values()):
             if not server.running:
                 raise AssertionError(f"node {n + 1} exited:\n{server.log_text()}")
             assert time.monotonic() < deadline, server.log_text()

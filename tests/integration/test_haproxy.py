@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.haproxy_rig import VIRTUAL, Rig, client_address
-from tests.integration.clients import ReusingFTP_TLS, client_context
+from tests.integration.clients import ImplicitFTP_TLS, ReusingFTP_TLS, client_context
 
 pytestmark = pytest.mark.integration
 
@@ -218,6 +218,77 @@ def test_data_connection_from_another_address_is_refused(
     assert refused[0]["client"] == owner
 
 
+class _SourcedImplicit(ImplicitFTP_TLS):
+    """
+    Implicit FTPS from a source address of our choice.
+    """
+
+    def connect(self, host: str = "", port: int = 0, timeout: float = -999,
+                source_address: Any = None) -> str:
+        self.host, self.port = host, port
+        raw = socket.create_connection((host, port), self.timeout,
+                                       source_address=self.source_address)
+        self.sock = self.context.wrap_socket(raw, server_hostname=host)
+        self.af = self.sock.family
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        self.welcome = self.getresp()
+        return self.welcome
+
+
+def test_implicit_ftps_through_the_proxy(rig: Rig, accounts: dict[str, str]) -> None:
+    """
+    The first-byte sniffer sees the client's ClientHello, not the PROXY
+    header in front of it; a plain client on that port still gets the
+    plain answer that names the right port.
+    """
+    ftp = _SourcedImplicit(context=client_context(rig.data_dir / "tls" / "cert.pem"),
+                           timeout=TIMEOUT, source_address=(client_address(200), 0))
+    try:
+        assert ftp.connect(VIRTUAL, rig.ports["ftps"]).startswith("220")
+        assert ftp.login("alice", accounts["alice"]).startswith("230")
+        ftp.prot_p()
+        listing: list[str] = []
+        ftp.retrlines("NLST", listing.append)
+    finally:
+        ftp.close()
+    plain = socket.create_connection((VIRTUAL, rig.ports["ftps"]), TIMEOUT,
+                                     source_address=(client_address(201), 0))
+    try:
+        plain.sendall(b"USER alice\r\n")
+        answer = plain.recv(1024)
+    finally:
+        plain.close()
+    assert answer.startswith(b"421") and str(rig.control).encode() in answer
+
+
+def test_https_connection_limit_counts_the_client(rig: Rig) -> None:
+    """
+    The web channel counts connections per address in connectionMade: 40
+    browsers at once behind the proxy, limit 2 per address, none gets 503.
+    (The sniffer already builds the channel at the first byte after the
+    header; this keeps the order of the layers honest.)
+    """
+    context = client_context(rig.data_dir / "tls" / "cert.pem")
+    socks = []
+    statuses = []
+    try:
+        for n in range(210, 250):
+            raw = socket.create_connection((VIRTUAL, rig.ports["https"]), TIMEOUT,
+                                           source_address=(client_address(n), 0))
+            socks.append(context.wrap_socket(raw, server_hostname="localhost"))
+        for sock in socks:
+            sock.sendall(b"GET /login HTTP/1.1\r\nHost: localhost\r\n"
+                         b"Connection: close\r\n\r\n")
+        for sock in socks:
+            statuses.append(sock.recv(64).split(b"\r\n", 1)[0])
+    finally:
+        for sock in socks:
+            sock.close()
+    assert len(statuses) == 40
+    assert [s for s in statuses if b" 503 " in s] == []
+    assert all(s.startswith(b"HTTP/1.1 ") for s in statuses), statuses[:3]
+
+
 def _login_somewhere(source: str, rig: Rig, name: str, password: str) -> ftplib.FTP:
     deadline = time.monotonic() + 15
     while True:
@@ -279,5 +350,3 @@ def test_node_killed_in_the_middle_of_a_download(
         again.close()
     whole = bytes(received) + b"".join(rest)
     assert hashlib.sha256(whole).digest() == hashlib.sha256(content).digest()
-
-
