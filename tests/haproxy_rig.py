@@ -59,17 +59,17 @@ def _free_everywhere(port: int, hosts: tuple[str, ...]) -> bool:
 LABELS = ("ftp", "ftps", "https")
 
 
-def _pick_ports(count: int) -> tuple[dict[str, int], list[range]]:
+def _pick_ports(count: int, size: int = RANGE_SIZE) -> tuple[dict[str, int], list[range]]:
     """
     A port per listener and C{count} passive ranges, free on every rig address.
     """
     hosts = (VIRTUAL, *NODE_HOSTS[:count])
     rng = random.SystemRandom()
     for _ in range(50):
-        base = rng.randrange(20000, 30000 - RANGE_SIZE * (count + 1))
+        base = rng.randrange(20000, 31000 - size * (count + 1))
         ports = {label: base + n for n, label in enumerate(LABELS)}
         first = base + len(LABELS)
-        ranges = [range(first + n * RANGE_SIZE, first + (n + 1) * RANGE_SIZE)
+        ranges = [range(first + n * size, first + (n + 1) * size)
                   for n in range(count)]
         wanted = [*ports.values(), *(p for r in ranges for p in r)]
         if all(_free_everywhere(p, hosts) for p in wanted):
@@ -135,6 +135,7 @@ class Rig:
 
     tmp_path: Path
     nodes: int = 3
+    range_size: int = RANGE_SIZE
     options: dict[str, Any] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     ranges: list[range] = field(default_factory=list)
@@ -174,7 +175,7 @@ class Rig:
             "/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)
         if haproxy is None:
             require_tool("haproxy")
-        self.ports, self.ranges = _pick_ports(self.nodes)
+        self.ports, self.ranges = _pick_ports(self.nodes, self.range_size)
         hosts = NODE_HOSTS[:self.nodes]
         for n, host in enumerate(hosts):
             r = self.ranges[n]

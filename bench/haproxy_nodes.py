@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""
+Logins and concurrent small transfers through HAProxy, 1 node and 3 nodes.
+
+Starts the rig of ``tests/haproxy_rig.py`` (Debian's ``haproxy`` on
+127.0.0.2, nodes on 127.0.0.11-13 with their own passive ranges over one
+shared folder), then through the virtual address:
+
+- LOGINS explicit-FTPS logins (AUTH TLS, USER/PASS, QUIT), CONCURRENCY at a
+  time: logins per second;
+- TRANSFERS sessions started at once, each from one of 200 source
+  addresses: AUTH TLS, login, PROT P, RETR of a SIZE-byte file (its data
+  connection resuming the control session through HAProxy), QUIT.  Reports
+  the wall time, the slowest session and every failure by kind.
+
+On two shared cores the point is that nothing breaks and no request is
+lost, not a speed-up: three nodes share the same cores.
+
+    python bench/haproxy_nodes.py [--nodes 1,3] [--logins 300]
+        [--concurrency 20] [--transfers 1000] [--size 4096]
+
+Needs haproxy (``apt-get install haproxy``; the system service is not
+used).  Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import ftplib
+import resource
+import secrets
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.haproxy_rig import VIRTUAL, Rig, client_address  # noqa: E402
+
+#: Distinct client source addresses (127.0.0.50 and up).
+ADDRESSES = 200
+TIMEOUT = 120
+
+
+class ReusingFTP_TLS(ftplib.FTP_TLS):
+    """
+    Data connections resume the control session, as the server requires.
+    """
+
+    def ntransfercmd(self, cmd: str, rest: Any = None) -> tuple[socket.socket, Any]:
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(conn, server_hostname=self.host,
+                                            session=self.sock.session)
+        return conn, size
+
+
+def _context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _session(rig: Rig, n: int, user: str, password: str, context: ssl.SSLContext,
+             transfer: bool) -> int:
+    ftp = ReusingFTP_TLS(context=context, timeout=TIMEOUT,
+                         source_address=(client_address(n % ADDRESSES), 0))
+    try:
+        ftp.connect(VIRTUAL, rig.control)
+        ftp.auth()
+        ftp.login(user, password)
+        size = 0
+        if transfer:
+            ftp.prot_p()
+            chunks: list[bytes] = []
+            ftp.retrbinary("RETR small.bin", chunks.append)
+            size = sum(map(len, chunks))
+        ftp.quit()
+        return size
+    finally:
+        ftp.close()
+
+
+def _kind(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0][:60] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}"
+
+
+def logins(rig: Rig, count: int, concurrency: int, user: str, password: str
+           ) -> tuple[float, collections.Counter[str]]:
+    context = _context()
+    failures: collections.Counter[str] = collections.Counter()
+    counter = iter(range(count))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                n = next(counter, None)
+            if n is None:
+                return
+            try:
+                _session(rig, n, user, password, context, transfer=False)
+            except Exception as e:  # noqa: BLE001 (counted and reported)
+                with lock:
+                    failures[_kind(e)] += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start, failures
+
+
+def transfers(rig: Rig, count: int, size: int, user: str, password: str
+              ) -> tuple[float, float, int, collections.Counter[str]]:
+    context = _context()
+    failures: collections.Counter[str] = collections.Counter()
+    ok = 0
+    slowest = 0.0
+    lock = threading.Lock()
+    go = threading.Event()
+
+    def one(n: int) -> None:
+        nonlocal ok, slowest
+        go.wait()
+        began = time.perf_counter()
+        try:
+            got = _session(rig, n, user, password, context, transfer=True)
+        except Exception as e:  # noqa: BLE001 (counted and reported)
+            with lock:
+                failures[_kind(e)] += 1
+            return
+        took = time.perf_counter() - began
+        with lock:
+            if got == size:
+                ok += 1
+            else:
+                failures[f"short file: {got} of {size} bytes"] += 1
+            slowest = max(slowest, took)
+
+    threads = [threading.Thread(target=one, args=(n,), daemon=True)
+               for n in range(count)]
+    for t in threads:
+        t.start()
+    start = time.perf_counter()
+    go.set()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start, slowest, ok, failures
+
+
+def run(nodes: int, args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="haproxy-bench-") as tmp:
+        rig = Rig(Path(tmp), nodes=nodes, range_size=200, options=dict(
+            max_connections=0, max_connections_per_ip=0,
+            max_sessions_per_account=0, ban_threshold=0,
+            data_connect_timeout=120, login_timeout=120, line_timeout=120,
+            handshake_timeout=120,
+        ))
+        with rig:
+            password = secrets.token_urlsafe(12)
+            rig.servers[0].add_user("bench", password)
+            home = rig.root / "bench"
+            home.mkdir(parents=True, exist_ok=True)
+            (home / "small.bin").write_bytes(secrets.token_bytes(args.size))
+            # One login first: argon2 once, later logins hit the verifier
+            # cache on the node that verified (as a real client mix would).
+            _session(rig, 0, "bench", password, _context(), transfer=False)
+            seconds, failed = logins(rig, args.logins, args.concurrency, "bench", password)
+            print(f"{nodes} node(s): {args.logins} logins, {args.concurrency} at a time: "
+                  f"{args.logins / seconds:.1f} logins/s ({seconds:.1f} s), "
+                  f"{sum(failed.values())} failed {dict(failed) or ''}", flush=True)
+            seconds, slowest, ok, failed = transfers(rig, args.transfers, args.size,
+                                                     "bench", password)
+            print(f"{nodes} node(s): {args.transfers} sessions at once, each a "
+                  f"{args.size}-byte RETR over PROT P: {ok} complete in {seconds:.1f} s "
+                  f"({ok / seconds:.1f}/s, slowest {slowest:.1f} s), "
+                  f"{sum(failed.values())} failed {dict(failed) or ''}", flush=True)
+            for server in rig.servers:
+                if "Traceback" in server.all_logs():
+                    print(f"  a node logged a traceback: {server.log_path}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", default="1,3")
+    parser.add_argument("--logins", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--transfers", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=4096)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    threading.stack_size(512 * 1024)
+    for nodes in (int(n) for n in args.nodes.split(",")):
+        run(nodes, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
