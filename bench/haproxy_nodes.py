@@ -16,7 +16,7 @@ shared folder), then through the virtual address:
 On two shared cores the point is that nothing breaks and no request is
 lost, not a speed-up: three nodes share the same cores.
 
-    python bench/haproxy_nodes.py [--nodes 1,3] [--logins 300]
+    python bench/haproxy_nodes.py [--nodes 1,3] [--logins 1000]
         [--concurrency 20] [--transfers 1000] [--size 4096]
 
 Needs haproxy (``apt-get install haproxy``; the system service is not
@@ -60,24 +60,32 @@ class ReusingFTP_TLS(ftplib.FTP_TLS):
         return conn, size
 
 
-def _context() -> ssl.SSLContext:
+def _context(tls: bool = True) -> ssl.SSLContext | None:
+    if not tls:
+        return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
 
 
-def _session(rig: Rig, n: int, user: str, password: str, context: ssl.SSLContext,
+def _session(rig: Rig, n: int, user: str, password: str, context: ssl.SSLContext | None,
              transfer: bool) -> int:
-    ftp = ReusingFTP_TLS(context=context, timeout=TIMEOUT,
-                         source_address=(client_address(n % ADDRESSES), 0))
+    source = (client_address(n % ADDRESSES), 0)
+    ftp: ftplib.FTP
+    if context is None:
+        ftp = ftplib.FTP(timeout=TIMEOUT, source_address=source)
+    else:
+        ftp = ReusingFTP_TLS(context=context, timeout=TIMEOUT, source_address=source)
     try:
         ftp.connect(VIRTUAL, rig.control)
-        ftp.auth()
+        if context is not None:
+            ftp.auth()  # type: ignore[attr-defined]
         ftp.login(user, password)
         size = 0
         if transfer:
-            ftp.prot_p()
+            if context is not None:
+                ftp.prot_p()  # type: ignore[attr-defined]
             chunks: list[bytes] = []
             ftp.retrbinary("RETR small.bin", chunks.append)
             size = sum(map(len, chunks))
@@ -92,9 +100,9 @@ def _kind(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
-def logins(rig: Rig, count: int, concurrency: int, user: str, password: str
-           ) -> tuple[float, collections.Counter[str]]:
-    context = _context()
+def logins(rig: Rig, count: int, concurrency: int, user: str, password: str,
+           tls: bool) -> tuple[float, collections.Counter[str]]:
+    context = _context(tls)
     failures: collections.Counter[str] = collections.Counter()
     counter = iter(range(count))
     lock = threading.Lock()
@@ -120,9 +128,9 @@ def logins(rig: Rig, count: int, concurrency: int, user: str, password: str
     return time.perf_counter() - start, failures
 
 
-def transfers(rig: Rig, count: int, size: int, user: str, password: str
-              ) -> tuple[float, float, int, collections.Counter[str]]:
-    context = _context()
+def transfers(rig: Rig, count: int, size: int, user: str, password: str,
+              tls: bool) -> tuple[float, float, int, collections.Counter[str]]:
+    context = _context(tls)
     failures: collections.Counter[str] = collections.Counter()
     ok = 0
     slowest = 0.0
@@ -158,8 +166,15 @@ def transfers(rig: Rig, count: int, size: int, user: str, password: str
     return time.perf_counter() - start, slowest, ok, failures
 
 
+def modes(choice: str) -> list[bool]:
+    return {"on": [True], "off": [False], "both": [True, False]}[choice]
+
+
 def run(nodes: int, args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="haproxy-bench-") as tmp:
+        if args.keep:
+            tmp = tempfile.mkdtemp(prefix="haproxy-bench-")
+            print(f"logs kept in {tmp}", flush=True)
         rig = Rig(Path(tmp), nodes=nodes, range_size=200, options=dict(
             max_connections=0, max_connections_per_ip=0,
             max_sessions_per_account=0, ban_threshold=0,
@@ -175,16 +190,20 @@ def run(nodes: int, args: argparse.Namespace) -> None:
             # One login first: argon2 once, later logins hit the verifier
             # cache on the node that verified (as a real client mix would).
             _session(rig, 0, "bench", password, _context(), transfer=False)
-            seconds, failed = logins(rig, args.logins, args.concurrency, "bench", password)
-            print(f"{nodes} node(s): {args.logins} logins, {args.concurrency} at a time: "
-                  f"{args.logins / seconds:.1f} logins/s ({seconds:.1f} s), "
-                  f"{sum(failed.values())} failed {dict(failed) or ''}", flush=True)
-            seconds, slowest, ok, failed = transfers(rig, args.transfers, args.size,
-                                                     "bench", password)
-            print(f"{nodes} node(s): {args.transfers} sessions at once, each a "
-                  f"{args.size}-byte RETR over PROT P: {ok} complete in {seconds:.1f} s "
-                  f"({ok / seconds:.1f}/s, slowest {slowest:.1f} s), "
-                  f"{sum(failed.values())} failed {dict(failed) or ''}", flush=True)
+            for tls in modes(args.tls):
+                how = "FTPS, PROT P" if tls else "plain FTP"
+                seconds, failed = logins(rig, args.logins, args.concurrency, "bench",
+                                         password, tls)
+                print(f"{nodes} node(s), {how}: {args.logins} logins, "
+                      f"{args.concurrency} at a time: {args.logins / seconds:.1f} "
+                      f"logins/s ({seconds:.1f} s), {sum(failed.values())} failed "
+                      f"{dict(failed) or ''}", flush=True)
+                seconds, slowest, ok, failed = transfers(rig, args.transfers, args.size,
+                                                         "bench", password, tls)
+                print(f"{nodes} node(s), {how}: {args.transfers} sessions at once, "
+                      f"each a {args.size}-byte RETR: {ok} complete in {seconds:.1f} s "
+                      f"({ok / seconds:.1f}/s, slowest {slowest:.1f} s), "
+                      f"{sum(failed.values())} failed {dict(failed) or ''}", flush=True)
             for server in rig.servers:
                 if "Traceback" in server.all_logs():
                     print(f"  a node logged a traceback: {server.log_path}")
@@ -193,10 +212,14 @@ def run(nodes: int, args: argparse.Namespace) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", default="1,3")
-    parser.add_argument("--logins", type=int, default=300)
+    parser.add_argument("--logins", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--transfers", type=int, default=1000)
     parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--tls", choices=("on", "off", "both"), default="both",
+                        help="explicit FTPS with PROT P, plain FTP, or both")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the rig's folder (node logs) after the run")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -392,6 +392,9 @@ class ProxyProtocolFactory(policies.WrappingFactory):
     def __init__(self, wrapped: Any, trusted: TrustedProxies, clock: IReactorTime,
                  timeout: float = HEADER_TIMEOUT, label: str = "listener") -> None:
         super().__init__(wrapped)
+        # Made at listen time, after the assembly made the listener's
+        # factories quiet: no "Starting factory <... at 0x...>" line.
+        self.noisy = getattr(wrapped, "noisy", False)
         self.trusted = trusted
         self.clock = clock
         self.timeout = timeout

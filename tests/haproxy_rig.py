@@ -115,9 +115,12 @@ def haproxy_config(ports: dict[str, int], ranges: list[range], hosts: tuple[str,
     return f"""\
 global
     maxconn 6000
+    log stdout format raw local0 info
 
 defaults
     mode tcp
+    log global
+    option tcplog
     timeout connect 2s
     timeout client 1h
     timeout server 1h

@@ -284,3 +284,79 @@ async def test_passive_port_refuses_a_bad_header_from_the_proxy() -> None:
         listener.close()
     with pytest.raises(defer.CancelledError):
         await listener.wait()
+
+
+# -- the order of the layers --------------------------------------------------
+
+def _sniffed(clock: Clock) -> tuple[Any, RecordingFactory, StringTransport]:
+    from rumpus_secure.sniff import SniffingFactory
+
+    inner = RecordingFactory()
+    sniffing = SniffingFactory(inner, expect_tls=True,
+                               on_wrong=lambda first: b"421 wrong port\r\n",
+                               on_silence=lambda: b"421 silent\r\n", clock=clock)
+    factory = ProxyProtocolFactory(sniffing, TrustedProxies(["10.0.0.2"]), clock,
+                                   timeout=5)
+    peer = IPv4Address("TCP", "10.0.0.2", 40000)
+    protocol = factory.buildProtocol(peer)
+    transport = StringTransport(peerAddress=peer,
+                                hostAddress=IPv4Address("TCP", "10.0.0.11", 990))
+    protocol.makeConnection(transport)
+    return protocol, inner, transport
+
+
+def test_sniffer_judges_the_clients_first_byte_not_the_header() -> None:
+    """
+    A v2 header starts with CR, a v1 header with "P": the sniffer must see
+    neither, only the client's ClientHello (or its plain command).
+    """
+    clock = Clock()
+    tls, inner, transport = _sniffed(clock)
+    tls.dataReceived(v2_header(CLIENT, VIRTUAL) + b"\x16\x03\x01\x00\x05hello")
+    assert inner.built == [CLIENT[0]]
+    assert inner.log[0] == ("made", CLIENT[0], VIRTUAL[0])
+    assert inner.log[1] == ("data", b"\x16\x03\x01\x00\x05hello")
+    assert transport.value() == b""
+    plain, inner2, transport2 = _sniffed(clock)
+    plain.dataReceived(v1_header(CLIENT, VIRTUAL) + b"USER alice\r\n")
+    assert transport2.value() == b"421 wrong port\r\n"
+    assert inner2.built == []
+
+
+def test_silence_deadline_starts_after_the_header() -> None:
+    clock = Clock()
+    protocol, inner, transport = _sniffed(clock)
+    clock.advance(0.9)
+    assert transport.value() == b"" and not transport.disconnecting
+    protocol.dataReceived(v2_header(CLIENT, VIRTUAL))
+    clock.advance(0.5)
+    assert transport.value() == b""
+    clock.advance(0.4)
+    assert transport.value() == b"421 silent\r\n"
+    assert clock.getDelayedCalls() == []
+
+
+def test_passive_listeners_bind_the_node_not_the_virtual_address() -> None:
+    """
+    Behind PROXY, getHost() is the virtual address (announced to clients);
+    the listener binds this node's address, or --passive-bind.
+    """
+    from types import SimpleNamespace
+
+    from rumpus_secure.ftp.data import bind_address, trusted_proxies
+
+    wrapper, _, _ = _connect("10.0.0.2")
+    wrapper.dataReceived(v2_header(CLIENT, VIRTUAL))
+    control = SimpleNamespace(transport=wrapper, config=SimpleNamespace(
+        passive_bind=None, trusted_proxies=()))
+    assert wrapper.getHost().host == VIRTUAL[0]
+    assert bind_address(control) == "10.0.0.11"
+    assert trusted_proxies(control) is None
+    control.config = SimpleNamespace(passive_bind="10.0.0.99",
+                                     trusted_proxies=("10.0.0.2",))
+    assert bind_address(control) == "10.0.0.99"
+    assert "10.0.0.2" in trusted_proxies(control)
+    direct = SimpleNamespace(transport=StringTransport(
+        hostAddress=IPv4Address("TCP", "192.0.2.5", 21)),
+        config=SimpleNamespace(passive_bind=None, trusted_proxies=()))
+    assert bind_address(direct) == "192.0.2.5"
