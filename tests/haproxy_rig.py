@@ -190,6 +190,10 @@ class Rig:
                 passive_ports=f"{r.start}-{r.stop - 1}", passive_address=VIRTUAL,
                 passive_bind=host, ftp_security="allow-plain", data_tls="optional",
             )
+            if n == 1:
+                # Node 2 finds its bind address itself (the address the
+                # control connection reached), the others are told.
+                del options["passive_bind"]
             options.update(self.options)
             directory = self.tmp_path / f"node{n + 1}"
             directory.mkdir(exist_ok=True)
