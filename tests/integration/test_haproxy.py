@@ -19,7 +19,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-
 from typing import Any
 
 import pytest
