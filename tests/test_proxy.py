@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 
@@ -360,3 +360,55 @@ def test_passive_listeners_bind_the_node_not_the_virtual_address() -> None:
         hostAddress=IPv4Address("TCP", "192.0.2.5", 21)),
         config=SimpleNamespace(passive_bind=None, trusted_proxies=()))
     assert bind_address(direct) == "192.0.2.5"
+
+
+@pytest_twisted.ensureDeferred
+async def test_strangers_through_the_proxy_cannot_push_out_the_rightful_client() -> None:
+    """
+    Through a proxy anyone can reach a passive port.  Connections whose
+    header stalls or names another client never take a candidate's place:
+    the rightful client's vetting (a TLS handshake, held here) survives
+    twenty of them.
+    """
+    from rumpus_secure.ftp.passive import MAX_CANDIDATES
+
+    refused: list[str] = []
+    listener = PassiveListener(reactor, "127.0.0.1", range(1), "127.0.0.50", 10.0,
+                               on_refused=refused.append,
+                               trusted=TrustedProxies(["127.0.0.1"]))
+    vetting: list[tuple[Any, defer.Deferred[Any]]] = []
+
+    def held(sock: socket.socket, host: str) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        vetting.append((sock, d))
+        return d
+
+    listener.vet = held
+    header = v2_header(("127.0.0.50", 41000), ("127.0.0.2", listener.port))
+    rightful = socket.create_connection(("127.0.0.1", listener.port), timeout=5)
+    strangers: list[socket.socket] = []
+    try:
+        rightful.sendall(header)
+        while not vetting:
+            await deferLater(reactor, 0.01)
+        for n in range(MAX_CANDIDATES + 2):
+            stalled = socket.create_connection(("127.0.0.1", listener.port), timeout=5)
+            stalled.sendall(header[:10])
+            other = socket.create_connection(("127.0.0.1", listener.port), timeout=5)
+            other.sendall(v2_header(("127.0.0.51", 41000 + n), ("127.0.0.2", 1)))
+            strangers += [stalled, other]
+            await deferLater(reactor, 0.01)  # the reactor accepts them
+        while len(refused) < MAX_CANDIDATES + 2:
+            await deferLater(reactor, 0.01)
+        assert len(vetting) == 1 and not vetting[0][1].called
+        sock, d = vetting[0]
+        d.callback(sock)
+        accepted = await listener.wait()
+        assert accepted is sock
+        accepted.close()
+        assert set(refused) == {"127.0.0.51"}
+    finally:
+        rightful.close()
+        for stranger in strangers:
+            stranger.close()
+        listener.close()

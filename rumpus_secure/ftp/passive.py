@@ -89,12 +89,6 @@ def _accept_as_is(sock: socket.socket, host: str) -> defer.Deferred[Any]:
     return defer.succeed(sock)
 
 
-class _Turned(Exception):
-    """
-    A connection through the proxy was turned away and already reported.
-    """
-
-
 def random_order(ports: Iterable[int]) -> Iterable[int]:
     """
     The ports in a random order, from a system random source.
@@ -145,6 +139,7 @@ class PassiveListener:
         self._accepted: Any = None
         self._won = False
         self._candidates: list[defer.Deferred[Any]] = []
+        self._headers: list[defer.Deferred[Any]] = []
         self._refusal: DataConnectionRefused | None = None
         self._waiters: list[defer.Deferred[Any]] = []
         self._timer: Any = None
@@ -196,53 +191,76 @@ class PassiveListener:
                 _log.info("passive accept failed: {error}", error=e)
                 return
             host = normalise_host(address[0])
-            proxied = bool(self.trusted) and host in self.trusted  # type: ignore[operator]
-            if host != self.allowed_peer and not proxied:
+            if self.trusted and host in self.trusted:
+                self._read_header(conn, host)
+                continue
+            if host != self.allowed_peer:
                 conn.close()
                 self.on_refused(host)
                 continue
-            if len(self._candidates) >= MAX_CANDIDATES:
-                _log.info("passive port {port}: a new connection from {host}"
-                          " displaces the oldest one still in its handshake",
-                          port=self.port, host=host)
-                self._candidates[0].cancel()  # removes it from the list
-            if proxied:
-                self._vet(conn, host, self._after_header)
-            else:
-                conn.setblocking(True)
-                self._vet(conn, host)
+            conn.setblocking(True)
+            self._admit(conn, host)
 
-    def _after_header(self, conn: socket.socket, proxy: str) -> defer.Deferred[Any]:
+    def _admit(self, conn: socket.socket, host: str) -> None:
         """
-        Read the PROXY header of a connection from a trusted proxy, then vet
-        it as coming from the client the header names.
+        Vet a connection from the right client, displacing the oldest
+        candidate if L{MAX_CANDIDATES} are being vetted.
         """
+        if len(self._candidates) >= MAX_CANDIDATES:
+            _log.info("passive port {port}: a new connection from {host}"
+                      " displaces the oldest one still in its handshake",
+                      port=self.port, host=host)
+            self._candidates[0].cancel()  # removes it from the list
+        self._vet(conn, host)
+
+    def _read_header(self, conn: socket.socket, proxy: str) -> None:
+        """
+        Read the PROXY header of a connection from a trusted proxy; if it
+        names the control connection's client, vet it as a candidate.
+
+        Header reads have their own bound (L{MAX_CANDIDATES}, the oldest
+        making room): through a proxy, anyone on the Internet can open
+        connections to a passive port, but only those whose header names
+        the rightful client may compete with it for a candidate's place,
+        as only connections from its address could without a proxy.
+        """
+        if len(self._headers) >= MAX_CANDIDATES:
+            self._headers[0].cancel()  # removes it from the list
         conn.setblocking(False)
         reading = read_header(self.reactor, conn, min(HEADER_TIMEOUT, self._timeout))
+        self._headers.append(reading)
 
-        def got(header: Any) -> Any:
+        def settled(result: Any) -> Any:
+            if reading in self._headers:
+                self._headers.remove(reading)
+            return result
+
+        def got(header: Any) -> None:
             source = proxy if header.source is None else normalise_host(header.source.host)
             if source != self.allowed_peer:
                 conn.close()
                 self.on_refused(source)
-                raise _Turned()
+                return
+            if self._won or self._failure is not None:
+                conn.close()
+                return
             conn.setblocking(True)
-            return self.vet(conn, source)
+            self._admit(conn, source)
 
-        def bad(failure: Failure) -> Failure:
+        def bad(failure: Failure) -> None:
             conn.close()
             if failure.check(ProxyHeaderError):
                 _log.info("passive port {port}: bad PROXY header from {proxy}: {error}",
                           port=self.port, proxy=proxy, error=failure.getErrorMessage())
                 self.on_refused(proxy)
-                return Failure(_Turned())
-            return failure
+            elif not failure.check(defer.CancelledError):
+                _log.failure("reading a PROXY header failed", failure)
 
-        return reading.addCallbacks(got, bad)
+        reading.addBoth(settled).addCallbacks(got, bad)
 
-    def _vet(self, conn: socket.socket, host: str, vet: Vet | None = None) -> None:
+    def _vet(self, conn: socket.socket, host: str) -> None:
         try:
-            vetting = (vet or self.vet)(conn, host)
+            vetting = self.vet(conn, host)
         except Exception:  # noqa: BLE001 (a bug: logged; the port keeps serving)
             _log.failure("vetting a data connection failed")
             conn.close()
@@ -268,7 +286,7 @@ class PassiveListener:
         self._deliver()
 
     def _refused(self, failure: Failure) -> None:
-        if failure.check(defer.CancelledError, _Turned):
+        if failure.check(defer.CancelledError):
             return
         if failure.check(DataConnectionRefused):
             self._refusal = failure.value
@@ -316,6 +334,9 @@ class PassiveListener:
             self._deliver()
 
     def _cancel_candidates(self) -> None:
+        headers, self._headers = self._headers, []
+        for reading in headers:
+            reading.cancel()
         candidates, self._candidates = self._candidates, []
         for vetting in candidates:
             vetting.cancel()
