@@ -159,3 +159,28 @@ def test_homes_are_stored_relative_to_the_root(tmp_path: Path) -> None:
     assert node2.get("carol").home == tmp_path / "elsewhere" / "carol"
     assert node1.get("alice").home == tmp_path / "mnt1" / "alice"
     assert {a.name: a.home for a in node2.list()}["alice"] == tmp_path / "mnt2" / "alice"
+
+
+def test_postgresql_homes_are_relative_too(pg_url: str, tmp_path: Path) -> None:
+    """
+    The shared store of several nodes: each node finds an account's home
+    under its own --root.
+    """
+    from argon2 import PasswordHasher
+
+    from rumpus_secure.accounts.pg import PGAccountStore
+    from rumpus_secure.db import Database
+
+    cheap = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    database = Database(pg_url)
+    try:
+        database.migrate()
+        node1 = PGAccountStore(database, tmp_path / "mnt1", hasher=cheap)
+        node2 = PGAccountStore(database, tmp_path / "mnt2", hasher=cheap)
+        made = node1.add("dave", "correct horse battery")
+        assert made.home == tmp_path / "mnt1" / "dave"
+        assert node2.get("dave").home == tmp_path / "mnt2" / "dave"
+        assert [a.home for a in node2.list() if a.name == "dave"] == [
+            tmp_path / "mnt2" / "dave"]
+    finally:
+        database.close()

@@ -23,7 +23,6 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.cred import error as cred_error
-from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger, LogLevel
@@ -32,12 +31,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rumpus_secure.accounts.bans import Ban
-from rumpus_secure.accounts.checker import LockedAccountError
+from rumpus_secure.accounts.checker import (
+    ChannelCredentials,
+    LockedAccountError,
+    TwoFactorRequired,
+)
 from rumpus_secure.ftp import data as data_channel
 from rumpus_secure.ftp.account_state import AccountBoundSession
 from rumpus_secure.ftp.files import FileCommands
 from rumpus_secure.ftp.passive import PortPool
 from rumpus_secure.ftp.transfer import TransferEngine
+from rumpus_secure.db import StoreUnavailable
 from rumpus_secure.guard import FTP_OFFENCES, LoginAttempt, normalise_address
 from rumpus_secure.handshake import watch_handshake
 from rumpus_secure.long_work import LongWork
@@ -678,9 +682,12 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         Check the password; answer 230, 530 (after the failure delay) or 421.
         """
         exposure = getattr(self.session_factory.shared, "exposure", None)
-        watch = exposure.watch(name) if exposure is not None else None
-        creds = UsernamePassword(name.encode("utf-8", "surrogateescape"),
-                                 password.encode("utf-8", "surrogateescape"))
+        watch = exposure.watch(name, password) if exposure is not None else None
+        # The channel decides whether app passwords count (FTPS only) and
+        # refuses a two-factor account's main password (accounts.checker).
+        creds = ChannelCredentials(name.encode("utf-8", "surrogateescape"),
+                                   password.encode("utf-8", "surrogateescape"),
+                                   "ftps" if self.secure else "ftp")
         # The mind is the server: the realm does its disk work in its threads.
         d = self.session_factory.portal.login(creds, self.session_factory.shared.server,
                                               IFileShell)
@@ -697,6 +704,16 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         def refused(failure: Failure) -> Any:
             if watch is not None:
                 watch.close()
+            if failure.check(TwoFactorRequired):
+                # The main password was right: not a failed guess.
+                ban = attempt.succeeded() if attempt is not None else None
+                if ban is not None:
+                    self._turn_away(ban)
+                    return None
+                self._audit("ftp.login", account=name, outcome="needs-app-password")
+                return ("530 Login refused: this account uses two-factor login, so "
+                        "its password works only on the web. Create an app password "
+                        "on the web (Account page) and use it here over FTPS.")
             if failure.check(LockedAccountError):
                 # The password was right: not a failed guess.
                 ban = attempt.succeeded() if attempt is not None else None
@@ -706,6 +723,15 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
                 reason = getattr(failure.value, "reason", None) or "locked"
                 self._audit("ftp.login", account=name, outcome="locked")
                 return self._locked_reply(reason)
+            if failure.check(StoreUnavailable):
+                # The shared database is down: not the client's fault, no
+                # offence, and never "wrong password".
+                if attempt is not None:
+                    attempt.abandoned()
+                self._audit("ftp.login", account=name, outcome="unavailable")
+                self.sendLine("421 Service not available, try again later.")
+                self.close()
+                return None
             if not failure.check(cred_error.UnauthorizedLogin,
                                  cred_error.UnhandledCredentials):
                 if attempt is not None:
@@ -1001,19 +1027,15 @@ class _CleartextWatch:
         self._stop_timer()
         self._done = True
         control = self._control
-        guard = control.guard
-        ban = guard.is_banned(control.client_host) if guard is not None else None
-        if ban is not None:
-            # A banned address costs no more password checks.
-            control.audit.record("ftp.cleartext_password", client=control.client_host,
-                                 account=self._user, software=control.client_software,
-                                 protocol="ftp", outcome="not-checked-banned")
-            checked: defer.Deferred[Any] = defer.succeed(False)
-        else:
-            checked = control.session_factory.shared.exposure.check(
-                protocol="ftp", client=control.client_host, user=self._user,
-                password=argument or "", software=control.client_software,
-            )
+        # Checked even when the address is banned meanwhile: a connection
+        # opened before the ban may carry a victim's real password (its
+        # neighbour behind the same address got the ban).  New connections
+        # of a banned address are refused at the greeting, so the work stays
+        # bounded by the connection limit and the exposure queue's cap.
+        checked = control.session_factory.shared.exposure.check(
+            protocol="ftp", client=control.client_host, user=self._user,
+            password=argument or "", software=control.client_software,
+        )
         checked.addBoth(self._answer)
 
     def _answer(self, ignored: Any) -> None:
