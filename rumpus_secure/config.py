@@ -443,6 +443,14 @@ OPTIONS: tuple[Option, ...] = (
            "A PEM or DER certificate revocation list of the client CA; a "
            "revoked client certificate is refused (re-read when it changes).",
            "FILE"),
+    Option("trusted-proxies", (), _cidr_list,
+           "Comma-separated addresses/CIDR networks of the load balancers "
+           "allowed to send PROXY headers (haproxy: listeners, and passive "
+           "data connections from them).", "CIDRS"),
+    Option("passive-bind", None, _optional_address,
+           "Address the passive data listeners bind, when it differs from the "
+           "announced --passive-address (a node behind a load balancer) "
+           "[default: the address the control connection reached].", "ADDR"),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -507,6 +515,8 @@ class ServerConfig:
     acme_ca_bundle: Path | None = None
     client_ca: Path | None = None
     client_crl: Path | None = None
+    trusted_proxies: tuple[str, ...] = field(default=())
+    passive_bind: str | None = None
 
     @property
     def node(self) -> str:

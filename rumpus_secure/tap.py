@@ -333,11 +333,28 @@ def with_backlog(description: str) -> str:
     return description
 
 
-def _endpoint(reactor: Any, label: str, description: str) -> Any:
+def _endpoint(reactor: Any, label: str, description: str,
+              trusted: tuple[str, ...] = ()) -> Any:
+    """
+    The server endpoint for C{description}; ``haproxy:`` is ours.
+
+    A ``haproxy:`` listener reads the PROXY header with
+    L{rumpus_secure.proxy} (not Twisted's wrapper, which connects the
+    protocol before the header is in), and only from C{--trusted-proxies}.
+    """
+    from rumpus_secure.proxy import ProxyServerEndpoint, TrustedProxies, split_proxy
+
+    proxied, inner = split_proxy(with_backlog(description))
+    if proxied and not trusted:
+        raise _fail(f"--{label} {description} expects PROXY headers: name the proxies "
+                    "allowed to send them with --trusted-proxies ADDR-OR-CIDR,...")
     try:
-        return serverFromString(reactor, with_backlog(description))
+        endpoint = serverFromString(reactor, inner)
     except (ValueError, TypeError, KeyError) as e:
         raise _fail(f"--{label}: bad endpoint {description!r}: {e}") from None
+    if proxied:
+        return ProxyServerEndpoint(endpoint, TrustedProxies(trusted), reactor, label=label)
+    return endpoint
 
 
 @dataclass
@@ -852,12 +869,12 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     server.ftp_factory = ftp_factory = build_ftp_factory(server, reactor)
     if config.ftp:
         ListenerService(
-            "ftp", config.ftp, _endpoint(reactor, "ftp", config.ftp),
+            "ftp", config.ftp, _endpoint(reactor, "ftp", config.ftp, config.trusted_proxies),
             ftp_factory.plain(),
         ).setServiceParent(top)
     if config.ftps:
         ListenerService(
-            "ftps", config.ftps, _endpoint(reactor, "ftps", config.ftps),
+            "ftps", config.ftps, _endpoint(reactor, "ftps", config.ftps, config.trusted_proxies),
             wrap_implicit_ftps(
                 server.tls.wrap_factory(ftp_factory.implicit(), [b"ftp"], reactor,
                                         handshake_timeout=config.handshake_timeout,
@@ -876,7 +893,7 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
         SessionKeeper(server.https_site.app.sessions, reactor).setServiceParent(top)
         server.https_site.timeOut = config.http_timeout
         ListenerService(
-            "https", config.https, _endpoint(reactor, "https", config.https),
+            "https", config.https, _endpoint(reactor, "https", config.https, config.trusted_proxies),
             wrap_https(
                 server.tls.wrap_factory(server.https_site, [b"http/1.1"], reactor,
                                         handshake_timeout=config.handshake_timeout),
@@ -887,7 +904,7 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
         server.http_site = build_http_site(server, reactor)
         server.http_site.timeOut = config.http_timeout
         ListenerService(
-            "http", config.http, _endpoint(reactor, "http", config.http),
+            "http", config.http, _endpoint(reactor, "http", config.http, config.trusted_proxies),
             wrap_plain_http(server.http_site, config, reactor),
         ).setServiceParent(top)
     ListenerRecord(
@@ -952,7 +969,7 @@ def install_observability(server: Server, top: service.MultiService, reactor: An
 
         server.metrics = build_metrics(server, top, reactor)
         ListenerService(
-            "metrics", config.metrics, _endpoint(reactor, "metrics", config.metrics),
+            "metrics", config.metrics, _endpoint(reactor, "metrics", config.metrics, config.trusted_proxies),
             metrics_site(server.metrics, reactor),
         ).setServiceParent(top)
     for child in top:

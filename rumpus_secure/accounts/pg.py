@@ -50,6 +50,8 @@ from rumpus_secure.accounts.store import (
     check_name,
     format_permissions,
     parse_permissions,
+    resolved_home,
+    stored_home,
 )
 from rumpus_secure.db import (
     ACCOUNTS_CHANNEL,
@@ -99,10 +101,10 @@ def record_state(conn: Any, topic: str, key: str, when: float) -> int:
     return seq
 
 
-def _account(row: tuple) -> Account:  # type: ignore[type-arg]
+def _account(row: tuple, root: Path | None = None) -> Account:  # type: ignore[type-arg]
     name, home, perms, locked, reason, created, changed, pw_changed, version = row
     return Account(
-        name=name, home=Path(home), perms=frozenset(p for p in perms.split(",") if p),
+        name=name, home=resolved_home(root, home), perms=frozenset(p for p in perms.split(",") if p),
         locked=bool(locked), lock_reason=reason, created=float(created),
         changed=float(changed), password_changed=float(pw_changed), version=int(version),
     )
@@ -162,7 +164,8 @@ class PGAccountStore:
             "INSERT INTO accounts (name, password_hash, home, perms, locked, "
             "lock_reason, created, changed, password_changed, version) "
             "VALUES (%s, %s, %s, %s, false, NULL, %s, %s, %s, 1)",
-            (name, hashed, str(home), format_permissions(granted), now, now, now))
+            (name, hashed, stored_home(self.root, home), format_permissions(granted),
+             now, now, now))
         _record_account(conn, name, "add", None, now)
         # Inside the transaction: if the home cannot be made, no account.
         try:
@@ -214,13 +217,13 @@ class PGAccountStore:
         with self.database.connection() as conn:
             row = conn.execute(f"SELECT {_COLUMNS} FROM accounts WHERE name = %s",
                                (name,)).fetchone()
-        return None if row is None else _account(row)
+        return None if row is None else _account(row, self.root)
 
     def list(self) -> list[Account]:
         with self.database.connection() as conn:
             rows = conn.execute(
                 f'SELECT {_COLUMNS} FROM accounts ORDER BY name COLLATE "C"').fetchall()
-        return [_account(row) for row in rows]
+        return [_account(row, self.root) for row in rows]
 
     def password_hash(self, name: str) -> str | None:
         with self.database.connection() as conn:

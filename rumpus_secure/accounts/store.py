@@ -448,7 +448,8 @@ class SQLiteAccountStore(TwoFactorTables):
                     "INSERT INTO accounts (name, password_hash, home, perms, "
                     "locked, lock_reason, created, changed, password_changed, "
                     "version) VALUES (?, ?, ?, ?, 0, NULL, ?, ?, ?, 1)",
-                    (name, hashed, str(home_path), format_permissions(granted),
+                    (name, hashed, stored_home(self.root, home_path),
+                     format_permissions(granted),
                      now, now, now),
                 )
             except sqlite3.IntegrityError:
@@ -483,14 +484,14 @@ class SQLiteAccountStore(TwoFactorTables):
                 f"SELECT {_COLUMNS} FROM accounts WHERE name = ? COLLATE BINARY",
                 (name,),
             ).fetchone()
-        return None if row is None else _account(row)
+        return None if row is None else _account(row, self.root)
 
     def list(self) -> list[Account]:
         with self._connections.connection() as db:
             rows = db.execute(
                 f"SELECT {_COLUMNS} FROM accounts ORDER BY name COLLATE BINARY"
             ).fetchall()
-        return [_account(row) for row in rows]
+        return [_account(row, self.root) for row in rows]
 
     def password_hash(self, name: str) -> str | None:
         with self._connections.connection() as db:
@@ -623,11 +624,40 @@ def _record(db: sqlite3.Connection, name: str, kind: str, detail: str | None,
                    (cursor.lastrowid - CHANGES_KEPT,))
 
 
-def _account(row: tuple) -> Account:  # type: ignore[type-arg]
+def stored_home(root: Path, home: Path) -> str:
+    """
+    How a home is written in the database: relative to the file root when
+    it is inside it, else absolute.
+
+    Several nodes share the files over NFS or GlusterFS and each mounts
+    them at its own path (C{--root}); an absolute home would point into
+    the mount of the node that created the account.
+    """
+    try:
+        relative = Path(home).relative_to(root)
+    except ValueError:
+        return str(home)
+    return str(relative) if relative.parts else "."
+
+
+def resolved_home(root: Path | None, stored: str) -> Path:
+    """
+    The home directory of a database value, on this node (its C{--root}).
+
+    Absolute values (accounts made before homes were relative, or homes
+    outside the root) are kept as they are.
+    """
+    path = Path(stored)
+    if path.is_absolute() or root is None:
+        return path
+    return Path(os.path.normpath(root / path))
+
+
+def _account(row: tuple, root: Path | None = None) -> Account:  # type: ignore[type-arg]
     name, home, perms, locked, reason, created, changed, pw_changed, version = row
     return Account(
         name=name,
-        home=Path(home),
+        home=resolved_home(root, home),
         perms=frozenset(p for p in perms.split(",") if p),
         locked=bool(locked),
         lock_reason=reason,
