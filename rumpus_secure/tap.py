@@ -853,7 +853,7 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     dropping_to = twistd_options.get("uid") if hasattr(twistd_options, "get") else None
     server = build_server(config, reactor, dropping_to)
 
-    from rumpus_secure.ftp.control import build_ftp_factory
+    from rumpus_secure.ftp.factory import build_ftp_factory
     from rumpus_secure.sniff import wrap_https, wrap_implicit_ftps, wrap_plain_http
     from rumpus_secure.web.redirect import build_http_site
     from rumpus_secure.web.sessions import SessionKeeper
