@@ -28,7 +28,7 @@ import select
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
@@ -508,6 +508,32 @@ def send_bytes(data: bytes) -> Job:
         channel.send_all(data)
         handle.bytes = len(data)
         return len(data)
+
+    return job
+
+
+def send_stream(chunks: Iterable[bytes], done: Callable[[], None] | None = None) -> Job:
+    """
+    A job that sends bytes made while they are sent (a streamed listing).
+
+    C{chunks} is consumed in the worker thread, so the directory is read and
+    formatted there, one block ahead of the network; C{done} (closing the
+    directory) runs in the worker when the job ends, however it ends.
+    """
+
+    def job(channel: _Channel, handle: TransferHandle) -> int:
+        total = 0
+        try:
+            for chunk in chunks:
+                if handle.aborted:
+                    raise _Aborted()
+                channel.send_all(chunk)
+                total += len(chunk)
+                handle.bytes = total
+        finally:
+            if done is not None:
+                done()
+        return total
 
     return job
 
