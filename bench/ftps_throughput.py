@@ -107,16 +107,20 @@ class Rumpus(Server):
         data = work / "rumpus-data"
         env = dict(os.environ, PYTHONPATH=str(REPO))
         common = [sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(data)]
+        # The accounts database is made by the server's first start or by init.
+        subprocess.run([*common, "init"], check=True, env=env, capture_output=True)
         subprocess.run([*common, "user", "add", USER, "--password-stdin"],
                        input=PASSWORD + "\n", text=True, check=True, env=env,
                        capture_output=True)
         home = self.home = data / "files" / USER
         os.link(big, home / "big.bin")
+        self.https_port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
              "-n", "--pidfile=", "rumpus-secure", "--data-dir", str(data),
              "--ftp", f"tcp:{self.port}:interface=127.0.0.1", "--ftps", "none",
-             "--http", "none", "--https", f"tcp:{free_port()}:interface=127.0.0.1"],
+             "--http", "none", "--https", f"tcp:{self.https_port}:interface=127.0.0.1",
+             "--public-host", "127.0.0.1"],
             cwd=work, env=env, stdout=open(work / "rumpus.log", "w"), stderr=subprocess.STDOUT,
         )
         wait_port(self.port)
