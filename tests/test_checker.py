@@ -273,3 +273,34 @@ def test_verify_thread_pool_default_size() -> None:
 def test_module_uses_no_global_reactor() -> None:
     source = Path(checker_module.__file__).read_text()
     assert "from twisted.internet import reactor" not in source
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_realm_uses_the_account_the_checker_read(
+    checker: ArgonChecker, store: SQLiteAccountStore
+) -> None:
+    """
+    One read of the account per login: the avatar ID carries it to the FTP
+    realm, which opens the home (made if missing) without asking the store.
+    """
+    import shutil
+
+    from rumpus_secure.ftp.realm import FTPRealm
+    from rumpus_secure.ftp.shell import IFileShell
+
+    avatar_id = await checker.requestAvatarId(UsernamePassword(b"alice", b"right"))
+    assert avatar_id == b"alice" and avatar_id.account.name == "alice"
+
+    class NoReads:
+        def get(self, name: str) -> None:
+            raise AssertionError("the realm read the account again")
+
+    realm = FTPRealm(NoReads())
+    home = avatar_id.account.home
+    shutil.rmtree(home)
+    _, shell, logout = await realm.requestAvatar(avatar_id, None, IFileShell)
+    assert home.is_dir() and shell.fs.home == home
+    assert shell.perms == frozenset(avatar_id.account.perms)
+    # A plain name (another checker) is still looked up.
+    _, shell, _ = await FTPRealm(store).requestAvatar(b"alice", None, IFileShell)
+    assert shell.fs.home == home
