@@ -19,6 +19,11 @@ the guesser's fate, and the server's peak memory (VmHWM).
 
     python bench/load.py                       # 500 sessions, 2000 idle
     python bench/load.py --sessions 50 --idle 100
+    python bench/load.py --idle 10000 --sessions 0 --skip-first --no-vsftpd
+
+Between 1 and 2 it measures the login latency one login at a time, and
+again with the IDLE sessions held (target: within 10%); ``--sessions 0``
+stops after that.
 
 The run passes ``--safe-list 127.0.0.1/32`` (honest clients exempt from the
 per-address limit; 127.0.0.2, the guesser, is not) and ``--max-connections``
@@ -81,6 +86,7 @@ class ServerProcess:
         self.env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
         self.names = [f"bench{n}" for n in range(accounts)]
         cli = [sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(self.data)]
+        subprocess.run([*cli, "init"], env=self.env, check=True, capture_output=True)
         for name in self.names:
             subprocess.run([*cli, "user", "add", name, "--password-stdin"],
                            input=PASSWORD + "\n", text=True, env=self.env, check=True,
@@ -248,6 +254,21 @@ async def login_rate(port: int, names: list[str], clients: int, logins: int,
     return logins / (time.perf_counter() - started)
 
 
+async def login_latencies(port: int, names: list[str], logins: int) -> list[float]:
+    """
+    Seconds per login (connect, TLS, USER/PASS), one login at a time.
+    """
+    context = client_context()
+    return [await login_once(port, context, names[n % len(names)]) for n in range(logins)]
+
+
+def describe(latencies: list[float]) -> str:
+    ordered = sorted(latencies)
+    p90 = ordered[int(len(ordered) * 0.9) - 1]
+    return (f"median {statistics.median(ordered) * 1000:.1f} ms, "
+            f"p90 {p90 * 1000:.1f} ms ({len(ordered)} logins, one at a time)")
+
+
 async def honest_session(port: int, context: ssl.SSLContext, name: str, n: int,
                          payload: bytes, results: dict) -> None:
     control = Control(port, context)
@@ -326,6 +347,12 @@ async def main_async(args: argparse.Namespace, server: ServerProcess,
     repeat = await login_rate(server.port, names, 8, args.rate_logins)
     print(f"repeat logins (verifier cache),      8 clients: {repeat:8.1f} logins/s")
 
+    # Login latency of the idle server, the baseline of the "flat under
+    # load" target; measured again below with the idle sessions held.
+    quiet = await login_latencies(server.port, names, args.latency_logins)
+    print(f"login latency, no sessions held:     {describe(quiet)}; "
+          f"load average {os.getloadavg()[0]:.2f}")
+
     rss_before = proc_status(pid, "VmRSS")
     held: list[Control] = []
     failures: list[str] = []
@@ -347,6 +374,17 @@ async def main_async(args: argparse.Namespace, server: ServerProcess,
           f"{per_idle:.1f} KiB per idle connection")
     if failures:
         print(f"  first idle failure: {failures[0]}")
+    busy = await login_latencies(server.port, names, args.latency_logins)
+    print(f"login latency, {len(held)} sessions held: {describe(busy)}; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    again = await login_latencies(server.port, names, args.latency_logins)
+    print(f"login latency, {len(held)} sessions held (again): {describe(again)}")
+    print(f"  held / none, median: {statistics.median(busy) / statistics.median(quiet):.2f}x "
+          f"and {statistics.median(again) / statistics.median(quiet):.2f}x")
+    if not args.sessions:
+        for control in held:
+            control.close()
+        return
 
     payload = os.urandom(args.file_size)
     server.put_file("small.bin", payload)
@@ -437,6 +475,9 @@ def main() -> None:
                         help="keep guessing after the sessions until banned, at most this long")
     parser.add_argument("--skip-first", action="store_true",
                         help="skip the cache-off server for the first-login rate")
+    parser.add_argument("--latency-logins", type=int, default=200,
+                        help="logins, one at a time, for the latency without and "
+                             "with the idle sessions held")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--vsftpd", action=argparse.BooleanOptionalAction,
                         default=os.geteuid() == 0,
