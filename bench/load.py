@@ -279,11 +279,27 @@ async def login_latencies(port: int, names: list[str], logins: int) -> list[floa
             None, pool.apply, _measure_latencies, (port, names, logins))
 
 
-def describe(latencies: list[float]) -> str:
+def server_cpu(pid: int) -> float:
+    """User and system CPU seconds of the server process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def timed_logins(pid: int, port: int, names: list[str],
+                       logins: int) -> tuple[list[float], float]:
+    """Latencies, and the server's CPU milliseconds per login meanwhile."""
+    before = server_cpu(pid)
+    latencies = await login_latencies(port, names, logins)
+    return latencies, (server_cpu(pid) - before) * 1000 / logins
+
+
+def describe(measured: tuple[list[float], float]) -> str:
+    latencies, cpu = measured
     ordered = sorted(latencies)
     p90 = ordered[int(len(ordered) * 0.9) - 1]
     return (f"median {statistics.median(ordered) * 1000:.1f} ms, "
-            f"p90 {p90 * 1000:.1f} ms ({len(ordered)} logins, one at a time)")
+            f"p90 {p90 * 1000:.1f} ms ({len(ordered)} logins, one at a time), "
+            f"server CPU {cpu:.2f} ms/login")
 
 
 async def honest_session(port: int, context: ssl.SSLContext, name: str, n: int,
@@ -366,7 +382,7 @@ async def main_async(args: argparse.Namespace, server: ServerProcess,
 
     # Login latency of the idle server, the baseline of the "flat under
     # load" target; measured again below with the idle sessions held.
-    quiet = await login_latencies(server.port, names, args.latency_logins)
+    quiet = await timed_logins(pid, server.port, names, args.latency_logins)
     print(f"login latency, no sessions held:     {describe(quiet)}; "
           f"load average {os.getloadavg()[0]:.2f}")
 
@@ -391,23 +407,27 @@ async def main_async(args: argparse.Namespace, server: ServerProcess,
           f"{per_idle:.1f} KiB per idle connection")
     if failures:
         print(f"  first idle failure: {failures[0]}")
-    busy = await login_latencies(server.port, names, args.latency_logins)
+    busy = await timed_logins(pid, server.port, names, args.latency_logins)
     print(f"login latency, {len(held)} sessions held: {describe(busy)}; "
           f"load average {os.getloadavg()[0]:.2f}")
-    again = await login_latencies(server.port, names, args.latency_logins)
+    again = await timed_logins(pid, server.port, names, args.latency_logins)
     print(f"login latency, {len(held)} sessions held (again): {describe(again)}")
     if not args.sessions:
         for control in held:
             control.close()
         await asyncio.sleep(2)
-        after = await login_latencies(server.port, names, args.latency_logins)
+        after = await timed_logins(pid, server.port, names, args.latency_logins)
         print(f"login latency, sessions closed again: {describe(after)}")
-        none = statistics.median(quiet + after)
-        print(f"  held / none, median: {statistics.median(busy) / none:.2f}x "
-              f"and {statistics.median(again) / none:.2f}x (none: before and after)")
+        none = statistics.median(quiet[0] + after[0])
+        none_cpu = (quiet[1] + after[1]) / 2
+        print(f"  held / none, median latency: {statistics.median(busy[0]) / none:.2f}x "
+              f"and {statistics.median(again[0]) / none:.2f}x; server CPU per login: "
+              f"{busy[1] / none_cpu:.2f}x and {again[1] / none_cpu:.2f}x "
+              "(none: before and after)")
         return
-    print(f"  held / none, median: {statistics.median(busy) / statistics.median(quiet):.2f}x "
-          f"and {statistics.median(again) / statistics.median(quiet):.2f}x")
+    print(f"  held / none, median: "
+          f"{statistics.median(busy[0]) / statistics.median(quiet[0]):.2f}x "
+          f"and {statistics.median(again[0]) / statistics.median(quiet[0]):.2f}x")
 
     payload = os.urandom(args.file_size)
     server.put_file("small.bin", payload)
