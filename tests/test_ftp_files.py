@@ -292,14 +292,14 @@ def test_listings_read_the_folder_as_they_send(tmp_path: Path) -> None:
         (s.home / f"entry-{index:05d}-{'x' * 40}").touch()
     for command in ("MLSD", "LIST", "NLST"):
         before = open_fd_count()
-        [reply] = s.send("PASV")
+        assert codes(s.send("PASV")) == ["227"]
         server_end, client_end = loopback_pair()
         s.proto.data_source.close()
         source = s.proto.data_source = LateSource(server_end)
         client = DataClient(client_end)
         assert codes(s.send(command)) == ["150"]
         (s.home / "late.txt").touch()
-        source.arrived.callback(lambda: server_end)
+        source.arrived.callback(lambda sock=server_end: sock)
         s.flush()
         assert codes(s.transport.lines()) == ["150", "226"]
         lines = client.data().decode().split("\r\n")
@@ -316,7 +316,7 @@ def test_a_listing_that_never_starts_closes_its_folder(tmp_path: Path) -> None:
     s = Session(tmp_path)
     (s.home / "a.txt").touch()
     before = open_fd_count()
-    [reply] = s.send("PASV")
+    assert codes(s.send("PASV")) == ["227"]
     server_end, client_end = loopback_pair()
     s.proto.data_source.close()
     source = s.proto.data_source = LateSource(server_end)

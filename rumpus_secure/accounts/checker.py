@@ -75,7 +75,7 @@ class AccountId(bytes):
     account: Any = None
 
     @classmethod
-    def of(cls, account: Any) -> "AccountId":
+    def of(cls, account: Any) -> AccountId:
         avatar_id = cls(account.name.encode("utf-8"))
         avatar_id.account = account
         return avatar_id

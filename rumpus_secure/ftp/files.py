@@ -350,7 +350,7 @@ class FileCommands(TransferCommands):
     def ftp_MLSD(self, path: str = "") -> Any:
         async def prepare() -> Plan:
             assert self.shell is not None
-            target, entry, scan = await self._scan(path)
+            target, _entry, scan = await self._scan(path)
             if scan is None:
                 raise Refused(f"501 MLSD refused: not a directory: {wire_name(target)!r}; "
                               "use MLST.")

@@ -54,7 +54,7 @@ class DirScan:
         if fd is not None:
             os.close(fd)
 
-    def __enter__(self) -> DirScan:
+    def __enter__(self) -> DirScan:  # noqa: PYI034 (final in practice)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
