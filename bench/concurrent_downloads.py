@@ -93,7 +93,7 @@ def main() -> int:
         data = work / "data"
         env = dict(os.environ, PYTHONPATH=str(REPO))
         subprocess.run([sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(data),
-                        "init"], check=True, env=env, capture_output=True)
+                        "init"], check=True, capture_output=True, env=env)
         subprocess.run([sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(data),
                         "user", "add", "bench", "--password-stdin"],
                        input=PASSWORD + "\n", text=True, check=True, env=env,

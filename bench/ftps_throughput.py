@@ -156,8 +156,7 @@ class Rumpus(Server):
         data = work / "rumpus-data"
         env = dict(os.environ, PYTHONPATH=str(REPO))
         common = [sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(data)]
-        # The accounts database is made by the server's first start or by init.
-        subprocess.run([*common, "init"], check=True, env=env, capture_output=True)
+        subprocess.run([*common, "init"], check=True, capture_output=True, env=env)
         subprocess.run([*common, "user", "add", USER, "--password-stdin"],
                        input=PASSWORD + "\n", text=True, check=True, env=env,
                        capture_output=True)

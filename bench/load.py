@@ -87,7 +87,7 @@ class ServerProcess:
         self.env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
         self.names = [f"bench{n}" for n in range(accounts)]
         cli = [sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(self.data)]
-        subprocess.run([*cli, "init"], env=self.env, check=True, capture_output=True)
+        subprocess.run([*cli, "init"], check=True, capture_output=True, env=self.env)
         for name in self.names:
             subprocess.run([*cli, "user", "add", name, "--password-stdin"],
                            input=PASSWORD + "\n", text=True, env=self.env, check=True,

@@ -64,6 +64,8 @@ class Server:
         self.data = root / "data"
         self.http, self.https = free_port(), free_port()
         subprocess.run([sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(self.data),
+                        "init"], check=True, capture_output=True, env=env())
+        subprocess.run([sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(self.data),
                         "user", "add", "bench", "--password-stdin"], input=PASSWORD + "\n",
                        text=True, env=env(), check=True, capture_output=True)
         self.log = open(root / "server.log", "w")

@@ -59,6 +59,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         subprocess.run([sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(data),
+                        "init"], check=True, capture_output=True, env=env)
+        subprocess.run([sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(data),
                         "user", "add", "bench", "--password-stdin"],
                        input=PASSWORD + "\n", text=True, env=env, check=True,
                        capture_output=True)

@@ -7,6 +7,12 @@ one object per line to ``DATA-DIR/audit.log``; the memory backend keeps them in
 a list for tests.  Fields are plain JSON values; a password never appears here
 (callers never pass one, and L{_FORBIDDEN} keys are dropped defensively).
 
+With several nodes (C{--node-id}), each record names its node (C{node}), and
+C{--audit-log -} writes the same JSON lines to standard output instead of a
+file, for journald and log shippers that collect every node's stream;
+C{rumpus-secure audit} merges the files (or standard input) back into one
+report (L{rumpus_secure.report}).
+
 Observers (L{AuditObservers.add_observer}) see every cleaned record after it
 is written: the transfer console line, the ``xferlog`` writer and the
 Prometheus counters (L{rumpus_secure.metrics}) are built on the event stream
@@ -152,12 +158,14 @@ class JSONLinesAuditLog(AuditObservers):
         keep: int = 5,
         clock: Callable[[], float] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        node: str | None = None,
     ) -> None:
         self.path = Path(path)
         self._max_bytes = max_bytes
         self._keep = keep
         self._clock = clock
         self._monotonic = monotonic
+        self._node = node
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._closer: Callable[[], Any] = _nothing
@@ -167,6 +175,8 @@ class JSONLinesAuditLog(AuditObservers):
 
     def record(self, event: str, **fields: Any) -> None:
         entry = _clean(event, fields, self._clock)
+        if self._node is not None:
+            entry.setdefault("node", self._node)
         self._write(event, entry)
         self._notify(entry)
 
@@ -246,6 +256,69 @@ def _close_quietly(fd: int) -> None:
 
 def _nothing() -> None:
     pass
+
+
+@implementer(IAuditLog)
+class StreamAuditLog(JSONLinesAuditLog):
+    """
+    One JSON object per line on a file descriptor (standard output for
+    C{--audit-log -}), never rotated: journald or the log shipper keeps it.
+
+    Each line goes out in one C{write} under the lock, so lines from
+    threads never interleave (a line is far below C{PIPE_BUF}, 4096 bytes,
+    so a pipe never splits one either).  twistd replaces C{sys.stdout} by a
+    logger in the foreground; the descriptor is written directly, so the
+    lines stay bare JSON.
+    """
+
+    def __init__(self, fd: int = 1, clock: Callable[[], float] | None = None,
+                 node: str | None = None) -> None:
+        super().__init__(Path("-"), clock=clock, node=node)
+        self.fd = fd
+
+    def _write(self, event: str, entry: dict[str, Any]) -> None:
+        data = (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8")
+        with self._lock:
+            try:
+                while data:
+                    data = data[os.write(self.fd, data):]
+            except OSError as e:
+                _log.error("cannot write audit event {event} to standard output: "
+                           "{error}", event=event, error=e.strerror)
+
+
+def open_audit_log(path: Path | None, data_dir: Path, node: str | None = None,
+                   clock: Callable[[], float] | None = None) -> JSONLinesAuditLog:
+    """
+    The C{--audit-log}: a file (default C{DATA-DIR/audit.log}) or, for
+    ``-``, standard output.
+    """
+    if path is not None and str(path) == "-":
+        return StreamAuditLog(1, clock=clock, node=node)
+    return JSONLinesAuditLog(path if path is not None else data_dir / "audit.log",
+                             clock=clock, node=node)
+
+
+def read_lines(lines: Any) -> list[dict[str, Any]]:
+    """
+    The events in an iterable of JSON lines (standard input); lines that are
+    not a JSON object (another program's output in the same journal) are
+    skipped.
+    """
+    events = []
+    for line in lines:
+        # Bare lines, or journalctl's "date host twistd[pid]: {...}".
+        start = line.find("{")
+        if start < 0:
+            continue
+        text = line[start:].strip()
+        try:
+            event = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

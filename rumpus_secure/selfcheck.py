@@ -654,7 +654,9 @@ def run_checks(
     """
     Probe every enabled listener of C{config}; one result per rule.
     """
-    return SelfCheck(config, host=host, timeout=timeout).run()
+    from rumpus_secure.acme.check import acme_results
+
+    return SelfCheck(config, host=host, timeout=timeout).run() + acme_results(config)
 
 
 def format_results(results: list[CheckResult]) -> str:

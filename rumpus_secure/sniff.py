@@ -109,6 +109,15 @@ class SniffingProtocol(protocol.Protocol):
             return
         self.inner = inner
         inner.makeConnection(self.transport)
+        # A TCP port starts reading only after makeConnection returns, so a
+        # protocol may pause its transport in connectionMade (twisted.web's
+        # channel does, while a refusal waits for the TLS handshake) and
+        # still be read.  We connect the inner protocol later, from
+        # dataReceived: do what the port would, or such a connection is
+        # never read again and hangs until its timeout.
+        resume = getattr(self.transport, "resumeProducing", None)
+        if resume is not None:
+            resume()
         inner.dataReceived(first)
 
     def _silent(self) -> None:

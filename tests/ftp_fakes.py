@@ -29,6 +29,9 @@ class FakeTLS:
     def context_factory(self, alpn: Any) -> Any:
         return self.context
 
+    def per_session_factory(self, alpn: Any) -> Any:
+        return self.context
+
 
 class TLSStringTransport(StringTransport):
     """

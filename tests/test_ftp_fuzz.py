@@ -141,9 +141,9 @@ def test_any_input_gets_well_formed_replies(start: str, lines: list[bytes]) -> N
 
 def test_arguments_to_commands_that_take_none_get_501() -> None:
     before_tls = drive("plain", [b"NOOP x", b"SYST x", b"FEAT x", b"QUIT x"])
-    assert [r[:3] for r in before_tls[1:]] == ["501"] * 4
+    assert [r[:3] for r in before_tls[1:5]] == ["501"] * 4
     allow_plain = drive("allow-plain", [b"CCC x"])
-    assert allow_plain[-1].startswith("501 ")
+    assert allow_plain[1].startswith("501 ")
     logged_in = drive("login", [b"PASV x", b"NOOP ", b"PWD"])
     assert [r[:3] for r in logged_in[-3:]] == ["501", "200", "257"]
 

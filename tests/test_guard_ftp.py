@@ -170,7 +170,7 @@ def test_sessions_per_account(tmp_path: Path) -> None:
 
 
 def test_partial_line_that_never_finishes_is_closed(tmp_path: Path) -> None:
-    server, reactor = guarded(tmp_path, config={"line_timeout": 30.0})
+    server, reactor = guarded(tmp_path, config={"line_timeout": 30.0, "login_timeout": 0})
     proto, transport, _ = connect(server, reactor=reactor)
     transport.clear()
     proto.dataReceived(b"FE")
@@ -189,7 +189,7 @@ def test_partial_line_that_never_finishes_is_closed(tmp_path: Path) -> None:
 
 
 def test_finished_lines_cancel_the_line_timer(tmp_path: Path) -> None:
-    server, reactor = guarded(tmp_path, config={"line_timeout": 30.0})
+    server, reactor = guarded(tmp_path, config={"line_timeout": 30.0, "login_timeout": 0})
     proto, transport, _ = connect(server, reactor=reactor)
     proto.dataReceived(b"NO")
     reactor.advance(20)

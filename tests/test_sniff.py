@@ -212,3 +212,37 @@ def test_silent_web_connections_close_after_the_http_timeout(wrap: Any,
     p.dataReceived(first)
     assert inner.built[0].received == first
     assert clock.getDelayedCalls() == []
+
+
+class PausingRecorder(Recorder):
+    """
+    Pauses its transport in connectionMade, as twisted.web's channel does
+    when it answers before a TLS handshake has finished.
+    """
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.transport.pauseProducing()
+
+
+def test_a_protocol_that_pauses_in_connection_made_is_still_read() -> None:
+    """
+    A TCP port starts reading after makeConnection; the sniffer connects its
+    inner protocol later, so it must do the same, or a protocol that paused
+    in connectionMade (the HTTPS per-address limit's 503) never reads the
+    rest of the TLS handshake and hangs until its timeout.
+    """
+
+    class Factory(RecordingFactory):
+        def buildProtocol(self, addr: Any) -> Recorder:
+            p = PausingRecorder()
+            self.built.append(p)
+            return p
+
+    inner = Factory()
+    p, transport = connect(wrap_implicit_ftps(inner, config(), Clock()))
+    p.dataReceived(CLIENT_HELLO_START)
+    [wrapped] = inner.built
+    assert wrapped.made and transport.producerState == "producing"
+    p.dataReceived(b"rest of the handshake")
+    assert wrapped.received == CLIENT_HELLO_START + b"rest of the handshake"

@@ -165,7 +165,7 @@ def test_make_service_children(tmp_path: Path, capsys: pytest.CaptureFixture[str
     for name, tls in [("ftps", True), ("https", True), ("http", False)]:
         assert isinstance(found[name].factory, SniffingFactory)
         assert found[name].factory.expect_tls is tls
-        assert isinstance(found[name].factory.wrapped, TLSMemoryBIOFactory) is tls
+        assert isinstance(found[name].factory.wrappedFactory, TLSMemoryBIOFactory) is tls
     assert not isinstance(found["ftp"].factory, TLSMemoryBIOFactory)
     data = tmp_path / "data"
     assert (data / "accounts.sqlite3").exists()

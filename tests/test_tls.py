@@ -659,6 +659,86 @@ def test_abnormal_close_without_keep_loses_session(pair: tuple[Path, Path]) -> N
     )
 
 
+@pytest.mark.parametrize("version", [SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION])
+@pytest.mark.parametrize("tickets", [True, False])
+def test_per_session_contexts_resume_only_their_own_session(
+    pair: tuple[Path, Path], version: int, tickets: bool
+) -> None:
+    """
+    Issue #11: a data connection pinned to a control connection's context
+    resumes that control connection's session, and not the session of
+    another control connection of the same profile (a thief at the same
+    address resuming its own session), with TLS 1.3 tickets, TLS 1.2
+    tickets and TLS 1.2 session ids.
+    """
+    source = TLSContextSource(*pair)
+    client = _client_context(max_version=version, min_version=version)
+    if not tickets:
+        client.set_options(SSL.OP_NO_TICKET)
+    sessions = source.per_session_factory(FTP_ALPN)
+    victim = _handshake(sessions, client, alpn=[b"ftp"])
+    thief = _handshake(sessions, client, alpn=[b"ftp"])
+    assert victim.ok and thief.ok
+    assert victim.server.get_context() is not thief.server.get_context()
+    victim.exchange()
+    thief.exchange()
+    victim_session = victim.client.get_session()
+    thief_session = thief.client.get_session()
+
+    for _ in range(2):  # the rightful client, again and again
+        own = _handshake(pinned_context_factory(victim.server), client,
+                         session=victim_session)
+        assert own.ok and session_reused(own.server) and session_reused(own.client)
+        own.exchange()
+        own.close()
+    # The thief's own session, valid on the thief's data connections...
+    thiefs_own = _handshake(pinned_context_factory(thief.server), client,
+                            session=thief_session)
+    assert session_reused(thiefs_own.server)
+    thiefs_own.close()
+    # ... is not resumed on the victim's.
+    stolen = _handshake(pinned_context_factory(victim.server), client,
+                        session=thief_session)
+    assert not session_reused(stolen.server)
+    assert not session_reused(stolen.client)
+    # A control connection cannot resume another one's session either.
+    assert not session_reused(_handshake(sessions, client, session=victim_session).server)
+
+
+def test_shared_profile_context_lets_anyone_resume(pair: tuple[Path, Path]) -> None:
+    """
+    Why FTP uses L{TLSContextSource.per_session_factory}: on the shared
+    profile context, a second client's session resumes on the first
+    client's context just as well (the bug of issue #11).
+    """
+    source = TLSContextSource(*pair)
+    client = _client_context()
+    victim = _handshake(source.context_factory(FTP_ALPN), client)
+    thief = _handshake(source.context_factory(FTP_ALPN), client)
+    thief.exchange()
+    stolen = _handshake(pinned_context_factory(victim.server), client,
+                        session=thief.client.get_session())
+    assert session_reused(stolen.server)
+
+
+def test_per_session_factory_follows_reload(
+    tmp_path: Path, ca: _CA, pair: tuple[Path, Path]
+) -> None:
+    source = TLSContextSource(*pair)
+    sessions = source.per_session_factory(FTP_ALPN)
+    assert source.per_session_factory([b"ftp"]) is sessions
+    before = _served_leaf(_handshake(sessions))
+    new_key = _key()
+    new_cert = ca.issue(new_key, "localhost")
+    _write_pair(pair[0].parent, _pem(new_cert), _pem(new_key), "server")
+    assert source.reload() is True
+    after = _served_leaf(_handshake(sessions))
+    assert after == new_cert != before
+    wrapped = source.wrap_factory(Factory.forProtocol(Protocol), FTP_ALPN,
+                                  per_session=True)
+    assert isinstance(wrapped, TLSMemoryBIOFactory)
+
+
 # --- reload -----------------------------------------------------------------------
 
 

@@ -26,6 +26,10 @@ connection, C{bench/account_watch.py}) tells the server's L{rumpus_secure.accoun
 since the last look, including deletions, which leave no row to version.
 The log keeps the last L{CHANGES_KEPT} rows.
 
+The same file holds each account's second factors and app passwords
+(L{rumpus_secure.accounts.two_factor_store}, mixed into the SQLite store:
+created and deleted with the account, in the same transactions).
+
 All methods block on disk I/O; the server calls them from a thread (see
 L{rumpus_secure.accounts.checker}).
 """
@@ -46,6 +50,12 @@ from zope.interface import Interface, implementer
 
 from rumpus_secure.accounts.connections import ThreadConnections
 from rumpus_secure.accounts.hashing import hash_password
+from rumpus_secure.accounts.two_factor_store import (
+    TWO_FACTOR_SCHEMA,
+    ITwoFactorStore,
+    TwoFactorTables,
+    forget_credentials,
+)
 
 ALL_PERMISSIONS: frozenset[str] = frozenset(
     {"list", "download", "upload", "overwrite", "delete", "rename", "mkdir"}
@@ -64,8 +74,13 @@ HOME_MODE = 0o750
 #: (it cannot be: it reads the log every second) treats every session as stale.
 CHANGES_KEPT = 10_000
 
-#: The kinds of change in the log.
-CHANGE_KINDS = ("add", "password", "lock", "unlock", "perms", "delete")
+#: The kinds of change in the log.  ``password`` also covers every change
+#: of what the account's credentials are (two-factor login turned on,
+#: required or reset, an app password revoked): open FTP sessions end on
+#: it.  ``2fa`` and ``app-password`` are writes that change nothing a
+#: session relies on (a code used up, an app password added).
+CHANGE_KINDS = ("add", "password", "lock", "unlock", "perms", "delete", "2fa",
+                "app-password")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9._@-]{0,63}\Z")
 
@@ -172,6 +187,7 @@ class IAccountStore(Interface):
         password: str,
         home: Path | None = None,
         perms: Iterable[str] | None = None,
+        require_2fa: bool = False,
     ) -> Account:
         """
         Create an account and its home directory.
@@ -179,6 +195,8 @@ class IAccountStore(Interface):
         @param home: L{None} for C{ROOT/NAME}; an absolute path; or a path
             relative to the root.
         @param perms: permission names, L{None} for all of them.
+        @param require_2fa: the first web login must set up two-factor
+            login (L{ITwoFactorStore}), in the same transaction.
         @raises AccountError: bad name, empty password, unknown permission,
             duplicate account, or a home that cannot be created.
         """
@@ -230,7 +248,8 @@ class IAccountStore(Interface):
 
     def delete(name: str) -> None:
         """
-        Delete the account; its home directory is left on disk.
+        Delete the account (and its second factors and app passwords, in the
+        same transaction); its home directory is left on disk.
         """
 
     def change_reader() -> "ChangeReader":
@@ -292,8 +311,8 @@ def _clean_reason(reason: str) -> str:
     return text[:MAX_REASON_LENGTH]
 
 
-@implementer(IAccountStore)
-class SQLiteAccountStore:
+@implementer(IAccountStore, ITwoFactorStore)
+class SQLiteAccountStore(TwoFactorTables):
     """
     Accounts in one SQLite file, safe for several threads and processes.
 
@@ -350,6 +369,8 @@ class SQLiteAccountStore:
                 with self._write(db):
                     db.execute(_SCHEMA)
                     db.execute(_CHANGES_SCHEMA)
+                    for statement in TWO_FACTOR_SCHEMA:
+                        db.execute(statement)
                     if db.execute("PRAGMA user_version").fetchone()[0] == 0:
                         db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         except sqlite3.Error as e:
@@ -410,6 +431,7 @@ class SQLiteAccountStore:
         password: str,
         home: Path | None = None,
         perms: Iterable[str] | None = None,
+        require_2fa: bool = False,
     ) -> Account:
         check_name(name)
         if not password:
@@ -436,6 +458,10 @@ class SQLiteAccountStore:
                     f"an account named {existing!r} already exists"
                 ) from None
             _record(db, name, "add", None, now)
+            forget_credentials(db, name)  # of an earlier account of this name
+            if require_2fa:
+                db.execute("INSERT INTO account_2fa (name, required) VALUES (?, 1)",
+                           (name,))
             # Inside the transaction: if the home cannot be made, no account.
             try:
                 home_path.mkdir(parents=True, exist_ok=True, mode=HOME_MODE)
@@ -510,11 +536,23 @@ class SQLiteAccountStore:
             )
             if cursor.rowcount == 0:
                 raise AccountError(f"no account named {name!r}")
+            forget_credentials(db, name)
             _record(db, name, "delete", None, self._clock())
 
     def change_reader(self) -> ChangeReader:
         return ChangeReader(self.path)
 
+    # -- for TwoFactorTables ----------------------------------------------------
+
+    def _exists(self, db: sqlite3.Connection, name: str) -> None:
+        row = db.execute("SELECT 1 FROM accounts WHERE name = ? COLLATE BINARY",
+                         (name,)).fetchone()
+        if row is None:
+            raise AccountError(f"no account named {name!r}")
+
+    def _log_change(self, db: sqlite3.Connection, name: str, kind: str,
+                    detail: str | None, when: float) -> None:
+        _record(db, name, kind, detail, when)
 
 class ChangeReader:
     """

@@ -23,7 +23,6 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.cred import error as cred_error
-from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger, LogLevel
@@ -32,12 +31,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rumpus_secure.accounts.bans import Ban
-from rumpus_secure.accounts.checker import LockedAccountError
+from rumpus_secure.accounts.checker import (
+    ChannelCredentials,
+    LockedAccountError,
+    TwoFactorRequired,
+)
 from rumpus_secure.ftp import data as data_channel
 from rumpus_secure.ftp.account_state import AccountBoundSession
 from rumpus_secure.ftp.files import FileCommands
 from rumpus_secure.ftp.passive import PortPool
 from rumpus_secure.ftp.transfer import TransferEngine
+from rumpus_secure.db import StoreUnavailable
 from rumpus_secure.guard import FTP_OFFENCES, LoginAttempt, normalise_address
 from rumpus_secure.handshake import watch_handshake
 from rumpus_secure.long_work import LongWork
@@ -54,6 +58,16 @@ _log = Logger()
 
 #: Lines we queue while a command runs before we stop reading the socket.
 MAX_PENDING_LINES = 32
+
+#: Seconds a closing connection may take to send its last reply (and TLS
+#: close_notify) before it is cut.
+CLOSE_GRACE = 5.0
+
+#: Commands after which a pending REST offset still applies: the transfer
+#: commands, and those that set a transfer up (clients send PASV or TYPE
+#: between REST and RETR).
+_KEEP_RESTART = frozenset({"REST", "RETR", "STOR", "APPE", "STOU",
+                           "PASV", "EPSV", "PORT", "EPRT", "TYPE"})
 
 #: Commands that need no login.
 _SESSIONLESS = frozenset(
@@ -78,6 +92,10 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
 
     _encoding = "utf-8"
     MAX_LENGTH = 8192
+    #: Commands end at LF, with or without CR before it: a client that sends
+    #: bare LF is answered (it hung before), and an LF inside a CRLF line
+    #: can no longer smuggle a second line into the echo of a reply.
+    delimiter = b"\n"
 
     def __init__(self, session_factory: "ControlFactory") -> None:
         self.session_factory = session_factory
@@ -105,6 +123,10 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self._counted_host: str | None = None
         self._session_account: str | None = None
         self._line_timer: Any = None
+        self._last_host = "?"
+        self.tls_context_in_use: Any = None
+        self._login_timer: Any = None
+        self._abort_timer: Any = None
         self._handshake_deadline: Any = None
 
     # -- plumbing -------------------------------------------------------
@@ -114,7 +136,13 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
 
     @property
     def client_host(self) -> str:
-        return _peer_host(self.transport)
+        """
+        The client's address; still known once the connection is gone (the
+        audit of a transfer that ends after it said ``?``).
+        """
+        if self.transport is not None:
+            self._last_host = _peer_host(self.transport)
+        return self._last_host
 
     def _audit(self, event: str, *, scored: bool = True, **fields: Any) -> None:
         """
@@ -144,7 +172,11 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         if self._closing:
             return  # after close() (a 421, QUIT): nothing more, even a late reply
         if self.transport is not None and not self._transport_gone():
-            ftp.basic.LineReceiver.sendLine(self, line)
+            if b"\r" in line or b"\n" in line:
+                # A reply line never breaks: text echoed from the client
+                # (a verb, a path) cannot forge a reply line of its own.
+                line = line.replace(b"\r", b" ").replace(b"\n", b" ")
+            self.transport.write(line + b"\r\n")
 
     def _transport_gone(self) -> bool:
         return self.transport is None or getattr(self.transport, "disconnected", False)
@@ -156,8 +188,19 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self._closing = True
         self.disconnected = True
         self._pending.clear()
+        self._cancel_login_timer()
         if self.transport is not None:
             self.transport.loseConnection()
+            if self._abort_timer is None:
+                # A TLS connection closes only once its close_notify is
+                # written; a client that keeps sending (a line that never
+                # ends) must not keep it open: cut it after a grace.
+                self._abort_timer = self.reactor.callLater(CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_timer = None
+        if self.transport is not None and not self._transport_gone():
+            self.transport.abortConnection()
 
     # -- connection life --------------------------------------------------
 
@@ -176,6 +219,7 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
                 pass
         if self._refused_by_guard():
             return
+        self._start_login_timer()
         if not self.implicit and self.policy.plain_port_closed:
             self.sendLine(self.policy.implicit_only_greeting())
             self._audit("ftp.plain_port_refused", outcome="closed")
@@ -203,6 +247,7 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
             over = guard.connection_opened(host, self._protocol_name)
             if over is None:
                 self._counted_host = host
+                guard.not_logged_in(self, self.reactor.seconds(), self._evicted)
                 return False
             if over.scope == "address":
                 reply = (f"421 Too many connections from your address "
@@ -213,6 +258,48 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self.sendLine(reply)
         self.close()
         return True
+
+    def _evicted(self) -> None:
+        """
+        The server is full and this connection has not logged in: give its
+        slot to a newcomer (L{rumpus_secure.guard.Guard.not_logged_in}).
+        """
+        if self._counted_host is not None and self.guard is not None:
+            self.guard.connection_closed(self._counted_host)
+            self._counted_host = None
+        self._audit("ftp.evicted", outcome="closed", scored=False)
+        self.sendLine("421 The server is full and this connection has not logged "
+                      "in; closing. Log in right after connecting.")
+        self.close()
+
+    # -- login deadline ---------------------------------------------------
+
+    def _start_login_timer(self) -> None:
+        timeout = self.config.login_timeout
+        if timeout > 0 and self._login_timer is None and not self._closing:
+            self._login_timer = self.reactor.callLater(timeout, self._login_timed_out)
+
+    def _cancel_login_timer(self) -> None:
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
+
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        if self.state == self.AUTHED or self._closing:
+            return
+        self._audit("ftp.login_timeout", outcome="closed", scored=False)
+        self.sendLine(f"421 Not logged in within {self.config.login_timeout:.0f} s; "
+                      "closing.")
+        self.close()
+
+    def _logged_in(self) -> None:
+        """
+        The session is logged in: no login deadline, and not evictable.
+        """
+        self._cancel_login_timer()
+        if self.guard is not None:
+            self.guard.logged_in_or_gone(self)
 
     def _greeting(self) -> str:
         if self.secure or self.policy.mode == "allow-plain":
@@ -227,6 +314,10 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         connection = self._tls_connection()
         if connection is not None:
             self.tls_version = connection.get_protocol_version_name()
+            # Kept: data connections resume this context's sessions, and a
+            # transfer may still be set up after the control connection has
+            # gone (its transport is None then).
+            self.tls_context_in_use = connection.get_context()
         self._audit("ftp.tls_established", outcome="ok",
                     mode="implicit" if self.implicit else "explicit")
         if self.implicit and not self._closing:
@@ -248,6 +339,12 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
             self._audit("ftp.tls_failed", outcome="refused",
                         error=reason.getErrorMessage()[:200])
         self._closing = True
+        self._cancel_login_timer()
+        if self._abort_timer is not None and self._abort_timer.active():
+            self._abort_timer.cancel()
+        self._abort_timer = None
+        if self.guard is not None:
+            self.guard.logged_in_or_gone(self)
         if self._drain_call is not None and self._drain_call.active():
             self._drain_call.cancel()
         self._drain_call = None
@@ -267,6 +364,8 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self.close()
 
     def lineLengthExceeded(self, line: bytes) -> None:
+        if self._closing:
+            return  # once: not one audit event per 16 KiB that follows
         self.sendLine("500 Command line too long; closing.")
         self._audit("ftp.protocol_garbage", reason="line too long")
         self.close()
@@ -316,6 +415,11 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self._execute(verb, argument)
 
     def _execute(self, verb: str, argument: str | None) -> None:
+        if verb not in _KEEP_RESTART:
+            # A REST offset applies to the next transfer (RFC 3659 section
+            # 5); kept across other commands (LIST, CWD, SIZE...) it cut a
+            # later, unrelated STOR short.
+            self._rest = 0
         # Waits for the account's latest state (rumpus_secure.ftp.account_state).
         result = defer.maybeDeferred(self._dispatch_when_current, verb, argument)
         result.addCallbacks(self._replied, self._failed, errbackArgs=(verb[:16],))
@@ -453,6 +557,7 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self.workingDirectory = []
         self.prot = "P" if self.implicit else "C"
         self.pbsz_done = self.implicit
+        self._start_login_timer()
 
     def ftp_PBSZ(self, size: str) -> str:
         if not self.secure:
@@ -577,9 +682,12 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         Check the password; answer 230, 530 (after the failure delay) or 421.
         """
         exposure = getattr(self.session_factory.shared, "exposure", None)
-        watch = exposure.watch(name) if exposure is not None else None
-        creds = UsernamePassword(name.encode("utf-8", "surrogateescape"),
-                                 password.encode("utf-8", "surrogateescape"))
+        watch = exposure.watch(name, password) if exposure is not None else None
+        # The channel decides whether app passwords count (FTPS only) and
+        # refuses a two-factor account's main password (accounts.checker).
+        creds = ChannelCredentials(name.encode("utf-8", "surrogateescape"),
+                                   password.encode("utf-8", "surrogateescape"),
+                                   "ftps" if self.secure else "ftp")
         # The mind is the server: the realm does its disk work in its threads.
         d = self.session_factory.portal.login(creds, self.session_factory.shared.server,
                                               IFileShell)
@@ -596,6 +704,16 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         def refused(failure: Failure) -> Any:
             if watch is not None:
                 watch.close()
+            if failure.check(TwoFactorRequired):
+                # The main password was right: not a failed guess.
+                ban = attempt.succeeded() if attempt is not None else None
+                if ban is not None:
+                    self._turn_away(ban)
+                    return None
+                self._audit("ftp.login", account=name, outcome="needs-app-password")
+                return ("530 Login refused: this account uses two-factor login, so "
+                        "its password works only on the web. Create an app password "
+                        "on the web (Account page) and use it here over FTPS.")
             if failure.check(LockedAccountError):
                 # The password was right: not a failed guess.
                 ban = attempt.succeeded() if attempt is not None else None
@@ -605,6 +723,15 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
                 reason = getattr(failure.value, "reason", None) or "locked"
                 self._audit("ftp.login", account=name, outcome="locked")
                 return self._locked_reply(reason)
+            if failure.check(StoreUnavailable):
+                # The shared database is down: not the client's fault, no
+                # offence, and never "wrong password".
+                if attempt is not None:
+                    attempt.abandoned()
+                self._audit("ftp.login", account=name, outcome="unavailable")
+                self.sendLine("421 Service not available, try again later.")
+                self.close()
+                return None
             if not failure.check(cred_error.UnauthorizedLogin,
                                  cred_error.UnhandledCredentials):
                 if attempt is not None:
@@ -656,6 +783,7 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self.account = name
         self.workingDirectory = []
         self.state = self.AUTHED
+        self._logged_in()
         self._bind_account(name)
         self._audit("ftp.login", account=name, outcome="ok")
         return f"230 Welcome, {name[:64]}: logged in."
@@ -692,6 +820,8 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
     # -- slow clients ------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return  # closing: nothing more is read, buffered or executed
         super().dataReceived(data)
         self._watch_partial_line(b"\n" in data)
 
@@ -897,19 +1027,15 @@ class _CleartextWatch:
         self._stop_timer()
         self._done = True
         control = self._control
-        guard = control.guard
-        ban = guard.is_banned(control.client_host) if guard is not None else None
-        if ban is not None:
-            # A banned address costs no more password checks.
-            control.audit.record("ftp.cleartext_password", client=control.client_host,
-                                 account=self._user, software=control.client_software,
-                                 protocol="ftp", outcome="not-checked-banned")
-            checked: defer.Deferred[Any] = defer.succeed(False)
-        else:
-            checked = control.session_factory.shared.exposure.check(
-                protocol="ftp", client=control.client_host, user=self._user,
-                password=argument or "", software=control.client_software,
-            )
+        # Checked even when the address is banned meanwhile: a connection
+        # opened before the ban may carry a victim's real password (its
+        # neighbour behind the same address got the ban).  New connections
+        # of a banned address are refused at the greeting, so the work stays
+        # bounded by the connection limit and the exposure queue's cap.
+        checked = control.session_factory.shared.exposure.check(
+            protocol="ftp", client=control.client_host, user=self._user,
+            password=argument or "", software=control.client_software,
+        )
         checked.addBoth(self._answer)
 
     def _answer(self, ignored: Any) -> None:
@@ -952,7 +1078,9 @@ class ControlFactory(protocol.ServerFactory):
 
     @property
     def tls_context(self) -> Any:
-        return self.shared.tls.context_factory([b"ftp"])
+        # A TLS context per control connection: its data connections can
+        # resume its session and nobody else's (tls.per_session_factory).
+        return self.shared.tls.per_session_factory([b"ftp"])
 
     def buildProtocol(self, addr: Any) -> ControlProtocol:
         p = ControlProtocol(self)

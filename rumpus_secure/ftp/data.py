@@ -8,6 +8,13 @@ the control connection's peer; an active source connects, when the transfer
 starts, only to the control peer's own address on a port from 1024 up
 (bounce protection).  Both refusals are audited.
 
+The same address is not the same client (NAT, a shared host, a proxy).
+Under PROT P a passive connection from the right address is taken only if
+its TLS handshake resumed I{this} control connection's session (the control
+connection has a TLS context of its own, L{rumpus_secure.tls}); any other is
+closed, audited as C{ftp.data_refused} (reason C{foreign-session}, or
+C{tls-failed}), and the port goes on waiting for the rightful client.
+
 Nothing here waits: PASV answers at once and the client may connect before
 or after it sends the transfer command.
 """
@@ -22,11 +29,15 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.protocols import ftp
-
 from twisted.python.failure import Failure
 
-from rumpus_secure.ftp.passive import PassiveListener, active_connector, normalise_host
-from rumpus_secure.ftp.transfer import TransferHandle
+from rumpus_secure.ftp.passive import (
+    DataConnectionRefused,
+    PassiveListener,
+    active_connector,
+    normalise_host,
+)
+from rumpus_secure.ftp.transfer import SessionNotResumed, TransferHandle
 
 __all__ = [
     "ActiveSource",
@@ -46,24 +57,62 @@ class PassiveSource:
 
     Under PROT P the TLS handshake starts as soon as the client is in (in a
     worker thread), since some clients handshake before they send the
-    transfer command; the transfer then takes the ready channel.
+    transfer command; the transfer then takes the ready channel.  The
+    handshake is the listener's vetting of a candidate (see
+    L{rumpus_secure.ftp.passive}): one that did not resume this control
+    connection's session is refused and the port waits on.
     """
 
     def __init__(self, listener: PassiveListener, control: Any) -> None:
         self.listener = listener
         self._control = control
-        self._handle = TransferHandle()
         self._outcome: tuple[bool, Any] | None = None
         self._waiters: list[defer.Deferred[Any]] = []
         self._taken = False
-        listener.wait().addCallback(self._accepted).addCallbacks(
-            self._settled_ok, self._settled_failed)
+        listener.vet = self._vet
+        listener.wait().addCallbacks(self._settled_ok, self._settled_failed)
 
-    def _accepted(self, sock: socket.socket) -> Any:
-        tls = self._control._data_tls()
+    def _vet(self, sock: socket.socket, host: str) -> defer.Deferred[Any]:
+        control = self._control
+        tls = control._data_tls()
         if tls is None:
-            return sock
-        return self._control.session_factory.shared.engine.handshake(sock, tls, self._handle)
+            return defer.succeed(sock)
+        handle = TransferHandle()
+        cancelled = False
+
+        def cancel(ignored: Any) -> None:
+            nonlocal cancelled
+            cancelled = True
+            handle.abort()  # the handshake returns at once
+
+        vetted: defer.Deferred[Any] = defer.Deferred(cancel)
+
+        def done(channel: Any) -> None:
+            if cancelled:
+                channel.close()
+            else:
+                vetted.callback(channel)
+
+        def failed(failure: Failure) -> None:
+            refused = failure.check(SessionNotResumed)
+            if refused:
+                reason = "foreign-session"
+            elif cancelled:
+                return  # our own abort ended it
+            else:
+                reason = "tls-failed"
+            detail = failure.getErrorMessage()[:200] or failure.type.__name__
+            control._audit("ftp.data_refused", account=control.account,
+                           reason=reason, data_client=host, error=detail,
+                           outcome="refused")
+            if refused and failure.value.channel is not None:
+                failure.value.channel.close()  # only now: recorded first
+            if not cancelled:
+                vetted.errback(DataConnectionRefused(reason, detail))
+
+        engine = control.session_factory.shared.engine
+        engine.handshake(sock, tls, handle).addCallbacks(done, failed)
+        return vetted
 
     def _settled_ok(self, connected: Any) -> None:
         self._outcome = (True, connected)
@@ -96,11 +145,13 @@ class PassiveSource:
         return d.addCallback(lambda connected: (lambda: connected))
 
     def close(self) -> None:
+        # Also stops the handshakes still running (their vetting is cancelled).
         self.listener.close()
-        # Stops a handshake still running; harmless once the socket is closed.
-        self._handle.abort()
         if not self._taken and self._outcome is not None and self._outcome[0]:
             self._outcome[1].close()  # accepted, never used by a transfer
+        # Let the channel and its megabyte buffers go now, not whenever a
+        # full garbage collection finds them (see PassiveListener.close).
+        self._outcome = None
 
 
 class ActiveSource:

@@ -17,7 +17,9 @@ decides the reply:
    for resuming (a new file, or an in-place APPE/REST write) or discarded
    (the old file is intact);
  - a data connection that did not resume the control connection's TLS
-   session, when reuse is required, gets 522 and is audited;
+   session, when reuse is required, gets 522 and is audited; on a passive
+   port the 522 comes only when the connect timeout ends without the
+   rightful connection (L{rumpus_secure.ftp.passive});
  - a transfer cut because its account was locked, quarantined, deleted or
    given a new password (L{Transfer.end}, from
    L{rumpus_secure.ftp.account_state}) gets 426 with that reason.
@@ -39,7 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rumpus_secure.ftp import listing
-from rumpus_secure.ftp.passive import DataConnectionTimeout
+from rumpus_secure.ftp.passive import DataConnectionRefused, DataConnectionTimeout
 from rumpus_secure.ftp.shell import FileShell
 from rumpus_secure.ftp.transfer import (
     Aborted as TransferAbortedError,
@@ -182,8 +184,11 @@ class TransferCommands:
         if not (self.secure and self.prot == "P"):  # type: ignore[attr-defined]
             return None
         config = self.config  # type: ignore[attr-defined]
+        context = self.tls_context_in_use  # type: ignore[attr-defined]
+        if context is None:
+            context = self.transport.getHandle().get_context()  # type: ignore[attr-defined]
         return TLSSettings(
-            context=self.transport.getHandle().get_context(),  # type: ignore[attr-defined]
+            context=context,
             require_reuse=config.data_tls_reuse == "required",
             strict_eof=config.data_tls_strict_eof,
         )
@@ -255,6 +260,16 @@ class TransferCommands:
                     self._audit("ftp.data_tls_failed", account=self.account,  # type: ignore[attr-defined]
                                 command=verb, error=str(e)[:200])
                     reply = f"522 TLS handshake on the data connection failed: {e}."
+            except DataConnectionRefused as e:
+                # Each refused connection was audited when it was refused.
+                if plan is not None and plan.cancel is not None:
+                    await plan.cancel()
+                if transfer is not None and transfer.by_abor:
+                    reply = "426 Transfer aborted: ABOR received before the data connection."
+                elif e.reason == "foreign-session":
+                    reply = self._failure_reply(TransferResult(Outcome.NOT_RESUMED), 0, False)
+                else:
+                    reply = f"522 TLS handshake on the data connection failed: {e.detail}."
             except (DataConnectionTimeout, defer.CancelledError) as e:
                 if plan is not None and plan.cancel is not None:
                     await plan.cancel()

@@ -10,7 +10,12 @@ the rest happens in a worker thread:
  1. take the connected socket (accepted passively, or connected actively);
  2. under PROT P, run the TLS handshake as the TLS I{server} (RFC 4217
     section 7) with the control connection's own context, and when reuse is
-    required refuse a handshake that did not resume a session;
+    required refuse a handshake that did not resume a session.  That context
+    belongs to the control connection alone (L{rumpus_secure.tls}), so the
+    only sessions it can resume are the ones issued to that control
+    connection and to its own data connections; the refusal comes before
+    our first handshake byte, so a refused client is issued no session or
+    ticket that it could resume on a second try (L{SessionNotResumed});
  3. run the job: send a file or a listing, or receive into an upload;
  4. report a L{TransferResult} to the reactor thread through a Deferred.
 
@@ -116,6 +121,25 @@ class TLSSettings:
 
 class _Aborted(Exception):
     pass
+
+
+class SessionNotResumed(Exception):
+    """
+    A data connection's handshake did not resume a session of its context.
+
+    Raised by L{_Channel.start_tls} when reuse is required, as soon as
+    OpenSSL has read the ClientHello and decided, before anything is sent
+    back: under TLS 1.2 the server's last flight of a full handshake carries
+    a session ticket, and under both versions a completed handshake caches
+    a session.  A client refused here leaves with neither, so it cannot come
+    back and resume a session the data port itself handed out.
+
+    @ivar channel: from L{handshake}, the refused connection, still open:
+        the caller closes it once it has recorded the refusal, so that the
+        refused client never sees the end before the server's record of it.
+    """
+
+    channel: _Channel | None = None
 
 
 #: Raised by a data connection stopped with L{TransferHandle.abort}.
@@ -279,11 +303,28 @@ class _Channel:
                             | _lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
         tls.set_accept_state()
         self.tls = tls
+        undecided = settings.require_reuse
         while True:
             try:
                 tls.do_handshake()
                 break
             except SSL.WantReadError:
+                if undecided:
+                    # The first output answers the whole ClientHello, so
+                    # OpenSSL has decided whether it resumes: check before
+                    # sending any of it (see SessionNotResumed).  Except a
+                    # TLS 1.3 HelloRetryRequest (the client's key share is
+                    # not one we take): it carries no session, and the
+                    # decision comes with the answer to the second hello.
+                    flight = self._pending_tls_output()
+                    if flight:
+                        if not _is_hello_retry_request(flight):
+                            undecided = False
+                            if not session_reused(tls):
+                                raise SessionNotResumed(
+                                    "the data connection did not resume the TLS"
+                                    " session of its control connection")
+                        self._raw_send_all(memoryview(flight))
                 self._flush_tls()
                 if self._eof:
                     raise ConnectionError("the client closed during the handshake") from None
@@ -293,6 +334,21 @@ class _Channel:
             # what OpenSSL has written since is post-handshake (tickets).
             self._held = bytearray()
         self._flush_tls()
+
+    def _pending_tls_output(self) -> bytes:
+        """
+        Take what OpenSSL has written so far, without sending it.
+
+        In 16 KiB reads: a handshake flight is a few KiB, and pyOpenSSL
+        allocates a buffer of the size asked for at each call.
+        """
+        assert self.tls is not None
+        parts = []
+        while True:
+            try:
+                parts.append(self.tls.bio_read(16 * 1024))
+            except SSL.WantReadError:
+                return b"".join(parts)
 
     def release_held(self) -> None:
         """
@@ -438,6 +494,22 @@ class _Truncated(Exception):
 
 #: socket.TCP_QUICKACK (Linux only): acknowledge at once, see _Channel._wait.
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+#: The ServerHello random that marks a HelloRetryRequest (RFC 8446 4.1.3).
+_HRR_RANDOM = bytes.fromhex(
+    "CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C")
+
+
+def _is_hello_retry_request(flight: bytes) -> bool:
+    """
+    Whether the server's first flight is a TLS 1.3 HelloRetryRequest.
+
+    A handshake record (type 22) opening with a ServerHello (type 2) whose
+    random is the HelloRetryRequest constant.
+    """
+    return flight[:1] == b"\x16" and flight[5:6] == b"\x02" and flight[11:43] == _HRR_RANDOM
+
 
 #: socket.TCP_NOTSENT_LOWAT, which Python names only from 3.12 on.
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT",
@@ -637,11 +709,17 @@ def handshake(sock: socket.socket, tls: TLSSettings, timeout: float,
     both sides waiting for each other.  Runs in a worker thread.
 
     @raises SSL.Error, OSError, TimeoutError: the handshake failed.
+    @raises SessionNotResumed: reuse is required and the client did not
+        resume a session of the control connection; its C{channel} is the
+        caller's to close.
     """
     handle.attach(sock)
     channel = _Channel(sock, timeout, handle)
     try:
         channel.start_tls(tls)
+    except SessionNotResumed as e:
+        e.channel = channel
+        raise
     except BaseException:
         channel.close()
         raise
@@ -669,6 +747,8 @@ def _run(connect: Callable[[], "socket.socket | _Channel"], tls: TLSSettings | N
             if channel.tls is None:
                 try:
                     channel.start_tls(tls)
+                except SessionNotResumed as e:
+                    return TransferResult(Outcome.NOT_RESUMED, detail=_describe(e))
                 except (SSL.Error, OSError, TimeoutError, _Aborted) as e:
                     return TransferResult(Outcome.TLS_FAILED, detail=_describe(e))
             assert channel.tls is not None

@@ -31,7 +31,8 @@ from .errors import (
     VFSError,
     from_os_error,
 )
-from .paths import TEMP_PREFIX, TEMP_SUFFIX, Parts, join_parts, split_path
+from . import paths
+from .paths import Parts, join_parts, split_path
 
 #: Every account permission, by its exact name.
 ALL_PERMISSIONS: frozenset[str] = frozenset(
@@ -188,7 +189,7 @@ class JailCore:
     def _create_temp(dir_fd: int, vpath: str, mode: int) -> tuple[str, int]:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         while True:
-            temp_name = f"{TEMP_PREFIX}{secrets.token_hex(16)}{TEMP_SUFFIX}"
+            temp_name = paths.temp_name(secrets.token_hex(16))
             try:
                 return temp_name, os.open(temp_name, flags, mode, dir_fd=dir_fd)
             except FileExistsError:

@@ -19,6 +19,7 @@ from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
 from rumpus_secure.config import ServerConfig
+from rumpus_secure.shares import is_dropbox_upload, share_target
 from rumpus_secure.web.app import WebApp
 from rumpus_secure.web.auth import LoginResource, LogoutResource
 from rumpus_secure.web.bodies import body_cap, early_refusal, too_large
@@ -33,7 +34,10 @@ from rumpus_secure.web.manager import (
     arg,
 )
 from rumpus_secure.web.pages import message_page
+from rumpus_secure.web.shares import SharesResource
+from rumpus_secure.web.twofactor import AccountResource
 from rumpus_secure.web.upload import UPLOAD_PATH, UploadSink
+from rumpus_secure.web.visit import DropBoxSink, VisitorResource
 
 _log = Logger()
 
@@ -149,6 +153,11 @@ class SecureRequest(server.Request):
         if refusal is not None:
             self.refuse_now(*refusal)
             return
+        if command == b"POST" and is_dropbox_upload(path):
+            token = (share_target(path) or ("", ""))[0]
+            self._parsePOSTFormSubmission = False
+            self.content = DropBoxSink(app, self, token)
+            return
         if command == b"POST" and path == UPLOAD_PATH:
             from urllib.parse import parse_qs
 
@@ -196,7 +205,7 @@ class SecureRequest(server.Request):
                          getattr(site, "security_headers", ()))
 
     def connectionLost(self, reason: Any) -> None:
-        if isinstance(self.content, UploadSink):
+        if isinstance(self.content, UploadSink):  # DropBoxSink too
             self.content.connection_lost()
         super().connectionLost(reason)
 
@@ -427,6 +436,9 @@ class Root(resource.Resource):
         self.putChild(b"rename", RenameResource(app))
         self.putChild(b"delete", DeleteResource(app))
         self.putChild(b"zip", ZipResource(app))
+        self.putChild(b"account", AccountResource(app))
+        self.putChild(b"shares", SharesResource(app))
+        self.putChild(b"s", VisitorResource(app))
 
     def getChild(self, name: bytes, request: IRequest) -> resource.Resource:
         return NotFoundPage()

@@ -133,6 +133,13 @@ class UploadSink:
         self._done: Deferred[None] | None = None
         self.session = app.session(request)
         self._parser: MultipartParser | None = None
+        self._admit(app, request)
+
+    def _admit(self, app: WebApp, request: IRequest) -> None:
+        """
+        Check the request from its headers: start parsing, or refuse.
+        (A drop box, L{rumpus_secure.web.visit}, admits visitors instead.)
+        """
         content_type = request.getHeader(b"content-type") or b""
         boundary = boundary_from_content_type(content_type)
         if self.session is None:

@@ -118,9 +118,9 @@ def run_axe(browser: Any, where: str) -> None:
 def test_read_only_account_sees_no_write_actions(server, browser):
     from selenium.webdriver.common.by import By
 
-    home = add_user(server, "viewer", "viewer pw 1", "list,download")
+    home = add_user(server, "viewer", "viewer-Passw0rd-one", "list,download")
     (home / "notes.txt").write_text("hello")
-    log_in(browser, server, "viewer", "viewer pw 1")
+    log_in(browser, server, "viewer", "viewer-Passw0rd-one")
     assert "notes.txt" in listed(browser)
     for selector in ("#upload-form", "#mkdir-form", "#new-folder", "a[data-act=rename]",
                      "a[data-act=delete]", "button[formaction='/delete']"):
@@ -310,7 +310,10 @@ def ftp_server(tmp_path: Path) -> Any:
     from tests.browser.test_web_browser import _free_port
 
     data = tmp_path / "data"
-    password = "zip test pw 1"
+    password = "zip-test-Passw0rd-1"
+    subprocess.run(
+        [sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(data), "init"],
+        env=_env(), check=True, capture_output=True)
     subprocess.run(
         [sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(data),
          "user", "add", "alice", "--password-stdin"],

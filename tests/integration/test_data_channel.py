@@ -101,9 +101,17 @@ def _user_with_file(make_user: UserFactory, size: int, name: str = "f.bin") -> t
 # -- session reuse -------------------------------------------------------------
 
 
-def test_ftplib_without_reuse_is_refused_522(server: ServerProcess,
-                                             make_user: UserFactory) -> None:
-    user, content = _user_with_file(make_user, 50_000)
+def test_ftplib_without_reuse_is_refused_522(short_timeouts: ServerProcess) -> None:
+    """
+    A data connection that does not resume the session is refused; the
+    port waits on for the rightful one (issue #11), so the 522 comes when
+    the connect timeout (1 s here) ends.
+    """
+    password = "short-timeouts-pw4"
+    short_timeouts.add_user("noreuse", password)
+    (short_timeouts.home("noreuse") / "f.bin").write_bytes(os.urandom(50_000))
+    user = User("noreuse", password, short_timeouts.home("noreuse"))
+    server = short_timeouts
     ftp = ftplib.FTP_TLS(context=client_context(), timeout=10)
     ftp.connect("127.0.0.1", server.ftp_port)
     ftp.login(user.name, user.password)
@@ -118,8 +126,8 @@ def test_ftplib_without_reuse_is_refused_522(server: ServerProcess,
         with pytest.raises(ftplib.error_perm, match="^522 .*session reuse"):
             ftp.getresp()
     events = [line for line in server.audit_path.read_text().splitlines()
-              if "ftp.data_tls_not_resumed" in line and user.name in line]
-    assert events
+              if "ftp.data_refused" in line and user.name in line]
+    assert events and '"foreign-session"' in events[0]
 
 
 def test_ftplib_with_reuse_works(server: ServerProcess, make_user: UserFactory) -> None:
