@@ -73,6 +73,7 @@ side calls the same methods with C{protocol="https"})::
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 from collections import deque
@@ -139,7 +140,15 @@ SYNC_INTERVAL = 5.0
 def normalise_address(host: str) -> str:
     """
     One text form per address: IPv4-mapped IPv6 becomes IPv4, zones go.
+
+    Remembered: a login asks about a dozen times, and parsing the address
+    was a tenth of a repeat login's CPU (bench/logins.py).
     """
+    return _normalise_address(str(host))
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalise_address(host: str) -> str:
     try:
         address = ipaddress.ip_address(str(host).split("%", 1)[0])
     except ValueError:
@@ -237,6 +246,7 @@ class Guard:
         self._audit = audit
         self._serial = SerialCalls(run_in_thread, "store a ban")
         self._safe = tuple(ipaddress.ip_network(n, strict=False) for n in settings.safe_list)
+        self._safe_known: dict[str, bool] = {}  # is_safe, by address
         self._scores: dict[str, deque[_Mark]] = {}
         self._verifying: dict[str, int] = {}
         self._waiting: dict[str, deque[tuple[LoginAttempt, defer.Deferred[Any]]]] = {}
@@ -321,11 +331,19 @@ class Guard:
     # -- bans -----------------------------------------------------------
 
     def is_safe(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(normalise_address(host))
-        except ValueError:
-            return False
-        return any(address in network for network in self._safe)
+        host = normalise_address(host)
+        known = self._safe_known.get(host)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                known = False
+            else:
+                known = any(address in network for network in self._safe)
+            if len(self._safe_known) >= MAX_TRACKED:
+                self._safe_known.clear()
+            self._safe_known[host] = known
+        return known
 
     def is_banned(self, host: str) -> Ban | None:
         """
@@ -396,6 +414,18 @@ class Guard:
             events = deque(m for m in events if m.pending or m.time > cutoff)
         self._scores[address] = events  # most recent last: eviction order
         return events
+
+    def _forget(self, address: str, mark: _Mark) -> None:
+        """
+        Drop a refunded mark: it weighs nothing, and an address that logs
+        in all day would otherwise make every login sum thousands of them.
+        """
+        events = self._scores.get(address)
+        if events:
+            for index in range(len(events) - 1, -1, -1):  # recent marks last
+                if events[index] is mark:
+                    del events[index]
+                    return
 
     def _ban_if_over(self, address: str, reason: str, protocol: str,
                      account: str | None) -> Ban | None:
@@ -500,6 +530,7 @@ class Guard:
             mark.pending = False
             if not failed:
                 mark.weight = 0
+                self._forget(address, mark)
             elif self.is_banned(address) is None:
                 ban = self._ban_if_over(address, "login_failed", attempt.protocol,
                                         attempt.account)

@@ -75,6 +75,24 @@ class LockedAccountError(UnauthorizedLogin):
         self.reason = reason or ""
 
 
+class AccountId(bytes):
+    """
+    The avatar ID of a login (the account name, UTF-8) carrying the account
+    as the check read it, so that the realm need not read it again.
+
+    Changes made after that read reach the session through the account
+    watcher, from the change before the login began.
+    """
+
+    account: Any = None
+
+    @classmethod
+    def of(cls, account: Any) -> AccountId:
+        avatar_id = cls(account.name.encode("utf-8"))
+        avatar_id.account = account
+        return avatar_id
+
+
 class TwoFactorRequired(UnauthorizedLogin):
     """
     The main password was right, but the account uses two-factor login and
@@ -259,7 +277,7 @@ class ArgonChecker:
                 if before.locked:
                     raise LockedAccountError(before.name, before.lock_reason)
                 self._second_factor_gate(before.name, channel)
-                return before.name.encode("utf-8")
+                return AccountId.of(before)
         stored = self._store.password_hash(name)
         if not verify_password(stored, password, self._hasher):
             raise UnauthorizedLogin("wrong user name or password")
@@ -274,7 +292,7 @@ class ArgonChecker:
         self._rehash_if_needed(name, stored, password)
         if self.cache is not None and before is not None:
             self.cache.remember(name, password, _stamp(before))
-        return account.name.encode("utf-8")
+        return AccountId.of(account)
 
     def _second_factor_gate(self, name: str, channel: str | None) -> None:
         """
@@ -300,7 +318,7 @@ class ArgonChecker:
         except (sqlite3.Error, OSError) as e:
             _log.warn("could not note the use of an app password of {account}: {error}",
                       account=name, error=str(e))
-        return account.name.encode("utf-8")
+        return AccountId.of(account)
 
     def _rehash_if_needed(self, name: str, stored: str, password: str) -> None:
         """
