@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 USER = "honest"
 PASSWORD = "honest-Passw0rd-not-secret"
 VICTIM = "victim"
+VICTIM_PASSWORD = "victim-Passw0rd-not-secret"
 ATTACKER = "127.0.0.2"
 LISTENERS = ("ftp", "ftps", "http", "https")
 
@@ -91,6 +92,8 @@ class Target:
     pid: int | None
     user: str = USER
     password: str = PASSWORD
+    #: The server's data directory, when we started it (attack 5 needs it).
+    data: Path | None = None
 
 
 class OwnServer:
@@ -105,7 +108,7 @@ class OwnServer:
         cli = [sys.executable, "-m", "rumpus_secure.cli", "--data-dir", str(data)]
         # Admin commands need the accounts database 'init' creates.
         subprocess.run([*cli, "init"], check=True, capture_output=True, env=env)
-        for name, password in ((USER, PASSWORD), (VICTIM, "victim-Passw0rd-not-secret")):
+        for name, password in ((USER, PASSWORD), (VICTIM, VICTIM_PASSWORD)):
             subprocess.run([*cli, "user", "add", name, "--password-stdin"],
                            input=password + "\n", text=True, env=env, check=True,
                            capture_output=True)
@@ -139,7 +142,7 @@ class OwnServer:
             time.sleep(0.1)
 
     def target(self) -> Target:
-        return Target("127.0.0.1", self.ports, self.proc.pid)
+        return Target("127.0.0.1", self.ports, self.proc.pid, data=self.work / "data")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -276,10 +279,243 @@ def attack_1_cleartext_form(target: Target, stop: threading.Event,
     _pipelined_flood(target, stop, stats, request)
 
 
+def timed_login(target: Target, user: str, password: str, source: str,
+                context: ssl.SSLContext) -> float:
+    """
+    One implicit FTPS login from C{source}; seconds from connect to the
+    230 (raises if refused).
+    """
+    started = time.perf_counter()
+    with socket.create_connection((target.host, target.ports["ftps"]), 60,
+                                  source_address=(source, 0)) as raw:
+        with context.wrap_socket(raw) as tls:
+            stream = tls.makefile("rb")
+            if not stream.readline().startswith(b"220"):
+                raise RuntimeError("no greeting")
+            tls.sendall(f"USER {user}\r\nPASS {password}\r\n".encode())
+            stream.readline()
+            reply = stream.readline()
+            elapsed = time.perf_counter() - started
+            if not reply.startswith(b"230"):
+                raise RuntimeError(f"login refused: {reply!r}")
+            tls.sendall(b"QUIT\r\n")
+    return elapsed
+
+
+def _wave(hosts: list[str], per_host: int, send: Callable[[str, int], None]) -> list[
+        threading.Thread]:
+    """
+    C{per_host} connections from each of C{hosts} at once, each running
+    C{send(host, i)}; the threads, started.
+    """
+    threads = [threading.Thread(target=send, args=(host, i), daemon=True)
+               for host in hosts for i in range(per_host)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _victim_note(stats: dict[str, Any], latencies: list[float], failed: int,
+                 what: str) -> None:
+    if latencies:
+        stats["note"] = (f"{what}: {len(latencies)} waves, victim login p50 "
+                         f"{statistics.median(latencies) * 1000:.0f} ms, max "
+                         f"{max(latencies) * 1000:.0f} ms, {failed} failed")
+    else:
+        stats["note"] = f"{what}: no wave finished ({failed} failed)"
+
+
+def attack_r3_3_cleartext_name_flood(target: Target, stop: threading.Event,
+                                  stats: dict[str, Any]) -> None:
+    """
+    Round 3, finding 3: random cleartext passwords for the victim's name,
+    4 per address from 30 addresses (under the ban) on the plain FTP port;
+    then the victim's own FTPS login (right password), timed.  Each wave
+    uses fresh addresses.
+    """
+    context = tls_context()
+    latencies: list[float] = []
+    failed = 0
+    wave = 0
+    while not stop.is_set():
+        wave += 1
+        hosts = [f"127.3.{wave % 250}.{i}" for i in range(1, 31)]
+
+        def send(host: str, i: int, wave: int = wave) -> None:
+            try:
+                with socket.create_connection((target.host, target.ports["ftp"]), 30,
+                                              source_address=(host, 0)) as conn:
+                    conn.recv(1024)
+                    conn.sendall(f"USER {VICTIM}\r\nPASS random-{wave}-{host}-{i}\r\n".encode())
+                    conn.settimeout(30)
+                    while conn.recv(1024):
+                        pass
+            except OSError:
+                pass
+
+        threads = _wave(hosts, 4, send)
+        time.sleep(0.3)  # the PASS lines are read and queued
+        try:
+            latencies.append(timed_login(target, VICTIM, VICTIM_PASSWORD,
+                                         f"127.4.{wave % 250}.1", context))
+        except (OSError, RuntimeError):
+            failed += 1
+        for thread in threads:
+            thread.join(30)
+    _victim_note(stats, latencies, failed, "120 cleartext PASS/wave")
+
+
+def attack_r3_4_guess_flood(target: Target, stop: threading.Event,
+                         stats: dict[str, Any]) -> None:
+    """
+    Round 3, finding 4: 240 wrong FTPS passwords for the victim from 60
+    addresses (4 each, under the ban), and an honest login of another
+    account (not cached: ``--login-cache-time 0``) from a fresh address in
+    the middle, timed.  Each wave uses fresh addresses.
+    """
+    context = tls_context()
+    latencies: list[float] = []
+    failed = 0
+    wave = 0
+    while not stop.is_set():
+        wave += 1
+        hosts = [f"127.5.{wave % 250}.{i}" for i in range(1, 61)]
+        sent = threading.Semaphore(0)
+
+        def send(host: str, i: int, sent: threading.Semaphore = sent) -> None:
+            try:
+                with socket.create_connection((target.host, target.ports["ftps"]), 60,
+                                              source_address=(host, 0)) as raw:
+                    with context.wrap_socket(raw) as tls:
+                        tls.recv(1024)
+                        tls.sendall(f"USER {VICTIM}\r\nPASS wrong-{i}\r\n".encode())
+                        sent.release()
+                        tls.settimeout(60)
+                        while tls.recv(1024):
+                            pass
+            except OSError:
+                sent.release()
+
+        threads = _wave(hosts, 4, send)
+        for _ in range(len(threads) // 2):  # half the flood is in
+            sent.acquire(timeout=30)
+        try:
+            latencies.append(timed_login(target, target.user, target.password,
+                                         f"127.6.{wave % 250}.1", context))
+        except (OSError, RuntimeError):
+            failed += 1
+        for thread in threads:
+            thread.join(60)
+    _victim_note(stats, latencies, failed, "240 wrong FTPS PASS/wave")
+
+
+def attack_2_bodies(target: Target, stop: threading.Event, stats: dict[str, Any]) -> None:
+    """
+    Issue #12.2: 128 MiB request bodies without a cookie, one after another:
+    multipart to a page that does not exist, to a form page and to the
+    upload path, and a chunked login form (``bench/abuse_web.py``).
+    """
+    from abuse_web import MIB, send_body
+
+    answers: dict[int, int] = {}
+    read = 0
+    while not stop.is_set():
+        for path, chunked in (("/no/such/page", False), ("/mkdir", False),
+                              ("/upload?dir=/", False), ("/login", True)):
+            if stop.is_set():
+                break
+            result = send_body(target.ports["https"], path, 128 * MIB, chunked=chunked,
+                               limit_s=30.0)
+            answers[result["status"]] = answers.get(result["status"], 0) + 1
+            read += result["sent"]
+    count = sum(answers.values())
+    stats["note"] = (f"{count} bodies of 128 MiB: answers {answers}; "
+                     f"{read / max(count, 1) / MIB:.1f} MiB sent per body before the answer")
+
+
+def attack_3_handshakes(target: Target, stop: threading.Event,
+                        stats: dict[str, Any]) -> None:
+    """
+    Issue #12.3: 500 TLS handshakes that never finish, from 25 addresses,
+    half on the implicit port and half after ``AUTH TLS``, held open
+    (``bench/abuse_ftp.py``).
+    """
+    from abuse_ftp import STALL_SOURCES, STALLS, _dropped, _stall
+
+    held = []
+    for n in range(STALLS):
+        after_auth = n % 2 == 1
+        sock = _stall(target.ports["ftp" if after_auth else "ftps"],
+                      STALL_SOURCES[n % len(STALL_SOURCES)], after_auth)
+        if sock is not None:
+            held.append(sock)
+    stop.wait()
+    dropped = _dropped(held)
+    for sock in held:
+        sock.close()
+    stats["note"] = (f"{len(held)} stalled handshakes opened; the server had "
+                     f"dropped {dropped} of them by the end")
+
+
+def _hash_forever(target: Target, stop: threading.Event, done: list[float]) -> None:
+    context = tls_context()
+    while not stop.is_set():
+        try:
+            with socket.create_connection((target.host, target.ports["ftps"]), 30,
+                                          source_address=(ATTACKER, 0)) as raw:
+                with context.wrap_socket(raw) as tls:
+                    tls.settimeout(120)
+                    stream = tls.makefile("rb")
+                    stream.readline()
+                    tls.sendall(f"USER {VICTIM}\r\nPASS {VICTIM_PASSWORD}\r\n".encode())
+                    stream.readline()
+                    if not stream.readline().startswith(b"230"):
+                        time.sleep(0.2)
+                        continue
+                    while not stop.is_set():
+                        started = time.monotonic()
+                        tls.sendall(b"HASH big.bin\r\n")
+                        if not stream.readline().startswith(b"213"):
+                            break
+                        done.append(time.monotonic() - started)
+        except OSError:
+            time.sleep(0.2)
+
+
+def attack_5_hash(target: Target, stop: threading.Event, stats: dict[str, Any]) -> None:
+    """
+    Issue #12.5: ten sessions of another account ``HASH`` a 768 MiB file
+    again and again (``bench/abuse_ftp.py`` also times login + NLST).
+    """
+    if target.data is None:
+        stats["note"] = "skipped: needs the server's data directory (own server)"
+        return
+    path = target.data / "files" / VICTIM / "big.bin"
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(768):
+            f.write(block)
+    done: list[float] = []
+    workers = [threading.Thread(target=_hash_forever, args=(target, stop, done))
+               for _ in range(10)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    path.unlink()
+    stats["note"] = (f"10 sessions hashing a 768 MiB file: {len(done)} HASH done"
+                     + (f", each {statistics.median(done):.1f} s (median)" if done else ""))
+
+
 #: (row id, label, function); other attacks are added here.
 ATTACKS: list[tuple[str, str, Callable[[Target, threading.Event, dict[str, Any]], None]]] = [
     ("1", "1 cleartext flood: Basic", attack_1_cleartext_basic),
     ("1", "1 cleartext flood: POST /login", attack_1_cleartext_form),
+    ("2", "2 request bodies (128 MiB)", attack_2_bodies),
+    ("3", "3 stalled TLS handshakes", attack_3_handshakes),
+    ("5", "5 HASH of big files", attack_5_hash),
+    ("r3.3", "r3.3 cleartext PASS for one name", attack_r3_3_cleartext_name_flood),
+    ("r3.4", "r3.4 guesses from 60 addresses", attack_r3_4_guess_flood),
 ]
 
 

@@ -77,6 +77,51 @@ def process_cpu(pid: int) -> float | None:
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_split(pid: int) -> tuple[float, float] | None:
+    """
+    (user, system) CPU seconds of a server process and its reaped children.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    return ((int(fields[11]) + int(fields[13])) / tick,
+            (int(fields[12]) + int(fields[14])) / tick)
+
+
+def family_cpu_split(pid: int) -> tuple[float, float] | None:
+    """
+    L{process_cpu_split} of a process plus its live descendants (vsftpd's
+    session processes are reaped only when the session ends).
+    """
+    total = process_cpu_split(pid)
+    if total is None:
+        return None
+    user, system = total
+    queue = [pid]
+    while queue:
+        current = queue.pop()
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                queue.append(child)
+                split = process_cpu_split(child)
+                if split is not None:
+                    # A child's own time only: its reaped children are
+                    # counted by it, and they are not reaped yet.
+                    user += split[0]
+                    system += split[1]
+    return user, system
+
+
 class Server:
     name = "?"
     port = 0
@@ -88,6 +133,10 @@ class Server:
     def cpu(self) -> float | None:
         proc = getattr(self, "proc", None)
         return process_cpu(proc.pid) if proc is not None else None
+
+    def cpu_split(self) -> tuple[float, float] | None:
+        proc = getattr(self, "proc", None)
+        return family_cpu_split(proc.pid) if proc is not None else None
 
     def stop(self) -> None:
         proc = getattr(self, "proc", None)
@@ -113,11 +162,13 @@ class Rumpus(Server):
                        capture_output=True)
         home = self.home = data / "files" / USER
         os.link(big, home / "big.bin")
+        self.https_port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
              "-n", "--pidfile=", "rumpus-secure", "--data-dir", str(data),
              "--ftp", f"tcp:{self.port}:interface=127.0.0.1", "--ftps", "none",
-             "--http", "none", "--https", f"tcp:{free_port()}:interface=127.0.0.1"],
+             "--http", "none", "--https", f"tcp:{self.https_port}:interface=127.0.0.1",
+             "--public-host", "127.0.0.1"],
             cwd=work, env=env, stdout=open(work / "rumpus.log", "w"), stderr=subprocess.STDOUT,
         )
         wait_port(self.port)
@@ -257,15 +308,22 @@ def main() -> int:
                 servers.append(Pyftpdlib(work, big, cert, key))
             results: dict[str, dict[str, list[float]]] = {
                 s.name: {"RETR": [], "STOR": []} for s in servers}
-            # CPU seconds per transfer: (client, server).
+            # CPU seconds per transfer: (client, server), and the server's
+            # (user, system) apart.
             cpu: dict[str, dict[str, list[tuple[float, float | None]]]] = {
+                s.name: {"RETR": [], "STOR": []} for s in servers}
+            split: dict[str, dict[str, list[tuple[float, float]]]] = {
                 s.name: {"RETR": [], "STOR": []} for s in servers}
 
             def measure(server: Server, op: str, curl_args: list[str]) -> float:
-                before = server.cpu()
+                before = server.cpu_split()
                 speed, client = curl(curl_args)
-                after = server.cpu()
-                used = after - before if before is not None and after is not None else None
+                after = server.cpu_split()
+                used = None
+                if before is not None and after is not None:
+                    user, system = after[0] - before[0], after[1] - before[1]
+                    used = user + system
+                    split[server.name][op].append((user, system))
                 results[server.name][op].append(speed)
                 cpu[server.name][op].append((client, used))
                 return speed
@@ -274,6 +332,10 @@ def main() -> int:
                 for server in servers:
                     down = measure(server, "RETR", [server.url("big.bin"), "-o", "/dev/null",
                                                     "-w", "%{speed_download}"])
+                    # The pages this upload will land on: touched once, so
+                    # the upload is not charged the hypervisor's first touch
+                    # (see warm_memory).
+                    warm_memory(work, args.size_mib)
                     up = measure(server, "STOR", ["-T", str(big),
                                                   server.url(f"up-{round_}.bin"),
                                                   "-w", "%{speed_upload}"])
@@ -310,6 +372,32 @@ def main() -> int:
                     cells.append(median_cpu([c for c, _ in ops[op]]))
                     cells.append(median_cpu([s for _, s in ops[op]]))
                 print(f"{name:14s} " + " ".join(cells))
+            print()
+            print("server CPU seconds per GiB, user and system apart, median "
+                  "(uploads land on warmed memory)")
+            print(f"{'server':14s} {'RETR user':>10s} {'RETR sys':>9s} {'STOR user':>10s} "
+                  f"{'STOR sys':>9s}")
+            medians: dict[str, dict[str, tuple[float, float]]] = {}
+            for name, ops in split.items():
+                if not ops["RETR"] or not ops["STOR"]:
+                    continue
+                medians[name] = {
+                    op: (statistics.median(u for u, _ in ops[op]) * per_gib,
+                         statistics.median(s for _, s in ops[op]) * per_gib)
+                    for op in ("RETR", "STOR")}
+                m = medians[name]
+                print(f"{name:14s} {m['RETR'][0]:10.2f} {m['RETR'][1]:9.2f} "
+                      f"{m['STOR'][0]:10.2f} {m['STOR'][1]:9.2f}")
+            mine = medians.get("rumpus-secure")
+            for name, m in medians.items():
+                if name == "rumpus-secure" or mine is None:
+                    continue
+                print(f"rumpus-secure / {name} user CPU per GiB: RETR "
+                      f"{mine['RETR'][0] / max(m['RETR'][0], 1e-9):.2f}x, STOR "
+                      f"{mine['STOR'][0] / max(m['STOR'][0], 1e-9):.2f}x; system: RETR "
+                      f"{mine['RETR'][1] / max(m['RETR'][1], 1e-9):.2f}x, STOR "
+                      f"{mine['STOR'][1] / max(m['STOR'][1], 1e-9):.2f}x")
+            print(f"load average {os.getloadavg()[0]:.2f}")
         finally:
             for server in servers:
                 server.stop()

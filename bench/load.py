@@ -19,6 +19,11 @@ the guesser's fate, and the server's peak memory (VmHWM).
 
     python bench/load.py                       # 500 sessions, 2000 idle
     python bench/load.py --sessions 50 --idle 100
+    python bench/load.py --idle 10000 --sessions 0 --skip-first --no-vsftpd
+
+Between 1 and 2 it measures the login latency one login at a time, and
+again with the IDLE sessions held (target: within 10%); ``--sessions 0``
+stops after that.
 
 The run passes ``--safe-list 127.0.0.1/32`` (honest clients exempt from the
 per-address limit; 127.0.0.2, the guesser, is not) and ``--max-connections``
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import re
 import resource
@@ -249,6 +255,53 @@ async def login_rate(port: int, names: list[str], clients: int, logins: int,
     return logins / (time.perf_counter() - started)
 
 
+async def _login_latencies(port: int, names: list[str], logins: int) -> list[float]:
+    context = client_context()
+    return [await login_once(port, context, names[n % len(names)]) for n in range(logins)]
+
+
+def _measure_latencies(port: int, names: list[str], logins: int) -> list[float]:
+    return asyncio.run(_login_latencies(port, names, logins))
+
+
+async def login_latencies(port: int, names: list[str], logins: int) -> list[float]:
+    """
+    Seconds per login (connect, TLS, USER/PASS), one login at a time.
+
+    Measured from a fresh client process: this one holds the idle sessions,
+    and its own garbage collector walking their objects would show up as
+    login latency that the server does not cause.
+    """
+    context = multiprocessing.get_context("spawn")
+    loop = asyncio.get_running_loop()
+    with context.Pool(1) as pool:
+        return await loop.run_in_executor(
+            None, pool.apply, _measure_latencies, (port, names, logins))
+
+
+def server_cpu(pid: int) -> float:
+    """User and system CPU seconds of the server process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def timed_logins(pid: int, port: int, names: list[str],
+                       logins: int) -> tuple[list[float], float]:
+    """Latencies, and the server's CPU milliseconds per login meanwhile."""
+    before = server_cpu(pid)
+    latencies = await login_latencies(port, names, logins)
+    return latencies, (server_cpu(pid) - before) * 1000 / logins
+
+
+def describe(measured: tuple[list[float], float]) -> str:
+    latencies, cpu = measured
+    ordered = sorted(latencies)
+    p90 = ordered[int(len(ordered) * 0.9) - 1]
+    return (f"median {statistics.median(ordered) * 1000:.1f} ms, "
+            f"p90 {p90 * 1000:.1f} ms ({len(ordered)} logins, one at a time), "
+            f"server CPU {cpu:.2f} ms/login")
+
+
 async def honest_session(port: int, context: ssl.SSLContext, name: str, n: int,
                          payload: bytes, results: dict) -> None:
     control = Control(port, context)
@@ -327,6 +380,12 @@ async def main_async(args: argparse.Namespace, server: ServerProcess,
     repeat = await login_rate(server.port, names, 8, args.rate_logins)
     print(f"repeat logins (verifier cache),      8 clients: {repeat:8.1f} logins/s")
 
+    # Login latency of the idle server, the baseline of the "flat under
+    # load" target; measured again below with the idle sessions held.
+    quiet = await timed_logins(pid, server.port, names, args.latency_logins)
+    print(f"login latency, no sessions held:     {describe(quiet)}; "
+          f"load average {os.getloadavg()[0]:.2f}")
+
     rss_before = proc_status(pid, "VmRSS")
     held: list[Control] = []
     failures: list[str] = []
@@ -348,6 +407,27 @@ async def main_async(args: argparse.Namespace, server: ServerProcess,
           f"{per_idle:.1f} KiB per idle connection")
     if failures:
         print(f"  first idle failure: {failures[0]}")
+    busy = await timed_logins(pid, server.port, names, args.latency_logins)
+    print(f"login latency, {len(held)} sessions held: {describe(busy)}; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    again = await timed_logins(pid, server.port, names, args.latency_logins)
+    print(f"login latency, {len(held)} sessions held (again): {describe(again)}")
+    if not args.sessions:
+        for control in held:
+            control.close()
+        await asyncio.sleep(2)
+        after = await timed_logins(pid, server.port, names, args.latency_logins)
+        print(f"login latency, sessions closed again: {describe(after)}")
+        none = statistics.median(quiet[0] + after[0])
+        none_cpu = (quiet[1] + after[1]) / 2
+        print(f"  held / none, median latency: {statistics.median(busy[0]) / none:.2f}x "
+              f"and {statistics.median(again[0]) / none:.2f}x; server CPU per login: "
+              f"{busy[1] / none_cpu:.2f}x and {again[1] / none_cpu:.2f}x "
+              "(none: before and after)")
+        return
+    print(f"  held / none, median: "
+          f"{statistics.median(busy[0]) / statistics.median(quiet[0]):.2f}x "
+          f"and {statistics.median(again[0]) / statistics.median(quiet[0]):.2f}x")
 
     payload = os.urandom(args.file_size)
     server.put_file("small.bin", payload)
@@ -438,6 +518,9 @@ def main() -> None:
                         help="keep guessing after the sessions until banned, at most this long")
     parser.add_argument("--skip-first", action="store_true",
                         help="skip the cache-off server for the first-login rate")
+    parser.add_argument("--latency-logins", type=int, default=200,
+                        help="logins, one at a time, for the latency without and "
+                             "with the idle sessions held")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--vsftpd", action=argparse.BooleanOptionalAction,
                         default=os.geteuid() == 0,

@@ -7,6 +7,12 @@ one object per line to ``DATA-DIR/audit.log``; the memory backend keeps them in
 a list for tests.  Fields are plain JSON values; a password never appears here
 (callers never pass one, and L{_FORBIDDEN} keys are dropped defensively).
 
+With several nodes (C{--node-id}), each record names its node (C{node}), and
+C{--audit-log -} writes the same JSON lines to standard output instead of a
+file, for journald and log shippers that collect every node's stream;
+C{rumpus-secure audit} merges the files (or standard input) back into one
+report (L{rumpus_secure.report}).
+
 Observers (L{AuditObservers.add_observer}) see every cleaned record after it
 is written: the transfer console line, the ``xferlog`` writer and the
 Prometheus counters (L{rumpus_secure.metrics}) are built on the event stream
@@ -19,6 +25,8 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -117,6 +125,11 @@ class MemoryAuditLog(AuditObservers):
         return [e for e in self.events if e["event"] == event]
 
 
+#: Seconds between checks that ``audit.log`` is still the file held open
+#: (moved away by logrotate, or deleted: the next record starts a new one).
+REOPEN_CHECK = 1.0
+
+
 @implementer(IAuditLog)
 class JSONLinesAuditLog(AuditObservers):
     """
@@ -126,6 +139,16 @@ class JSONLinesAuditLog(AuditObservers):
     lock so threads (the password checker) can record too.  When the file
     grows past C{max_bytes} it is renamed to ``audit.log.1`` (older ones
     shift up to C{keep}) and a new file is started.
+
+    The file stays open between records: opening, checking and closing it
+    for each one cost four system calls per record, eight per login
+    (bench/logins.py).  At most every L{REOPEN_CHECK} seconds the path is
+    looked at again, and when it names another file (logrotate moved it, or
+    it was deleted) the next record goes to a new file; the records of that
+    second are in the moved file, none is lost.  Other processes (the admin
+    command) append with O_APPEND too, so every line stays whole.
+
+    @param monotonic: the clock of the checks (C{time.monotonic}).
     """
 
     def __init__(
@@ -134,15 +157,26 @@ class JSONLinesAuditLog(AuditObservers):
         max_bytes: int = 10 * 1024 * 1024,
         keep: int = 5,
         clock: Callable[[], float] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        node: str | None = None,
     ) -> None:
         self.path = Path(path)
         self._max_bytes = max_bytes
         self._keep = keep
         self._clock = clock
+        self._monotonic = monotonic
+        self._node = node
         self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._closer: Callable[[], Any] = _nothing
+        self._identity: tuple[int, int] | None = None
+        self._size = 0
+        self._checked = 0.0
 
     def record(self, event: str, **fields: Any) -> None:
         entry = _clean(event, fields, self._clock)
+        if self._node is not None:
+            entry.setdefault("node", self._node)
         self._write(event, entry)
         self._notify(entry)
 
@@ -151,18 +185,53 @@ class JSONLinesAuditLog(AuditObservers):
         data = line.encode("utf-8")
         with self._lock:
             try:
-                self._rotate_if_needed(len(data))
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    os.write(fd, data)
-                finally:
-                    os.close(fd)
+                fd = self._open_for(len(data))
+                os.write(fd, data)
+                self._size += len(data)
             except OSError as e:
+                self._close()
                 # The audit trail must never take the server down; say so loudly.
                 _log.error(
                     "cannot write audit event {event} to {path}: {error}",
                     event=event, path=str(self.path), error=e.strerror,
                 )
+
+    def _open_for(self, incoming: int) -> int:
+        """The descriptor to append C{incoming} bytes to (under the lock)."""
+        now = self._monotonic()
+        if self._fd is not None and now - self._checked >= REOPEN_CHECK:
+            self._checked = now
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                self._close()
+            else:
+                if (st.st_dev, st.st_ino) != self._identity:
+                    self._close()
+                else:
+                    self._size = st.st_size  # other processes append too
+        if self._fd is not None and self._size + incoming > self._max_bytes:
+            self._close()
+        if self._fd is None:
+            self._rotate_if_needed(incoming)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                         0o600)
+            # Closed with the log, if nobody closes it first.
+            self._closer = weakref.finalize(self, _close_quietly, fd)
+            st = os.fstat(fd)
+            self._fd, self._identity, self._size = fd, (st.st_dev, st.st_ino), st.st_size
+            self._checked = now
+        return self._fd
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            self._fd = None
+            self._closer()
+
+    def close(self) -> None:
+        """Close the file (a later record opens it again)."""
+        with self._lock:
+            self._close()
 
     def _rotate_if_needed(self, incoming: int) -> None:
         try:
@@ -176,6 +245,80 @@ class JSONLinesAuditLog(AuditObservers):
             if older.exists():
                 os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
         os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _nothing() -> None:
+    pass
+
+
+@implementer(IAuditLog)
+class StreamAuditLog(JSONLinesAuditLog):
+    """
+    One JSON object per line on a file descriptor (standard output for
+    C{--audit-log -}), never rotated: journald or the log shipper keeps it.
+
+    Each line goes out in one C{write} under the lock, so lines from
+    threads never interleave (a line is far below C{PIPE_BUF}, 4096 bytes,
+    so a pipe never splits one either).  twistd replaces C{sys.stdout} by a
+    logger in the foreground; the descriptor is written directly, so the
+    lines stay bare JSON.
+    """
+
+    def __init__(self, fd: int = 1, clock: Callable[[], float] | None = None,
+                 node: str | None = None) -> None:
+        super().__init__(Path("-"), clock=clock, node=node)
+        self.fd = fd
+
+    def _write(self, event: str, entry: dict[str, Any]) -> None:
+        data = (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8")
+        with self._lock:
+            try:
+                while data:
+                    data = data[os.write(self.fd, data):]
+            except OSError as e:
+                _log.error("cannot write audit event {event} to standard output: "
+                           "{error}", event=event, error=e.strerror)
+
+
+def open_audit_log(path: Path | None, data_dir: Path, node: str | None = None,
+                   clock: Callable[[], float] | None = None) -> JSONLinesAuditLog:
+    """
+    The C{--audit-log}: a file (default C{DATA-DIR/audit.log}) or, for
+    ``-``, standard output.
+    """
+    if path is not None and str(path) == "-":
+        return StreamAuditLog(1, clock=clock, node=node)
+    return JSONLinesAuditLog(path if path is not None else data_dir / "audit.log",
+                             clock=clock, node=node)
+
+
+def read_lines(lines: Any) -> list[dict[str, Any]]:
+    """
+    The events in an iterable of JSON lines (standard input); lines that are
+    not a JSON object (another program's output in the same journal) are
+    skipped.
+    """
+    events = []
+    for line in lines:
+        # Bare lines, or journalctl's "date host twistd[pid]: {...}".
+        start = line.find("{")
+        if start < 0:
+            continue
+        text = line[start:].strip()
+        try:
+            event = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

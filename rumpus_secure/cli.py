@@ -5,10 +5,12 @@ The ``rumpus-secure`` admin command.
 
     rumpus-secure [--config FILE] [--data-dir DIR] [--root DIR] init
     rumpus-secure [--config FILE] [--data-dir DIR] [--root DIR] user add NAME ...
-    rumpus-secure ... user passwd|list|lock|unlock|del|perms ...
+    rumpus-secure ... user passwd|list|2fa|lock|unlock|del|perms ...
     rumpus-secure ... audit [--since WHEN] [--json]
     rumpus-secure ... check [SERVER OPTIONS] [--host ADDR] [--strict]
     rumpus-secure ... ban list|lift ADDRESS
+    rumpus-secure --database URL db migrate
+    rumpus-secure db copy --from sqlite:PATH --to postgresql://...
 
 It works on the same files as the running server: give it the server's
 ``--config`` (or set ``RUMPUS_SECURE_CONFIG``, which the server reads too, or
@@ -36,6 +38,7 @@ import getpass
 import secrets
 import sqlite3
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
@@ -86,18 +89,36 @@ class Context:
         """
         print(text, file=self.stdout)
 
-    def open_store(self, create: bool = False) -> SQLiteAccountStore:
+    def open_store(self, create: bool = False) -> Any:
         """
-        The account store in the data directory.
+        The account store in the data directory, or in the shared database
+        of C{--database}.
 
         @param create: create the data directory and database if missing;
             otherwise a missing database is an error (most likely a wrong
             C{--data-dir}), not an empty one quietly created somewhere.
         """
         data_dir = self.config.data_dir
+        if self.config.database is not None:
+            from rumpus_secure.accounts.pg import PGAccountStore
+
+            return PGAccountStore(self.shared_database(), self.config.file_root)
         if not create:
             self.require_database()
         return SQLiteAccountStore.in_data_dir(data_dir, self.config.file_root)
+
+    def shared_database(self, check: bool = True) -> Any:
+        """
+        The C{--database} (PostgreSQL), its schema checked unless told not to.
+        """
+        from rumpus_secure.db import Database
+
+        assert self.config.database is not None
+        database = Database(self.config.database, size=2)
+        _opened.append(database)
+        if check:
+            database.check_schema()
+        return database
 
     def require_database(self) -> Path:
         """
@@ -119,6 +140,9 @@ class Context:
 
 
 Handler = Callable[[argparse.Namespace, Context], int]
+
+#: Shared databases a command opened; L{main} closes them at the end.
+_opened: list[Any] = []
 
 
 # -- user -------------------------------------------------------------------
@@ -190,10 +214,16 @@ def _user_add(args: argparse.Namespace, context: Context) -> int:
         if existing.name.lower() == args.name.lower():
             raise AccountError(f"an account named {existing.name!r} already exists")
     password, generated = _read_password(args, context)
-    account = store.add(args.name, password, home=home, perms=perms)
+    account = store.add(args.name, password, home=home, perms=perms,
+                        require_2fa=args.require_2fa)
+    if getattr(args, "auth", "password") != "password":
+        _client_certs(context).set_auth_mode(account.name, args.auth)
+        context.say(f"account {account.name} logs in with: {args.auth}")
     context.say(
         f"added account {account.name}, home {_show_home(account.home, context)}, "
         f"permissions {_show_perms(account.perms)}"
+        + ("; two-factor login required (set up at the first web login)"
+           if args.require_2fa else "")
     )
     if generated:
         context.say(f"generated password (shown only now): {password}")
@@ -295,15 +325,47 @@ def _user_list(args: argparse.Namespace, context: Context) -> int:
     if not accounts:
         context.say("no accounts")
         return 0
-    rows = [("NAME", "HOME", "PERMS", "LOCKED")]
+    store = context.open_store()
+    rows = [("NAME", "HOME", "PERMS", "2FA", "LOCKED")]
     for a in accounts:
         locked = f"yes: {a.lock_reason}" if a.locked else "no"
         rows.append((a.name, _show_home(a.home, context), _show_perms(a.perms),
-                     locked))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+                     _show_2fa(store.two_factor(a.name)), locked))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths)]
-        context.say("  ".join([*cells, row[3]]))
+        context.say("  ".join([*cells, row[4]]))
+    return 0
+
+
+def _show_2fa(row: Any) -> str:
+    """
+    ``on``, ``required`` (must enrol at the next web login) or ``off``.
+    """
+    if row is None:
+        return "off"
+    if row.secret is not None:
+        return "on"
+    return "required" if row.required else "off"
+
+
+def _user_2fa(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``user 2fa require|reset NAME``: require two-factor login, or forget the
+    account's secret and recovery codes so the next web login enrols again.
+    """
+    store = context.open_store()
+    if store.get(args.name) is None:
+        raise AccountError(f"no account named {args.name!r}")
+    if args.what == "require":
+        store.set_two_factor_required(args.name, True)
+        context.say(f"account {args.name}: two-factor login required; its password "
+                    "alone no longer works (web: it enrols at the next login; FTP: "
+                    "app passwords over FTPS only)")
+    else:
+        store.reset_two_factor(args.name)
+        context.say(f"account {args.name}: two-factor login reset; the next web "
+                    "login sets it up again (app passwords are kept)")
     return 0
 
 
@@ -366,7 +428,7 @@ def _user_perms(args: argparse.Namespace, context: Context) -> int:
 
 def add_user_command(subparsers: Any) -> None:
     """
-    ``user add|passwd|list|lock|unlock|del|perms``: manage accounts.
+    ``user add|passwd|list|2fa|lock|unlock|del|perms``: manage accounts.
     """
     user = subparsers.add_parser("user", help="manage accounts")
     actions = user.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -387,6 +449,11 @@ def add_user_command(subparsers: Any) -> None:
         help="comma-separated permissions from: "
         + ",".join(PERMISSION_ORDER) + " [default: all]",
     )
+    add.add_argument(
+        "--require-2fa", action="store_true",
+        help="require two-factor login: the first web login sets it up; FTP "
+        "then takes app passwords over FTPS only",
+    )
     _add_password_options(add)
     add.set_defaults(handler=_user_add)
 
@@ -399,6 +466,12 @@ def add_user_command(subparsers: Any) -> None:
 
     listing = actions.add_parser("list", help="show every account")
     listing.set_defaults(handler=_user_list)
+
+    factor = actions.add_parser(
+        "2fa", help="require two-factor login, or reset it (forces a new set-up)")
+    factor.add_argument("what", choices=("require", "reset"), metavar="require|reset")
+    factor.add_argument("name", metavar="NAME")
+    factor.set_defaults(handler=_user_2fa)
 
     lock = actions.add_parser("lock", help="lock an account")
     lock.add_argument("name", metavar="NAME")
@@ -415,6 +488,122 @@ def add_user_command(subparsers: Any) -> None:
     )
     delete.add_argument("name", metavar="NAME")
     delete.set_defaults(handler=_user_del)
+    _add_certificate_actions(actions, add)
+
+
+# -- user cert / user auth ----------------------------------------------------
+
+
+def _client_certs(context: Context) -> Any:
+    from rumpus_secure.accounts.client_certs import ClientCertStore
+
+    return ClientCertStore(context.open_store())
+
+
+def _user_cert_add(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``user cert add NAME --cert FILE``: bind a certificate to an account.
+    """
+    try:
+        data = Path(args.client_cert_file).read_bytes()
+    except OSError as e:
+        raise CliError(f"cannot read {args.client_cert_file}: {e.strerror}") from None
+    binding = _client_certs(context).add(args.name, data)
+    context.say(f"bound certificate {binding.fingerprint} ({binding.subject}) "
+                f"to account {binding.name}")
+    if binding.not_after < time.time():
+        context.say("note: this certificate has expired: it is bound, but refused "
+                    "at login")
+    mode = _client_certs(context).auth_mode(args.name)
+    if mode == "password":
+        context.say(f"account {args.name} still logs in with its password only: "
+                    f"'{PROG} user auth {args.name} cert' (or cert+password) "
+                    "makes it use the certificate")
+    return 0
+
+
+def _user_cert_list(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``user cert list [NAME]``: the bound certificates.
+    """
+    certs = _client_certs(context)
+    bindings = certs.list(args.name)
+    if not bindings:
+        context.say("no certificates bound")
+        return 0
+    now = time.time()
+    for b in bindings:
+        expiry = time.strftime("%Y-%m-%d", time.gmtime(b.not_after))
+        state = "EXPIRED " if b.not_after < now else ""
+        context.say(f"{b.name}  {certs.auth_mode(b.name)}  {b.fingerprint}  "
+                    f"{state}until {expiry}  {b.subject}")
+    return 0
+
+
+def _user_cert_del(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``user cert del NAME FINGERPRINT``: unbind a certificate.
+    """
+    binding = _client_certs(context).delete(args.name, args.fingerprint)
+    context.say(f"removed certificate {binding.fingerprint} from account {args.name}")
+    return 0
+
+
+def _user_auth(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``user auth NAME password|cert|cert+password``: the login method.
+    """
+    certs = _client_certs(context)
+    if args.mode is None:
+        if context.open_store().get(args.name) is None:
+            raise AccountError(f"no account named {args.name!r}")
+        bound = len(certs.list(args.name))
+        context.say(f"account {args.name} logs in with: {certs.auth_mode(args.name)} "
+                    f"({bound} certificate(s) bound)")
+        return 0
+    certs.set_auth_mode(args.name, args.mode)
+    context.say(f"account {args.name} now logs in with: {args.mode}")
+    if args.mode != "password" and not certs.list(args.name):
+        context.say(f"note: no certificate is bound to {args.name} yet: "
+                    f"'{PROG} user cert add {args.name} --cert FILE'")
+    if args.mode != "password" and context.config.client_ca is None:
+        context.say("note: the server needs --client-ca to ask clients for "
+                    "certificates")
+    return 0
+
+
+def _add_certificate_actions(actions: Any, add: argparse.ArgumentParser) -> None:
+    """
+    ``user cert add|list|del``, ``user auth`` and ``user add --auth``.
+    """
+    from rumpus_secure.accounts.client_certs import AUTH_MODES
+
+    add.add_argument("--auth", choices=AUTH_MODES, default="password",
+                     help="how the account logs in [default: password]")
+    cert = actions.add_parser("cert", help="bind client certificates to accounts")
+    cert_actions = cert.add_subparsers(dest="cert_action", metavar="ACTION",
+                                       required=True)
+    cert_add = cert_actions.add_parser("add", help="bind a certificate to an account")
+    cert_add.add_argument("name", metavar="NAME")
+    # dest: not "cert", which is the server's own --cert option for _config.
+    cert_add.add_argument("--cert", metavar="FILE", required=True,
+                          dest="client_cert_file",
+                          help="the client certificate (PEM or DER)")
+    cert_add.set_defaults(handler=_user_cert_add)
+    cert_list = cert_actions.add_parser("list", help="show bound certificates")
+    cert_list.add_argument("name", metavar="NAME", nargs="?", default=None)
+    cert_list.set_defaults(handler=_user_cert_list)
+    cert_del = cert_actions.add_parser("del", help="unbind a certificate")
+    cert_del.add_argument("name", metavar="NAME")
+    cert_del.add_argument("fingerprint", metavar="FINGERPRINT",
+                          help="its SHA-256 fingerprint, or its first 8+ hex digits")
+    cert_del.set_defaults(handler=_user_cert_del)
+    auth = actions.add_parser("auth", help="set how an account logs in")
+    auth.add_argument("name", metavar="NAME")
+    auth.add_argument("mode", choices=AUTH_MODES, metavar="|".join(AUTH_MODES),
+                      nargs="?", default=None,
+                      help="the new login method; leave out to show the current one")
+    auth.set_defaults(handler=_user_auth)
 
     perms = actions.add_parser(
         "perms", help="replace an account's permissions (open sessions follow)"
@@ -448,22 +637,54 @@ def _audit(args: argparse.Namespace, context: Context) -> int:
 
     from rumpus_secure.report import as_json, build_report, format_text
 
-    # A wrong --data-dir is an error, not "No audit log yet" and status 0.
-    store = context.open_store()
+    sources = _audit_sources(args.files, context) if args.files else None
+    # A wrong --data-dir is an error, not "No audit log yet" and status 0;
+    # with files named, the account state is shown only if a store is there.
+    store: Any = None
+    if sources is None or context.config.database is not None or (
+            context.config.data_dir / DATABASE_NAME).is_file():
+        store = context.open_store()
 
     def account_locked(name: str) -> bool | None:
         account = store.get(name)
         return None if account is None else account.locked
 
     report = build_report(
-        context.config.data_dir / "audit.log", since=args.since,
-        account_locked=account_locked,
+        _audit_path(context), since=args.since,
+        account_locked=account_locked if store is not None else None,
+        sources=sources,
     )
     if args.json:
         context.stdout.write(json.dumps(as_json(report), indent=2) + "\n")
     else:
         context.stdout.write(format_text(report))
     return 0
+
+
+def _audit_path(context: Context) -> Path:
+    configured = context.config.audit_log
+    if configured is None or str(configured) == "-":
+        return context.config.data_dir / "audit.log"
+    return configured
+
+
+def _audit_sources(files: list[str], context: Context) -> list[tuple[str, Any]]:
+    """
+    The events of each file named (with its rotated files), ``-`` being
+    standard input, for a merged report.
+    """
+    from rumpus_secure.audit import read_events, read_lines
+
+    sources = []
+    for name in files:
+        if name == "-":
+            sources.append(("stdin", read_lines(context.stdin)))
+            continue
+        path = Path(name)
+        if not path.exists():
+            raise CliError(f"no audit log at {path.absolute()}")
+        sources.append((name, read_events(path)))
+    return sources
 
 
 def add_audit_command(subparsers: Any) -> None:
@@ -481,6 +702,11 @@ def add_audit_command(subparsers: Any) -> None:
     )
     audit.add_argument("--json", action="store_true",
                        help="machine-readable output with the same content")
+    audit.add_argument(
+        "files", nargs="*", metavar="FILE",
+        help="audit logs to merge into one report (several nodes' files; - reads "
+        "JSON lines from standard input, e.g. journalctl -o cat -u rumpus-secure) "
+        "[default: the server's --audit-log]")
     audit.set_defaults(handler=_audit)
 
 
@@ -558,6 +784,12 @@ def add_check_command(subparsers: Any) -> None:
 
 def _ban_store(context: Context) -> Any:
     from rumpus_secure.accounts.bans import SQLiteBanStore
+
+    if context.config.database is not None:
+        from rumpus_secure.accounts.pg import PGBanStore
+
+        # Deleting the row notifies every node: the lift applies at once.
+        return PGBanStore(context.shared_database())
 
     return SQLiteBanStore(context.require_database())
 
@@ -650,6 +882,82 @@ def add_ban_command(subparsers: Any) -> None:
     lift.set_defaults(handler=_ban_lift)
 
 
+# -- share ------------------------------------------------------------------
+
+
+def _share_store(context: Context) -> Any:
+    from rumpus_secure.shares import SQLiteShareStore
+
+    return SQLiteShareStore(context.require_database())
+
+
+def _share_list(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``share list [--owner NAME]``: every link, its state and its use.
+    """
+    import time
+
+    store = _share_store(context)
+    shares = store.list(args.owner)
+    if not shares:
+        context.say("no share links")
+        return 0
+    now = time.time()
+    rows = [("ID", "OWNER", "KIND", "STATE", "EXPIRES", "USED", "LAST USED", "PATH")]
+    for share in shares:
+        used = str(share.uses) + (f"/{share.max_uses}" if share.max_uses else "")
+        rows.append((share.id, share.owner, share.kind, share.state(now),
+                     _utc(share.expires), used,
+                     _utc(share.last_used) if share.last_used else "never", share.path))
+    widths = [max(len(row[i]) for row in rows) for i in range(7)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+        context.say("  ".join([*cells, row[7]]))
+    if args.events:
+        for share in shares:
+            for event in store.events(share.id, limit=args.events):
+                context.say(f"{share.id}  {_utc(event.at)}  {event.action}  "
+                            f"{event.client or '-'}  {event.name or ''}")
+    return 0
+
+
+def _utc(moment: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(moment)) + "Z"
+
+
+def _share_revoke(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``share revoke ID``: end a link at once (the running server reads the
+    store on every visit).
+    """
+    store = _share_store(context)
+    if store.get(args.id) is None:
+        raise CliError(f"no share link with id {args.id!r}")
+    if not store.revoke(args.id, "revoked by the administrator"):
+        raise CliError(f"share link {args.id} has already been revoked")
+    context.say(f"share link {args.id} revoked")
+    return 0
+
+
+def add_share_command(subparsers: Any) -> None:
+    """
+    ``share list|revoke``: the administrator's view of share links.
+    """
+    share = subparsers.add_parser("share", help="list or revoke share links")
+    actions = share.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="show share links and their use")
+    listing.add_argument("--owner", metavar="NAME", default=None,
+                         help="only this account's links")
+    listing.add_argument("--events", metavar="N", type=int, default=0,
+                         help="also show each link's last N visits")
+    listing.set_defaults(handler=_share_list)
+    revoke = actions.add_parser("revoke", help="end a share link now")
+    revoke.add_argument("id", metavar="ID")
+    revoke.set_defaults(handler=_share_revoke)
+
+
 # -- init -------------------------------------------------------------------
 
 
@@ -677,6 +985,87 @@ def add_init_command(subparsers: Any) -> None:
     init.set_defaults(handler=_init)
 
 
+# -- db -----------------------------------------------------------------------
+
+
+def _db_migrate(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``db migrate``: bring the shared database's schema up to this release.
+    """
+    from rumpus_secure.db import LATEST_VERSION, redact
+
+    if context.config.database is None:
+        raise CliError("db migrate needs --database postgresql://... (or database "
+                       "in the --config file); the embedded SQLite needs no migration")
+    database = context.shared_database(check=False)
+    try:
+        applied = database.migrate()
+    finally:
+        database.close()
+    for step in applied:
+        context.say(f"applied migration {step.version}: {step.description}")
+    context.say(f"{redact(context.config.database)}: schema at version {LATEST_VERSION}"
+                + ("" if applied else " (nothing to do)"))
+    return 0
+
+
+def _db_copy(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``db copy --from sqlite:PATH --to postgresql://...``: move an existing
+    installation into a shared database.
+    """
+    import time
+
+    from rumpus_secure.db import (
+        Database,
+        copy_sqlite,
+        parse_database,
+        parse_sqlite_source,
+        redact,
+    )
+
+    source = parse_sqlite_source(args.source)
+    try:
+        target = parse_database(args.target)
+    except ValueError as e:
+        raise CliError(f"--to: {e}") from None
+    if target is None:
+        raise CliError("--to must be a postgresql:// URL")
+    database = Database(target, size=1)
+    try:
+        applied = database.migrate()
+        if applied:
+            context.say(f"created the schema (version {applied[-1].version})")
+        result = copy_sqlite(source, database, time.time())
+    finally:
+        database.close()
+    context.say(f"copied {result.accounts} account(s), {result.bans} active ban(s) and "
+                f"{result.sessions} web session(s) from {source} to {redact(target)}")
+    context.say("start every node with --database " + redact(target)
+                + " --cert FILE --key FILE and the shared --root")
+    return 0
+
+
+def add_db_command(subparsers: Any) -> None:
+    """
+    ``db migrate`` and ``db copy``: the shared PostgreSQL database.
+    """
+    db = subparsers.add_parser("db", help="the shared PostgreSQL database: migrate, copy")
+    actions = db.add_subparsers(dest="action", metavar="ACTION", required=True)
+    migrate = actions.add_parser(
+        "migrate", help="apply the schema migrations this release needs (run once, "
+        "from any node, before starting the servers)")
+    migrate.set_defaults(handler=_db_migrate)
+    copy = actions.add_parser(
+        "copy", help="copy accounts, bans and web sessions from a SQLite data "
+        "directory into an empty PostgreSQL database")
+    copy.add_argument("--from", dest="source", metavar="sqlite:PATH", required=True,
+                      help="the data directory (or its accounts.sqlite3)")
+    copy.add_argument("--to", dest="target", metavar="URL", required=True,
+                      help="postgresql://USER@HOST/DBNAME (migrated first)")
+    copy.set_defaults(handler=_db_copy)
+
+
 # -- assembly ---------------------------------------------------------------
 
 COMMANDS: list[Callable[[Any], None]] = [
@@ -685,6 +1074,8 @@ COMMANDS: list[Callable[[Any], None]] = [
     add_audit_command,
     add_check_command,
     add_ban_command,
+    add_share_command,
+    add_db_command,
 ]
 
 
@@ -708,6 +1099,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--root", metavar="DIR", default=None,
         help="file root; default homes are ROOT/NAME [default: DATA-DIR/files]",
     )
+    parser.add_argument(
+        "--database", metavar="URL", default=None,
+        help="the server's shared database, postgresql://USER@HOST/DBNAME "
+        "[default: the embedded SQLite in DATA-DIR]",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in COMMANDS:
         register(subparsers)
@@ -730,7 +1126,7 @@ def _accept_global_options(parser: argparse.ArgumentParser) -> None:
                 _accept_global_options(sub)
                 continue
             for flag, metavar in (("--config", "FILE"), ("--data-dir", "DIR"),
-                                  ("--root", "DIR")):
+                                  ("--root", "DIR"), ("--database", "URL")):
                 try:
                     sub.add_argument(flag, metavar=metavar, default=argparse.SUPPRESS,
                                      help=argparse.SUPPRESS)
@@ -777,7 +1173,11 @@ def main(
             stderr=stderr,
         )
         handler: Handler = args.handler
-        return handler(args, context)
+        try:
+            return handler(args, context)
+        finally:
+            while _opened:
+                _opened.pop().close()
     except (CliError, AccountError, ConfigError) as e:
         message = str(e)
     except sqlite3.Error as e:
@@ -785,6 +1185,12 @@ def main(
     except OSError as e:
         where = f" {e.filename}" if e.filename else ""
         message = f"{e.strerror or e}{where}"
+    except Exception as e:  # noqa: BLE001 (only the shared database's errors)
+        from rumpus_secure.db import DatabaseError, StoreUnavailable
+
+        if not isinstance(e, (DatabaseError, StoreUnavailable)):
+            raise
+        message = str(e)
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=stderr)
         return 130

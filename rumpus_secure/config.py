@@ -119,6 +119,13 @@ def _password_length(value: Any) -> int:
     return number
 
 
+def _share_days(value: Any) -> int:
+    number = _count(value)
+    if not 1 <= number <= 3650:
+        raise ValueError("expected a number of days from 1 to 3650")
+    return number
+
+
 def _optional_port(value: Any) -> int | None:
     if value is None or value == "" or value == 0:
         return None
@@ -182,6 +189,87 @@ def _cidr_list(value: Any) -> tuple[str, ...]:
             out.append(str(ipaddress.ip_network(item, strict=False)))
         except ValueError:
             raise ValueError(f"{item!r} is not an address or CIDR network") from None
+    return tuple(out)
+
+
+def _database(value: Any) -> str | None:
+    from rumpus_secure.db import parse_database
+
+    return parse_database(value)
+
+
+def _node_id(value: Any) -> str | None:
+    """
+    A node name: it goes into file names, so letters, digits, ``.``, ``_``
+    and ``-`` only, 1 to 63 of them, not starting with ``.`` or ``-``.
+    """
+    import re
+
+    if value is None or value == "":
+        return None
+    text = _text(value)
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,62}", text):
+        raise ValueError("expected 1 to 63 letters, digits, '.', '_' or '-', not "
+                         "starting with '.' or '-'")
+    return text
+
+
+def default_node_id() -> str:
+    """
+    The host name, made fit for a file name (the default C{--node-id}).
+    """
+    import re
+    import socket
+
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname() or "node")
+    name = name.lstrip(".-")[:63]
+    return name or "node"
+
+
+def _optional_acme_directory(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = _text(value)
+    if text.lower() in ("none", "off"):
+        return None
+    if not text.startswith("https://") or any(c in text for c in " \r\n\t"):
+        raise ValueError("expected an https:// URL of an ACME directory")
+    return text
+
+
+def _optional_email(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = _text(value)
+    local, at, domain = text.rpartition("@")
+    if not at or not local or "." not in domain or any(c in text for c in " ,<>\r\n\t"):
+        raise ValueError("expected an e-mail address such as admin@example.com")
+    return text
+
+
+def _host_list(value: Any) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    out: list[str] = []
+    for item in items:
+        item = str(item).strip().lower().rstrip(".")
+        if not item:
+            continue
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            pass
+        else:
+            raise ValueError(f"{item!r} is an address; ACME names must be host names")
+        if "." not in item or not all(
+            part and len(part) <= 63 and part.replace("-", "").isalnum()
+            and not part.startswith("-") and not part.endswith("-")
+            for part in item.split(".")
+        ):
+            raise ValueError(f"{item!r} is not a host name such as files.example.com")
+        if item not in out:
+            out.append(item)
     return tuple(out)
 
 
@@ -319,6 +407,51 @@ OPTIONS: tuple[Option, ...] = (
     Option("password-min-length", 12, _password_length,
            "Fewest characters of a password a person chooses (user add, "
            "user passwd); at least 8.", "N"),
+    Option("share-max-days", 30, _share_days,
+           "Longest life in days of a share link (download link or drop box) "
+           "a user creates; links default to 7 days or this, if shorter.", "DAYS"),
+    Option("database", None, _database,
+           "Where accounts, bans and web sessions live: sqlite (the embedded "
+           "DATA-DIR/accounts.sqlite3) or a postgresql://USER@HOST/DBNAME URL "
+           "shared by several nodes (needs rumpus-secure[postgres]).", "URL"),
+    Option("node-id", None, _node_id,
+           "This node's name in temporary upload names and audit events; "
+           "start-up cleanup removes only this node's leftovers "
+           "[default: the host name].", "NAME"),
+    Option("audit-log", None, _optional_path,
+           "Audit log file, or - for JSON lines on standard output (journald, "
+           "log shippers) [default: DATA-DIR/audit.log].", "PATH|-"),
+    Option("acme-directory", None, _optional_acme_directory,
+           "Obtain and renew the certificate by ACME from this directory URL "
+           "(Let's Encrypt: " "https://acme-v02.api.letsencrypt.org/directory; "
+           "staging: https://acme-staging-v02.api.letsencrypt.org/directory), "
+           "validated by HTTP-01 on the --http listener.", "URL"),
+    Option("acme-email", None, _optional_email,
+           "Contact address given to the ACME certificate authority (expiry "
+           "and policy mail).", "ADDRESS"),
+    Option("acme-names", (), _host_list,
+           "Comma-separated extra names for the ACME certificate, beside "
+           "--public-host.", "NAMES"),
+    Option("acme-ca-bundle", None, _optional_path,
+           "PEM file of the CA(s) trusted for the ACME directory's HTTPS (a "
+           "private or test CA) [default: the system's].", "FILE"),
+    Option("client-ca", None, _optional_path,
+           "Ask FTPS and HTTPS clients for a certificate (optional: password "
+           "users still connect) and trust those issued by the CA(s) in this "
+           "PEM file; accounts set to 'user auth NAME cert' log in with one.",
+           "FILE"),
+    Option("client-crl", None, _optional_path,
+           "A PEM or DER certificate revocation list of the client CA; a "
+           "revoked client certificate is refused (re-read when it changes).",
+           "FILE"),
+    Option("trusted-proxies", (), _cidr_list,
+           "Comma-separated addresses/CIDR networks of the load balancers "
+           "allowed to send PROXY headers (haproxy: listeners, and passive "
+           "data connections from them).", "CIDRS"),
+    Option("passive-bind", None, _optional_address,
+           "Address the passive data listeners bind, when it differs from the "
+           "announced --passive-address (a node behind a load balancer) "
+           "[default: the address the control connection reached].", "ADDR"),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -373,6 +506,25 @@ class ServerConfig:
     metrics: str | None = None
     handshake_timeout: float = 15.0
     password_min_length: int = 12
+    share_max_days: int = 30
+    database: str | None = None
+    node_id: str | None = None
+    audit_log: Path | None = None
+    acme_directory: str | None = None
+    acme_email: str | None = None
+    acme_names: tuple[str, ...] = field(default=())
+    acme_ca_bundle: Path | None = None
+    client_ca: Path | None = None
+    client_crl: Path | None = None
+    trusted_proxies: tuple[str, ...] = field(default=())
+    passive_bind: str | None = None
+
+    @property
+    def node(self) -> str:
+        """
+        This node's name: C{--node-id}, else the host name.
+        """
+        return self.node_id if self.node_id is not None else default_node_id()
 
     @property
     def file_root(self) -> Path:
@@ -530,9 +682,34 @@ def validate(config: ServerConfig) -> None:
     """
     if (config.cert is None) != (config.key is None):
         raise ConfigError("--cert and --key must be given together")
+    if config.client_crl is not None and config.client_ca is None:
+        raise ConfigError("--client-crl needs --client-ca")
     if not any((config.ftp, config.ftps, config.http, config.https)):
         raise ConfigError("every listener is set to none: nothing to serve")
     if config.ftp_security == "implicit-only" and config.ftps is None:
         raise ConfigError(
             "--ftp-security implicit-only needs an implicit FTPS listener (--ftps)"
         )
+    if config.acme_directory is not None:
+        if config.http is None:
+            raise ConfigError(
+                "--acme-directory validates by HTTP-01 and needs the --http "
+                "listener (reachable on port 80 from the internet)"
+            )
+        if not config.http_redirect:
+            raise ConfigError(
+                "--acme-directory answers HTTP-01 on the redirecting --http "
+                "listener; it cannot be combined with --http-redirect off"
+            )
+        if config.cert is not None:
+            raise ConfigError(
+                "--acme-directory obtains the certificate itself: drop --cert "
+                "and --key, or drop --acme-directory"
+            )
+        try:
+            _host_list(config.public_host)
+        except ValueError:
+            raise ConfigError(
+                f"--acme-directory needs a --public-host that is a public host "
+                f"name, not {config.public_host!r}"
+            ) from None

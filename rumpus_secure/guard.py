@@ -36,6 +36,17 @@ come one by one.  When a verification succeeds the ban is looked at again
 (L{LoginAttempt.succeeded}): a right password found after the address was
 banned does not log in.
 
+B{Fair turns at the verification pool.}  The pool is shared by every
+address, and served first come first served it let 240 wrong passwords from
+60 addresses (4 each, under the ban) hold up an honest login from another
+address for 12 s.  So the guard starts no more verifications than the pool
+has threads (C{max_verifying_total}, from the checker's C{slots}) and picks
+the next itself (L{Guard._schedule}): per-address queues, the address with
+the lowest score plus logins waiting first (fewer offences settled breaks a
+tie), equals in turn.  A single login from an address with no offences goes
+ahead of a flood; a flood spread one login per address is served in turn
+with it, which is as fair as addresses allow.
+
 B{The self-check is free.}  TLS handshake failures from a loopback address
 are not offences: C{rumpus-secure check} runs on the server itself and fails
 handshakes on purpose (old TLS versions, a wrong ALPN), and a failed
@@ -62,7 +73,9 @@ side calls the same methods with C{protocol="https"})::
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -127,7 +140,15 @@ SYNC_INTERVAL = 5.0
 def normalise_address(host: str) -> str:
     """
     One text form per address: IPv4-mapped IPv6 becomes IPv4, zones go.
+
+    Remembered: a login asks about a dozen times, and parsing the address
+    was a tenth of a repeat login's CPU (bench/logins.py).
     """
+    return _normalise_address(str(host))
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalise_address(host: str) -> str:
     try:
         address = ipaddress.ip_address(str(host).split("%", 1)[0])
     except ValueError:
@@ -156,10 +177,15 @@ class GuardSettings:
     max_sessions_per_account: int = 10
     max_verifying_per_ip: int = MAX_VERIFYING_PER_IP
     weights: Mapping[str, int] = field(default_factory=lambda: dict(WEIGHTS))
+    #: Verifications running at once in all: the size of the verification
+    #: pool, so that the guard, not the pool's FIFO queue, picks the order
+    #: (see L{Guard._schedule}); 0: no limit (the pool queues FIFO).
+    max_verifying_total: int = 0
 
     @classmethod
-    def from_config(cls, config: Any) -> GuardSettings:
+    def from_config(cls, config: Any, verify_slots: int = 0) -> GuardSettings:
         return cls(
+            max_verifying_total=verify_slots,
             threshold=config.ban_threshold,
             window=config.ban_window,
             ban_time=config.ban_time,
@@ -220,9 +246,15 @@ class Guard:
         self._audit = audit
         self._serial = SerialCalls(run_in_thread, "store a ban")
         self._safe = tuple(ipaddress.ip_network(n, strict=False) for n in settings.safe_list)
+        self._safe_known: dict[str, bool] = {}  # is_safe, by address
         self._scores: dict[str, deque[_Mark]] = {}
         self._verifying: dict[str, int] = {}
-        self._not_logged_in: dict[str, deque[tuple[LoginAttempt, defer.Deferred[Any]]]] = {}
+        self._waiting: dict[str, deque[tuple[LoginAttempt, defer.Deferred[Any]]]] = {}
+        #: When each address with logins waiting last had (or asked for) a
+        #: turn: the round-robin order among equals.
+        self._turn: dict[str, int] = {}
+        self._turns = itertools.count()
+        self.verifying_total = 0
         self._bans: dict[str, Ban] = {}
         self._quiet: dict[tuple[str, str], tuple[float, int]] = {}
         self._connections: dict[str, int] = {}
@@ -301,11 +333,19 @@ class Guard:
     # -- bans -----------------------------------------------------------
 
     def is_safe(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(normalise_address(host))
-        except ValueError:
-            return False
-        return any(address in network for network in self._safe)
+        host = normalise_address(host)
+        known = self._safe_known.get(host)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                known = False
+            else:
+                known = any(address in network for network in self._safe)
+            if len(self._safe_known) >= MAX_TRACKED:
+                self._safe_known.clear()
+            self._safe_known[host] = known
+        return known
 
     def is_banned(self, host: str) -> Ban | None:
         """
@@ -377,6 +417,18 @@ class Guard:
         self._scores[address] = events  # most recent last: eviction order
         return events
 
+    def _forget(self, address: str, mark: _Mark) -> None:
+        """
+        Drop a refunded mark: it weighs nothing, and an address that logs
+        in all day would otherwise make every login sum thousands of them.
+        """
+        events = self._scores.get(address)
+        if events:
+            for index in range(len(events) - 1, -1, -1):  # recent marks last
+                if events[index] is mark:
+                    del events[index]
+                    return
+
     def _ban_if_over(self, address: str, reason: str, protocol: str,
                      account: str | None) -> Ban | None:
         """
@@ -409,12 +461,13 @@ class Guard:
         if ban is not None:
             return defer.succeed(ban)
         attempt = LoginAttempt(self, address, protocol, account)
-        queue = self._not_logged_in.get(address)
-        if not queue and self._may_start(address):
+        queue = self._waiting.get(address)
+        if not queue and self._may_start(address) and self._room():
             self._start(attempt)
             return defer.succeed(attempt)
         waiting: defer.Deferred[LoginAttempt | Ban] = defer.Deferred()
-        self._not_logged_in.setdefault(address, deque()).append((attempt, waiting))
+        self._waiting.setdefault(address, deque()).append((attempt, waiting))
+        self._turn.setdefault(address, next(self._turns))
         return waiting
 
     def verifying(self, host: str) -> int:
@@ -427,7 +480,7 @@ class Guard:
         """
         How many of the address's logins wait to be verified.
         """
-        return len(self._not_logged_in.get(normalise_address(host), ()))
+        return len(self._waiting.get(normalise_address(host), ()))
 
     def _may_start(self, address: str) -> bool:
         """
@@ -444,8 +497,16 @@ class Guard:
         score = sum(m.weight for m in self._events(address))
         return score + weight <= self.settings.threshold
 
+    def _room(self) -> bool:
+        """
+        Is a verification slot free (see C{max_verifying_total})?
+        """
+        limit = self.settings.max_verifying_total
+        return not limit or self.verifying_total < limit
+
     def _start(self, attempt: LoginAttempt) -> None:
         address = attempt.address
+        self.verifying_total += 1
         self._verifying[address] = self._verifying.get(address, 0) + 1
         weight = self._weight(address, "login_failed")
         if weight > 0:
@@ -459,6 +520,7 @@ class Guard:
         ban if a failure reached the threshold, start the next ones waiting.
         """
         address = attempt.address
+        self.verifying_total = max(0, self.verifying_total - 1)
         count = self._verifying.get(address, 0) - 1
         if count > 0:
             self._verifying[address] = count
@@ -470,37 +532,74 @@ class Guard:
             mark.pending = False
             if not failed:
                 mark.weight = 0
+                self._forget(address, mark)
             elif self.is_banned(address) is None:
                 ban = self._ban_if_over(address, "login_failed", attempt.protocol,
                                         attempt.account)
-        if ban is None:
-            self._start_waiting(address)
+        self._schedule()
         return ban
 
-    def _start_waiting(self, address: str) -> None:
+    def _schedule(self) -> None:
         """
-        Start the address's waiting logins while there is room.
+        Start waiting logins while there is room, the fairest first.
+
+        The verification pool is shared by everyone, and served first come
+        first served it let one guesser's 240 logins from 60 addresses hold
+        up an honest login for 12 s.  So the guard starts no more than the
+        pool has threads (C{max_verifying_total}) and picks the next login
+        itself: from the address with the lowest L{_priority} (its offences,
+        its verifications in flight and its logins waiting: an address
+        that has been failing, or sends many logins at once, comes after
+        one that sends a single login), equals in turn (round robin).
         """
-        ban = self.is_banned(address)
-        if ban is not None:
-            self._refuse_waiting(address, ban)
-            return
         started = []
-        queue = self._not_logged_in.get(address)
-        while queue and self._may_start(address):
+        while self._waiting and self._room():
+            best: tuple[tuple[int, int, int], str] | None = None
+            for address in list(self._waiting):
+                ban = self.is_banned(address)
+                if ban is not None:
+                    self._refuse_waiting(address, ban)
+                    continue
+                if not self._may_start(address):
+                    continue
+                key = (*self._priority(address), self._turn.get(address, 0))
+                if best is None or key < best[0]:
+                    best = (key, address)
+            if best is None:
+                break
+            address = best[1]
+            queue = self._waiting[address]
             attempt, waiting = queue.popleft()
+            if queue:
+                self._turn[address] = next(self._turns)  # to the back
+            else:
+                del self._waiting[address]
+                self._turn.pop(address, None)
             self._start(attempt)
             started.append((attempt, waiting))
-        if not queue:
-            self._not_logged_in.pop(address, None)
         for attempt, waiting in started:
             waiting.callback(attempt)
+
+    def _priority(self, address: str) -> tuple[int, int]:
+        """
+        Lower goes first: the address's score (offences and verifications
+        in flight, see L{_may_start}) plus its logins waiting; among equals,
+        the one with fewer offences settled.
+        """
+        if self.is_safe(address):
+            return (0, 0)
+        waiting = len(self._waiting.get(address, ()))
+        events = self._events(address)
+        settled = sum(m.weight for m in events if not m.pending)
+        pending = sum(m.weight for m in events if m.pending)
+        return (settled + pending + waiting, settled)
 
     def _refuse_waiting(self, address: str, ban: Ban) -> None:
         """
         The address was banned: every login still waiting is refused.
         """
-        for _, waiting in self._not_logged_in.pop(address, ()):
+        self._turn.pop(address, None)
+        for _, waiting in self._waiting.pop(address, ()):
             waiting.callback(ban)
 
     def _ban(self, address: str, reason: str, protocol: str,
@@ -541,6 +640,39 @@ class Guard:
             self._write(self._store.delete, address)
         if self._audit is not None:
             self._audit.record("guard.lifted", client=address)
+        return True
+
+    def adopt(self, ban: Ban) -> None:
+        """
+        Take in a ban that another node made or changed (the shared
+        database's feed, L{rumpus_secure.shared}); nothing is written back.
+
+        A ban this node made later than C{ban} is kept.
+        """
+        address = normalise_address(ban.address)
+        mine = self._bans.get(address)
+        if mine is not None and mine.created > ban.created:
+            return
+        new = mine is None or not mine.active(self._clock.seconds())
+        self._bans[address] = ban
+        self._scores.pop(address, None)
+        if new and ban.active(self._clock.seconds()):
+            _log.info("{client} banned on another node until {until}",
+                      client=address, until=iso_utc(ban.until))
+
+    def forget(self, address: str, at: float) -> bool:
+        """
+        Drop a ban that was lifted elsewhere at C{at} (another node, the
+        admin command); a ban this node made after C{at} is kept.
+        """
+        address = normalise_address(address)
+        ban = self._bans.get(address)
+        if ban is None or ban.created > at:
+            return False
+        del self._bans[address]
+        self._scores.pop(address, None)
+        if ban.active(self._clock.seconds()):
+            _log.info("ban on {client} lifted elsewhere", client=address)
         return True
 
     def bans(self) -> list[Ban]:

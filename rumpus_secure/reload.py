@@ -15,6 +15,11 @@ start-up, which warns on its own) while the certificate expires within 30
 days, so a long-running server does not go quietly from "valid" to
 "expired" between restarts.
 
+With ``--acme-directory`` the ACME service installs each new certificate
+by calling L{ReloadService.reload} with trigger ``acme`` (after renaming
+the new files into place), and ``SIGHUP`` also retries a failed ACME
+attempt at once (L{ReloadService.signal_hooks}).
+
 ``SIGHUP``: twistd itself uses ``SIGUSR1`` (log rotation) and the reactor
 ``SIGINT``/``SIGTERM``/``SIGCHLD``; still, whatever handler was installed
 before ours is called after ours and put back when the service stops.  The
@@ -80,6 +85,9 @@ class ReloadService(service.Service):
         self._previous: SignalHandler = None
         self._installed = False
         self._last_nag: float | None = None
+        #: Also run (on the reactor thread) on each signal, after the reload:
+        #: the ACME service retries a failed renewal at once.
+        self.signal_hooks: list[Callable[[], Any]] = []
 
     # -- service life -----------------------------------------------------
 
@@ -200,6 +208,8 @@ class ReloadService(service.Service):
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.reactor.callFromThread(self.reload, "signal")
+        for hook in self.signal_hooks:
+            self.reactor.callFromThread(hook)
         previous = self._previous
         # SIG_DFL would end the process (the default action of SIGHUP): we
         # are taking the signal over, so only a real handler is chained.

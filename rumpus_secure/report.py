@@ -199,6 +199,7 @@ def build_report(
     log_path: Path,
     since: datetime | None = None,
     account_locked: Callable[[str], bool | None] | None = None,
+    sources: Iterable[tuple[str, list[dict[str, Any]]]] | None = None,
 ) -> Report:
     """
     Read the audit log (and rotated files) into a L{Report}.
@@ -207,6 +208,8 @@ def build_report(
     :param account_locked: whether an account is locked now (L{None}: it
         does not exist); not given when there is no accounts database.
     """
+    if sources is not None:
+        return _merged_report(list(sources), since, account_locked)
     log_path = Path(log_path)
     rotated = any(
         p.suffix[1:].isdigit() for p in log_path.parent.glob(log_path.name + ".*")
@@ -220,6 +223,40 @@ def build_report(
         return report
     events = []
     for event in read_events(log_path):
+        if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+            continue
+        moment = _event_time(event)
+        if since is not None and (moment is None or moment < since):
+            continue
+        events.append(event)
+    _summarise(report, events, account_locked)
+    return report
+
+
+def merge_events(*streams: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """
+    The events of several nodes' logs as one stream, in time order.
+
+    Each stream is in its own order already; events with the same time keep
+    their stream's order, events without a time come first.
+    """
+    keyed = []
+    for number, stream in enumerate(streams):
+        for position, event in enumerate(stream):
+            moment = _event_time(event) if isinstance(event, dict) else None
+            stamp = moment.timestamp() if moment is not None else float("-inf")
+            keyed.append((stamp, number, position, event))
+    keyed.sort(key=lambda item: item[:3])
+    return [event for _, _, _, event in keyed]
+
+
+def _merged_report(sources: list[tuple[str, list[dict[str, Any]]]],
+                   since: datetime | None,
+                   account_locked: Callable[[str], bool | None] | None) -> Report:
+    report = Report(log=", ".join(name for name, _ in sources), exists=True,
+                    since=since.isoformat() if since else None)
+    events = []
+    for event in merge_events(*(events for _, events in sources)):
         if not isinstance(event, dict) or not isinstance(event.get("event"), str):
             continue
         moment = _event_time(event)

@@ -11,7 +11,9 @@ returns one L{CheckResult} per rule:
 - HTTP redirects to ``https://PUBLIC-HOST...``, HTTPS sends HSTS;
 - ALPN: the FTPS port refuses a client offering only ``http/1.1``, HTTPS one
   offering only ``ftp`` (ALPACA);
-- the certificate served covers ``--public-host`` and is not about to expire.
+- the certificate served covers ``--public-host`` and is not about to expire;
+- with ``--client-ca``: the client CA and CRL, and that every TLS port asks
+  for a client certificate (L{rumpus_secure.client_cert_check}).
 
 The plain-login probe never sends a password: it sends ``USER
 rumpus-check-probe`` and expects ``530``.  A real password in cleartext would
@@ -362,6 +364,9 @@ class SelfCheck:
                     status, detail = Status.FAIL, f"{_where(target)}: {_reason(e)}"
                 self._add(name, status, detail)
         self.certificate_checks()
+        from rumpus_secure.client_cert_check import client_certificate_checks
+
+        client_certificate_checks(self)
         return self.results
 
     def _add(self, name: str, status: Status, detail: str) -> None:
@@ -654,7 +659,9 @@ def run_checks(
     """
     Probe every enabled listener of C{config}; one result per rule.
     """
-    return SelfCheck(config, host=host, timeout=timeout).run()
+    from rumpus_secure.acme.check import acme_results
+
+    return SelfCheck(config, host=host, timeout=timeout).run() + acme_results(config)
 
 
 def format_results(results: list[CheckResult]) -> str:

@@ -27,7 +27,10 @@ TLS wrapper, or the plain HTTP site).  Its protocol holds the connection
 until the first byte, then either builds the wrapped protocol on the same
 transport and hands it that byte and everything after, or writes its plain
 answer and closes.  It forwards rather than swapping C{transport.protocol},
-so it works the same under a PROXY-protocol (``haproxy:``) wrapper.
+so it works the same under a PROXY-protocol (``haproxy:``) wrapper.  That
+wrapper (L{rumpus_secure.proxy}) is the outermost layer and builds this
+protocol only once the header is parsed: the first byte sniffed here is the
+client's, never the header's, and the silence deadline starts after it.
 """
 
 from __future__ import annotations

@@ -233,6 +233,10 @@ def config_as_options(config: ServerConfig) -> dict[str, Any]:
             value = "on" if value else "off"
         elif isinstance(value, Path):
             value = str(value.absolute())
+        elif option.name == "database":
+            from rumpus_secure.db import redact
+
+            value = redact(value)
         elif option.name == "passive-ports":
             value = f"{value[0]}-{value[1]}"
         elif isinstance(value, tuple):
@@ -329,11 +333,28 @@ def with_backlog(description: str) -> str:
     return description
 
 
-def _endpoint(reactor: Any, label: str, description: str) -> Any:
+def _endpoint(reactor: Any, label: str, description: str,
+              trusted: tuple[str, ...] = ()) -> Any:
+    """
+    The server endpoint for C{description}; ``haproxy:`` is ours.
+
+    A ``haproxy:`` listener reads the PROXY header with
+    L{rumpus_secure.proxy} (not Twisted's wrapper, which connects the
+    protocol before the header is in), and only from C{--trusted-proxies}.
+    """
+    from rumpus_secure.proxy import ProxyServerEndpoint, TrustedProxies, split_proxy
+
+    proxied, inner = split_proxy(with_backlog(description))
+    if proxied and not trusted:
+        raise _fail(f"--{label} {description} expects PROXY headers: name the proxies "
+                    "allowed to send them with --trusted-proxies ADDR-OR-CIDR,...")
     try:
-        return serverFromString(reactor, with_backlog(description))
+        endpoint = serverFromString(reactor, inner)
     except (ValueError, TypeError, KeyError) as e:
         raise _fail(f"--{label}: bad endpoint {description!r}: {e}") from None
+    if proxied:
+        return ProxyServerEndpoint(endpoint, TrustedProxies(trusted), reactor, label=label)
+    return endpoint
 
 
 @dataclass
@@ -356,6 +377,23 @@ class Server:
     https_site: Any = None
     metrics: Any = None
     account_watcher: Any = None
+    #: The shared database (L{rumpus_secure.db.Database}) with --database.
+    database: Any = None
+    state_feed: Any = None
+    notifications: Any = None
+    db_pool: Any = None
+
+    def run_in_db(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """
+        Run shared-database work in the database's own threads (the reactor's
+        pool without --database).
+        """
+        from twisted.internet.threads import deferToThreadPool
+
+        pool = self.db_pool or self.reactor.getThreadPool()
+        return deferToThreadPool(self.reactor, pool, function, *args, **kwargs)
+    acme: Any = None
+    acme_responder: Any = None
 
     def run_in_thread(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         """
@@ -577,27 +615,43 @@ def build_server(config: ServerConfig, reactor: Any, dropping_to: Any = None) ->
 
     from rumpus_secure.accounts.checker import ArgonChecker, verify_thread_pool
     from rumpus_secure.accounts.store import AccountError, SQLiteAccountStore
-    from rumpus_secure.audit import JSONLinesAuditLog
     from rumpus_secure.exposure import build_exposure_guard
     from rumpus_secure.ftp.realm import FTPRealm
     from rumpus_secure.tls import TLSConfigError, TLSContextSource, ensure_certificate
 
     ensure_writable_dir(config.data_dir, "data directory")
     ensure_writable_dir(config.file_root, "file root")
-    try:
-        store = SQLiteAccountStore(config.data_dir / "accounts.sqlite3", config.file_root)
-    except AccountError as e:
-        raise _fail(str(e)) from None
+    from rumpus_secure.vfs.paths import set_temp_node
+
+    set_temp_node(config.node)
+    database = None
+    if config.database is not None:
+        database, store = open_shared_store(config)
+    else:
+        try:
+            store = SQLiteAccountStore(config.data_dir / "accounts.sqlite3",
+                                       config.file_root)
+        except AccountError as e:
+            raise _fail(str(e)) from None
     forget_initial_password(store, config.data_dir)
-    bootstrap_admin(store, config.data_dir)
+    if database is not None:
+        shared_bootstrap_admin(store, config.data_dir)
+    else:
+        bootstrap_admin(store, config.data_dir)
+    cert, key = config.cert, config.key
+    if config.acme_directory is not None:
+        from rumpus_secure.acme.store import prepare_files
+
+        cert, key, _ = prepare_files(config.data_dir, config.public_host)
     try:
         info = ensure_certificate(
-            config.data_dir, config.public_host, config.cert, config.key,
+            config.data_dir, config.public_host, cert, key,
             allow_expired=config.allow_expired,
         )
         tls = TLSContextSource(
             info.cert_path, info.key_path, public_host=config.public_host,
             allow_expired=config.allow_expired, clock=reactor,
+            client_ca=config.client_ca,
         )
     except TLSConfigError as e:
         raise _fail(str(e)) from None
@@ -613,7 +667,9 @@ def build_server(config: ServerConfig, reactor: Any, dropping_to: Any = None) ->
     euid = os.geteuid() if hasattr(os, "geteuid") else None
     for warning in startup_warnings(config, info.self_signed, euid, dropping_to):
         _log.warn("{warning}", warning=warning)
-    audit = JSONLinesAuditLog(config.data_dir / "audit.log")
+    from rumpus_secure.audit import open_audit_log
+
+    audit = open_audit_log(config.audit_log, config.data_dir, node=config.node)
     # Argon2id holds 19 MiB per verification: a pool of its own bounds that
     # memory and keeps a login burst from starving other thread work.
     cache = None
@@ -623,15 +679,80 @@ def build_server(config: ServerConfig, reactor: Any, dropping_to: Any = None) ->
         cache = VerifierCache(ttl=config.login_cache_time)
     checker = ArgonChecker(store, reactor, threadpool=verify_thread_pool(reactor),
                            cache=cache)
+    # Login methods (password, cert, cert+password) before the password.
+    from rumpus_secure.accounts.cert_checker import build_certificate_checker
+
+    try:
+        checker = build_certificate_checker(config, store, checker, reactor)
+    except ValueError as e:
+        raise _fail(str(e)) from None
     portal = Portal(FTPRealm(store), [checker])
     server = Server(config=config, store=store, checker=checker, portal=portal,
                     tls=tls, audit=audit, reactor=reactor)
+    if database is not None:
+        from rumpus_secure.db import db_thread_pool
+
+        server.database = database
+        server.db_pool = db_thread_pool(reactor)
     server.exposure = build_exposure_guard(server, reactor)
     server.guard = build_guard(server, reactor)
     from rumpus_secure.accounts.watch import build_watcher
 
     server.account_watcher = build_watcher(store, reactor)
     return server
+
+
+def open_shared_store(config: ServerConfig) -> tuple[Any, Any]:
+    """
+    The shared database of C{--database} and its account store, or exit
+    with one clear line (no psycopg, unreachable, schema behind, no
+    certificate given).
+    """
+    from rumpus_secure.accounts.pg import PGAccountStore
+    from rumpus_secure.db import Database, DatabaseError, StoreUnavailable, redact
+
+    if config.cert is None:
+        raise _fail(
+            "--database is shared by several nodes: give every node the same "
+            "certificate with --cert and --key (a self-signed one per node would "
+            "change under the clients' feet from one connection to the next)")
+    try:
+        database = Database(config.database)
+    except DatabaseError as e:
+        raise _fail(str(e)) from None
+    try:
+        database.check_schema()
+    except (DatabaseError, StoreUnavailable) as e:
+        database.close()
+        raise _fail(str(e)) from None
+    _log.info("accounts, bans and web sessions in {database} (node {node})",
+              database=redact(config.database), node=config.node)
+    return database, PGAccountStore(database, config.file_root)
+
+
+def shared_bootstrap_admin(store: Any, data_dir: Path, out: Any = None) -> str | None:
+    """
+    L{bootstrap_admin} for a shared database: at most one C{admin} however
+    many nodes start at once (the database decides, under a lock); the node
+    that made it prints the password and keeps it in its data directory.
+    """
+    stream = out if out is not None else sys.stdout
+    password = secrets.token_urlsafe(15)
+    if not store.bootstrap(BOOTSTRAP_ACCOUNT, password):
+        return None
+    saved = data_dir / INITIAL_PASSWORD_FILE
+    _write_private(saved, password + "\n")
+    stream.write(
+        "\n"
+        f"  First run: created account '{BOOTSTRAP_ACCOUNT}' with password:\n"
+        f"      {password}\n"
+        f"  It is also in {saved.absolute()} (readable only by this user)\n"
+        "  until you change it with:\n"
+        f"      rumpus-secure --database URL user passwd {BOOTSTRAP_ACCOUNT}\n"
+        "\n"
+    )
+    stream.flush()
+    return password
 
 
 class StaleUploadCleanup(service.Service):
@@ -662,7 +783,10 @@ class StaleUploadCleanup(service.Service):
         def clean() -> Any:
             roots = [server.config.file_root]
             roots.extend(account.home for account in server.store.list())
-            return remove_stale_uploads(roots, started)
+            # Nodes sharing a folder: only this node's leftovers.
+            return remove_stale_uploads(
+                roots, started, node=getattr(server.config, "node", None),
+                legacy=getattr(server, "database", None) is None)
 
         def report(result: Any) -> Any:
             if result.files:
@@ -691,10 +815,20 @@ def build_guard(server: Server, reactor: Any) -> Any:
     from rumpus_secure.accounts.bans import SQLiteBanStore
     from rumpus_secure.guard import Guard, GuardSettings
 
+    if server.database is not None:
+        from rumpus_secure.accounts.pg import PGBanStore
+
+        bans: Any = PGBanStore(server.database)
+        run = server.run_in_db
+    else:
+        bans, run = SQLiteBanStore(server.store.path), server.run_in_thread
     guard = Guard(
-        GuardSettings.from_config(server.config), reactor,
-        store=SQLiteBanStore(server.store.path), audit=server.audit,
-        run_in_thread=server.run_in_thread,
+        # As many verifications at once as the pool has threads: the guard
+        # picks the order, fairly (rumpus_secure.guard, Guard._schedule).
+        GuardSettings.from_config(server.config,
+                                  verify_slots=getattr(server.checker, "slots", 0)),
+        reactor,
+        store=bans, audit=server.audit, run_in_thread=run,
     )
     active = guard.load()
     if active:
@@ -719,7 +853,7 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     dropping_to = twistd_options.get("uid") if hasattr(twistd_options, "get") else None
     server = build_server(config, reactor, dropping_to)
 
-    from rumpus_secure.ftp.control import build_ftp_factory
+    from rumpus_secure.ftp.factory import build_ftp_factory
     from rumpus_secure.sniff import wrap_https, wrap_implicit_ftps, wrap_plain_http
     from rumpus_secure.web.redirect import build_http_site
     from rumpus_secure.web.sessions import SessionKeeper
@@ -735,12 +869,12 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     server.ftp_factory = ftp_factory = build_ftp_factory(server, reactor)
     if config.ftp:
         ListenerService(
-            "ftp", config.ftp, _endpoint(reactor, "ftp", config.ftp),
+            "ftp", config.ftp, _endpoint(reactor, "ftp", config.ftp, config.trusted_proxies),
             ftp_factory.plain(),
         ).setServiceParent(top)
     if config.ftps:
         ListenerService(
-            "ftps", config.ftps, _endpoint(reactor, "ftps", config.ftps),
+            "ftps", config.ftps, _endpoint(reactor, "ftps", config.ftps, config.trusted_proxies),
             wrap_implicit_ftps(
                 server.tls.wrap_factory(ftp_factory.implicit(), [b"ftp"], reactor,
                                         handshake_timeout=config.handshake_timeout,
@@ -749,13 +883,17 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
             ),
         ).setServiceParent(top)
     if config.https:
-        server.https_site = build_https_site(server, reactor,
-                                             sessions_db=server.store.path)
+        sessions_db: Any = server.store.path
+        if server.database is not None:
+            from rumpus_secure.accounts.pg import PGSessions
+
+            sessions_db = PGSessions(server.database)  # valid on every node
+        server.https_site = build_https_site(server, reactor, sessions_db=sessions_db)
         # Logged-in browsers stay logged in across a restart.
         SessionKeeper(server.https_site.app.sessions, reactor).setServiceParent(top)
         server.https_site.timeOut = config.http_timeout
         ListenerService(
-            "https", config.https, _endpoint(reactor, "https", config.https),
+            "https", config.https, _endpoint(reactor, "https", config.https, config.trusted_proxies),
             wrap_https(
                 server.tls.wrap_factory(server.https_site, [b"http/1.1"], reactor,
                                         handshake_timeout=config.handshake_timeout),
@@ -766,7 +904,7 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
         server.http_site = build_http_site(server, reactor)
         server.http_site.timeOut = config.http_timeout
         ListenerService(
-            "http", config.http, _endpoint(reactor, "http", config.http),
+            "http", config.http, _endpoint(reactor, "http", config.http, config.trusted_proxies),
             wrap_plain_http(server.http_site, config, reactor),
         ).setServiceParent(top)
     ListenerRecord(
@@ -775,10 +913,17 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     from rumpus_secure.guard import SYNC_INTERVAL
     from rumpus_secure.reload import ReloadService
 
-    # Bans lifted with the admin command reach the running server.
-    ban_sync = TimerService(SYNC_INTERVAL, server.guard.sync)
-    ban_sync.clock = reactor
-    ban_sync.setServiceParent(top)
+    if server.database is not None:
+        from rumpus_secure.shared import install as install_shared
+
+        # Bans, lifts, sessions and account changes of every node, within
+        # milliseconds (LISTEN/NOTIFY), with an incremental read as fallback.
+        install_shared(top, server, reactor)
+    else:
+        # Bans lifted with the admin command reach the running server.
+        ban_sync = TimerService(SYNC_INTERVAL, server.guard.sync)
+        ban_sync.clock = reactor
+        ban_sync.setServiceParent(top)
     from rumpus_secure.accounts.watch import POLL_INTERVAL
 
     # Account changes (admin command, quarantine) reach open FTP sessions.
@@ -790,6 +935,9 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
         audit=server.audit, reactor=reactor,
     ).setServiceParent(top)
     install_observability(server, top, reactor)
+    from rumpus_secure.acme.assembly import install_acme
+
+    install_acme(server, top, reactor)
     return top
 
 
@@ -821,7 +969,7 @@ def install_observability(server: Server, top: service.MultiService, reactor: An
 
         server.metrics = build_metrics(server, top, reactor)
         ListenerService(
-            "metrics", config.metrics, _endpoint(reactor, "metrics", config.metrics),
+            "metrics", config.metrics, _endpoint(reactor, "metrics", config.metrics, config.trusted_proxies),
             metrics_site(server.metrics, reactor),
         ).setServiceParent(top)
     for child in top:

@@ -45,6 +45,9 @@ class FakeStore:
     def get(self, name: str) -> FakeAccount | None:
         return self.accounts.get(name)
 
+    def list(self) -> list[FakeAccount]:
+        return list(self.accounts.values())
+
     def lock(self, name: str, reason: str) -> None:
         self.accounts[name] = replace(self.accounts[name], locked=True, lock_reason=reason)
 

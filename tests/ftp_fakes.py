@@ -16,7 +16,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from rumpus_secure.audit import MemoryAuditLog
 from rumpus_secure.config import ServerConfig
 from rumpus_secure.exposure import ExposureGuard
-from rumpus_secure.ftp.control import ControlProtocol, FTPFactories
+from rumpus_secure.ftp.control import ControlProtocol
+from rumpus_secure.ftp.factory import FTPFactories
 from rumpus_secure.ftp.realm import FTPRealm
 from rumpus_secure.long_work import LongWork
 from tests.fake_accounts import FakeChecker, FakeStore

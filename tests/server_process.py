@@ -112,8 +112,11 @@ class ServerProcess:
     """
 
     def __init__(self, tmp_path: Path, data_dir: Path | None = None,
-                 **options: Any) -> None:
+                 host: str = "127.0.0.1", **options: Any) -> None:
         self.tmp_path = Path(tmp_path)
+        #: The loopback address the automatic listeners bind (several nodes
+        #: run on 127.0.0.11, 127.0.0.12, ...).
+        self.host = host
         self.data_dir = Path(data_dir) if data_dir is not None else self.tmp_path / "data"
         self.ports: dict[str, int] = {}
         self.options: dict[str, str] = {}
@@ -123,7 +126,7 @@ class ServerProcess:
                 self.options[name] = "none"
             elif value == "auto":
                 self.ports[name] = free_port()
-                self.options[name] = f"tcp:{self.ports[name]}:interface=127.0.0.1"
+                self.options[name] = f"tcp:{self.ports[name]}:interface={host}"
             else:
                 self.options[name] = str(value)
         for key, value in options.items():
@@ -202,7 +205,7 @@ class ServerProcess:
                     f"ports {sorted(waiting)} not accepting after "
                     f"{START_TIMEOUT}s:\n{self.log_text()}"
                 )
-            waiting = {port for port in waiting if not port_accepts(port)}
+            waiting = {port for port in waiting if not port_accepts(port, self.host)}
             if waiting:
                 time.sleep(POLL_INTERVAL)
         # Only this run's output: a restart must not find the old password.
@@ -261,6 +264,8 @@ class ServerProcess:
                 "--data-dir", str(self.data_dir)]
         if "root" in self.options:
             argv += ["--root", self.options["root"]]
+        if "database" in self.options:
+            argv += ["--database", self.options["database"]]
         result = subprocess.run(
             argv + list(args), check=False, input=input, capture_output=True, text=True,
             cwd=self.tmp_path, env=subprocess_env(), timeout=30,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -273,3 +274,42 @@ def test_verify_thread_pool_default_size() -> None:
 def test_module_uses_no_global_reactor() -> None:
     source = Path(checker_module.__file__).read_text()
     assert "from twisted.internet import reactor" not in source
+
+
+class _NoReads:
+    def get(self, name: str) -> None:
+        raise AssertionError("the realm read the account again")
+
+
+class _OneAccount:
+    def __init__(self, account: Any) -> None:
+        self.account = account
+        self.looked_up: list[str] = []
+
+    def get(self, name: str) -> Any:
+        self.looked_up.append(name)
+        return self.account
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_realm_uses_the_account_the_checker_read(checker: ArgonChecker) -> None:
+    """
+    One read of the account per login: the avatar ID carries it to the FTP
+    realm, which opens the home (made if missing) without asking the store.
+    """
+    import shutil
+
+    from rumpus_secure.ftp.realm import FTPRealm
+    from rumpus_secure.ftp.shell import IFileShell
+
+    avatar_id = await checker.requestAvatarId(UsernamePassword(b"alice", b"right"))
+    assert avatar_id == b"alice" and avatar_id.account.name == "alice"
+    home = avatar_id.account.home
+    shutil.rmtree(home)
+    _, shell, _ = await FTPRealm(_NoReads()).requestAvatar(avatar_id, None, IFileShell)
+    assert home.is_dir() and shell.fs.home == home
+    assert shell.perms == frozenset(avatar_id.account.perms)
+    # A plain name (another checker) is still looked up.
+    store = _OneAccount(avatar_id.account)
+    _, shell, _ = await FTPRealm(store).requestAvatar(b"alice", None, IFileShell)
+    assert shell.fs.home == home and store.looked_up == ["alice"]

@@ -316,11 +316,44 @@ def test_list(run: Run, data_dir: Path) -> None:
     code, out, err = run("user", "list")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "HOME", "PERMS", "LOCKED"]
-    assert lines[1].split() == ["alice", str(data_dir / "files" / "alice"), "all", "no"]
-    assert lines[2].split()[:4] == ["bob", str(data_dir / "files" / "bob"),
-                                    "list,download", "yes:"]
+    assert lines[0].split() == ["NAME", "HOME", "PERMS", "2FA", "LOCKED"]
+    assert lines[1].split() == ["alice", str(data_dir / "files" / "alice"), "all", "off",
+                                "no"]
+    assert lines[2].split()[:5] == ["bob", str(data_dir / "files" / "bob"),
+                                    "list,download", "off", "yes:"]
     assert lines[2].endswith("yes: left the company")
+
+
+def test_two_factor_commands(run: Run, data_dir: Path) -> None:
+    """
+    ``user add --require-2fa``, ``user 2fa require|reset`` and the 2FA
+    column of ``user list``; each is in the change log, so open FTP
+    sessions of the account end.
+    """
+    run("user", "add", "alice", "--password-stdin", stdin=PW + "\n")
+    code, out, _ = run("user", "add", "bob", "--require-2fa", "--password-stdin",
+                       stdin=PW + "\n")
+    assert code == 0 and "two-factor login required" in out
+    listed = {line.split()[0]: line.split()[3] for line in
+              run("user", "list")[1].splitlines()[1:]}
+    assert listed == {"alice": "off", "bob": "required"}
+    store = run.store()
+    reader = store.change_reader()
+    before = reader.latest()
+    assert run("user", "2fa", "require", "alice")[0] == 0
+    assert store.two_factor("alice").required
+    changes = reader.since(before).changes
+    assert [(c.name, c.kind) for c in changes] == [("alice", "password")]
+    # Enrolled, then reset: the secret and codes are gone, enrolment again.
+    store.set_pending_secret("alice", b"sealed")
+    assert store.enable_two_factor("alice", b"sealed", 5, [b"d1", b"d2"])
+    assert run("user", "list")[1].splitlines()[1].split()[3] == "on"
+    assert run("user", "2fa", "reset", "alice")[0] == 0
+    row = store.two_factor("alice")
+    assert row.secret is None and row.required and row.recovery_left == 0
+    code, _, err = run("user", "2fa", "reset", "nobody")
+    assert code == 1 and "no account named 'nobody'" in err
+    reader.close()
 
 
 def test_list_empty(run: Run) -> None:
@@ -610,3 +643,35 @@ def test_user_perms_refuses_bad_lists(run: Run) -> None:
     code, out, err = run("user", "perms", "ghost", "list")
     assert_one_error(code, err, "no account named 'ghost'")
     assert run.store().get("alice").perms == ALL_PERMISSIONS
+
+
+def test_share_list_and_revoke(run: Run, data_dir: Path) -> None:
+    """``share list|revoke``: the admin sees every link and its use, and ends one."""
+    import time as _time
+
+    from rumpus_secure.shares import SQLiteShareStore
+
+    run("user", "add", "alice", "--password-stdin", stdin=PW + "\n")
+    shares = SQLiteShareStore(data_dir / "accounts.sqlite3")
+    share, token = shares.create("alice", "download", "/a.txt", _time.time() + 3600,
+                                 None, 2, None, "")
+    bobs, _ = shares.create("bob", "dropbox", "/in", _time.time() + 3600, None, None,
+                            None, "")
+    shares.take_use(share.id)
+    shares.record(share.id, "download", "192.0.2.9", "a.txt")
+    code, out, _ = run("share", "list", "--events", "5")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["ID", "OWNER", "KIND"]
+    row = next(line for line in lines if line.startswith(share.id)).split()
+    assert row[1:4] == ["alice", "download", "active"] and "1/2" in row
+    assert any("192.0.2.9" in line for line in lines)
+    assert [line.split()[0] for line in run("share", "list", "--owner", "bob")[1]
+            .splitlines()[1:]] == [bobs.id]
+    assert run("share", "revoke", share.id)[0] == 0
+    assert shares.get(share.id).state(_time.time()) == "revoked"
+    assert shares.get(bobs.id).state(_time.time()) == "active"
+    code, _, err = run("share", "revoke", share.id)
+    assert code == 1 and "already been revoked" in err
+    code, _, err = run("share", "revoke", "nope")
+    assert code == 1 and "no share link" in err

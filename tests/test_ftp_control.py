@@ -400,7 +400,7 @@ async def test_control_socket_has_nagle_off(tmp_path: Path, implicit: bool) -> N
     from twisted.internet.task import deferLater
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    from rumpus_secure.ftp.control import FTPFactories
+    from rumpus_secure.ftp.factory import FTPFactories
     from rumpus_secure.tls import TLSContextSource, ensure_certificate
 
     server = make_server(tmp_path)

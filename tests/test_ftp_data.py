@@ -69,7 +69,7 @@ def test_pasv_waits_for_a_port_of_a_full_range(tmp_path: Path) -> None:
     """
     from twisted.internet.testing import MemoryReactorClock
 
-    from rumpus_secure.ftp.control import FTPFactories
+    from rumpus_secure.ftp.factory import FTPFactories
 
     from .ftp_fakes import TLSStringTransport
 

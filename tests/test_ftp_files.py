@@ -28,6 +28,7 @@ from rumpus_secure.ftp.transfer import TransferHandle
 from rumpus_secure.vfs import ALL_PERMISSIONS, TEMP_PREFIX, Entry
 
 from .ftp_fakes import connect, make_server
+from .test_vfs_support import open_fd_count
 
 
 class ThreadEngine:
@@ -253,7 +254,9 @@ def test_list_of_a_file_and_nlst(tmp_path: Path) -> None:
     _, data = s.retr("LIST a.txt")
     assert data.decode().rstrip().endswith(" a.txt")
     _, names = s.retr("NLST")
-    assert names == b"a.txt\r\nb.txt\r\n"
+    # Directory order (listings stream, unsorted): each name on its own line.
+    assert names.endswith(b"\r\n")
+    assert sorted(names.split(b"\r\n")[:-1]) == [b"a.txt", b"b.txt"]
 
 
 def test_non_utf8_name_is_listed(tmp_path: Path) -> None:
@@ -263,6 +266,67 @@ def test_non_utf8_name_is_listed(tmp_path: Path) -> None:
     replies, data = s.retr("MLSD")
     assert codes(replies) == ["150", "226"]
     assert "caf\ufffd.txt" in data.decode("utf-8")
+
+
+class LateSource(SocketSource):
+    """A data connection that arrives only when the test says so."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.arrived: defer.Deferred[Any] = defer.Deferred()
+
+    def connector(self) -> defer.Deferred[Any]:
+        self.used = True
+        return self.arrived
+
+
+def test_listings_read_the_folder_as_they_send(tmp_path: Path) -> None:
+    """
+    LIST, NLST and MLSD answer 150 having only opened the folder; the
+    entries are read by the transfer's worker as it sends, so a name made
+    between the 150 and the data connection is listed (a listing built
+    before the 150 could not know it), and every descriptor is closed.
+    """
+    s = Session(tmp_path)
+    for index in range(3000):  # several blocks of listing.LISTING_BATCH
+        (s.home / f"entry-{index:05d}-{'x' * 40}").touch()
+    for command in ("MLSD", "LIST", "NLST"):
+        before = open_fd_count()
+        assert codes(s.send("PASV")) == ["227"]
+        server_end, client_end = loopback_pair()
+        s.proto.data_source.close()
+        source = s.proto.data_source = LateSource(server_end)
+        client = DataClient(client_end)
+        assert codes(s.send(command)) == ["150"]
+        (s.home / "late.txt").touch()
+        source.arrived.callback(lambda sock=server_end: sock)
+        s.flush()
+        assert codes(s.transport.lines()) == ["150", "226"]
+        lines = client.data().decode().split("\r\n")
+        assert lines[-1] == ""
+        names = [line.rpartition(" ")[2] if command != "NLST" else line
+                 for line in lines[:-1]]
+        assert len(names) == len(set(names)) == 3001 + (command == "MLSD")
+        assert "late.txt" in names
+        (s.home / "late.txt").unlink()
+        assert open_fd_count() == before
+
+
+def test_a_listing_that_never_starts_closes_its_folder(tmp_path: Path) -> None:
+    s = Session(tmp_path)
+    (s.home / "a.txt").touch()
+    before = open_fd_count()
+    assert codes(s.send("PASV")) == ["227"]
+    server_end, client_end = loopback_pair()
+    s.proto.data_source.close()
+    source = s.proto.data_source = LateSource(server_end)
+    assert codes(s.send("MLSD")) == ["150"]
+    source.arrived.errback(OSError("the client went away"))
+    s.flush()
+    assert codes(s.transport.lines()) == ["150", "522"]
+    server_end.close()
+    client_end.close()
+    assert open_fd_count() == before
 
 
 def test_mlsd_and_mlst_facts(tmp_path: Path) -> None:
@@ -546,3 +610,12 @@ def test_mlsx_line_for_symlink() -> None:
     entry = Entry("l", "symlink", 3, time.time(), 0o120777, "1g2")
     line = listing.mlsx_line(entry, "l", listing.DEFAULT_FACTS, ALL_PERMISSIONS)
     assert line.startswith("type=OS.unix=symlink;") and "perm=df;" in line
+
+
+def test_encode_lines_gathers_blocks() -> None:
+    lines = [f"line {index}" for index in range(1000)]
+    blocks = list(listing.encode_lines(iter(lines), batch=100))
+    assert b"".join(blocks) == "".join(line + "\r\n" for line in lines).encode()
+    assert all(100 <= len(block) < 120 for block in blocks[:-1]) and blocks[-1]
+    assert list(listing.encode_lines(iter([]))) == []
+    assert list(listing.encode_lines(["caf\udce9"])) == [b"caf\xe9\r\n"]

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.logger import LogLevel, globalLogPublisher
 
-from rumpus_secure.ftp.control import ErrorReports
+from rumpus_secure.ftp.error_reports import ErrorReports
 
 from .ftp_fakes import connect, make_server
 
@@ -171,7 +171,7 @@ def test_unexpected_errors_are_logged_once_per_verb_without_the_argument() -> No
             raise KeyError("x")
         except KeyError:
             reports.report("PASS", Failure(), authenticated=False)
-    lines = [e for e in events if e.get("log_namespace", "").endswith("control")]
+    lines = [e for e in events if e.get("log_namespace", "").endswith("error_reports")]
     assert len(lines) == 2 and reports.count == 201
     assert all(e["log_level"] == LogLevel.error for e in lines)
     assert lines[1]["skipped"] == 199

@@ -150,3 +150,27 @@ def test_tls_failures_from_loopback_are_free_but_nothing_else() -> None:
     for _ in range(3):
         guard.offence("127.0.0.2", "login_failed", protocol="ftp")
     assert guard.is_banned("127.0.0.2") is not None
+
+
+def test_successful_logins_leave_nothing_to_sum() -> None:
+    """
+    A refunded login is forgotten: an address that logs in thousands of
+    times keeps no marks (each login once summed all of them), while its
+    failures still count toward a ban, for it and its other accounts.
+    """
+    guard = make_guard(threshold=3)
+    for _ in range(2000):
+        [attempt] = begin(guard)
+        assert attempt.succeeded() is None
+    assert len(guard._scores.get(GUESSER, ())) == 0
+    [first] = begin(guard)
+    [second] = begin(guard, account="bob")  # in flight together
+    assert first.failed() is None
+    assert second.succeeded() is None  # refunded: only the failure is left
+    assert len(guard._scores[GUESSER]) == 1
+    for _ in range(2):
+        [attempt] = begin(guard, account="bob")
+        ban = attempt.failed()
+    assert isinstance(ban, Ban)
+    assert isinstance(begin(guard, account="carol")[0], Ban)
+    assert isinstance(begin(guard, OTHER)[0], LoginAttempt)

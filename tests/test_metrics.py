@@ -23,7 +23,7 @@ from rumpus_secure.ftp.passive import PortPool
 from rumpus_secure.guard import Guard, GuardSettings
 from rumpus_secure.metrics import Metrics, tls_reason
 from rumpus_secure.web.sessions import SessionStore
-from rumpus_secure.ftp.control import FTPFactories
+from rumpus_secure.ftp.factory import FTPFactories
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.internet.testing import MemoryReactorClock

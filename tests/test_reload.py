@@ -303,3 +303,22 @@ def test_reload_keeps_open_sessions(tmp_path: Path, trigger: str) -> None:
             explicit.close()
         assert server.running
     assert "Traceback" not in server.log_text(), server.log_text()
+
+
+def test_sighup_also_runs_the_signal_hooks_after_the_reload(pair: tuple[Path, Path]) -> None:
+    original = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        reactor = FakeReactor()
+        fake = FakeSource(TLSContextSource(*pair))
+        service = ReloadService(fake, Clock(), 60, reactor=reactor)
+        order: list[str] = []
+        service.signal_hooks.append(lambda: order.append(f"hook after {fake.reloads}"))
+        service.startService()
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert order == []
+        for function, args in reactor.called:
+            function(*args)
+        assert order == ["hook after 1"]
+        service.stopService()
+    finally:
+        signal.signal(signal.SIGHUP, original)

@@ -549,3 +549,36 @@ def test_waiting_for_the_client_acknowledges_at_once() -> None:
         assert (socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1) in recording.options[len(before):]
         channel._wait(False)  # waiting to send is not waiting for the client
         assert recording.options.count((socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handshaken_data_connection_waits_with_a_small_buffer(
+    engine: TransferEngine, server_context: SSL.Context
+) -> None:
+    """
+    A passive data connection is handshaken as soon as it is accepted and
+    may then wait for a transfer thread: until its transfer starts it holds
+    a handshake-sized buffer, not the megabyte of a bulk transfer, and the
+    transfer still moves every byte.
+    """
+    from rumpus_secure.ftp.transfer import TransferHandle, _Channel
+
+    ctx = client_context()
+    session = control_session(server_context, ctx)
+    passive = listener()
+    payload = os.urandom(3 * 1024 * 1024)
+    client = deferToThread(tls_client, passive.port, ctx, session)
+    sock = await passive.wait()
+    handle = TransferHandle()
+    channel = await engine.handshake(sock, TLSSettings(server_context), handle)
+    assert len(channel._wire) <= _Channel.HANDSHAKE_WIRE
+    sizes = []
+
+    def job(ch: Any, h: TransferHandle) -> int:
+        sizes.append(len(ch._wire))
+        return send_bytes(payload)(ch, h)
+
+    engine.run(lambda: channel, TLSSettings(server_context), job, handle)
+    assert (await handle.result).outcome is Outcome.COMPLETE
+    assert sizes == [_Channel.WIRE_CHUNK]
+    assert hashlib.sha256(await client).digest() == hashlib.sha256(payload).digest()

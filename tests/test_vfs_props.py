@@ -50,7 +50,7 @@ def _sentinel_ids(outside: Path) -> set[str]:
     ids = set()
     for path in [outside, *outside.iterdir()]:
         st_ = path.lstat()
-        ids.add(f"{st_.st_dev:x}g{st_.st_ino:x}")
+        ids.add(f"{st_.st_ino:x}")
     return ids
 
 

@@ -321,3 +321,18 @@ def test_zip_stays_in_each_accounts_jail(server, site):
         assert b"alice only" not in response.body
         # alice's own session, same address, in between: unaffected
         assert b"secret.txt" in alice.get(b"/files/").body
+
+
+def test_a_folder_page_is_rendered_off_the_reactor(server, web):
+    """
+    The HTML of a folder (seconds of work for 100,000 entries) is built in
+    a thread, not on the reactor that serves every other client.
+    """
+    account = server.store.add("big", "pw", frozenset({"list", "download"}))
+    for index in range(30):
+        (account.home / f"f{index:02d}.txt").write_bytes(b"x")
+    login(web, "big", "pw")
+    server.threaded.clear()
+    page = web.get(b"/files/").body
+    assert "render_listing" in server.threaded
+    assert page.count(b"<tr") >= 30 and b"f29.txt" in page

@@ -5,6 +5,8 @@ and the console line per transfer, fed from the audit stream.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -145,3 +147,55 @@ def test_unwritable_xferlog_stops_start_up_with_one_line(tmp_path: Path) -> None
     message = str(e.value.code)
     assert message.startswith("rumpus-secure: error: --xferlog ")
     assert "No such file or directory" in message and "\n" not in message
+
+
+def test_audit_log_stays_open_and_follows_logrotate(tmp_path: Path) -> None:
+    """
+    The audit file is held open between records; once the path names
+    another file (moved by logrotate, or deleted), the records after the
+    next check go to a new one, and none is lost on the way.
+    """
+    now = [100.0]
+    path = tmp_path / "audit.log"
+    audit = JSONLinesAuditLog(path, clock=lambda: MOMENT, monotonic=lambda: now[0])
+    before = len(os.listdir("/proc/self/fd"))
+    for index in range(50):
+        audit.record("ftp.login", account="alice", n=index)
+    assert len(os.listdir("/proc/self/fd")) == before + 1  # one file, held
+    path.rename(tmp_path / "audit.log.1")
+    audit.record("ftp.login", account="alice", n=50)  # this second: the moved file
+    now[0] += 1.0
+    audit.record("ftp.login", account="alice", n=51)
+    assert [json.loads(line)["n"] for line in path.read_text().splitlines()] == [51]
+    moved = (tmp_path / "audit.log.1").read_text().splitlines()
+    assert [json.loads(line)["n"] for line in moved] == list(range(51))
+    path.unlink()
+    now[0] += 1.0
+    audit.record("ftp.login", account="alice", n=52)
+    assert [json.loads(line)["n"] for line in path.read_text().splitlines()] == [52]
+    audit.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_audit_log_rotates_by_size_while_open(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    audit = JSONLinesAuditLog(path, max_bytes=1000, keep=3, clock=lambda: MOMENT)
+    for index in range(40):
+        audit.record("ftp.login", account="alice", n=index)
+    assert path.stat().st_size <= 1000
+    names = ("audit.log.3", "audit.log.2", "audit.log.1", "audit.log")
+    numbers = [json.loads(line)["n"] for name in names
+               for line in (tmp_path / name).read_text().splitlines()]
+    # Oldest first, none missing from the files kept, the newest last.
+    assert numbers == list(range(numbers[0], 40))
+    assert not (tmp_path / "audit.log.4").exists()
+    audit.close()
+
+
+def test_a_dropped_audit_log_closes_its_file(tmp_path: Path) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    audit = JSONLinesAuditLog(tmp_path / "audit.log")
+    audit.record("ftp.login", account="alice")
+    assert len(os.listdir("/proc/self/fd")) == before + 1
+    del audit
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -14,6 +14,17 @@ protocol; both are normalised with
 L{rumpus_secure.accounts.hashing.normalise_text}, the same function used
 when the password was stored.
 
+B{Two-factor accounts and app passwords.}  Credentials say which channel
+they came on (L{ChannelCredentials}: ``web``, ``ftps`` or ``ftp``; plain
+L{UsernamePassword} counts as neither web nor TLS).  An account with
+two-factor login on (L{rumpus_secure.accounts.totp}) passes here on the
+web only, where the login then asks for a code; anywhere else its right
+main password fails with L{TwoFactorRequired}, which FTP answers with a
+``530`` that says to use an app password.  An app password
+(L{rumpus_secure.accounts.app_passwords}) is tried only on ``ftps``: one
+argon2id verification of the one row its id names, never a fallback to
+the main password.
+
 Every login reads the database, so a password change, lock or unlock made
 with the CLI works at once.  An optional L{VerifierCache} lets a repeat
 login with the same name and password skip argon2id while the account's
@@ -28,7 +39,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore, IReactorThreads
@@ -37,6 +48,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from rumpus_secure.accounts import app_passwords
 from rumpus_secure.accounts.hashing import (
     hash_password,
     needs_rehash,
@@ -61,6 +73,56 @@ class LockedAccountError(UnauthorizedLogin):
         super().__init__(f"account {name} is locked: {reason or 'no reason given'}")
         self.name = name
         self.reason = reason or ""
+
+
+class AccountId(bytes):
+    """
+    The avatar ID of a login (the account name, UTF-8) carrying the account
+    as the check read it, so that the realm need not read it again.
+
+    Changes made after that read reach the session through the account
+    watcher, from the change before the login began.
+    """
+
+    account: Any = None
+
+    @classmethod
+    def of(cls, account: Any) -> AccountId:
+        avatar_id = cls(account.name.encode("utf-8"))
+        avatar_id.account = account
+        return avatar_id
+
+
+class TwoFactorRequired(UnauthorizedLogin):
+    """
+    The main password was right, but the account uses two-factor login and
+    this channel cannot ask for a code: use an app password on FTPS.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"account {name} uses two-factor login")
+        self.name = name
+
+
+class ChannelCredentials(UsernamePassword):
+    """
+    A user name and password, and the channel they came on: ``web`` (the
+    HTTPS login form, which asks for a code next), ``ftps`` (an FTP control
+    connection under TLS) or ``ftp`` (one without).
+    """
+
+    def __init__(self, username: bytes, password: bytes, channel: str) -> None:
+        super().__init__(username, password)
+        self.channel = channel
+
+
+def two_factor_on(store: Any, name: str) -> bool:
+    """Whether the account's main password alone is refused off the web."""
+    reader = getattr(store, "two_factor", None)
+    if reader is None:
+        return False
+    row = reader(name)
+    return row is not None and (row.required or row.secret is not None)
 
 
 @implementer(ICredentialsChecker)
@@ -96,6 +158,14 @@ class ArgonChecker:
     def _pool(self) -> ThreadPool:
         return self._threadpool or self._reactor.getThreadPool()
 
+    @property
+    def slots(self) -> int:
+        """
+        How many logins are verified at once: the size of the pool.  The
+        guard starts no more than this, so that it picks the order.
+        """
+        return int(self._pool().max)
+
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
         """
         Fire with the account name (UTF-8 bytes) if the password is right.
@@ -107,8 +177,9 @@ class ArgonChecker:
         """
         name = normalise_text(credentials.username)
         password = normalise_text(credentials.password)
+        channel = getattr(credentials, "channel", None)
         return deferToThreadPool(
-            self._reactor, self._pool(), self._login, name, password
+            self._reactor, self._pool(), self._login, name, password, channel
         )
 
     def check_password(
@@ -123,6 +194,8 @@ class ArgonChecker:
 
         True even if the account is locked: used to tell whether a password
         seen in cleartext was a real one.  Same cost for unknown accounts.
+        An app password of the account seen this way is revoked, and the
+        answer is False: the main password was not exposed.
 
         @param threadpool: where to verify (the exposure checks have their
             own); the login pool by default.
@@ -149,6 +222,8 @@ class ArgonChecker:
         does not change the password, so it keeps the entry: a password
         seen again after its account was quarantined is known at once.
         """
+        if self._contain_app_password(name, password):
+            return False  # the main password was not exposed
         stamp = None
         if cache is not None:
             account = self._store.get(name)
@@ -162,7 +237,26 @@ class ArgonChecker:
             cache.remember(name, password, stamp, result)
         return result
 
-    def _login(self, name: str, password: str) -> bytes:
+    def _contain_app_password(self, name: str, password: str) -> bool:
+        """
+        In a thread, for a password seen in cleartext: if it is one of the
+        account's app passwords, revoke it (they are for FTPS only; the
+        revocation ends the FTP sessions that used it) and say so.
+        """
+        ident = app_passwords.ident_of(password)
+        reader = getattr(self._store, "app_password_hash", None)
+        if ident is None or reader is None:
+            return False
+        stored = reader(name, ident)
+        if stored is None:
+            return False
+        if verify_password(stored, password.strip().lower(), self._hasher):
+            self._store.revoke_app_password(name, ident)
+            _log.warn("app password {ident} of {account} was sent unencrypted: revoked",
+                      ident=ident, account=name)
+        return True
+
+    def _login(self, name: str, password: str, channel: str | None = None) -> bytes:
         """
         In a thread: the whole login decision.
 
@@ -170,13 +264,20 @@ class ArgonChecker:
         before the hash, so that a password change between the two reads can
         only make the entry stale, never vouch for an old password.
         """
+        ident = app_passwords.ident_of(password) if channel == "ftps" else None
+        if ident is not None:
+            stored_app = getattr(self._store, "app_password_hash", lambda n, i: None)(
+                name, ident)
+            if stored_app is not None:
+                return self._app_login(name, ident, stored_app, password)
         before = None
         if self.cache is not None:
             before = self._store.get(name)
             if before is not None and self.cache.hit(name, password, _stamp(before)):
                 if before.locked:
                     raise LockedAccountError(before.name, before.lock_reason)
-                return before.name.encode("utf-8")
+                self._second_factor_gate(before.name, channel)
+                return AccountId.of(before)
         stored = self._store.password_hash(name)
         if not verify_password(stored, password, self._hasher):
             raise UnauthorizedLogin("wrong user name or password")
@@ -187,10 +288,37 @@ class ArgonChecker:
             raise UnauthorizedLogin("wrong user name or password")
         if account.locked:
             raise LockedAccountError(account.name, account.lock_reason)
+        self._second_factor_gate(account.name, channel)
         self._rehash_if_needed(name, stored, password)
         if self.cache is not None and before is not None:
             self.cache.remember(name, password, _stamp(before))
-        return account.name.encode("utf-8")
+        return AccountId.of(account)
+
+    def _second_factor_gate(self, name: str, channel: str | None) -> None:
+        """
+        The main password was right: refuse it off the web when the
+        account uses two-factor login.
+        """
+        if channel != "web" and two_factor_on(self._store, name):
+            raise TwoFactorRequired(name)
+
+    def _app_login(self, name: str, ident: str, stored: str, password: str) -> bytes:
+        """
+        In a thread: an app password on FTPS, against its own row only.
+        """
+        if not verify_password(stored, password.strip().lower(), self._hasher):
+            raise UnauthorizedLogin("wrong user name or password")
+        account = self._store.get(name)
+        if account is None:
+            raise UnauthorizedLogin("wrong user name or password")
+        if account.locked:
+            raise LockedAccountError(account.name, account.lock_reason)
+        try:
+            self._store.app_password_used(ident)
+        except (sqlite3.Error, OSError) as e:
+            _log.warn("could not note the use of an app password of {account}: {error}",
+                      account=name, error=str(e))
+        return AccountId.of(account)
 
     def _rehash_if_needed(self, name: str, stored: str, password: str) -> None:
         """

@@ -26,6 +26,10 @@ connection, C{bench/account_watch.py}) tells the server's L{rumpus_secure.accoun
 since the last look, including deletions, which leave no row to version.
 The log keeps the last L{CHANGES_KEPT} rows.
 
+The same file holds each account's second factors and app passwords
+(L{rumpus_secure.accounts.two_factor_store}, mixed into the SQLite store:
+created and deleted with the account, in the same transactions).
+
 All methods block on disk I/O; the server calls them from a thread (see
 L{rumpus_secure.accounts.checker}).
 """
@@ -46,6 +50,12 @@ from zope.interface import Interface, implementer
 
 from rumpus_secure.accounts.connections import ThreadConnections
 from rumpus_secure.accounts.hashing import hash_password
+from rumpus_secure.accounts.two_factor_store import (
+    TWO_FACTOR_SCHEMA,
+    ITwoFactorStore,
+    TwoFactorTables,
+    forget_credentials,
+)
 
 ALL_PERMISSIONS: frozenset[str] = frozenset(
     {"list", "download", "upload", "overwrite", "delete", "rename", "mkdir"}
@@ -64,8 +74,15 @@ HOME_MODE = 0o750
 #: (it cannot be: it reads the log every second) treats every session as stale.
 CHANGES_KEPT = 10_000
 
-#: The kinds of change in the log.
-CHANGE_KINDS = ("add", "password", "lock", "unlock", "perms", "delete")
+#: The kinds of change in the log.  ``password`` also covers every change
+#: of what the account's credentials are (two-factor login turned on,
+#: required or reset, an app password revoked): open FTP sessions end on
+#: it.  ``2fa`` and ``app-password`` are writes that change nothing a
+#: session relies on (a code used up, an app password added).  The
+#: ``cert-*`` and ``auth`` kinds are client-certificate bindings and the
+#: login method (L{rumpus_secure.accounts.client_certs}).
+CHANGE_KINDS = ("add", "password", "lock", "unlock", "perms", "delete", "2fa",
+                "app-password", "cert-add", "cert-del", "auth")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9._@-]{0,63}\Z")
 
@@ -172,6 +189,7 @@ class IAccountStore(Interface):
         password: str,
         home: Path | None = None,
         perms: Iterable[str] | None = None,
+        require_2fa: bool = False,
     ) -> Account:
         """
         Create an account and its home directory.
@@ -179,6 +197,8 @@ class IAccountStore(Interface):
         @param home: L{None} for C{ROOT/NAME}; an absolute path; or a path
             relative to the root.
         @param perms: permission names, L{None} for all of them.
+        @param require_2fa: the first web login must set up two-factor
+            login (L{ITwoFactorStore}), in the same transaction.
         @raises AccountError: bad name, empty password, unknown permission,
             duplicate account, or a home that cannot be created.
         """
@@ -230,7 +250,8 @@ class IAccountStore(Interface):
 
     def delete(name: str) -> None:
         """
-        Delete the account; its home directory is left on disk.
+        Delete the account (and its second factors and app passwords, in the
+        same transaction); its home directory is left on disk.
         """
 
     def change_reader() -> "ChangeReader":
@@ -292,8 +313,8 @@ def _clean_reason(reason: str) -> str:
     return text[:MAX_REASON_LENGTH]
 
 
-@implementer(IAccountStore)
-class SQLiteAccountStore:
+@implementer(IAccountStore, ITwoFactorStore)
+class SQLiteAccountStore(TwoFactorTables):
     """
     Accounts in one SQLite file, safe for several threads and processes.
 
@@ -350,6 +371,8 @@ class SQLiteAccountStore:
                 with self._write(db):
                     db.execute(_SCHEMA)
                     db.execute(_CHANGES_SCHEMA)
+                    for statement in TWO_FACTOR_SCHEMA:
+                        db.execute(statement)
                     if db.execute("PRAGMA user_version").fetchone()[0] == 0:
                         db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         except sqlite3.Error as e:
@@ -410,6 +433,7 @@ class SQLiteAccountStore:
         password: str,
         home: Path | None = None,
         perms: Iterable[str] | None = None,
+        require_2fa: bool = False,
     ) -> Account:
         check_name(name)
         if not password:
@@ -424,7 +448,8 @@ class SQLiteAccountStore:
                     "INSERT INTO accounts (name, password_hash, home, perms, "
                     "locked, lock_reason, created, changed, password_changed, "
                     "version) VALUES (?, ?, ?, ?, 0, NULL, ?, ?, ?, 1)",
-                    (name, hashed, str(home_path), format_permissions(granted),
+                    (name, hashed, stored_home(self.root, home_path),
+                     format_permissions(granted),
                      now, now, now),
                 )
             except sqlite3.IntegrityError:
@@ -436,6 +461,10 @@ class SQLiteAccountStore:
                     f"an account named {existing!r} already exists"
                 ) from None
             _record(db, name, "add", None, now)
+            forget_credentials(db, name)  # of an earlier account of this name
+            if require_2fa:
+                db.execute("INSERT INTO account_2fa (name, required) VALUES (?, 1)",
+                           (name,))
             # Inside the transaction: if the home cannot be made, no account.
             try:
                 home_path.mkdir(parents=True, exist_ok=True, mode=HOME_MODE)
@@ -455,14 +484,14 @@ class SQLiteAccountStore:
                 f"SELECT {_COLUMNS} FROM accounts WHERE name = ? COLLATE BINARY",
                 (name,),
             ).fetchone()
-        return None if row is None else _account(row)
+        return None if row is None else _account(row, self.root)
 
     def list(self) -> list[Account]:
         with self._connections.connection() as db:
             rows = db.execute(
                 f"SELECT {_COLUMNS} FROM accounts ORDER BY name COLLATE BINARY"
             ).fetchall()
-        return [_account(row) for row in rows]
+        return [_account(row, self.root) for row in rows]
 
     def password_hash(self, name: str) -> str | None:
         with self._connections.connection() as db:
@@ -510,11 +539,23 @@ class SQLiteAccountStore:
             )
             if cursor.rowcount == 0:
                 raise AccountError(f"no account named {name!r}")
+            forget_credentials(db, name)
             _record(db, name, "delete", None, self._clock())
 
     def change_reader(self) -> ChangeReader:
         return ChangeReader(self.path)
 
+    # -- for TwoFactorTables ----------------------------------------------------
+
+    def _exists(self, db: sqlite3.Connection, name: str) -> None:
+        row = db.execute("SELECT 1 FROM accounts WHERE name = ? COLLATE BINARY",
+                         (name,)).fetchone()
+        if row is None:
+            raise AccountError(f"no account named {name!r}")
+
+    def _log_change(self, db: sqlite3.Connection, name: str, kind: str,
+                    detail: str | None, when: float) -> None:
+        _record(db, name, kind, detail, when)
 
 class ChangeReader:
     """
@@ -583,11 +624,40 @@ def _record(db: sqlite3.Connection, name: str, kind: str, detail: str | None,
                    (cursor.lastrowid - CHANGES_KEPT,))
 
 
-def _account(row: tuple) -> Account:  # type: ignore[type-arg]
+def stored_home(root: Path, home: Path) -> str:
+    """
+    How a home is written in the database: relative to the file root when
+    it is inside it, else absolute.
+
+    Several nodes share the files over NFS or GlusterFS and each mounts
+    them at its own path (C{--root}); an absolute home would point into
+    the mount of the node that created the account.
+    """
+    try:
+        relative = Path(home).relative_to(root)
+    except ValueError:
+        return str(home)
+    return str(relative) if relative.parts else "."
+
+
+def resolved_home(root: Path | None, stored: str) -> Path:
+    """
+    The home directory of a database value, on this node (its C{--root}).
+
+    Absolute values (accounts made before homes were relative, or homes
+    outside the root) are kept as they are.
+    """
+    path = Path(stored)
+    if path.is_absolute() or root is None:
+        return path
+    return Path(os.path.normpath(root / path))
+
+
+def _account(row: tuple, root: Path | None = None) -> Account:  # type: ignore[type-arg]
     name, home, perms, locked, reason, created, changed, pw_changed, version = row
     return Account(
         name=name,
-        home=Path(home),
+        home=resolved_home(root, home),
         perms=frozenset(p for p in perms.split(",") if p),
         locked=bool(locked),
         lock_reason=reason,

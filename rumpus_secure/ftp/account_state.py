@@ -32,7 +32,7 @@ from rumpus_secure.accounts.store import AccountChange, format_permissions
 from rumpus_secure.accounts.watch import Watch
 
 #: Changes that end the account's open sessions.
-ENDING = frozenset({"lock", "delete", "password", "unknown"})
+ENDING = frozenset({"lock", "delete", "password", "unknown", "cert-del", "auth"})
 
 
 def end_reason(change: AccountChange) -> str:
@@ -46,6 +46,10 @@ def end_reason(change: AccountChange) -> str:
         return "this account was deleted"
     if change.kind == "password":
         return "the password of this account was changed; log in with the new one"
+    if change.kind == "cert-del":
+        return "a client certificate of this account was removed"
+    if change.kind == "auth":
+        return f"the login method of this account is now {change.detail}; log in again"
     return "the state of this account could not be checked; log in again"
 
 

@@ -1,29 +1,34 @@
 """
-The FTP control connection: TLS upgrade, the pre-login policy, login.
+The FTP control connection: one client's session, and its command loop.
 
 L{ControlProtocol} extends Twisted's L{twisted.protocols.ftp.FTP} with what
-Twisted lacks (the file and transfer commands are the L{FileCommands} mixin
-of L{rumpus_secure.ftp.files}):
+Twisted lacks.  It is assembled from rooms of their own:
 
- - RFC 4217: AUTH TLS/SSL, PBSZ, PROT, CCC (refused), REIN (never drops TLS);
- - the pre-login TLS policy of L{rumpus_secure.ftp.policy};
- - cleartext-credential containment: a cleartext USER is refused, nothing else
-   is executed, a PASS sent anyway is checked off the reactor thread and an
-   exposed password quarantines its account;
- - the cross-protocol (ALPACA) defence;
- - its own command loop, which never executes bytes that arrived behind
-   AUTH TLS and uses the injected reactor (Twisted's uses the global one).
+ - L{rumpus_secure.ftp.tls_commands}: RFC 4217 (AUTH TLS/SSL, PBSZ, PROT,
+   CCC refused), the handshake deadline after AUTH;
+ - L{rumpus_secure.ftp.login}: USER/PASS through the guard and the exposure
+   guard, the login deadline, cleartext-credential containment;
+ - L{rumpus_secure.ftp.client_cert_login}: certificate logins;
+ - L{rumpus_secure.ftp.account_state}: the session follows its account;
+ - L{rumpus_secure.ftp.files}: the file and transfer commands;
+ - L{rumpus_secure.ftp.factory}: the listeners' factories.
+
+What stays here is the connection itself: greeting and limits, the pre-login
+TLS policy of L{rumpus_secure.ftp.policy}, the cross-protocol (ALPACA)
+defence, and a command loop that never executes bytes that arrived behind
+AUTH TLS, ends a command at LF with or without CR (so no LF inside a line can
+forge a reply line), bounds what a client can queue (32 lines) or leave
+unfinished (C{--line-timeout}), and uses the injected reactor (Twisted's
+uses the global one).  It was one 1,142-line module before it was split.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
-from twisted.cred import error as cred_error
-from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger, LogLevel
@@ -31,24 +36,18 @@ from twisted.protocols import ftp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rumpus_secure.accounts.bans import Ban
-from rumpus_secure.accounts.checker import LockedAccountError
 from rumpus_secure.ftp import data as data_channel
 from rumpus_secure.ftp.account_state import AccountBoundSession
+from rumpus_secure.ftp.client_cert_login import ClientCertLogin
 from rumpus_secure.ftp.files import FileCommands
-from rumpus_secure.ftp.passive import PortPool
-from rumpus_secure.ftp.transfer import TransferEngine
-from rumpus_secure.guard import FTP_OFFENCES, LoginAttempt, normalise_address
-from rumpus_secure.handshake import watch_handshake
-from rumpus_secure.long_work import LongWork
-from rumpus_secure.ftp.policy import (
-    AUTH_MECHANISMS,
-    ControlPolicy,
-    Verdict,
-    split_command,
-)
-from rumpus_secure.ftp.shell import IFileShell
-from rumpus_secure.report import PROBE_ACCOUNT
+from rumpus_secure.ftp.login import LoginCommands
+from rumpus_secure.ftp.policy import ControlPolicy, Verdict, split_command
+from rumpus_secure.ftp.tls_commands import TLSCommands
+from rumpus_secure.guard import FTP_OFFENCES, normalise_address
+
+if TYPE_CHECKING:
+    from rumpus_secure.ftp.factory import ControlFactory
+    from rumpus_secure.ftp.login import CleartextWatch
 
 _log = Logger()
 
@@ -81,7 +80,8 @@ def _peer_host(transport: Any) -> str:
 
 
 @implementer(IHandshakeListener)
-class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
+class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundSession,
+                      FileCommands, ftp.FTP):
     """
     One FTP control connection (plain port or implicit FTPS port).
     """
@@ -111,7 +111,7 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self._busy = False
         self._drain_call: Any = None
         self._reading_paused = False
-        self._watch: _CleartextWatch | None = None
+        self._watch: CleartextWatch | None = None
         self._closing = False
         self._user: str | None = None
         self.workingDirectory: list[str] = []
@@ -255,48 +255,6 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self.close()
         return True
 
-    def _evicted(self) -> None:
-        """
-        The server is full and this connection has not logged in: give its
-        slot to a newcomer (L{rumpus_secure.guard.Guard.not_logged_in}).
-        """
-        if self._counted_host is not None and self.guard is not None:
-            self.guard.connection_closed(self._counted_host)
-            self._counted_host = None
-        self._audit("ftp.evicted", outcome="closed", scored=False)
-        self.sendLine("421 The server is full and this connection has not logged "
-                      "in; closing. Log in right after connecting.")
-        self.close()
-
-    # -- login deadline ---------------------------------------------------
-
-    def _start_login_timer(self) -> None:
-        timeout = self.config.login_timeout
-        if timeout > 0 and self._login_timer is None and not self._closing:
-            self._login_timer = self.reactor.callLater(timeout, self._login_timed_out)
-
-    def _cancel_login_timer(self) -> None:
-        if self._login_timer is not None and self._login_timer.active():
-            self._login_timer.cancel()
-        self._login_timer = None
-
-    def _login_timed_out(self) -> None:
-        self._login_timer = None
-        if self.state == self.AUTHED or self._closing:
-            return
-        self._audit("ftp.login_timeout", outcome="closed", scored=False)
-        self.sendLine(f"421 Not logged in within {self.config.login_timeout:.0f} s; "
-                      "closing.")
-        self.close()
-
-    def _logged_in(self) -> None:
-        """
-        The session is logged in: no login deadline, and not evictable.
-        """
-        self._cancel_login_timer()
-        if self.guard is not None:
-            self.guard.logged_in_or_gone(self)
-
     def _greeting(self) -> str:
         if self.secure or self.policy.mode == "allow-plain":
             return "220 rumpus-secure FTP server ready."
@@ -304,27 +262,6 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
             "220 rumpus-secure FTP server ready. TLS is required: send "
             "AUTH TLS before logging in."
         )
-
-    def handshakeCompleted(self) -> None:
-        self._cancel_handshake_deadline()
-        connection = self._tls_connection()
-        if connection is not None:
-            self.tls_version = connection.get_protocol_version_name()
-            # Kept: data connections resume this context's sessions, and a
-            # transfer may still be set up after the control connection has
-            # gone (its transport is None then).
-            self.tls_context_in_use = connection.get_context()
-        self._audit("ftp.tls_established", outcome="ok",
-                    mode="implicit" if self.implicit else "explicit")
-        if self.implicit and not self._closing:
-            self.sendLine(self._greeting())
-
-    def _tls_connection(self) -> SSL.Connection | None:
-        try:
-            handle = self.transport.getHandle()
-        except Exception:
-            return None
-        return handle if isinstance(handle, SSL.Connection) else None
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         if reason.check(SSL.Error) is not None:
@@ -495,52 +432,11 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
             return method()
         return method(argument)
 
-    # -- RFC 4217 ---------------------------------------------------------
-
-    def ftp_AUTH(self, mechanism: str) -> str | None:
-        mechanism = mechanism.strip().upper()
-        if not self.policy.explicit_tls_offered and not self.secure:
-            return "534 AUTH is not offered here. " + self.policy.how_to_connect()
-        if self.secure:
-            return "503 The connection is already protected by TLS."
-        if mechanism not in AUTH_MECHANISMS:
-            return "504 Only AUTH TLS is supported."
-        if self._has_buffered_input():
-            # Bytes sent behind AUTH in the clear would otherwise be read as
-            # if they came inside TLS (the STARTTLS injection, CVE-2011-0411).
-            self._audit("ftp.auth_injection", outcome="closed")
-            self.sendLine("503 Spurious data after AUTH command; closing.")
-            self.close()
-            return None
-        self.sendLine("234 AUTH TLS successful; start the TLS handshake.")
-        self._reset_session()
-        if AUTH_MECHANISMS[mechanism] == "P":
-            self.prot = "P"
-            self.pbsz_done = True
-        self.secure = True
-        self.transport.startTLS(self.session_factory.tls_context)
-        # The handshake gets its own deadline, not the 600 s idle timeout.
-        tls = self.session_factory.shared.tls
-        in_flight = getattr(tls, "handshakes_in_flight", None)
-        self._handshake_deadline = watch_handshake(
-            self.reactor, self.transport, self.config.handshake_timeout,
-            self._handshake_timed_out,
-            in_flight(self.reactor) if in_flight is not None else None,
-        )
-        return None
-
-    def _handshake_timed_out(self) -> None:
-        self._audit("ftp.tls_timeout", outcome="closed")
-
-    def _cancel_handshake_deadline(self) -> None:
-        deadline, self._handshake_deadline = self._handshake_deadline, None
-        if deadline is not None:
-            deadline.cancel()
-
     def _reset_session(self) -> None:
         """
         Forget login and transfer state (RFC 4217 section 4.2, and REIN).
         """
+        self._forget_certificate_login()
         self.close_data()
         self._end_session()
         if self.shell is not None and getattr(self, "logout", None):
@@ -554,34 +450,6 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self.prot = "P" if self.implicit else "C"
         self.pbsz_done = self.implicit
         self._start_login_timer()
-
-    def ftp_PBSZ(self, size: str) -> str:
-        if not self.secure:
-            return "503 PBSZ is only valid after AUTH TLS."
-        if not size.strip().isdigit():
-            return "501 PBSZ needs a number; use PBSZ 0."
-        self.pbsz_done = True
-        return "200 PBSZ=0"
-
-    def ftp_PROT(self, level: str) -> str:
-        level = level.strip().upper()
-        if not self.secure:
-            return "503 PROT is only valid after AUTH TLS."
-        if not self.pbsz_done:
-            return "503 Send PBSZ 0 before PROT."
-        if level in ("S", "E"):
-            return f"536 Protection level {level} is not supported; use PROT P."
-        if level not in ("C", "P"):
-            return f"504 Unknown protection level {level[:8]!r}; use PROT P."
-        self.prot = level
-        if level == "C" and self.config.data_tls == "required":
-            return ("200 Protection level C set, but this server transfers "
-                    "only encrypted data: send PROT P before transferring.")
-        return f"200 Protection level {level} set."
-
-    def ftp_CCC(self) -> str:
-        self._audit("ftp.ccc_refused")
-        return "534 CCC refused by policy: the control connection stays encrypted."
 
     def ftp_REIN(self) -> str:
         self._reset_session()
@@ -639,158 +507,6 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
     def ftp_ACCT(self, account: str) -> str:
         return "202 ACCT not needed on this server."
 
-    # -- login ---------------------------------------------------------
-
-    def ftp_USER(self, username: str) -> str:
-        if self.state not in (self.UNAUTH, self.INAUTH):
-            return "503 Already logged in; send REIN to log in as another user."
-        username = username.strip()
-        if not username:
-            return "501 USER needs a user name."
-        self._user = username
-        self.state = self.INAUTH
-        return f"331 Password required for {username[:64]}."
-
-    def ftp_PASS(self, password: str = "") -> Any:
-        if self.state != self.INAUTH or self._user is None:
-            return "503 Send USER first."
-        name, self._user = self._user, None
-        self.state = self.UNAUTH
-        if self.guard is None:
-            return self._verify(name, password, None)
-        # Verified only when this address has a verification slot, and
-        # counted as a failed attempt from then on (see rumpus_secure.guard).
-        starting = self.guard.begin_login(self.client_host, self._protocol_name, name)
-        return starting.addCallback(self._attempt_started, name, password)
-
-    def _attempt_started(self, attempt: Any, name: str, password: str) -> Any:
-        if isinstance(attempt, Ban):
-            # Banned before or while it waited: the password is not checked.
-            self._turn_away(attempt)
-            return None
-        if self._closing:
-            attempt.abandoned()
-            return None
-        return self._verify(name, password, attempt)
-
-    def _verify(self, name: str, password: str, attempt: LoginAttempt | None) -> Any:
-        """
-        Check the password; answer 230, 530 (after the failure delay) or 421.
-        """
-        exposure = getattr(self.session_factory.shared, "exposure", None)
-        watch = exposure.watch(name) if exposure is not None else None
-        creds = UsernamePassword(name.encode("utf-8", "surrogateescape"),
-                                 password.encode("utf-8", "surrogateescape"))
-        # The mind is the server: the realm does its disk work in its threads.
-        d = self.session_factory.portal.login(creds, self.session_factory.shared.server,
-                                              IFileShell)
-
-        def logged_in(result: Any) -> Any:
-            ban = attempt.succeeded() if attempt is not None else None
-            if watch is None:
-                return self._accept(name, result, ban, None)
-            # A check of a password this account sent in cleartext may be
-            # pending: its outcome decides (rumpus_secure.exposure).
-            outcome = defer.Deferred.fromCoroutine(watch.outcome())
-            return outcome.addCallback(lambda reason: self._accept(name, result, ban, reason))
-
-        def refused(failure: Failure) -> Any:
-            if watch is not None:
-                watch.close()
-            if failure.check(LockedAccountError):
-                # The password was right: not a failed guess.
-                ban = attempt.succeeded() if attempt is not None else None
-                if ban is not None:
-                    self._turn_away(ban)
-                    return None
-                reason = getattr(failure.value, "reason", None) or "locked"
-                self._audit("ftp.login", account=name, outcome="locked")
-                return self._locked_reply(reason)
-            if not failure.check(cred_error.UnauthorizedLogin,
-                                 cred_error.UnhandledCredentials):
-                if attempt is not None:
-                    attempt.abandoned()  # no verdict on the password
-                return failure
-            self._audit("ftp.login", account=name, outcome="failed")
-            ban = attempt.failed() if attempt is not None else None
-            return self._login_failed(ban)
-
-        return d.addCallbacks(logged_in, refused)
-
-    @staticmethod
-    def _locked_reply(reason: str) -> str:
-        return (f"530 Login refused: this account is locked ({reason}). "
-                "Ask your administrator to unlock it or reset the password.")
-
-    def _accept(self, name: str, result: Any, ban: Any, locked: str | None) -> Any:
-        """
-        The password was right: log in, unless the address was banned or the
-        account quarantined while it was being checked.
-        """
-        interface, avatar, logout = result
-        if ban is None and self.guard is not None and locked is not None:
-            ban = self.guard.check(self.client_host, self._protocol_name)
-        if ban is not None:
-            logout()
-            self._audit("ftp.login", account=name, outcome="banned-meanwhile")
-            self._turn_away(ban)
-            return None
-        if locked is not None:
-            logout()
-            self._audit("ftp.login", account=name, outcome="locked")
-            return self._locked_reply(locked)
-        if self._closing:
-            logout()  # the client left while its password was checked
-            return None
-        if self.guard is not None:
-            if not self.guard.session_started(name):
-                logout()
-                self._audit("ftp.login", account=name, outcome="too-many-sessions")
-                limit = self.guard.settings.max_sessions_per_account
-                self.sendLine(f"421 Too many sessions for this account "
-                              f"(limit {limit}); try again later.")
-                self.close()
-                return None
-            self._session_account = name
-        self.shell = avatar
-        self.logout = logout
-        self.account = name
-        self.workingDirectory = []
-        self.state = self.AUTHED
-        self._logged_in()
-        self._bind_account(name)
-        self._audit("ftp.login", account=name, outcome="ok")
-        return f"230 Welcome, {name[:64]}: logged in."
-
-    def _turn_away(self, ban: Any) -> None:
-        """
-        Tell a banned client how long its ban lasts (421), then close.
-        """
-        assert self.guard is not None
-        self.sendLine("421 " + self.guard.message(ban))
-        self.close()
-
-    def _login_failed(self, ban: Any) -> Any:
-        """
-        Answer a failed login after the delay (421 and close if banned).
-
-        The failure was counted when its verification began.  The command loop
-        waits for the reply, so pipelined guesses on this connection wait
-        too; other connections are not held up.
-        """
-        guard = self.guard
-        if guard is None:
-            return "530 Login incorrect."
-        if ban is None:
-            return guard.delayed("530 Login incorrect.")
-        return guard.delayed(None).addCallback(lambda ignored: self._turn_away(ban))
-
-    def _end_session(self) -> None:
-        self._unbind_account()
-        if self._session_account is not None and self.guard is not None:
-            self.guard.session_ended(self._session_account)
-        self._session_account = None
-
     # -- slow clients ------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
@@ -825,37 +541,6 @@ class ControlProtocol(AccountBoundSession, FileCommands, ftp.FTP):
         self._audit("ftp.slow_line", outcome="closed")
         self.sendLine("421 Command line not completed in time; closing.")
         self.close()
-
-    # -- cleartext credentials -----------------------------------------
-
-    def _cleartext_login(self, verb: str, argument: str | None) -> None:
-        """
-        Refuse a login sent without TLS, then watch for a PASS sent anyway.
-        """
-        user = (argument or "").strip() if verb == "USER" else None
-        # The self-check's probe (rumpus-secure check) carries no password:
-        # it costs nothing unless a PASS follows it.
-        probe = user == PROBE_ACCOUNT
-        self._audit("ftp.cleartext_user", account=user, command=verb,
-                    outcome="refused", scored=not probe)
-        self.sendLine(self.policy.refusal(Verdict.CLEARTEXT_LOGIN, verb))
-        self._watch = _CleartextWatch(self, user, unscored=probe)
-        if verb == "PASS":
-            self._watch.line(f"PASS {argument or ''}")
-        # What is still queued came in the clear behind the USER: watch it too.
-        while self._pending:
-            self._watch.line(self._pending.popleft())
-
-    # -- transfers under PROT -----------------------------------------
-
-    def _data_refusal(self) -> str | None:
-        if self.prot == "P" or not self.secure:
-            return None
-        if self.config.data_tls == "required":
-            self._audit("ftp.prot_c_refused", account=self.account)
-            return ("521 Data connections must be encrypted on this server: "
-                    "send PBSZ 0 and PROT P, then retry.")
-        return None
 
     # -- data connections (delegated) ---------------------------------
 
@@ -899,219 +584,5 @@ def _arguments_of(method: Any) -> tuple[bool, bool]:
             any(p.default is p.empty and p.kind is not p.VAR_POSITIONAL
                 for p in positional))
     return known
-
-
-class ErrorReports:
-    """
-    Log unexpected errors in command handlers without letting clients flood.
-
-    Why: before this, every such error was logged at critical level with a
-    traceback (about 500 bytes a line of input): 200 lines sent by a client
-    without an account gave 100 KB of log.  Now each verb is logged at most
-    once per C{interval} seconds, at error level; the traceback only for
-    logged-in sessions (a client with an account is accountable and rare); a
-    count of what was left out comes with the next line.  The command's
-    argument is never logged: it may be a password.
-    """
-
-    def __init__(self, clock: Any, interval: float = 60.0) -> None:
-        self._clock = clock
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-        #: Every error reported, logged or not.
-        self.count = 0
-
-    def report(self, verb: str, failure: Failure, *, authenticated: bool) -> None:
-        self.count += 1
-        now = self._clock.seconds()
-        last = self._last.get(verb)
-        if last is not None and now - last < self.interval:
-            self._suppressed[verb] = self._suppressed.get(verb, 0) + 1
-            return
-        if len(self._last) > 256:  # bounded: verbs are client-chosen
-            self._last.clear()
-        self._last[verb] = now
-        skipped = self._suppressed.pop(verb, 0)
-        if authenticated:
-            _log.failure(
-                "unexpected error in FTP command {verb} ({skipped} more not logged)",
-                failure, level=LogLevel.error, verb=verb, skipped=skipped)
-        else:
-            _log.error(
-                "unexpected error in FTP command {verb} before login: {error} "
-                "({skipped} more not logged)",
-                verb=verb, error=failure.type.__name__, skipped=skipped)
-
-
-class _CleartextWatch:
-    """
-    After a cleartext USER: execute nothing, catch a PASS, then close.
-
-    The connection stays open for the grace period so that a client which
-    pipelined ``USER``/``PASS`` (or sends PASS without reading our reply) has
-    its password read by us rather than left in a socket buffer; we need it
-    to tell whether the real password was exposed.  The PASS is answered
-    (``530``) and the connection closed only once that check is done, so
-    nothing tells the client "refused" while its password still logs in
-    (see L{rumpus_secure.exposure}).  Whatever happens, the reply never says
-    whether the user exists or the password was right.
-
-    @param unscored: the USER was the self-check's probe and was not scored
-        as an offence; a PASS or another USER after it is.
-    """
-
-    def __init__(self, control: ControlProtocol, user: str | None,
-                 unscored: bool = False) -> None:
-        self._control = control
-        self._user = user
-        self._unscored = unscored
-        self._done = False
-        self._timer = control.reactor.callLater(
-            control.config.cleartext_grace, self._expire
-        )
-
-    def _score(self) -> None:
-        """
-        Count the cleartext login the probe's USER did not count.
-        """
-        control = self._control
-        if self._unscored and control.guard is not None:
-            self._unscored = False
-            control.guard.offence(control.client_host, "cleartext_login",
-                                  protocol=control._protocol_name, account=self._user)
-
-    def line(self, text: str) -> None:
-        if self._done:
-            return
-        verb, argument = split_command(text)
-        if verb == "USER" and argument:
-            self._user = argument.strip()
-            if self._user != PROBE_ACCOUNT:
-                self._score()
-            self._control.sendLine(
-                self._control.policy.refusal(Verdict.CLEARTEXT_LOGIN, verb))
-            return
-        if verb != "PASS":
-            # Never executed; a short answer so the client is not left waiting.
-            self._control.sendLine(
-                self._control.policy.refusal(Verdict.NEEDS_TLS, verb[:16] or "command"))
-            return
-        self._score()
-        self._stop_timer()
-        self._done = True
-        control = self._control
-        guard = control.guard
-        ban = guard.is_banned(control.client_host) if guard is not None else None
-        if ban is not None:
-            # A banned address costs no more password checks.
-            control.audit.record("ftp.cleartext_password", client=control.client_host,
-                                 account=self._user, software=control.client_software,
-                                 protocol="ftp", outcome="not-checked-banned")
-            checked: defer.Deferred[Any] = defer.succeed(False)
-        else:
-            checked = control.session_factory.shared.exposure.check(
-                protocol="ftp", client=control.client_host, user=self._user,
-                password=argument or "", software=control.client_software,
-            )
-        checked.addBoth(self._answer)
-
-    def _answer(self, ignored: Any) -> None:
-        control = self._control
-        control.sendLine(control.policy.refusal(Verdict.CLEARTEXT_LOGIN, "PASS"))
-        control.close()
-
-    def _expire(self) -> None:
-        self._timer = None
-        if not self._done:
-            self._done = True
-            self._control.close()
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def connection_lost(self) -> None:
-        self._done = True
-        self._stop_timer()
-
-
-class ControlFactory(protocol.ServerFactory):
-    """
-    Builds control connections for one listener (plain or implicit FTPS).
-    """
-
-    def __init__(self, shared: "FTPFactories", implicit: bool) -> None:
-        self.shared = shared
-        self.implicit = implicit
-        self.reactor = shared.reactor
-        self.config = shared.config
-        self.policy = shared.policy
-        self.audit = shared.audit
-        self.portal = shared.portal
-        self.passive_port_range = shared.passive_port_range
-        self.timeOut = self.config.idle_timeout
-        self.guard = shared.guard
-
-    @property
-    def tls_context(self) -> Any:
-        # A TLS context per control connection: its data connections can
-        # resume its session and nobody else's (tls.per_session_factory).
-        return self.shared.tls.per_session_factory([b"ftp"])
-
-    def buildProtocol(self, addr: Any) -> ControlProtocol:
-        p = ControlProtocol(self)
-        p.factory = self
-        p.timeOut = self.config.idle_timeout
-        return p
-
-
-class FTPFactories:
-    """
-    What the FTP listeners share: policy, accounts, TLS and pending checks.
-    """
-
-    def __init__(self, server: Any, reactor: Any) -> None:
-        self.server = server
-        self.reactor = reactor
-        self.config = server.config
-        self.audit = server.audit
-        self.portal = server.portal
-        self.tls = server.tls
-        self.policy = ControlPolicy(
-            mode=self.config.ftp_security,
-            explicit_port=self.config.ftp_port,
-            implicit_port=self.config.ftps_port,
-        )
-        if self.config.passive_ports:
-            low, high = self.config.passive_ports
-            self.passive_port_range: range = range(low, high + 1)
-            self.port_pool: PortPool | None = PortPool(self.passive_port_range)
-        else:
-            self.passive_port_range = range(0, 1)
-            self.port_pool = None
-        self.exposure = server.exposure
-        self.guard = getattr(server, "guard", None)
-        self.account_watcher = getattr(server, "account_watcher", None)
-        self.data_connect_timeout = self.config.data_connect_timeout
-        self.engine = getattr(server, "transfer_engine", None) or TransferEngine(
-            reactor, idle_timeout=self.config.data_idle_timeout)
-        self.errors = ErrorReports(reactor)
-        #: Whole-file HASH and other long work: not the shared thread pool.
-        self.long_work: LongWork = getattr(server, "long_work", None) or LongWork(reactor)
-
-    def plain(self) -> ControlFactory:
-        return ControlFactory(self, implicit=False)
-
-    def implicit(self) -> ControlFactory:
-        return ControlFactory(self, implicit=True)
-
-
-def build_ftp_factory(server: Any, reactor: Any) -> FTPFactories:
-    """
-    The FTP side of the server, for L{rumpus_secure.tap.makeService}.
-    """
-    return FTPFactories(server, reactor)
 
 

@@ -37,7 +37,7 @@ from rumpus_secure.ftp.passive import (
     active_connector,
     normalise_host,
 )
-from rumpus_secure.ftp.transfer import SessionNotResumed, TransferHandle
+from rumpus_secure.ftp.transfer import ClientCertMismatch, SessionNotResumed, TransferHandle
 
 __all__ = [
     "ActiveSource",
@@ -96,7 +96,8 @@ class PassiveSource:
         def failed(failure: Failure) -> None:
             refused = failure.check(SessionNotResumed)
             if refused:
-                reason = "foreign-session"
+                reason = ("foreign-certificate" if failure.check(ClientCertMismatch)
+                          else "foreign-session")
             elif cancelled:
                 return  # our own abort ended it
             else:
@@ -177,6 +178,34 @@ def _replace_source(control: Any, source: Any) -> None:
         old.close()
 
 
+def bind_address(control: Any) -> str:
+    """
+    The address passive listeners bind and active connections leave from.
+
+    C{--passive-bind} if given; else the address this node accepted the
+    control connection on.  Behind a PROXY listener that is I{not}
+    C{transport.getHost()}, the header's destination (the balancer's
+    virtual address, announced to the client but not an address of this
+    node: binding it failed with "address not available", or 425).
+    """
+    from rumpus_secure.proxy import node_host
+
+    bind = getattr(control.config, "passive_bind", None)
+    if bind:
+        return str(bind)
+    return node_host(control.transport) or control.transport.getHost().host
+
+
+def trusted_proxies(control: Any) -> Any:
+    """
+    The balancers whose data connections carry a PROXY header, or L{None}.
+    """
+    from rumpus_secure.proxy import TrustedProxies
+
+    networks = getattr(control.config, "trusted_proxies", ())
+    return TrustedProxies(networks) if networks else None
+
+
 #: How long PASV waits for a passive port of the range to come free.
 PORT_WAIT = 10.0
 
@@ -193,7 +222,7 @@ def _listen(control: Any) -> defer.Deferred[PassiveSource | str] | str:
     if control._epsvAll:
         return "503 Only EPSV may be used after EPSV ALL."
     _replace_source(control, None)
-    local = control.transport.getHost().host
+    local = bind_address(control)
     shared = control.session_factory.shared
     reactor = control.reactor
     pool = shared.port_pool
@@ -208,6 +237,7 @@ def _listen(control: Any) -> defer.Deferred[PassiveSource | str] | str:
             listener = PassiveListener(
                 reactor, local, control.passivePortRange, control.client_host,
                 timeout=shared.data_connect_timeout, on_refused=refused, pool=pool,
+                trusted=trusted_proxies(control),
             )
         except CannotListenError:
             return None
@@ -321,7 +351,7 @@ def active(control: Any, argument: str, extended: bool) -> str:
                        target=f"{host}:{port}", outcome="refused")
         return (f"504 {verb} refused: data connections go only to your own "
                 "address, on port 1024 or above.")
-    local = normalise_host(control.transport.getHost().host)
+    local = normalise_host(bind_address(control))
     timeout = control.session_factory.shared.data_connect_timeout
     _replace_source(control, ActiveSource(host, port, local, timeout))
     return f"200 {verb} command successful."

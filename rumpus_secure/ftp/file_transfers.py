@@ -31,7 +31,7 @@ record the console line, ``--xferlog`` and the metrics are built from.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,12 +51,13 @@ from rumpus_secure.ftp.transfer import (
     TransferHandle,
     TransferResult,
     receive_into,
-    send_bytes,
     send_file,
+    send_stream,
 )
 from rumpus_secure.vfs import (
     AbortOutcome,
     AlreadyExists,
+    DirScan,
     DiskFull,
     InvalidOffset,
     InvalidPath,
@@ -377,17 +378,28 @@ class TransferCommands:
 
     # -- downloads and listings ------------------------------------------
 
-    def send_listing(self, verb: str, target: str, lines: list[str]) -> Plan:
-        payload = "".join(line + "\r\n" for line in lines).encode("utf-8", "surrogateescape")
+    def send_listing(self, verb: str, target: str, lines: Iterable[str],
+                     scan: DirScan | None = None) -> Plan:
+        """
+        Plan a listing: C{lines} (usually a generator over C{scan}) is read,
+        formatted and sent in the transfer's worker thread, a block at a time
+        (L{listing.encode_lines}); C{scan} is closed however the transfer
+        ends, or when it never starts.
+        """
+        close = scan.close if scan is not None else _nothing
+
+        async def cancel() -> None:
+            close()
 
         async def finish(result: TransferResult) -> str:
+            close()  # the worker closed it already; this is for the record
             if result.ok:
                 return "226 Listing sent."
             return self._failure_reply(result, result.bytes, self._aborted(),
                                        self._ended_by())
 
         return Plan(target, f"150 Sending the {verb} of {wire_name(target)}.",
-                    send_bytes(payload), finish)
+                    send_stream(listing.encode_lines(lines), close), finish, cancel)
 
     def _aborted(self) -> bool:
         transfer = self._transfer
@@ -517,6 +529,10 @@ class TransferCommands:
             self.close_data()
             return "225 ABOR: no transfer was running; the data connection is closed."
         return "226 ABOR: no transfer was running."
+
+
+def _nothing() -> None:
+    pass
 
 
 def _outcome_text(outcome: AbortOutcome, upload: Any) -> str:

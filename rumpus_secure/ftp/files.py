@@ -15,6 +15,7 @@ Changes are audited (``ftp.mkdir``, ``ftp.rmdir``, ``ftp.delete``,
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet import defer
@@ -22,7 +23,7 @@ from twisted.internet import defer
 from rumpus_secure.ftp import listing
 from rumpus_secure.ftp.file_transfers import Plan, Refused, TransferCommands
 from rumpus_secure.long_work import GoneAway
-from rumpus_secure.vfs import split_path, wire_name
+from rumpus_secure.vfs import DirScan, split_path, wire_name
 
 #: OPTS HASH names and the hashlib names behind them.
 HASH_NAMES = {"SHA-1": "sha1", "SHA-256": "sha256", "SHA-512": "sha512", "MD5": "md5"}
@@ -306,35 +307,61 @@ class FileCommands(TransferCommands):
             return [listing.ls_line(entry, name, owner, now)]
         return [listing.ls_line(child, child.name, owner, now) for child in children]
 
+    async def _scan(self, argument: str | None) -> tuple[str, Any, DirScan | None]:
+        """
+        The path, its entry, and an open L{DirScan} when it is a directory.
+
+        Only the directory is opened here (a thread, before the 150): the
+        entries are read by the transfer's worker as it sends them.
+        """
+        assert self.shell is not None
+        target = self._path(_strip_ls_flags(argument or ""))
+        fs = self.shell.fs
+
+        def look() -> tuple[Any, DirScan | None]:
+            entry = fs.stat(target)
+            return entry, (fs.scan_dir(target) if entry.kind == "dir" else None)
+
+        entry, scan = await self.shell.run_in_thread(look)
+        return target, entry, scan
+
     def ftp_LIST(self, path: str = "") -> Any:
         async def prepare() -> Plan:
-            target, entry, children = await self._entries(path)
-            return self.send_listing("LIST", target, self._ls_lines(target, entry, children))
+            assert self.shell is not None
+            target, entry, scan = await self._scan(path)
+            now, owner = time.time(), self.shell.account
+            if scan is None:
+                return self.send_listing("LIST", target, self._ls_lines(target, entry, None))
+            lines = (listing.ls_line(c, c.name, owner, now) for c in scan.entries())
+            return self.send_listing("LIST", target, lines, scan)
 
         return self._transfer_command("LIST", prepare)
 
     def ftp_NLST(self, path: str = "") -> Any:
         async def prepare() -> Plan:
-            target, _entry, children = await self._entries(path)
-            if children is None:
+            target, _entry, scan = await self._scan(path)
+            if scan is None:
                 names = [wire_name(_strip_ls_flags(path or "")) or wire_name(target)]
-            else:
-                names = [wire_name(child.name) for child in children]
-            return self.send_listing("NLST", target, names)
+                return self.send_listing("NLST", target, names)
+            return self.send_listing("NLST", target, map(wire_name, scan.names()), scan)
 
         return self._transfer_command("NLST", prepare)
 
     def ftp_MLSD(self, path: str = "") -> Any:
         async def prepare() -> Plan:
             assert self.shell is not None
-            target, entry, children = await self._entries(path)
-            if children is None:
+            target, _entry, scan = await self._scan(path)
+            if scan is None:
                 raise Refused(f"501 MLSD refused: not a directory: {wire_name(target)!r}; "
                               "use MLST.")
             perms, facts = self.shell.perms, self._mlst_facts
-            lines = [listing.mlsx_line(entry, ".", facts, perms, kind="cdir")]
-            lines += [listing.mlsx_line(c, c.name, facts, perms) for c in children]
-            return self.send_listing("MLSD", target, lines)
+
+            def lines() -> Iterator[str]:
+                yield listing.mlsx_line(scan.entry, ".", facts, perms, kind="cdir")
+                for child in scan.entries():
+                    yield listing.mlsx_line(child, child.name, facts, perms)
+
+            return self.send_listing("MLSD", target, lines(), scan)
 
         return self._transfer_command("MLSD", prepare)
 

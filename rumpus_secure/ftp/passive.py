@@ -43,6 +43,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rumpus_secure.guard import normalise_address as normalise_host
+from rumpus_secure.proxy import (
+    HEADER_TIMEOUT,
+    ProxyHeaderError,
+    TrustedProxies,
+    read_header,
+)
 
 _log = Logger()
 
@@ -103,6 +109,10 @@ class PassiveListener:
     Waits for one data connection from one address.
 
     @param on_refused: called with the address of a refused connection.
+    @param trusted: load balancers (C{--trusted-proxies}): a connection from
+        one of them starts with a PROXY header naming the real client, which
+        is held to C{allowed_peer} like a direct connection (the passive
+        ranges are routed to their node by the balancer, see the README).
     @ivar vet: called with each connection from the allowed address and
         that address; fires with what L{wait} delivers (the socket, or a
         channel made from it) or fails with L{DataConnectionRefused}, and is
@@ -113,8 +123,10 @@ class PassiveListener:
     def __init__(self, reactor: Any, interface: str, ports: range,
                  allowed_peer: str, timeout: float,
                  on_refused: Callable[[str], None] = lambda host: None,
-                 pool: PortPool | None = None) -> None:
+                 pool: PortPool | None = None,
+                 trusted: TrustedProxies | None = None) -> None:
         self.reactor = reactor
+        self.trusted = trusted
         self.allowed_peer = normalise_host(allowed_peer)
         self.on_refused = on_refused
         self.vet: Vet = _accept_as_is
@@ -127,6 +139,7 @@ class PassiveListener:
         self._accepted: Any = None
         self._won = False
         self._candidates: list[defer.Deferred[Any]] = []
+        self._headers: list[defer.Deferred[Any]] = []
         self._refusal: DataConnectionRefused | None = None
         self._waiters: list[defer.Deferred[Any]] = []
         self._timer: Any = None
@@ -178,17 +191,72 @@ class PassiveListener:
                 _log.info("passive accept failed: {error}", error=e)
                 return
             host = normalise_host(address[0])
+            if self.trusted and host in self.trusted:
+                self._read_header(conn, host)
+                continue
             if host != self.allowed_peer:
                 conn.close()
                 self.on_refused(host)
                 continue
             conn.setblocking(True)
-            if len(self._candidates) >= MAX_CANDIDATES:
-                _log.info("passive port {port}: a new connection from {host}"
-                          " displaces the oldest one still in its handshake",
-                          port=self.port, host=host)
-                self._candidates[0].cancel()  # removes it from the list
-            self._vet(conn, host)
+            self._admit(conn, host)
+
+    def _admit(self, conn: socket.socket, host: str) -> None:
+        """
+        Vet a connection from the right client, displacing the oldest
+        candidate if L{MAX_CANDIDATES} are being vetted.
+        """
+        if len(self._candidates) >= MAX_CANDIDATES:
+            _log.info("passive port {port}: a new connection from {host}"
+                      " displaces the oldest one still in its handshake",
+                      port=self.port, host=host)
+            self._candidates[0].cancel()  # removes it from the list
+        self._vet(conn, host)
+
+    def _read_header(self, conn: socket.socket, proxy: str) -> None:
+        """
+        Read the PROXY header of a connection from a trusted proxy; if it
+        names the control connection's client, vet it as a candidate.
+
+        Header reads have their own bound (L{MAX_CANDIDATES}, the oldest
+        making room): through a proxy, anyone on the Internet can open
+        connections to a passive port, but only those whose header names
+        the rightful client may compete with it for a candidate's place,
+        as only connections from its address could without a proxy.
+        """
+        if len(self._headers) >= MAX_CANDIDATES:
+            self._headers[0].cancel()  # removes it from the list
+        conn.setblocking(False)
+        reading = read_header(self.reactor, conn, min(HEADER_TIMEOUT, self._timeout))
+        self._headers.append(reading)
+
+        def settled(result: Any) -> Any:
+            if reading in self._headers:
+                self._headers.remove(reading)
+            return result
+
+        def got(header: Any) -> None:
+            source = proxy if header.source is None else normalise_host(header.source.host)
+            if source != self.allowed_peer:
+                conn.close()
+                self.on_refused(source)
+                return
+            if self._won or self._failure is not None:
+                conn.close()
+                return
+            conn.setblocking(True)
+            self._admit(conn, source)
+
+        def bad(failure: Failure) -> None:
+            conn.close()
+            if failure.check(ProxyHeaderError):
+                _log.info("passive port {port}: bad PROXY header from {proxy}: {error}",
+                          port=self.port, proxy=proxy, error=failure.getErrorMessage())
+                self.on_refused(proxy)
+            elif not failure.check(defer.CancelledError):
+                _log.failure("reading a PROXY header failed", failure)
+
+        reading.addBoth(settled).addCallbacks(got, bad)
 
     def _vet(self, conn: socket.socket, host: str) -> None:
         try:
@@ -266,6 +334,9 @@ class PassiveListener:
             self._deliver()
 
     def _cancel_candidates(self) -> None:
+        headers, self._headers = self._headers, []
+        for reading in headers:
+            reading.cancel()
         candidates, self._candidates = self._candidates, []
         for vetting in candidates:
             vetting.cancel()

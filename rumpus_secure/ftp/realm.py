@@ -14,7 +14,7 @@ from zope.interface import implementer
 from rumpus_secure.accounts.store import HOME_MODE
 from rumpus_secure.ftp.shell import FileShell, IFileShell
 from rumpus_secure.serial import RunInThread
-from rumpus_secure.vfs import JailedFS
+from rumpus_secure.vfs import HomeUnavailable, JailedFS
 
 
 def _run_here(function: Any, *args: Any) -> defer.Deferred[Any]:
@@ -26,13 +26,14 @@ class FTPRealm:
     """
     Gives each login a L{FileShell} on the account's home directory.
 
-    The account is read from the store at login time; later changes reach
-    the open session through the account watcher
-    (L{rumpus_secure.ftp.account_state}).  The
-    store lookup and the creation of a missing home are disk work: they run
-    through the C{mind}'s ``run_in_thread`` (the server object the control
-    connection passes to C{Portal.login}), so C{requestAvatar} returns a
-    Deferred.
+    The account is the one the checker read (carried by its avatar ID,
+    L{rumpus_secure.accounts.checker.AccountId}), or read from the store
+    when the ID carries none; later changes reach the open session through
+    the account watcher (L{rumpus_secure.ftp.account_state}), which starts
+    from before the password check.  Opening the home (and creating it when
+    it is missing, never otherwise) is disk work: it runs through the
+    C{mind}'s ``run_in_thread`` (the server object the control connection
+    passes to C{Portal.login}), so C{requestAvatar} returns a Deferred.
     """
 
     def __init__(self, store: Any, *, fsync: bool = False) -> None:
@@ -53,14 +54,20 @@ class FTPRealm:
             shell = FileShell(fs, run, name)
             return IFileShell, shell, shell.logout
 
-        return run(self._open_home, name).addCallback(made)
+        account = getattr(avatarId, "account", None)
+        return run(self._open_home, name, account).addCallback(made)
 
-    def _open_home(self, name: str) -> JailedFS:
-        """Look the account up and open its home (in a thread)."""
-        account = self.store.get(name)
+    def _open_home(self, name: str, account: Any = None) -> JailedFS:
+        """Look the account up unless given, and open its home (in a thread)."""
         if account is None:
-            # Deleted between the password check and now.
-            raise UnauthorizedLogin(f"no account {name!r}")
+            account = self.store.get(name)
+            if account is None:
+                # Deleted between the password check and now.
+                raise UnauthorizedLogin(f"no account {name!r}")
         home = account.home
-        home.mkdir(parents=True, exist_ok=True, mode=HOME_MODE)
-        return JailedFS(home, frozenset(account.perms), fsync=self.fsync)
+        perms = frozenset(account.perms)
+        try:
+            return JailedFS(home, perms, fsync=self.fsync)
+        except HomeUnavailable:
+            home.mkdir(parents=True, exist_ok=True, mode=HOME_MODE)
+            return JailedFS(home, perms, fsync=self.fsync)

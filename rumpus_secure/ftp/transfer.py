@@ -33,10 +33,11 @@ import select
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
+from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
@@ -117,6 +118,11 @@ class TLSSettings:
     context: SSL.Context
     require_reuse: bool = True
     strict_eof: bool = True
+    #: With a client CA: the data connection must present the certificate
+    #: the control connection presented (its SHA-256 fingerprint; L{None}:
+    #: none).  See L{rumpus_secure.ftp.client_cert_login}.
+    check_client_cert: bool = False
+    client_cert: str | None = None
 
 
 class _Aborted(Exception):
@@ -142,6 +148,12 @@ class SessionNotResumed(Exception):
     channel: _Channel | None = None
 
 
+class ClientCertMismatch(SessionNotResumed):
+    """
+    The data connection's client certificate is not its control connection's.
+    """
+
+
 #: Raised by a data connection stopped with L{TransferHandle.abort}.
 Aborted = _Aborted
 
@@ -159,13 +171,19 @@ class _Channel:
 
     #: Bytes of ciphertext moved per socket call.
     WIRE_CHUNK = 1024 * 1024 + 128 * 1024
+    #: The same, until the transfer starts (L{grow}): a handshake's flights
+    #: are a few KiB, and a passive data connection is handshaken as soon
+    #: as it is accepted, then may wait for a transfer thread.  2,000
+    #: downloads started at once held 2.6 GB in buffers of the full size
+    #: (bench/concurrent_downloads.py).
+    HANDSHAKE_WIRE = 64 * 1024
 
     def __init__(self, sock: socket.socket, timeout: float, handle: "TransferHandle") -> None:
         self.sock = sock
         self.timeout = timeout
         self.handle = handle
         self.tls: SSL.Connection | None = None
-        self._wire = bytearray(self.WIRE_CHUNK)
+        self._wire = bytearray(self.HANDSHAKE_WIRE)
         self._wire_view = memoryview(self._wire)
         self._eof = False
         self._error: BaseException | None = None  # raised by the next receive
@@ -177,6 +195,14 @@ class _Channel:
                 sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
             except OSError:
                 pass  # not TCP (a test's socketpair), or an older kernel
+
+    def grow(self) -> None:
+        """
+        Move bulk data from now on: ciphertext in blocks of L{WIRE_CHUNK}.
+        """
+        if len(self._wire) < self.WIRE_CHUNK:
+            self._wire = bytearray(self.WIRE_CHUNK)
+            self._wire_view = memoryview(self._wire)
 
     # -- the raw socket ------------------------------------------------------
 
@@ -234,7 +260,7 @@ class _Channel:
         assert self.tls is not None
         with _ffi.from_buffer(self._wire, require_writable=True) as target:
             while True:
-                n = _lib.BIO_read(self.tls._from_ssl, target, self.WIRE_CHUNK)
+                n = _lib.BIO_read(self.tls._from_ssl, target, len(self._wire))
                 if n <= 0:
                     return
                 if self._held is not None:
@@ -315,6 +341,14 @@ class _Channel:
                 if self._eof:
                     raise ConnectionError("the client closed during the handshake") from None
                 self._feed_tls()
+        if settings.check_client_cert:
+            peer = tls.get_peer_certificate(as_cryptography=True)
+            presented = (None if peer is None
+                         else peer.fingerprint(hashes.SHA256()).hex(":").upper())
+            if presented != settings.client_cert:
+                raise ClientCertMismatch(
+                    "the data connection's client certificate is not the one"
+                    " of its control connection")
         if tls.get_protocol_version_name() == "TLSv1.3":
             # The handshake's last flight went out with the WantRead above;
             # what OpenSSL has written since is post-handshake (tickets).
@@ -584,6 +618,32 @@ def send_bytes(data: bytes) -> Job:
     return job
 
 
+def send_stream(chunks: Iterable[bytes], done: Callable[[], None] | None = None) -> Job:
+    """
+    A job that sends bytes made while they are sent (a streamed listing).
+
+    C{chunks} is consumed in the worker thread, so the directory is read and
+    formatted there, one block ahead of the network; C{done} (closing the
+    directory) runs in the worker when the job ends, however it ends.
+    """
+
+    def job(channel: _Channel, handle: TransferHandle) -> int:
+        total = 0
+        try:
+            for chunk in chunks:
+                if handle.aborted:
+                    raise _Aborted()
+                channel.send_all(chunk)
+                total += len(chunk)
+                handle.bytes = total
+        finally:
+            if done is not None:
+                done()
+        return total
+
+    return job
+
+
 def receive_into(sink: Sink, decoder: Any = None) -> Job:
     """
     A job that receives the data connection's bytes into C{sink} (STOR).
@@ -718,6 +778,7 @@ def _run(connect: Callable[[], "socket.socket | _Channel"], tls: TLSSettings | N
                                       detail="TLS session not resumed")
             if not getattr(job, "receives", False):
                 channel.release_held()
+        channel.grow()
         try:
             total = job(channel, handle)
         except _Truncated:

@@ -52,6 +52,7 @@ from .paths import (
     split_path,
     wire_name,
 )
+from .scan import DirScan
 from .upload import AbortOutcome, Upload
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "AbortOutcome",
     "AccessDenied",
     "AlreadyExists",
+    "DirScan",
     "DiskFull",
     "Entry",
     "HomeUnavailable",

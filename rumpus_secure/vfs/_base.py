@@ -31,7 +31,8 @@ from .errors import (
     VFSError,
     from_os_error,
 )
-from .paths import TEMP_PREFIX, TEMP_SUFFIX, Parts, join_parts, split_path
+from . import paths
+from .paths import Parts, join_parts, split_path
 
 #: Every account permission, by its exact name.
 ALL_PERMISSIONS: frozenset[str] = frozenset(
@@ -44,13 +45,25 @@ FILE_MODE = 0o640
 DIR_MODE = 0o750
 
 
+def unique_fact(st: os.stat_result) -> str:
+    """
+    The MLSD ``unique`` fact of a file: its inode number, without ``st_dev``.
+    """
+    return f"{st.st_ino:x}"
+
+
 @dataclass(frozen=True)
 class Entry:
     """
     One directory entry, as ``lstat`` saw it (symlinks are not followed).
 
     :ivar kind: ``'file'``, ``'dir'``, ``'symlink'`` or ``'other'``.
-    :ivar unique: a stable identity, ``f"{st_dev:x}g{st_ino:x}"`` (MLSD fact).
+    :ivar unique: a stable identity, the inode number in hex (MLSD fact).
+        Not the device number: on a shared filesystem (NFS, GlusterFS
+        FUSE) each node's mount has its own ``st_dev``, so a client that
+        moved to another node would see every file as a new one; the
+        inode number (NFS fileid, Gluster's gfid-derived inode) is the
+        same on every node.
     """
 
     name: str
@@ -77,7 +90,7 @@ class Entry:
             size=st.st_size,
             mtime=st.st_mtime,
             mode=st.st_mode,
-            unique=f"{st.st_dev:x}g{st.st_ino:x}",
+            unique=unique_fact(st),
         )
 
 
@@ -188,7 +201,7 @@ class JailCore:
     def _create_temp(dir_fd: int, vpath: str, mode: int) -> tuple[str, int]:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         while True:
-            temp_name = f"{TEMP_PREFIX}{secrets.token_hex(16)}{TEMP_SUFFIX}"
+            temp_name = paths.temp_name(secrets.token_hex(16))
             try:
                 return temp_name, os.open(temp_name, flags, mode, dir_fd=dir_fd)
             except FileExistsError:

@@ -8,6 +8,14 @@ reachable by a client, so nobody else would ever remove it: each one is
 disk space lost.  At start-up the server removes the ones older than the
 process, in a thread (the walk may be long), while it already serves.
 
+Several nodes may share one file folder (C{--database} with a shared
+folder): each names its temporary files after itself
+(``.rumpus-upload-<node>-<hex>.part``, L{rumpus_secure.vfs.paths.temp_name})
+and removes only its own, so a node's restart never takes the paused
+upload of a node that still runs.  Single-node names (no node, from a
+release before node ids) are removed only by a server without a shared
+database: with one, no node can tell whose they are.
+
 Safety: the walk uses directory descriptors (C{os.fwalk}) and never follows
 a symbolic link, so a client that swaps a directory for a link while the
 walk runs cannot make it delete anything outside the tree; only regular
@@ -23,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .paths import TEMP_SUFFIX, is_temp_name
+from .paths import temp_name_node
 from .upload import active_temp_names
 
 
@@ -46,11 +54,25 @@ def _distinct_roots(roots: Iterable[Path]) -> list[Path]:
     return kept
 
 
-def remove_stale_uploads(roots: Iterable[Path], started: float) -> CleanupResult:
+def remove_stale_uploads(roots: Iterable[Path], started: float,
+                         node: str | None = None, legacy: bool = True) -> CleanupResult:
     """
     Remove the temporary upload files under C{roots} last written before
     C{started} (a Unix time).  Blocking: run it in a thread.
+
+    @param node: remove only the files named for this node (and, with
+        C{legacy}, the single-node ones); L{None}: every node's.
+    @param legacy: whether single-node names (no node) are removed too.
     """
+
+    def ours(name: str) -> bool:
+        owner = temp_name_node(name)
+        if owner is None:
+            return False
+        if owner == "":
+            return legacy
+        return node is None or owner == node
+
     result = CleanupResult()
 
     def failed(error: OSError) -> None:
@@ -61,7 +83,7 @@ def remove_stale_uploads(roots: Iterable[Path], started: float) -> CleanupResult
             continue
         for _, _, files, dir_fd in os.fwalk(root, onerror=failed, follow_symlinks=False):
             for name in files:
-                if not (is_temp_name(name) and name.endswith(TEMP_SUFFIX)):
+                if not ours(name):
                     continue
                 try:
                     info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)

@@ -42,7 +42,8 @@ from .errors import (
     VFSError,
     from_os_error,
 )
-from .paths import Parts, is_temp_name, join_parts, split_path
+from .paths import Parts, join_parts, split_path
+from .scan import DirScan
 from .upload import Upload
 
 __all__ = ["ALL_PERMISSIONS", "HASH_ALGORITHMS", "Entry", "JailedFS"]
@@ -117,22 +118,25 @@ class JailedFS(JailCore):
 
         Names that are not UTF-8 on disk come back with ``surrogateescape``
         surrogates (``os.fsdecode``); pass them through ``wire_name`` for
-        display.  Needs ``list``.
+        display.  Needs ``list``.  A big folder is better read with
+        ``scan_dir``, which holds one entry at a time.
         """
-        parts = split_path(path)
-        self._require("list", join_parts(parts))
-        entries: list[Entry] = []
-        with self._dir(parts) as fd, os.scandir(fd) as scan:
-            for item in scan:
-                if is_temp_name(item.name):
-                    continue
-                try:
-                    st = item.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                entries.append(Entry.from_stat(item.name, st))
+        with self.scan_dir(path) as scan:
+            entries = list(scan.entries())
         entries.sort(key=lambda e: e.name)
         return entries
+
+    def scan_dir(self, path: str) -> DirScan:
+        """
+        Open a directory for reading entry by entry (a streamed listing).
+
+        The jail and symlink rules apply here, when the descriptor is opened;
+        the caller closes the scan.  Needs ``list``.
+        """
+        parts = split_path(path)
+        vpath = join_parts(parts)
+        self._require("list", vpath)
+        return DirScan(self._open_dir(parts), vpath)
 
     # -- reading -----------------------------------------------------------
 

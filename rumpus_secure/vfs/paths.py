@@ -31,6 +31,45 @@ TEMP_SUFFIX = ".part"
 Parts = tuple[str, ...]
 
 
+#: This process's node name in its temporary upload names
+#: (``.rumpus-upload-<node>-<32 hex>.part``), so that nodes sharing one
+#: file folder each clean up only their own leftovers
+#: (L{rumpus_secure.vfs.cleanup}).  L{None}: the single-node form
+#: ``.rumpus-upload-<32 hex>.part``.  Process-wide like the process itself;
+#: set once at start-up (L{set_temp_node}).
+temp_node: str | None = None
+
+
+def set_temp_node(node: str | None) -> None:
+    """Put C{node} (a C{--node-id}, file-name safe) in later temporary names."""
+    global temp_node
+    temp_node = node
+
+
+def temp_name(token: str) -> str:
+    """The temporary name of an upload, with this process's node if set."""
+    node = f"{temp_node}-" if temp_node else ""
+    return f"{TEMP_PREFIX}{node}{token}{TEMP_SUFFIX}"
+
+
+def temp_name_node(name: str) -> str | None:
+    """
+    The node that made temporary name C{name}: ``""`` for the single-node
+    form, L{None} if C{name} is not a temporary upload name at all.
+    """
+    if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
+        return None
+    middle = name[len(TEMP_PREFIX):-len(TEMP_SUFFIX)]
+    token = middle[-32:]
+    if len(token) != 32 or any(c not in "0123456789abcdef" for c in token):
+        return None
+    if len(middle) == 32:
+        return ""
+    if middle[-33] != "-" or len(middle) < 34:
+        return None
+    return middle[:-33]
+
+
 def is_temp_name(name: str) -> bool:
     """Whether ``name`` is reserved for an upload in progress."""
     return name.startswith(TEMP_PREFIX)

@@ -1,7 +1,13 @@
 """
 ACME HTTP-01 challenges (``/.well-known/acme-challenge/<token>``) served
-from a directory over plain HTTP, so a certificate authority can validate
-the host while everything else is redirected.
+over plain HTTP, so a certificate authority can validate the host while
+everything else is redirected.
+
+Two sources, in this order: the answers the built-in client
+(``--acme-directory``, L{rumpus_secure.acme}) has pending, in memory and
+each bound to the name it was issued for (a request whose ``Host`` is
+another name gets 404); then files in ``--acme-webroot`` (for an external
+client such as certbot).
 
 Only a plain regular file directly in the directory, named by a token of
 ``[A-Za-z0-9_-]``, is ever served: no listing, no subdirectories, no
@@ -80,9 +86,15 @@ async def serve_challenge(server_state: Any, request: IRequest, token: bytes) ->
     The status and body for a challenge request (never a listing).
     """
     webroot = server_state.config.acme_webroot
+    responder = getattr(server_state, "acme_responder", None)
     data = None
     if token and request.method in (b"GET", b"HEAD"):
-        data = await server_state.run_in_thread(read_challenge, Path(webroot), token)
+        if responder is not None and TOKEN.fullmatch(token):
+            host = request.getHeader(b"host")
+            data = responder.answer(token.decode("ascii"),
+                                    host.decode("latin-1") if host is not None else None)
+        if data is None and webroot is not None:
+            data = await server_state.run_in_thread(read_challenge, Path(webroot), token)
     if request.method not in (b"GET", b"HEAD"):
         return 405, b"Only GET and HEAD are allowed here.\n"
     if data is None:

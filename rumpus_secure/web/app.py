@@ -99,7 +99,12 @@ class WebApp:
         self.reactor = reactor
         self.config = server.config
         self.secure = secure
-        persistence = SQLiteSessions(sessions_db) if sessions_db is not None else None
+        persistence: Any = None
+        if isinstance(sessions_db, (str, Path)):
+            persistence = SQLiteSessions(sessions_db)
+        elif sessions_db is not None:
+            # A shared store (rumpus_secure.accounts.pg.PGSessions).
+            persistence = sessions_db
         self.sessions = SessionStore(reactor, persistence=persistence,
                                      run_in_thread=server.run_in_thread)
         restored = self.sessions.load()  # blocks: runs before the reactor

@@ -10,20 +10,31 @@ a failed attempt while its password is verified, waits for a verification
 slot of its address, and a ban made meanwhile refuses it even when the
 password was right.  It also waits for any pending check of a password the
 account sent in cleartext (L{rumpus_secure.exposure}) and obeys it.
+
+An account with two-factor login then gives a code (``/login/code``) or
+enrols (``/login/enrol``) before it gets a session; see
+L{rumpus_secure.web.twofactor}, whose codes the same guard counts.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.web import resource
 from twisted.web.iweb import IRequest
 
 from rumpus_secure.accounts.bans import Ban
+from rumpus_secure.accounts.cert_checker import CertificateCredentials
 from rumpus_secure.accounts.checker import LockedAccountError
+from rumpus_secure.db import StoreUnavailable
+from rumpus_secure.web import twofactor
 from rumpus_secure.web.app import WebApp, client_ip
+from rumpus_secure.web.client_cert_login import (
+    certificate_login,
+    refusal_fields,
+    request_certificate,
+)
 from rumpus_secure.web.manager import arg
 from rumpus_secure.web.pages import esc, page
 from rumpus_secure.web.respond import error_page, run, see_other, send
@@ -82,11 +93,26 @@ class LoginResource(resource.Resource):
     def __init__(self, app: WebApp) -> None:
         super().__init__()
         self.app = app
+        self.steps = {b"code": twofactor.LoginCodeResource(app),
+                      b"enrol": twofactor.LoginEnrolResource(app)}
+
+    def _step(self, request: IRequest) -> resource.Resource | None:
+        """``/login/code`` and ``/login/enrol``: the second factor."""
+        rest = [p for p in request.postpath if p]
+        return self.steps.get(rest[0]) if len(rest) == 1 else None
+
+    def render(self, request: IRequest) -> Any:
+        step = self._step(request)
+        if step is not None:
+            return step.render(request)
+        return super().render(request)
 
     def render_GET(self, request: IRequest) -> Any:
         next_path = _safe_next(arg(request, b"next"))
         if self.app.session(request) is not None:
             see_other(request, next_path)
+        elif request_certificate(request) is not None and arg(request, b"out") != "1":
+            return run(request, lambda: self._certificate_login(request, next_path))
         else:
             notice = "You are logged out." if arg(request, b"out") == "1" else None
             send(request, 200, login_form(next_path, footer=ftp_note(self.app.config),
@@ -94,6 +120,18 @@ class LoginResource(resource.Resource):
         return run(request, _nothing)
 
     render_HEAD = render_GET
+
+    async def _certificate_login(self, request: IRequest, next_path: str) -> None:
+        """
+        GET /login with a client certificate: log in without the form if it
+        is bound to a C{cert} account (rumpus_secure.web.client_cert_login).
+        """
+        outcome = await certificate_login(self.app, request)
+        if outcome == "ok":
+            see_other(request, next_path)
+            return
+        send(request, 200 if outcome is None else 403,
+             login_form(next_path, outcome, footer=ftp_note(self.app.config)))
 
     def render_POST(self, request: IRequest) -> Any:
         return run(request, lambda: self.login(request))
@@ -127,9 +165,10 @@ class LoginResource(resource.Resource):
                 attempt.abandoned()  # the browser left while it waited
                 return
         exposure = getattr(self.app.server, "exposure", None)
-        watch = exposure.watch(name) if exposure is not None else None
-        credentials = UsernamePassword(name.encode("utf-8", "surrogateescape"),
-                                       password.encode("utf-8", "surrogateescape"))
+        watch = exposure.watch(name, password) if exposure is not None else None
+        credentials = CertificateCredentials(name.encode("utf-8", "surrogateescape"),
+                                             password.encode("utf-8", "surrogateescape"),
+                                             request_certificate(request), channel="web")
         try:
             avatar = await self.app.server.checker.requestAvatarId(credentials)
         except LockedAccountError as e:
@@ -141,10 +180,22 @@ class LoginResource(resource.Resource):
                 return
             self._locked(request, next_path, name, e.reason)
             return
-        except UnauthorizedLogin:
+        except StoreUnavailable:
+            # The shared database is down: no offence, never "wrong password".
             if watch is not None:
                 watch.close()
-            self.app.audit(request, "web.login", account=name, outcome="failed")
+            if attempt is not None:
+                attempt.abandoned()
+            self.app.audit(request, "web.login", account=name, outcome="unavailable")
+            send(request, 503, login_form(
+                next_path, "The server cannot check passwords right now; try again "
+                "later."))
+            return
+        except UnauthorizedLogin as refused:
+            if watch is not None:
+                watch.close()
+            self.app.audit(request, "web.login", account=name, outcome="failed",
+                           **refusal_fields(refused))
             if guard is not None and attempt is not None:
                 ban = attempt.failed()
                 await guard.delayed(None)
@@ -175,9 +226,8 @@ class LoginResource(resource.Resource):
             self._locked(request, next_path, name, locked)
             return
         user = avatar.decode("utf-8", "surrogateescape") if isinstance(avatar, bytes) else avatar
-        self.app.start_session(request, user)
-        self.app.audit(request, "web.login", account=user, outcome="ok")
-        see_other(request, next_path)
+        # A session now, or first the second factor (rumpus_secure.web.twofactor).
+        await twofactor.after_password(self.app, request, user, next_path)
 
     def _locked(self, request: IRequest, next_path: str, name: str,
                 reason: str | None) -> None:

@@ -8,8 +8,9 @@ request.  Measured before this module: one 128 MiB multipart POST to a page
 that does not exist, with no cookie, took the server from 181 to 1717 MiB
 and stalled every protocol for 2.9 s.  Now:
 
-* the streamed upload (``POST /upload``, L{rumpus_secure.web.upload}) is
-  the only request whose body may be large; it never sits in memory;
+* the streamed uploads (``POST /upload``, L{rumpus_secure.web.upload}, and
+  a drop box's ``POST /s/<token>/upload``) are the only requests whose body
+  may be large; they never sit in memory;
 * every other body is capped: L{MAX_LOGIN_BODY} (16 KiB) for the login
   and logout forms, whose fields are a name, a password, a token and the
   page to return to (an ASCII path, percent-encoded once more in the form:
@@ -36,6 +37,7 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
+from rumpus_secure.shares import is_dropbox_upload, is_share_form
 from rumpus_secure.web.multipart import boundary_from_content_type
 from rumpus_secure.web.upload import UPLOAD_PATH
 
@@ -43,8 +45,10 @@ MAX_LOGIN_BODY = 16 * 1024
 MAX_FORM_BODY = 64 * 1024
 
 #: First path segments of the pages that need a logged-in session.
-SESSION_PAGES = frozenset({b"files", b"upload", b"mkdir", b"rename", b"delete"})
-_SMALL_FORMS = frozenset({b"/login", b"/logout"})
+SESSION_PAGES = frozenset({b"files", b"upload", b"mkdir", b"rename", b"delete",
+                           b"account", b"shares"})
+#: The login steps (password, two-factor code, enrolment code) are small too.
+_SMALL_FORMS = frozenset({b"/login", b"/logout", b"/login/code", b"/login/enrol"})
 
 #: C{(status, title, message)} of an answer given before the body.
 Refusal = tuple[int, str, str]
@@ -52,7 +56,9 @@ Refusal = tuple[int, str, str]
 
 def body_cap(path: bytes) -> int:
     """The most body bytes a request to C{path} may send (not the upload)."""
-    return MAX_LOGIN_BODY if path in _SMALL_FORMS else MAX_FORM_BODY
+    if path in _SMALL_FORMS or is_share_form(path):  # a link's password form
+        return MAX_LOGIN_BODY
+    return MAX_FORM_BODY
 
 
 def too_large(cap: int) -> Refusal:
@@ -80,7 +86,8 @@ def early_refusal(app: Any, request: IRequest, command: bytes, path: bytes,
     ban = request._ban()  # type: ignore[attr-defined]
     if ban is not None:
         return 403, "Access refused", app.server.guard.message(ban)
-    upload = command == b"POST" and path == UPLOAD_PATH
+    # The manager's upload and a drop box's (rumpus_secure.web.visit) stream.
+    upload = command == b"POST" and (path == UPLOAD_PATH or is_dropbox_upload(path))
     if not upload:
         cap = body_cap(path)
         if length is not None and length > cap:

@@ -156,6 +156,10 @@ def row(dir_arg: str, entry: Entry, perms: frozenset[str]) -> str:
     actions = []
     if download:
         actions.append(f"<a href='{quoted}' download>Download</a>")
+    if "download" in perms and (entry.kind == "file"
+                                or (entry.kind == "dir" and "list" in perms)):
+        actions.append(f"<a href='/shares/new?kind=download&amp;path={dir_arg}{quoted}' "
+                       "class=share-link>Share</a>")
     if "rename" in perms:
         actions.append(f"<a href='/rename?path={dir_arg}{quoted}' data-act=rename>Rename</a>")
     if "delete" in perms:
@@ -215,9 +219,18 @@ def listing_body(vpath: str, entries: list[Entry], perms: frozenset[str], csrf: 
     read_only = ""
     if not tools:
         read_only = "<p class=muted>This account may look and download here, not change.</p>"
+    links = []  # share links (rumpus_secure.web.shares)
+    if "download" in perms and "list" in perms:
+        links.append(f"<a href='/shares/new?kind=download&amp;path={url_arg(vpath)}' "
+                     "id=share-folder>Share this folder</a>")
+    if "upload" in perms:
+        links.append(f"<a href='/shares/new?kind=dropbox&amp;path={url_arg(vpath)}' "
+                     "id=make-dropbox>Make a drop box here</a>")
+    share_links = ("<p class=share-links>" + " \u00b7 ".join(links) + "</p>") if links else ""
     return (
         SPRITE + crumbs(vpath)
         + (f"<div class=tools>{''.join(tools)}</div>" if tools else read_only)
+        + share_links
         + "<div class=listbar><label class=filter hidden>Filter "
         "<input type=search id=filter autocomplete=off "
         "placeholder='Type part of a name'></label>" + bulk + "</div>"

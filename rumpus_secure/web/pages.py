@@ -62,6 +62,8 @@ def page(title: str, body: str, *, user: str | None = None, csrf: str | None = N
     if user is not None:
         who = (
             f"<span class=who><span class=sr>Logged in as </span>{esc(user)}</span>"
+            "<nav class=account-nav><a href='/shares'>Links</a> "
+            "<a href='/account'>Account</a></nav>"
             "<form method=post action='/logout' class=inline>"
             f"<input type=hidden name=csrf value='{esc(csrf or '')}'>"
             "<button type=submit class=plain>Log out</button></form>"

@@ -52,6 +52,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
 from rumpus_secure.config import ServerConfig
+from rumpus_secure.shares import is_share_form, share_target
 from rumpus_secure.web.acme import acme_token, serve_challenge
 from rumpus_secure.web.channel import LimitedChannel
 from rumpus_secure.web.multipart import MultipartError, MultipartParser, boundary_from_content_type
@@ -307,6 +308,13 @@ def _field_credentials(fields: dict[bytes, list[bytes]], kind: str
     return None
 
 
+def _share_password(request: IRequest) -> bool:
+    """Whether a request to a share link's form carries a password (query or body)."""
+    query_fields = {name.lower(): values for name, values in (request.args or {}).items()}
+    return (_field_credentials(query_fields, "query") is not None
+            or _field_credentials(_body_fields(request), "form") is not None)
+
+
 def exposed_credentials(request: IRequest) -> tuple[str, str | None, str | None] | None:
     """
     The credentials this plain-HTTP request carries, as C{(kind, user,
@@ -344,6 +352,19 @@ def _explanation(origin: bytes) -> bytes:
     )
 
 
+def _share_explanation(origin: bytes) -> bytes:
+    from rumpus_secure.web.pages import message_page
+
+    return message_page(
+        "Password not accepted over an unencrypted connection",
+        "This link's password was sent over plain HTTP, where others on the "
+        "network may have seen it. It was not used, and the link has been turned "
+        "off. Ask the person who shared it for a new link, and open it at the "
+        "secure address (https).",
+        link=(origin.decode("ascii") + "/", "Go to the secure site"),
+    )
+
+
 def _close_after(request: IRequest) -> None:
     """
     Close the connection once this response is sent; requests pipelined
@@ -364,7 +385,8 @@ class RedirectToHTTPS(resource.Resource):
         super().__init__()
         self._origin = https_origin(config)
         self._server = server_state
-        self._acme = config.acme_webroot is not None
+        self._acme = (config.acme_webroot is not None
+                      or getattr(config, "acme_directory", None) is not None)
 
     def render(self, request: IRequest) -> bytes | int:
         target = request.uri
@@ -372,6 +394,9 @@ class RedirectToHTTPS(resource.Resource):
         headers.setRawHeaders(b"cache-control", _NO_STORE)
         # Before anything else: a request with credentials is never
         # redirected or answered with its own target (see the module docstring).
+        # A share link's password ends that link instead (it is no account's).
+        if is_share_form(request.path) and _share_password(request):
+            return self._refuse_share_password(request)
         credentials = exposed_credentials(request)
         if credentials is not None:
             return self._refuse_credentials(request, *credentials)
@@ -401,8 +426,10 @@ class RedirectToHTTPS(resource.Resource):
         Answering first would tell the client "refused" while the password
         still logs in over HTTPS (see L{rumpus_secure.exposure}).  Like a
         login attempted before TLS on FTP, it is an offence
-        (C{cleartext_login}): a flood ends in a ban, and a banned address's
-        credentials are not checked at all.
+        (C{cleartext_login}): a flood ends in a ban.  The request that
+        causes the ban is still checked; a banned address's later
+        credentials are not, but their HMAC is remembered (see
+        L{rumpus_secure.exposure.ExposureGuard.not_checked}).
         """
         client = str(getattr(request.getClientAddress(), "host", "?"))
         software = _text(request.getHeader(b"user-agent") or b"")[:200] or None
@@ -414,8 +441,13 @@ class RedirectToHTTPS(resource.Resource):
         if guard is not None and guard.check(client, "http") is not None:
             # Banned: one quiet audit record a minute (guard.refused), no
             # check, and the connection closes after this answer, dropping
-            # whatever else was pipelined on it.
+            # whatever else was pipelined on it.  The password's HMAC is
+            # remembered: a later login with it proves it exposed.
             _close_after(request)
+            if password is not None and self._server.exposure is not None:
+                self._server.exposure.not_checked(
+                    protocol="http", client=client, user=user, password=password,
+                    software=software, outcome="not-checked-banned", record=False)
             return _explanation(self._origin)
         self._server.audit.record(
             "web.cleartext_credentials", client=client, kind=kind, account=user,
@@ -423,12 +455,10 @@ class RedirectToHTTPS(resource.Resource):
         )
         if guard is not None and guard.offence(client, "cleartext_login", protocol="http",
                                                account=user) is not None:
+            # This request banned the address, but its password was read
+            # already: it is checked like the others (it may be a victim's
+            # behind the same address), and the connection closes after it.
             _close_after(request)
-            if password is not None:
-                self._server.audit.record(
-                    "http.cleartext_password", client=client, account=user,
-                    software=software, protocol="http", outcome="not-checked-banned")
-            return _explanation(self._origin)
         if password is None or self._server.exposure is None:
             return _explanation(self._origin)
         checked = self._server.exposure.check(protocol="http", client=client, user=user,
@@ -444,6 +474,49 @@ class RedirectToHTTPS(resource.Resource):
 
         checked.addBoth(answer).addErrback(
             lambda f: _log.failure("answering cleartext credentials failed", f))
+        return NOT_DONE_YET
+
+    def _refuse_share_password(self, request: IRequest) -> bytes | int:
+        """
+        A share link's password posted over plain HTTP: refused like any
+        cleartext password (an offence), and the link is ended, since
+        whoever saw the password saw the link too (L{rumpus_secure.shares}).
+        """
+        client = str(getattr(request.getClientAddress(), "host", "?"))
+        request.setResponseCode(403)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        body = _share_explanation(self._origin)
+        server_state = self._server
+        if server_state is None:
+            return body
+        guard = getattr(server_state, "guard", None)
+        if guard is not None and guard.check(client, "http") is not None:
+            _close_after(request)
+            return body
+        if guard is not None and guard.offence(client, "cleartext_login",
+                                               protocol="http") is not None:
+            _close_after(request)
+        token = (share_target(request.path) or ("", ""))[0]
+
+        def disable() -> str | None:
+            from rumpus_secure.shares import disable_exposed, store_of
+
+            return disable_exposed(store_of(server_state), token)
+
+        def answer(share_id: Any) -> None:
+            server_state.audit.record(
+                "web.cleartext_credentials", client=client, kind="share-password",
+                share=share_id if isinstance(share_id, str) else None,
+                outcome="link-disabled" if isinstance(share_id, str) else "unknown-link")
+            if request._disconnected or request.finished:
+                return
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+            request.finish()
+
+        d = server_state.run_in_thread(disable)
+        d.addBoth(answer).addErrback(
+            lambda f: _log.failure("disabling an exposed share link failed", f))
         return NOT_DONE_YET
 
     def _challenge(self, request: IRequest, token: bytes) -> int:

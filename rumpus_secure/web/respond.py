@@ -57,6 +57,16 @@ def run(request: IRequest, handler: Callable[[], Awaitable[None]]) -> Any:
     d = Deferred.fromCoroutine(handler())  # type: ignore[arg-type]
 
     def failed(failure: Failure) -> None:
+        from rumpus_secure.db import StoreUnavailable
+
+        if failure.check(StoreUnavailable) and not getattr(request, "startedWriting", False):
+            # The shared database is down: not a bug, and not for long.
+            _log.warn("web request {method} {path}: {error}", method=request.method,
+                      path=request.path, error=str(failure.value))
+            error_page(request, 503, "Try again later",
+                       "The server cannot reach its database right now. Please try "
+                       "again in a moment.", link=("/files/", "Back to your files"))
+            return
         _log.failure("web request {method} {path} failed", failure,
                      method=request.method, path=request.path)
         if getattr(request, "startedWriting", False):

@@ -134,7 +134,7 @@ class SessionStore:
 
     def __init__(self, clock: Any, idle: float = IDLE_TIMEOUT,
                  absolute: float = ABSOLUTE_TIMEOUT, *,
-                 persistence: SQLiteSessions | None = None,
+                 persistence: Any = None,
                  run_in_thread: RunInThread | None = None) -> None:
         self._clock = clock
         self.idle = idle
@@ -246,6 +246,27 @@ class SessionStore:
     def end_user(self, user: str) -> None:
         """Forget every session of C{user} (account locked or deleted)."""
         self._forget([k for k, s in self._sessions.items() if s.user == user])
+
+
+    def adopt(self, key: bytes, session: Session) -> None:
+        """
+        Take in a session started or refreshed on another node (the shared
+        database's feed); nothing is written back.  A session known here
+        keeps its flash messages and only moves its idle timer forward.
+        """
+        mine = self._sessions.get(key)
+        if mine is None:
+            if len(self._sessions) < MAX_SESSIONS:
+                self._sessions[key] = session
+        elif mine.user == session.user:
+            mine.last_seen = max(mine.last_seen, session.last_seen)
+
+    def drop(self, key: bytes) -> None:
+        """
+        Forget a session that ended on another node; nothing is written back.
+        """
+        self._sessions.pop(key, None)
+        self._touched.discard(key)
 
 
 class SessionKeeper(service.Service):

@@ -19,6 +19,7 @@ from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
 from rumpus_secure.config import ServerConfig
+from rumpus_secure.shares import is_dropbox_upload, share_target
 from rumpus_secure.web.app import WebApp, query_args
 from rumpus_secure.web.auth import LoginResource, LogoutResource
 from rumpus_secure.web.bodies import body_cap, early_refusal, too_large
@@ -33,7 +34,10 @@ from rumpus_secure.web.manager import (
     arg,
 )
 from rumpus_secure.web.pages import message_page
+from rumpus_secure.web.shares import SharesResource
+from rumpus_secure.web.twofactor import AccountResource
 from rumpus_secure.web.upload import UPLOAD_PATH, UploadSink
+from rumpus_secure.web.visit import DropBoxSink, VisitorResource
 
 _log = Logger()
 
@@ -75,12 +79,13 @@ LOGIN_PATH = b"/login"
 QUERY_PASSWORD_FIELDS = frozenset({b"password", b"pass", b"passwd"})
 
 
-def _login_target_refusal(request: IRequest) -> tuple[int, str, str] | None:
+def _login_target_refusal(request: IRequest, login: Any = None) -> tuple[int, str, str] | None:
     """
     Whether a request that twisted.web routed to the login page must be
     refused instead.
 
-    * The login page has exactly one address, ``/login``.  Resource
+    * The login page has exactly one address, ``/login`` (and each of its
+      second-factor steps one, ``/login/code`` and ``/login/enrol``).  Resource
       traversal also maps ``/login/``, ``//login`` and ``/%6cogin`` there;
       round 3 found the plain-HTTP listener redirecting exactly such
       variants while only watching ``/login`` for passwords, so the HTTPS
@@ -90,7 +95,10 @@ def _login_target_refusal(request: IRequest) -> tuple[int, str, str] | None:
       proxies and browser history, so a password there is as good as
       published.
     """
-    if request.path != LOGIN_PATH:
+    # The second-factor steps (/login/code, /login/enrol) are exact too.
+    steps = getattr(login, "steps", None) or {}
+    exact = {LOGIN_PATH} | {LOGIN_PATH + b"/" + step for step in steps}
+    if request.path not in exact:
         return 404, "Not found", "There is nothing at this address. The login page is /login."
     if {name.lower() for name in query_args(request)} & QUERY_PASSWORD_FIELDS:
         return (400, "Password not accepted in the address",
@@ -155,7 +163,7 @@ class SecureRequest(server.Request):
         DELETE with a 501 "Huh?" page of its own).
         """
         if isinstance(resrc, LoginResource):
-            refusal = _login_target_refusal(self)
+            refusal = _login_target_refusal(self, resrc)
             if refusal is not None:
                 status, title, message = refusal
                 body = message_page(title, message, link=("/login", "Log in"))
@@ -190,6 +198,11 @@ class SecureRequest(server.Request):
         refusal = early_refusal(app, self, command, path, length)
         if refusal is not None:
             self.refuse_now(*refusal)
+            return
+        if command == b"POST" and is_dropbox_upload(path):
+            token = (share_target(path) or ("", ""))[0]
+            self._parsePOSTFormSubmission = False
+            self.content = DropBoxSink(app, self, token)
             return
         if command == b"POST" and path == UPLOAD_PATH:
             from urllib.parse import parse_qs
@@ -238,7 +251,7 @@ class SecureRequest(server.Request):
                          getattr(site, "security_headers", ()))
 
     def connectionLost(self, reason: Any) -> None:
-        if isinstance(self.content, UploadSink):
+        if isinstance(self.content, UploadSink):  # DropBoxSink too
             self.content.connection_lost()
         super().connectionLost(reason)
 
@@ -548,6 +561,9 @@ class Root(resource.Resource):
         self.putChild(b"rename", RenameResource(app))
         self.putChild(b"delete", DeleteResource(app))
         self.putChild(b"zip", ZipResource(app))
+        self.putChild(b"account", AccountResource(app))
+        self.putChild(b"shares", SharesResource(app))
+        self.putChild(b"s", VisitorResource(app))
 
     def getChild(self, name: bytes, request: IRequest) -> resource.Resource:
         return NotFoundPage()

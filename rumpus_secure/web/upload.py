@@ -103,7 +103,8 @@ def upload_name(raw: str) -> str:
 class NameClaims:
     """
     Names that running "keep both" uploads have chosen and not yet stored,
-    per account; shared by the server's uploads, used from threads.
+    per home directory (C{account} below); shared by the server's uploads
+    (drop boxes included), used from threads.
     """
 
     def __init__(self) -> None:
@@ -140,8 +141,8 @@ class FileResult:
         #: the name was taken and nothing was stored (``refuse``/``skip``)
         self.conflict = False
         self.skipped = False
-        #: the path this upload holds in L{NAME_CLAIMS} ("keep both")
-        self.claimed: str | None = None
+        #: C{(home, path)} this upload holds in L{NAME_CLAIMS} ("keep both")
+        self.claimed: tuple[str, str] | None = None
 
 
 class UploadSink:
@@ -178,6 +179,13 @@ class UploadSink:
         #: why the account ended this upload (L{account_ended}), if it did
         self.ended: str | None = None
         self._binding: Any = None
+        self._admit(app, request)
+
+    def _admit(self, app: WebApp, request: IRequest) -> None:
+        """
+        Check the request from its headers: start parsing, or refuse.
+        (A drop box, L{rumpus_secure.web.visit}, admits visitors instead.)
+        """
         content_type = request.getHeader(b"content-type") or b""
         boundary = boundary_from_content_type(content_type)
         if self.session is None:
@@ -403,7 +411,10 @@ class UploadSink:
                 result.upload = fs.open_upload(join_path(self.directory, name))
                 return
             keep = self.on_existing == "keep"
-            account = self.session.user if self.session is not None else ""
+            # Keyed by the home directory: a drop box has no session, and two
+            # accounts' "/a.txt" are different files.
+            account = str(getattr(fs, "home", "")) or (
+                self.session.user if self.session is not None else "")
             for number in range(MAX_KEEP_BOTH + 1):
                 candidate = name if number == 0 else numbered_name(name, number)
                 path = join_path(self.directory, candidate)
@@ -413,7 +424,7 @@ class UploadSink:
                     result.upload = fs.open_upload(path, exclusive=True)
                     result.stored_name = candidate
                     if keep:
-                        result.claimed = path
+                        result.claimed = (account, path)
                     return
                 except AlreadyExists:
                     if keep:
@@ -455,8 +466,8 @@ class UploadSink:
 
     def _release_claim(self, result: FileResult) -> None:
         claimed, result.claimed = result.claimed, None
-        if claimed is not None and self.session is not None:
-            NAME_CLAIMS.release(self.session.user, claimed)
+        if claimed is not None:
+            NAME_CLAIMS.release(*claimed)
 
     def _commit(self, result: FileResult) -> None:
         try:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from rumpus_secure.handshake import DEFAULT_MIN_AGE
+
 from tests.integration.clients import client_context
 from tests.integration.test_guard_live import ftps_login
 from tests.server_process import ServerProcess
@@ -108,7 +110,10 @@ def test_500_stalled_handshakes_do_not_keep_honest_clients_out(tmp_path: Path) -
             else:
                 stalled.append(stall_implicit(server.ftps_port, source))
         try:
-            time.sleep(1.2)  # the stalls are now old enough to be pushed out
+            # Real time (a server process): the stalls are now old enough to be
+            # pushed out (DEFAULT_MIN_AGE, 3 s; younger ones are an honest
+            # burst still queueing for CPU).
+            time.sleep(DEFAULT_MIN_AGE + 0.2)
             deadline = time.monotonic() + 15
             # In parallel: a fresh address, and an attacker's address with
             # another account, over implicit FTPS and AUTH TLS.
@@ -126,8 +131,9 @@ def test_500_stalled_handshakes_do_not_keep_honest_clients_out(tmp_path: Path) -
             for replies, took in results:
                 assert replies[-1].startswith("230"), replies
                 assert took < 10
-            # Stalls were pushed out long before their 300 s deadline.
-            assert sum(closed_by_server(s) for s in stalled) >= 200
+            # Stalls were pushed out to let them in, long before their 300 s
+            # deadline (one per honest handshake at least).
+            assert sum(closed_by_server(s) for s in stalled) >= 4
         finally:
             for sock in stalled:
                 sock.close()

@@ -1,0 +1,396 @@
+"""
+The PostgreSQL stores against a real (throwaway) PostgreSQL: migrations,
+accounts and their change log, bans and web sessions that reach another
+node, notifications, outages, copy from SQLite, the one-admin bootstrap.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from argon2 import PasswordHasher
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from rumpus_secure.accounts.bans import Ban, SQLiteBanStore
+from rumpus_secure.accounts.store import AccountError, SQLiteAccountStore
+from rumpus_secure.config import build_config
+from rumpus_secure.db import (
+    LATEST_VERSION,
+    Database,
+    DatabaseError,
+    StoreUnavailable,
+    copy_sqlite,
+    parse_database,
+    redact,
+)
+from rumpus_secure.guard import Guard, GuardSettings
+from rumpus_secure.web.sessions import Session, SessionStore, SQLiteSessions
+
+FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+def inline(function: Any, *args: Any) -> defer.Deferred[Any]:
+    """run_in_thread for tests: at once, in this thread."""
+    try:
+        return defer.succeed(function(*args))
+    except Exception:  # noqa: BLE001
+        return defer.fail()
+
+
+@pytest.fixture
+def db(pg_url: str) -> Any:
+    database = Database(pg_url)
+    database.migrate()
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def store(db: Database, tmp_path: Path) -> Any:
+    from rumpus_secure.accounts.pg import PGAccountStore
+
+    return PGAccountStore(db, tmp_path / "files", hasher=FAST)
+
+
+# -- URLs and schema ----------------------------------------------------------
+
+
+def test_database_option_values() -> None:
+    assert parse_database(None) is None
+    assert parse_database("sqlite") is None
+    assert parse_database("postgresql://u@h/db") == "postgresql://u@h/db"
+    for bad in ("mysql://h/db", "postgresql://h", "/var/db"):
+        with pytest.raises(ValueError):
+            parse_database(bad)
+    assert redact("postgresql://u:secret@h:5433/db") == "postgresql://u:***@h:5433/db"
+    assert "secret" not in redact("postgresql://u:secret@h/db")
+
+
+def test_an_unmigrated_database_is_refused_until_migrated(pg_url: str) -> None:
+    database = Database(pg_url)
+    try:
+        with pytest.raises(DatabaseError, match="db migrate"):
+            database.check_schema()
+        assert [m.version for m in database.migrate()] == [LATEST_VERSION]
+        assert database.migrate() == []  # twice is harmless
+        database.check_schema()
+        assert database.schema_version() == LATEST_VERSION
+    finally:
+        database.close()
+
+
+def test_two_nodes_migrating_at_once_apply_each_step_once(pg_url: str) -> None:
+    databases = [Database(pg_url) for _ in range(3)]
+    applied: list[int] = []
+    threads = [threading.Thread(target=lambda d=d: applied.extend(
+        m.version for m in d.migrate())) for d in databases]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert applied == [LATEST_VERSION]
+    for database in databases:
+        database.close()
+
+
+def test_the_server_refuses_a_database_without_certificate_or_schema(
+        pg_url: str, tmp_path: Path) -> None:
+    from rumpus_secure.tap import open_shared_store
+    from rumpus_secure.tls import ensure_certificate
+
+    config = build_config({"database": pg_url, "data-dir": str(tmp_path)})
+    with pytest.raises(SystemExit, match="--cert and --key"):
+        open_shared_store(config)
+    info = ensure_certificate(tmp_path, "localhost", None, None)
+    config = build_config({"database": pg_url, "data-dir": str(tmp_path),
+                           "cert": str(info.cert_path), "key": str(info.key_path)})
+    with pytest.raises(SystemExit, match="db migrate"):
+        open_shared_store(config)
+
+
+# -- accounts -------------------------------------------------------------------
+
+
+def test_accounts_behave_as_in_sqlite(store: Any) -> None:
+    account = store.add("alice", "pw-1", perms="list,download")
+    assert account.home.is_dir()
+    with pytest.raises(AccountError, match="'alice' already exists"):
+        store.add("ALICE", "pw-2")
+    assert store.get("ALICE") is None  # lookups are exact
+    assert store.get("alice").perms == frozenset({"list", "download"})
+    old_hash = store.password_hash("alice")
+    store.lock("alice", "seen\nin cleartext")
+    locked = store.get("alice")
+    assert locked.locked and locked.lock_reason == "seen in cleartext"
+    assert locked.version == 2
+    store.set_password("alice", "pw-3")
+    after = store.get("alice")
+    assert not after.locked and after.version == 3
+    assert store.password_hash("alice") != old_hash
+    assert not store.replace_hash("alice", old_hash, "x")
+    store.add("bob", "pw")
+    assert [a.name for a in store.list()] == ["alice", "bob"]
+    store.delete("bob")
+    with pytest.raises(AccountError, match="no account"):
+        store.unlock("bob")
+    kinds = [(c.name, c.kind) for c in store.change_reader().since(0).changes]
+    assert kinds == [("alice", "add"), ("alice", "lock"), ("alice", "password"),
+                     ("bob", "add"), ("bob", "delete")]
+    assert store.change_reader().latest() == 5
+
+
+def test_the_checker_reads_the_version_on_every_login(store: Any, db: Database,
+                                                      tmp_path: Path) -> None:
+    """
+    Two nodes with verifier caches: a password changed through one is
+    refused by the other's cache at once.
+    """
+    from rumpus_secure.accounts.checker import ArgonChecker
+    from rumpus_secure.accounts.pg import PGAccountStore
+    from rumpus_secure.accounts.verifier_cache import VerifierCache
+
+    store.add("carol", "old-password")
+    other = PGAccountStore(db, tmp_path / "files", hasher=FAST)
+    node_b = ArgonChecker(other, None, hasher=FAST, cache=VerifierCache(ttl=300))  # type: ignore[arg-type]
+    assert node_b._login("carol", "old-password") == b"carol"
+    assert node_b._login("carol", "old-password") == b"carol"  # from the cache
+    store.set_password("carol", "new-password")
+    from twisted.cred.error import UnauthorizedLogin
+
+    with pytest.raises(UnauthorizedLogin):
+        node_b._login("carol", "old-password")
+
+
+def test_an_unreachable_database_is_unavailable_never_a_wrong_password(
+        tmp_path: Path) -> None:
+    from rumpus_secure.accounts.checker import ArgonChecker
+    from rumpus_secure.accounts.pg import PGAccountStore
+    from tests.server_process import free_port
+
+    database = Database(f"postgresql://rumpus@127.0.0.1:{free_port()}/none", timeout=1)
+    store = PGAccountStore(database, tmp_path, hasher=FAST)
+    checker = ArgonChecker(store, None, hasher=FAST)  # type: ignore[arg-type]
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        checker._login("alice", "anything")
+    assert time.monotonic() - started < 5
+    database.close()
+
+
+def test_the_first_admin_is_made_once_however_many_nodes_start(
+        db: Database, tmp_path: Path) -> None:
+    from rumpus_secure.accounts.pg import PGAccountStore
+
+    stores = [PGAccountStore(Database(db.url), tmp_path / "files", hasher=FAST)
+              for _ in range(4)]
+    made: list[bool] = []
+    threads = [threading.Thread(target=lambda s=s: made.append(s.bootstrap("admin", "pw")))
+               for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(made) == [False, False, False, True]
+    assert [a.name for a in stores[0].list()] == ["admin"]
+    stores[0].delete("admin")
+    assert not stores[0].bootstrap("admin", "pw")  # never again
+    for s in stores:
+        s.database.close()
+
+
+# -- bans and sessions across nodes --------------------------------------------
+
+
+def _node(db: Database, sessions: SessionStore | None = None) -> tuple[Guard, Any, Clock]:
+    from rumpus_secure.accounts.pg import PGBanStore
+    from rumpus_secure.shared import StateFeed
+
+    clock = Clock()
+    clock.advance(time.time())
+    guard = Guard(GuardSettings(threshold=2, login_failure_delay=0), clock,
+                  store=PGBanStore(db), run_in_thread=inline)
+    feed = StateFeed(db, guard, sessions, inline)
+    feed.poll()  # the first read learns where the log is
+    return guard, feed, clock
+
+
+def test_a_ban_and_its_lift_reach_the_other_node(db: Database) -> None:
+    from rumpus_secure.accounts.pg import PGBanStore
+
+    guard_a, feed_a, _ = _node(db)
+    guard_b, feed_b, _ = _node(db)
+    for _ in range(2):
+        guard_a.offence("192.0.2.7", "login_failed", protocol="ftp")
+    assert guard_a.is_banned("192.0.2.7") is not None
+    assert guard_b.is_banned("192.0.2.7") is None
+    feed_b.poll()
+    assert guard_b.is_banned("192.0.2.7") is not None
+    assert guard_b.is_banned("192.0.2.8") is None  # another address is not
+    assert PGBanStore(db).delete("192.0.2.7")  # rumpus-secure ban lift
+    feed_a.poll()
+    feed_b.poll()
+    assert guard_a.is_banned("192.0.2.7") is None
+    assert guard_b.is_banned("192.0.2.7") is None
+    assert feed_b.reads == 3
+
+
+def test_a_lift_older_than_a_new_local_ban_keeps_the_ban(db: Database) -> None:
+    guard, _, clock = _node(db)
+    ban = Ban("192.0.2.9", clock.seconds() + 900, 0, "login_failed", clock.seconds())
+    guard.adopt(ban)
+    assert not guard.forget("192.0.2.9", at=clock.seconds() - 10)
+    assert guard.is_banned("192.0.2.9") is ban
+    older = Ban("192.0.2.9", clock.seconds() + 60, 0, "x", clock.seconds() - 100)
+    guard.adopt(older)
+    assert guard.is_banned("192.0.2.9") is ban
+    assert guard.forget("192.0.2.9", at=clock.seconds() + 1)
+    assert guard.is_banned("192.0.2.9") is None
+
+
+def test_a_web_session_is_valid_on_every_node_and_a_logout_ends_it(db: Database) -> None:
+    from rumpus_secure.accounts.pg import PGSessions
+
+    clock = Clock()
+    clock.advance(time.time())
+    web_a = SessionStore(clock, persistence=PGSessions(db), run_in_thread=inline)
+    web_b = SessionStore(clock, persistence=PGSessions(db), run_in_thread=inline)
+    _, feed_a, _ = _node(db, web_a)
+    _, feed_b, _ = _node(db, web_b)
+    frank, _ = web_a.create("frank")
+    grace, _ = web_a.create("grace")
+    assert web_b.get(frank) is None
+    feed_b.poll()
+    assert web_b.get(frank).user == "frank"
+    web_b.end(frank)  # logout on B
+    feed_a.poll()
+    assert web_a.get(frank) is None
+    assert web_a.get(grace).user == "grace"  # the other session lives on
+
+
+def test_a_notification_arrives_within_milliseconds(db: Database) -> None:
+    from rumpus_secure.accounts.pg import PGBanStore
+    from rumpus_secure.db import STATE_CHANNEL
+    from rumpus_secure.shared import Notifications
+
+    heard = threading.Event()
+    calls: list[float] = []
+
+    def handler() -> None:
+        calls.append(time.monotonic())
+        heard.set()
+
+    listener = Notifications(db.url, {STATE_CHANNEL: handler},
+                             lambda f, *a, **k: f(*a, **k))
+    listener.start()
+    try:
+        assert listener.connected.wait(5)
+        assert heard.wait(5)  # the read after (re)connecting
+        heard.clear()
+        sent = time.monotonic()
+        PGBanStore(db).save(Ban("192.0.2.1", time.time() + 60, 0, "x", time.time()))
+        assert heard.wait(1.0)
+        assert calls[-1] - sent < 1.0
+    finally:
+        listener.stop()
+
+
+# -- copy ---------------------------------------------------------------------
+
+
+def test_copy_moves_an_sqlite_installation(tmp_path: Path, db: Database) -> None:
+    from rumpus_secure.accounts.pg import PGAccountStore, PGBanStore
+
+    data = tmp_path / "data"
+    sqlite_store = SQLiteAccountStore.in_data_dir(data, tmp_path / "files", hasher=FAST)
+    sqlite_store.add("alice", "alice-pw", perms="list")
+    sqlite_store.add("bob", "bob-pw")
+    sqlite_store.lock("bob", "gone")
+    now = time.time()
+    SQLiteBanStore(sqlite_store.path).save(Ban("192.0.2.3", now + 600, 1, "x", now))
+    SQLiteBanStore(sqlite_store.path).save(Ban("192.0.2.4", now - 600, 0, "x", now - 900))
+    SQLiteSessions(sqlite_store.path).save(b"k" * 32, Session("alice", "c", now, now))
+    result = copy_sqlite(sqlite_store.path, db, now)
+    assert (result.accounts, result.bans, result.sessions) == (2, 1, 1)
+    store = PGAccountStore(db, tmp_path / "files", hasher=FAST)
+    assert store.password_hash("alice") == sqlite_store.password_hash("alice")
+    assert store.get("bob").locked and store.get("alice").perms == frozenset({"list"})
+    assert [b.address for b in PGBanStore(db).load(now)] == ["192.0.2.3"]
+    assert not store.bootstrap("admin", "pw")  # a copied database has its admin
+    with pytest.raises(DatabaseError, match="already holds accounts"):
+        copy_sqlite(sqlite_store.path, db, now)
+    with sqlite3.connect(sqlite_store.path) as check:
+        assert check.execute("SELECT count(*) FROM accounts").fetchone()[0] == 2
+
+
+def test_db_commands_migrate_copy_and_refuse_an_old_schema(
+        postgres: Any, tmp_path: Path) -> None:
+    import io
+
+    from rumpus_secure import cli
+
+    def run(*argv: str) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        status = cli.main(list(argv), stdin=io.StringIO(), stdout=out, stderr=err)
+        return status, out.getvalue() + err.getvalue()
+
+    url = postgres.create_database()
+    status, text = run("--database", url, "user", "list")
+    assert status == 1 and "db migrate" in text
+    status, text = run("--database", url, "db", "migrate")
+    assert status == 0 and f"applied migration {LATEST_VERSION}" in text
+    status, text = run("db", "migrate", "--database", url)
+    assert status == 0 and "nothing to do" in text
+    status, text = run("--data-dir", str(tmp_path / "x"), "db", "migrate")
+    assert status == 1 and "needs --database" in text
+
+    data = tmp_path / "data"
+    SQLiteAccountStore.in_data_dir(data, tmp_path / "files", hasher=FAST).add("alice", "pw")
+    target = postgres.create_database()
+    status, text = run("db", "copy", "--from", f"sqlite:{data}", "--to", target)
+    assert status == 0 and "copied 1 account(s)" in text, text
+    status, text = run("--database", target, "user", "list")
+    assert status == 0 and "alice" in text
+    status, text = run("db", "copy", "--from", f"sqlite:{data}", "--to", target)
+    assert status == 1 and "already holds accounts" in text
+    status, text = run("db", "copy", "--from", f"sqlite:{tmp_path / 'none'}", "--to", target)
+    assert status == 1 and "no SQLite accounts database" in text
+
+
+def test_an_outage_fails_fast_and_the_first_request_after_it_recovers(
+        postgres: Any) -> None:
+    """
+    While the database is down, only the first request waits for the
+    connection timeout; once it is back, the next request works (the pool
+    is rebuilt instead of waiting out its reconnection back-off).
+    """
+    from rumpus_secure.db import RETRY_AFTER
+
+    url = postgres.create_database()
+    database = Database(url, timeout=2)
+    query = lambda: database.call(lambda c: c.execute("SELECT 1").fetchone()[0])  # noqa: E731
+    assert query() == 1
+    postgres.stop("fast")
+    try:
+        waits = []
+        stop = time.monotonic() + 3 * RETRY_AFTER + 2
+        while time.monotonic() < stop:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                query()
+            waits.append(time.monotonic() - started)
+            time.sleep(0.05)
+        assert sorted(waits)[len(waits) // 2] < 0.1  # most answers are at once
+        assert max(waits) < 2.5
+    finally:
+        postgres.start()
+    time.sleep(RETRY_AFTER)
+    started = time.monotonic()
+    assert query() == 1
+    assert time.monotonic() - started < 1.5
+    database.close()

@@ -1,0 +1,146 @@
+"""
+The two-factor web login in memory (the real request classes and pages):
+no session before the code, wrong codes are guard offences like wrong
+passwords, enrolment forced after ``user 2fa require``, and app passwords
+made, shown once and revoked on ``/account``.
+
+Accounts and passwords come from the in-memory fakes; the two-factor
+tables are a real SQLite store's, and the secret is sealed with a real key.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from argon2 import PasswordHasher
+
+from rumpus_secure.accounts.secretbox import SecretBox
+from rumpus_secure.accounts.store import SQLiteAccountStore
+from rumpus_secure.accounts.totp import TwoFactor, code_at
+from rumpus_secure.guard import Guard, GuardSettings
+from rumpus_secure.web.site import build_https_site
+from tests.test_web_support import HTTPDriver, make_server
+
+CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+TWO_FACTOR_METHODS = ("two_factor", "set_two_factor_required", "set_pending_secret",
+                      "enable_two_factor", "reset_two_factor", "use_totp_step",
+                      "use_recovery_code", "add_app_password", "app_passwords",
+                      "app_password_hash", "app_password_used", "revoke_app_password")
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    server = make_server(tmp_path, ban_threshold=4, login_failure_delay=0)
+    server.reactor.advance(1_800_000_000)
+    for name, password in (("alice", "correct horse"), ("bob", "battery staple")):
+        server.store.add(name, password)
+    real = SQLiteAccountStore(tmp_path / "accounts.sqlite3", tmp_path / "real",
+                              hasher=CHEAP)
+    real.add("alice", "x")
+    real.add("bob", "x")
+    for method in TWO_FACTOR_METHODS:
+        setattr(server.store, method, getattr(real, method))
+    server.real = real
+    server.guard = Guard(GuardSettings.from_config(server.config), server.reactor,
+                         audit=server.audit)
+    return server
+
+
+@pytest.fixture
+def site(server):
+    return build_https_site(server, server.reactor)
+
+
+def enrol(server, name: str) -> str:
+    factor = TwoFactor(server.real, SecretBox.in_data_dir(server.config.data_dir),
+                       clock=server.reactor.seconds)
+    secret = factor.pending_secret(name)
+    assert factor.confirm(name, code_at(secret, server.reactor.seconds()))
+    return secret
+
+
+def password_step(web: HTTPDriver, user: str, password: str):
+    return web.post_form(b"/login", {"username": user, "password": password})
+
+
+def test_no_session_before_the_code(server, site):
+    secret = enrol(server, "alice")
+    web = HTTPDriver(site)
+    first = password_step(web, "alice", "correct horse")
+    assert first.status == 303 and first.header(b"location") == b"/login/code"
+    assert web.get(b"/files/").status == 303  # not logged in yet
+    server.reactor.advance(30)
+    done = web.post_form(b"/login/code", {"code": code_at(secret, server.reactor.seconds())})
+    assert done.status == 303 and done.header(b"location") == b"/files/"
+    assert web.get(b"/files/").status == 200
+
+
+def test_wrong_codes_are_offences_like_wrong_passwords(server, site):
+    enrol(server, "alice")
+    web = HTTPDriver(site)
+    password_step(web, "alice", "correct horse")
+    for _ in range(3):
+        assert web.post_form(b"/login/code", {"code": "000000"}).status in (401, 403)
+    # Bob, same address, meanwhile: his right password still works (the
+    # score is 3 of 4), and a wrong one then bans the address.
+    bob = HTTPDriver(site)
+    assert password_step(bob, "bob", "battery staple").header(b"location") == b"/files/"
+    assert password_step(HTTPDriver(site), "bob", "wrong").status == 403
+    assert server.guard.is_banned("192.0.2.7") is not None
+    assert web.post_form(b"/login/code", {"code": "123456"}).status == 403
+
+
+def test_pending_login_is_per_browser_and_ends_after_five_wrong_codes(server, site):
+    server.guard = None  # only the pending login's own limit here
+    secret = enrol(server, "alice")
+    web, other = HTTPDriver(site), HTTPDriver(site)
+    password_step(web, "alice", "correct horse")
+    # Another browser without the pending cookie gets nowhere with a code.
+    server.reactor.advance(30)
+    code = code_at(secret, server.reactor.seconds())
+    assert other.post_form(b"/login/code", {"code": code}).header(b"location") == b"/login"
+    for _ in range(5):
+        web.post_form(b"/login/code", {"code": "000000"})
+    assert web.post_form(b"/login/code", {"code": code}).header(b"location") == b"/login"
+
+
+def test_required_account_enrols_before_its_session(server, site):
+    server.real.set_two_factor_required("bob", True)
+    web = HTTPDriver(site)
+    first = password_step(web, "bob", "battery staple")
+    assert first.header(b"location") == b"/login/enrol"
+    page = web.get(b"/login/enrol").body.decode()
+    secret = re.search(r"id=totp-secret class=secret>([A-Z2-7 ]+)<", page).group(1)
+    secret = secret.replace(" ", "")
+    assert "<svg" in page and "style=" not in page.split("<svg", 1)[1].split("</svg>")[0]
+    assert web.get(b"/files/").status == 303
+    done = web.post_form(b"/login/enrol",
+                         {"code": code_at(secret, server.reactor.seconds())})
+    assert done.status == 200 and done.body.count(b"<li><code>") == 10
+    assert web.get(b"/files/").status == 200
+    assert server.real.two_factor("bob").secret is not None
+
+
+def test_app_passwords_on_the_account_page(server, site):
+    web = HTTPDriver(site)
+    assert password_step(web, "alice", "correct horse").status == 303
+    page = web.get(b"/account").body.decode()
+    csrf = re.search(r"name=csrf value='([^']+)'", page).group(1)
+    made = web.post_form(b"/account/app-passwords", {"csrf": csrf, "label": "FileZilla"})
+    shown = re.search(rb"id=new-app-password class=secret>(rsap-[a-z2-7-]+)<", made.body)
+    assert shown and b"FileZilla" in made.body
+    listed = web.get(b"/account").body
+    assert shown.group(1) not in listed  # shown once
+    ident = re.search(rb"name=id value='([a-z2-7]+)'", listed).group(1).decode()
+    assert server.real.app_password_hash("alice", ident) is not None
+    # Bob cannot revoke Alice's.
+    bob = HTTPDriver(site)
+    password_step(bob, "bob", "battery staple")
+    bob_csrf = re.search(r"name=csrf value='([^']+)'",
+                         bob.get(b"/account").body.decode()).group(1)
+    bob.post_form(b"/account/app-passwords/revoke", {"csrf": bob_csrf, "id": ident})
+    assert server.real.app_password_hash("alice", ident) is not None
+    web.post_form(b"/account/app-passwords/revoke", {"csrf": csrf, "id": ident})
+    assert server.real.app_password_hash("alice", ident) is None
