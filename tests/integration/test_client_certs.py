@@ -374,7 +374,9 @@ def test_https_form_login_of_a_cert_plus_password_account(world: World,
 
     def post(cert: ClientCert | None, password: str) -> str:
         args = [curl, "-sS", "-k", "-c", str(tmp_path / "jar"), "-o", "/dev/null",
-                "-w", "%{http_code}", "-H", f"Origin: {base}",
+                # The configured public origin (--public-host localhost).
+                "-w", "%{http_code}", "-H",
+                f"Origin: https://localhost:{world.server.https_port}",
                 "--data-urlencode", "username=carol",
                 "--data-urlencode", f"password={password}"]
         if cert is not None:
