@@ -111,11 +111,11 @@ def main() -> None:
             readable, _, _ = select.select(list(slow), [], [], 0.2)
             for sock in readable:
                 try:
-                    data = sock.recv(4096)
+                    sock.recv(4096)  # 408, 503 or the end: the server acted
                 except ssl.SSLWantReadError:
                     continue
                 except OSError:
-                    data = b""
+                    pass
                 lived.append(time.monotonic() - slow.pop(sock))
                 sock.close()
             if time.monotonic() >= next_byte:

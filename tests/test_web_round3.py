@@ -123,7 +123,6 @@ def test_credentials_counted_by_the_guard(server, http, monkeypatch):
 
         def offence(self, host, kind, **fields):
             offences.append((host, kind))
-            return None
 
     server.guard = Guard()
     http.get(b"/login?username=alice&password=" + SECRET.encode())

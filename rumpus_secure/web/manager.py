@@ -44,8 +44,8 @@ from rumpus_secure.web.respond import error_page, run, see_other, send, send_jso
 from rumpus_secure.web.sessions import Session
 from rumpus_secure.web.upload import UploadSink
 from rumpus_secure.web.zipstream import (
-    MAX_PER_ACCOUNT,
     MAX_NAMES,
+    MAX_PER_ACCOUNT,
     MAX_TOTAL,
     ZipProducer,
     build_zip,

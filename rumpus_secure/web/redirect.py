@@ -55,7 +55,11 @@ from rumpus_secure.config import ServerConfig
 from rumpus_secure.shares import is_share_form, share_target
 from rumpus_secure.web.acme import acme_token, serve_challenge
 from rumpus_secure.web.channel import LimitedChannel
-from rumpus_secure.web.multipart import MultipartError, MultipartParser, boundary_from_content_type
+from rumpus_secure.web.multipart import (
+    MultipartError,
+    MultipartParser,
+    boundary_from_content_type,
+)
 from rumpus_secure.web.origin import https_origin
 
 _log = Logger()

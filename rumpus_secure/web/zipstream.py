@@ -264,5 +264,5 @@ def build_zip(open_fs: Callable[[], JailedFS], directory: str,
     return build
 
 
-__all__ = ["MAX_NAMES", "MAX_PER_ACCOUNT", "MAX_TOTAL", "unique_names", "VFSError", "ZipProducer", "build_zip",
-           "walk", "zip_name"]
+__all__ = ["MAX_NAMES", "MAX_PER_ACCOUNT", "MAX_TOTAL", "VFSError", "ZipProducer", "build_zip",
+           "unique_names", "walk", "zip_name"]

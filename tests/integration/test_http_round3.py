@@ -109,7 +109,7 @@ def _drip(sock: socket.socket, data: bytes, every: float, limit: float,
             answer = sock.recv(4096)
             if answer or time.monotonic() - started > limit:
                 return answer
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             continue
     return b""
 
