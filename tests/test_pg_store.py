@@ -87,6 +87,31 @@ def test_an_unmigrated_database_is_refused_until_migrated(pg_url: str) -> None:
         database.close()
 
 
+def test_a_database_of_version_1_is_refused_until_migrated_and_keeps_its_data(
+        pg_url: str) -> None:
+    from rumpus_secure import db as db_module
+
+    database = Database(pg_url)
+    try:
+        first = MIGRATIONS[0]
+        with database.connection() as conn:
+            conn.execute(db_module._VERSIONS_TABLE)
+            conn.execute(first.sql)
+            conn.execute("INSERT INTO schema_migrations VALUES (1, 'x', 0)")
+            conn.execute("INSERT INTO accounts VALUES ('alice', 'h', '/h', 'list', "
+                         "false, NULL, 1, 1, 1, 1)")
+        with pytest.raises(DatabaseError, match="version 1.*db migrate"):
+            database.check_schema()
+        assert [m.version for m in database.migrate()] == ALL_VERSIONS[1:]
+        database.check_schema()
+        from rumpus_secure.accounts.pg import PGAccountStore
+
+        store = PGAccountStore(database, Path("/nonexistent"))
+        assert store.get("alice") is not None and store.two_factor("alice") is None
+    finally:
+        database.close()
+
+
 def test_two_nodes_migrating_at_once_apply_each_step_once(pg_url: str) -> None:
     databases = [Database(pg_url) for _ in range(3)]
     applied: list[int] = []
@@ -588,13 +613,36 @@ def test_copy_moves_an_sqlite_installation(tmp_path: Path, db: Database) -> None
     SQLiteBanStore(sqlite_store.path).save(Ban("192.0.2.3", now + 600, 1, "x", now))
     SQLiteBanStore(sqlite_store.path).save(Ban("192.0.2.4", now - 600, 0, "x", now - 900))
     SQLiteSessions(sqlite_store.path).save(b"k" * 32, Session("alice", "c", now, now))
+    sqlite_store.set_pending_secret("alice", b"sealed")
+    assert sqlite_store.enable_two_factor("alice", b"sealed", 77, [b"r1", b"r2"])
+    assert sqlite_store.use_recovery_code("alice", b"r1")
+    sqlite_store.add_app_password("bob", "b1", "laptop", "argon-b")
+    from rumpus_secure.shares import SQLiteShareStore
+
+    links = SQLiteShareStore(sqlite_store.path)
+    old, token = _link(links)
+    new, _ = _link(links, owner="bob", kind="dropbox", path="/in")
+    links.revoke(old.id, "gone")
+    links.record(new.id, "upload", "192.0.2.9", "f.txt", 3)
     result = copy_sqlite(sqlite_store.path, db, now)
     assert (result.accounts, result.bans, result.sessions) == (2, 1, 1)
+    assert (result.two_factor, result.app_passwords, result.shares) == (1, 1, 2)
     store = PGAccountStore(db, tmp_path / "files", hasher=FAST)
     assert store.password_hash("alice") == sqlite_store.password_hash("alice")
     assert store.get("bob").locked and store.get("alice").perms == frozenset({"list"})
     assert [b.address for b in PGBanStore(db).load(now)] == ["192.0.2.3"]
     assert not store.bootstrap("admin", "pw")  # a copied database has its admin
+    row = store.two_factor("alice")
+    assert (row.secret, row.last_step, row.recovery_left) == (b"sealed", 77, 1)
+    assert not store.use_totp_step("alice", 77)  # no replay after the move
+    assert store.two_factor("bob") is None
+    assert store.app_password_hash("bob", "b1") == "argon-b"
+    from rumpus_secure.accounts.pg import PGShareStore
+
+    shares = PGShareStore(db)
+    assert shares.find(token)[0] == links.get(old.id)
+    assert [s.id for s in shares.list()] == [s.id for s in links.list()]
+    assert shares.events(new.id) == links.events(new.id)
     with pytest.raises(DatabaseError, match="already holds accounts"):
         copy_sqlite(sqlite_store.path, db, now)
     with sqlite3.connect(sqlite_store.path) as check:
