@@ -1,8 +1,10 @@
 """
-The PostgreSQL stores: accounts, bans and web sessions shared by all nodes.
+The PostgreSQL stores: accounts (with their two-factor state and app
+passwords), bans, web sessions and share links, shared by all nodes.
 
 Each class implements the same interface as its SQLite twin
-(L{IAccountStore}, L{IBanStore}, the web session persistence), so the rest
+(L{IAccountStore} and L{ITwoFactorStore}, L{IBanStore}, the web session
+persistence, L{IShareStore}), so the rest
 of the server does not know which one it talks to.  They differ where
 several nodes make a difference:
 
@@ -14,7 +16,10 @@ several nodes make a difference:
    a login reads the account's C{version} there, so a verifier cache on any
    node cannot vouch for a password changed on another;
  - a database that cannot be reached raises L{StoreUnavailable}, never
-   returns "no such account".
+   returns "no such account";
+ - what must happen once across all nodes (a TOTP step, a recovery code,
+   the last use of a link) is one conditional C{UPDATE}: a second node
+   waits for the first's row lock, re-reads the row and updates nothing.
 
 What it costs: a repeat login answered by the verifier cache still reads
 the account twice; on loopback, 4 threads, that is about 6,300 logins/s
