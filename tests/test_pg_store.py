@@ -677,6 +677,19 @@ def test_db_commands_migrate_copy_and_refuse_an_old_schema(
     assert status == 0 and "copied 1 account(s)" in text, text
     status, text = run("--database", target, "user", "list")
     assert status == 0 and "alice" in text
+    status, text = run("--database", target, "--root", str(tmp_path / "files"), "user",
+                       "add", "carol", "--generate-password", "--require-2fa")
+    assert status == 0 and "two-factor login required" in text, text
+    status, text = run("--database", target, "user", "2fa", "reset", "carol")
+    assert status == 0 and "reset" in text, text
+    from rumpus_secure.accounts.pg import PGAccountStore
+
+    shared = Database(target)
+    try:
+        row = PGAccountStore(shared, tmp_path / "files").two_factor("carol")
+        assert row.required and row.secret is None
+    finally:
+        shared.close()
     status, text = run("db", "copy", "--from", f"sqlite:{data}", "--to", target)
     assert status == 1 and "already holds accounts" in text
     status, text = run("db", "copy", "--from", f"sqlite:{tmp_path / 'none'}", "--to", target)
