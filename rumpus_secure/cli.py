@@ -888,6 +888,10 @@ def add_ban_command(subparsers: Any) -> None:
 def _share_store(context: Context) -> Any:
     from rumpus_secure.shares import SQLiteShareStore
 
+    if context.config.database is not None:
+        from rumpus_secure.accounts.pg import PGShareStore
+
+        return PGShareStore(context.shared_database())
     return SQLiteShareStore(context.require_database())
 
 
@@ -1039,8 +1043,14 @@ def _db_copy(args: argparse.Namespace, context: Context) -> int:
         result = copy_sqlite(source, database, time.time())
     finally:
         database.close()
-    context.say(f"copied {result.accounts} account(s), {result.bans} active ban(s) and "
-                f"{result.sessions} web session(s) from {source} to {redact(target)}")
+    context.say(f"copied {result.accounts} account(s), {result.bans} active ban(s), "
+                f"{result.sessions} web session(s), {result.two_factor} two-factor "
+                f"record(s), {result.app_passwords} app password(s) and "
+                f"{result.shares} share link(s) from {source} to {redact(target)}")
+    if result.two_factor:
+        context.say("two-factor secrets are sealed with the key in the source's data "
+                    "directory: copy its secret.key (mode 600) into every node's "
+                    "--data-dir")
     context.say("start every node with --database " + redact(target)
                 + " --cert FILE --key FILE and the shared --root")
     return 0

@@ -101,10 +101,15 @@ class CertificateAwareChecker:
         if verdict.mode == "password":
             return await self._inner.requestAvatarId(credentials)
         if verdict.refusal is not None:
-            try:
-                await self._inner.requestAvatarId(credentials)
-            except UnauthorizedLogin:
-                pass
+            # The same work as a wrong password, and no cache either way
+            # (accounts.checker): the refusal must not tell whether the
+            # password was right.
+            credentials.uncached = True
+            if credentials.password:  # no password, nothing to hide (and no argon2)
+                try:
+                    await self._inner.requestAvatarId(credentials)
+                except UnauthorizedLogin:
+                    pass
             raise CertificateRefused(name, verdict.refusal, verdict.fingerprint)
         if isinstance(credentials, CertificateCredentials):
             credentials.verdict = verdict
