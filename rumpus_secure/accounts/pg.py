@@ -484,6 +484,11 @@ class PGClientCertStore:
     method moves C{password_changed}, which ends its web sessions everywhere.
     Reads go to the primary at every login, never a cache.  Deleting the
     account deletes its rows with it (foreign keys, schema version 3).
+
+    On loopback with 2,000 bindings, the reads of a certificate login
+    (login method + owner) take about 124 microseconds median (SQLite 9),
+    setting a login method with its log row and NOTIFY 310 (SQLite 28), next
+    to 30-60 ms of argon2id for a password, C{python bench/pg_client_certs.py}.
     """
 
     def __init__(self, store: PGAccountStore,
