@@ -661,7 +661,7 @@ def test_client_certificates_behave_as_in_sqlite(store: Any, tmp_path: Path,
     bindings, login methods, refusals, change log and credential moves.
     """
     from rumpus_secure.accounts.client_certs import ClientCertStore, client_cert_store
-    from rumpus_secure.accounts.pg import PGClientCertStore
+    from rumpus_secure.accounts.pg_client_certs import PGClientCertStore
 
     one, two = pki.issue("alice one"), pki.issue("alice two")
     lite = SQLiteAccountStore(tmp_path / "a.sqlite3", tmp_path / "lite", hasher=FAST)

@@ -12,8 +12,8 @@ Three things live here:
    changes, exactly as after a password change (web sessions end too: both
    changes move the account's C{password_changed}).  With C{--database
    postgresql://...} the same tables and log entries live in the shared
-   database (L{rumpus_secure.accounts.pg.PGClientCertStore}, schema version
-   3); L{client_cert_store} picks the one that goes with the account store.
+   database (L{rumpus_secure.accounts.pg_client_certs}, schema version 3);
+   L{client_cert_store} picks the one that goes with the account store.
  - L{ClientCA}: is a presented certificate one of ours?  It must chain to
    the C{--client-ca} file, be inside its validity period, and not be on
    the C{--client-crl} list.
@@ -252,11 +252,12 @@ def client_cert_store(store: Any, clock: Callable[[], float] | None = None) -> A
     """
     The bindings and login methods of C{store}'s accounts, where they live:
     a L{ClientCertStore} in the SQLite file, or, for the shared PostgreSQL
-    store, a L{rumpus_secure.accounts.pg.PGClientCertStore} (same methods,
-    same meaning).
+    store, a L{rumpus_secure.accounts.pg_client_certs.PGClientCertStore}
+    (same methods, same meaning).
     """
     if not isinstance(store, SQLiteAccountStore):
-        from rumpus_secure.accounts.pg import PGAccountStore, PGClientCertStore
+        from rumpus_secure.accounts.pg import PGAccountStore
+        from rumpus_secure.accounts.pg_client_certs import PGClientCertStore
 
         if isinstance(store, PGAccountStore):
             return PGClientCertStore(store, clock)
