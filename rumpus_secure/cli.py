@@ -495,9 +495,9 @@ def add_user_command(subparsers: Any) -> None:
 
 
 def _client_certs(context: Context) -> Any:
-    from rumpus_secure.accounts.client_certs import ClientCertStore
+    from rumpus_secure.accounts.client_certs import client_cert_store
 
-    return ClientCertStore(context.open_store())
+    return client_cert_store(context.open_store())
 
 
 def _user_cert_add(args: argparse.Namespace, context: Context) -> int:
@@ -1045,7 +1045,8 @@ def _db_copy(args: argparse.Namespace, context: Context) -> int:
         database.close()
     context.say(f"copied {result.accounts} account(s), {result.bans} active ban(s), "
                 f"{result.sessions} web session(s), {result.two_factor} two-factor "
-                f"record(s), {result.app_passwords} app password(s) and "
+                f"record(s), {result.app_passwords} app password(s), "
+                f"{result.client_certs} client certificate binding(s) and "
                 f"{result.shares} share link(s) from {source} to {redact(target)}")
     if result.two_factor:
         context.say("two-factor secrets are sealed with the key in the source's data "

@@ -262,6 +262,24 @@ CREATE TABLE share_events (
 );
 CREATE INDEX share_events_share ON share_events (share_id, seq);
 """),
+    # As in SQLite (rumpus_secure.accounts.client_certs).  The foreign keys do
+    # what SQLite's trigger does there: deleting an account deletes its
+    # bindings and login method in the same transaction, so a namesake made
+    # later inherits no certificate (and no binding can name a missing account).
+    Migration(3, "client certificates and login methods", """
+CREATE TABLE client_certs (
+    fingerprint TEXT PRIMARY KEY,
+    name TEXT NOT NULL REFERENCES accounts (name) ON DELETE CASCADE,
+    subject TEXT NOT NULL,
+    not_after DOUBLE PRECISION NOT NULL,
+    added DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX client_certs_name ON client_certs (name);
+CREATE TABLE account_auth (
+    name TEXT PRIMARY KEY REFERENCES accounts (name) ON DELETE CASCADE,
+    mode TEXT NOT NULL CHECK (mode IN ('password', 'cert', 'cert+password'))
+);
+"""),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -486,6 +504,7 @@ class CopyResult:
     two_factor: int = 0
     app_passwords: int = 0
     shares: int = 0
+    client_certs: int = 0
 
 
 def parse_sqlite_source(text: str) -> Path:
@@ -504,8 +523,9 @@ def parse_sqlite_source(text: str) -> Path:
 
 def copy_sqlite(source: Path, database: Database, now: float) -> CopyResult:
     """
-    Copy accounts, bans, live web sessions, two-factor state, app passwords
-    and share links (with their events) from a SQLite store into an empty,
+    Copy accounts, bans, live web sessions, two-factor state, app passwords,
+    client-certificate bindings with login methods, and share links (with
+    their events) from a SQLite store into an empty,
     migrated PostgreSQL database, in one transaction.
 
     The two-factor secrets stay sealed under the source's
@@ -551,6 +571,13 @@ def copy_sqlite(source: Path, database: Database, now: float) -> CopyResult:
             "SELECT id, token_hash, owner, kind, path, created, expires, password_hash, "
             "max_uses, uses, max_size, note, revoked, last_used FROM shares "
             "ORDER BY rowid").fetchall() if "shares" in tables else []
+        client_certs = src.execute(
+            "SELECT fingerprint, name, subject, not_after, added FROM client_certs "
+            "WHERE name IN (SELECT name FROM accounts)"
+        ).fetchall() if {"client_certs", "accounts"} <= tables else []
+        account_auth = src.execute(
+            "SELECT name, mode FROM account_auth WHERE name IN (SELECT name FROM accounts)"
+        ).fetchall() if {"account_auth", "accounts"} <= tables else []
         share_events = src.execute(
             "SELECT share_id, at, action, client, name, size FROM share_events "
             "ORDER BY seq").fetchall() if "share_events" in tables else []
@@ -609,6 +636,13 @@ def copy_sqlite(source: Path, database: Database, now: float) -> CopyResult:
             conn.execute(
                 "INSERT INTO share_events (share_id, at, action, client, name, size) "
                 "VALUES (%s, %s, %s, %s, %s, %s)", row)
+        for row in client_certs:
+            conn.execute(
+                "INSERT INTO client_certs (fingerprint, name, subject, not_after, added) "
+                "VALUES (%s, %s, %s, %s, %s)", row)
+            result.client_certs += 1
+        for row in account_auth:
+            conn.execute("INSERT INTO account_auth (name, mode) VALUES (%s, %s)", row)
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('bootstrapped', 'copied') "
             "ON CONFLICT (key) DO NOTHING")

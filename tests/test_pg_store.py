@@ -598,6 +598,232 @@ def test_a_share_link_made_on_one_node_opens_on_another(db: Database, pg_url: st
         other.close()
 
 
+# -- client certificates ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from .client_pki import ClientPKI
+
+    return ClientPKI(tmp_path_factory.mktemp("pki"))
+
+
+def _cert_script(store: Any, one: Any, two: Any) -> list[Any]:
+    """
+    The same steps on either store; what each step showed.
+    """
+    from rumpus_secure.accounts.client_certs import client_cert_store
+
+    store.add("alice", "pw")
+    store.add("bob", "pw")
+    certs = client_cert_store(store, clock=lambda: 5e9)
+    seen: list[Any] = []
+
+    def step(function: Any, *args: Any) -> None:
+        try:
+            seen.append(function(*args))
+        except AccountError as e:
+            seen.append(("error", str(e)))
+
+    start = store.change_reader().latest()
+    bob = store.get("bob")
+    step(certs.add, "alice", one.cert_path.read_bytes())
+    step(certs.add, "alice", two.cert_path.read_bytes())
+    step(certs.add, "bob", one.cert_path.read_bytes())  # bound to alice already
+    step(certs.add, "nobody", two.cert_path.read_bytes())
+    step(certs.add, "bob", one.key_path.read_bytes())  # not a certificate
+    step(certs.list, "alice")
+    step(certs.list, "bob")
+    step(certs.owner, one.fingerprint)
+    step(certs.auth_mode, "alice")
+    step(certs.auth_mode, "nobody")
+    version = store.get("alice").version
+    step(certs.set_auth_mode, "alice", "cert+password")
+    step(certs.set_auth_mode, "alice", "certificate")
+    step(certs.set_auth_mode, "nobody", "cert")
+    step(certs.auth_mode, "alice")
+    step(certs.delete, "alice", one.fingerprint[:5])
+    step(certs.delete, "bob", one.fingerprint)
+    step(certs.delete, "alice", one.fingerprint[:14].replace(":", "").lower())
+    step(certs.owner, one.fingerprint)
+    step(certs.list)
+    alice = store.get("alice")
+    seen.append((alice.version - version, alice.password_changed, store.get("bob") == bob))
+    seen.append([(c.name, c.kind, c.detail)
+                 for c in store.change_reader().since(start).changes])
+    return seen
+
+
+def test_client_certificates_behave_as_in_sqlite(store: Any, tmp_path: Path,
+                                                 pki: Any) -> None:
+    """
+    The same steps on the PostgreSQL store and on SQLite show the same
+    bindings, login methods, refusals, change log and credential moves.
+    """
+    from rumpus_secure.accounts.client_certs import ClientCertStore, client_cert_store
+    from rumpus_secure.accounts.pg_client_certs import PGClientCertStore
+
+    one, two = pki.issue("alice one"), pki.issue("alice two")
+    lite = SQLiteAccountStore(tmp_path / "a.sqlite3", tmp_path / "lite", hasher=FAST)
+    assert type(client_cert_store(lite)) is ClientCertStore
+    assert type(client_cert_store(store)) is PGClientCertStore
+    expected = _cert_script(lite, one, two)
+    got = _cert_script(store, one, two)
+    assert got == expected
+    assert [b.fingerprint for b in got[5]] == [one.fingerprint, two.fingerprint]
+    assert got[6] == []
+    assert got[-2] == (2, 5e9, True)  # auth and cert-del moved alice only
+    assert [kind for _, kind, _ in got[-1]] == ["cert-add", "cert-add", "auth", "cert-del"]
+
+
+def test_a_binding_made_on_one_node_is_seen_by_the_other(pg_url: str, tmp_path: Path,
+                                                         pki: Any) -> None:
+    """
+    Node 0 binds, node 1 sees the binding (and hears of it in the change
+    log); node 1 sets the login method and removes the binding, node 0 sees
+    both at once.  Two nodes binding one certificate to two accounts at the
+    same moment: one wins.
+    """
+    from rumpus_secure.accounts.client_certs import client_cert_store
+    from rumpus_secure.accounts.pg import PGAccountStore
+
+    databases = [Database(pg_url) for _ in range(2)]
+    databases[0].migrate()
+    try:
+        stores = [PGAccountStore(d, tmp_path / "files", hasher=FAST) for d in databases]
+        nodes = [client_cert_store(s) for s in stores]
+        stores[0].add("alice", "pw")
+        stores[0].add("bob", "pw")
+        start = stores[1].change_reader().latest()
+        cert = pki.issue("alice on node 0")
+        nodes[0].add("alice", cert.cert_path.read_bytes())
+        assert nodes[1].owner(cert.fingerprint) == "alice"
+        assert [b.fingerprint for b in nodes[1].list("alice")] == [cert.fingerprint]
+        nodes[1].set_auth_mode("alice", "cert")
+        assert nodes[0].auth_mode("alice") == "cert"
+        assert nodes[0].auth_mode("bob") == "password"
+        nodes[1].delete("alice", cert.fingerprint)
+        assert nodes[0].owner(cert.fingerprint) is None
+        kinds = [c.kind for c in stores[1].change_reader().since(start).changes]
+        assert kinds == ["cert-add", "auth", "cert-del"]
+
+        contested = pki.issue("wanted by two").cert_path.read_bytes()
+
+        def bind(node: Any, name: str) -> str:
+            try:
+                return node.add(name, contested).name
+            except AccountError as e:
+                return str(e)
+
+        results = _race([lambda: bind(nodes[0], "alice"), lambda: bind(nodes[1], "bob")])
+        winners = [r for r in results if r in ("alice", "bob")]
+        assert len(winners) == 1, results
+        assert [r for r in results if "already bound" in r] != []
+        owner = nodes[0].owner(fingerprint_of_pem(contested))
+        assert owner == winners[0] == nodes[1].owner(fingerprint_of_pem(contested))
+    finally:
+        for database in databases:
+            database.close()
+
+
+def fingerprint_of_pem(pem: bytes) -> str:
+    from rumpus_secure.accounts.client_certs import fingerprint_of, load_certificate_bytes
+
+    return fingerprint_of(load_certificate_bytes(pem))
+
+
+def test_deleting_an_account_takes_its_bindings_and_login_method(
+        store: Any, pki: Any) -> None:
+    """
+    In the delete's transaction, like SQLite's trigger: a namesake made
+    later inherits no certificate and no login method; Bob keeps his.
+    """
+    from rumpus_secure.accounts.client_certs import client_cert_store
+
+    certs = client_cert_store(store)
+    store.add("alice", "pw")
+    store.add("bob", "pw")
+    alices, bobs = pki.issue("alice deleted"), pki.issue("bob stays")
+    certs.add("alice", alices.cert_path.read_bytes())
+    certs.add("bob", bobs.cert_path.read_bytes())
+    certs.set_auth_mode("alice", "cert")
+    certs.set_auth_mode("bob", "cert+password")
+    store.delete("alice")
+    with store.database.connection() as conn:
+        left = conn.execute(
+            "SELECT (SELECT count(*) FROM client_certs WHERE name = 'alice'), "
+            "(SELECT count(*) FROM account_auth WHERE name = 'alice')").fetchone()
+    assert left == (0, 0)
+    store.add("alice", "a-new-alice")
+    assert certs.owner(alices.fingerprint) is None and certs.list("alice") == []
+    assert certs.auth_mode("alice") == "password"
+    assert certs.owner(bobs.fingerprint) == "bob"
+    assert certs.auth_mode("bob") == "cert+password"
+    with pytest.raises(AccountError, match="no account"):
+        certs.add("carol", alices.cert_path.read_bytes())
+
+
+def test_copy_carries_bindings_and_login_methods(tmp_path: Path, db: Database,
+                                                  pki: Any) -> None:
+    from rumpus_secure.accounts.client_certs import ClientCertStore, client_cert_store
+    from rumpus_secure.accounts.pg import PGAccountStore
+
+    lite = SQLiteAccountStore.in_data_dir(tmp_path / "data", tmp_path / "files",
+                                          hasher=FAST)
+    lite.add("alice", "pw")
+    lite.add("bob", "pw")
+    bindings = ClientCertStore(lite)
+    cert = pki.issue("alice copied")
+    bindings.add("alice", cert.cert_path.read_bytes())
+    bindings.set_auth_mode("alice", "cert")
+    result = copy_sqlite(lite.path, db, time.time())
+    assert result.client_certs == 1
+    certs = client_cert_store(PGAccountStore(db, tmp_path / "files", hasher=FAST))
+    assert certs.list() == bindings.list()
+    assert certs.owner(cert.fingerprint) == "alice"
+    assert (certs.auth_mode("alice"), certs.auth_mode("bob")) == ("cert", "password")
+
+
+def test_the_cli_binds_certificates_in_the_shared_database(
+        pg_url: str, tmp_path: Path, pki: Any) -> None:
+    """
+    ``user add --auth``, ``user cert add|list|del`` and ``user auth`` with
+    ``--database``: the rows land in PostgreSQL (no SQLite DDL on it).
+    """
+    import io
+
+    from rumpus_secure import cli
+    from rumpus_secure.accounts.client_certs import client_cert_store
+    from rumpus_secure.accounts.pg import PGAccountStore
+
+    def run(*argv: str, stdin: str = "") -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        status = cli.main(["--database", pg_url, "--root", str(tmp_path / "files"),
+                           *argv], stdin=io.StringIO(stdin), stdout=out, stderr=err)
+        return status, out.getvalue() + err.getvalue()
+
+    assert run("db", "migrate")[0] == 0
+    status, text = run("user", "add", "dora", "--auth", "cert", "--password-stdin",
+                       stdin="a-long-enough-password\n")
+    assert status == 0 and "logs in with: cert" in text, text
+    cert = pki.issue("dora cli")
+    status, text = run("user", "cert", "add", "dora", "--cert", str(cert.cert_path))
+    assert status == 0 and cert.fingerprint in text, text
+    status, text = run("user", "cert", "list")
+    assert text.split()[:3] == ["dora", "cert", cert.fingerprint], text
+    status, text = run("user", "auth", "dora", "cert+password")
+    assert status == 0, text
+    database = Database(pg_url)
+    try:
+        certs = client_cert_store(PGAccountStore(database, tmp_path / "files"))
+        assert certs.owner(cert.fingerprint) == "dora"
+        assert certs.auth_mode("dora") == "cert+password"
+        status, text = run("user", "cert", "del", "dora", cert.fingerprint[:11])
+        assert status == 0 and certs.list("dora") == [], text
+    finally:
+        database.close()
+
+
 # -- copy ---------------------------------------------------------------------
 
 

@@ -28,8 +28,8 @@ from rumpus_secure.accounts.client_certs import (
     CertificateLogin,
     CertVerdict,
     ClientCA,
-    ClientCertStore,
     PeerCertificate,
+    client_cert_store,
 )
 from rumpus_secure.accounts.hashing import normalise_text
 from rumpus_secure.accounts.store import SQLiteAccountStore
@@ -137,5 +137,5 @@ def build_certificate_checker(config: Any, store: SQLiteAccountStore, inner: Any
     ca = None
     if getattr(config, "client_ca", None) is not None:
         ca = ClientCA(config.client_ca, config.client_crl, clock=reactor.seconds)
-    return CertificateAwareChecker(inner, CertificateLogin(ClientCertStore(store), ca),
+    return CertificateAwareChecker(inner, CertificateLogin(client_cert_store(store), ca),
                                    reactor, threadpool)

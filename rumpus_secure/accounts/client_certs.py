@@ -10,7 +10,10 @@ Three things live here:
    store's change log (kinds C{cert-add}, C{cert-del} and C{auth}), so open
    FTP sessions of the account end when a binding is removed or the method
    changes, exactly as after a password change (web sessions end too: both
-   changes move the account's C{password_changed}).
+   changes move the account's C{password_changed}).  With C{--database
+   postgresql://...} the same tables and log entries live in the shared
+   database (L{rumpus_secure.accounts.pg_client_certs}, schema version 3);
+   L{client_cert_store} picks the one that goes with the account store.
  - L{ClientCA}: is a presented certificate one of ours?  It must chain to
    the C{--client-ca} file, be inside its validity period, and not be on
    the C{--client-crl} list.
@@ -247,6 +250,22 @@ class ClientCertStore:
                        (name, mode))
             _credentials_changed(db, name, now)
             _record(db, name, "auth", mode, now)
+
+
+def client_cert_store(store: Any, clock: Callable[[], float] | None = None) -> Any:
+    """
+    The bindings and login methods of C{store}'s accounts, where they live:
+    a L{ClientCertStore} in the SQLite file, or, for the shared PostgreSQL
+    store, a L{rumpus_secure.accounts.pg_client_certs.PGClientCertStore}
+    (same methods, same meaning).
+    """
+    if not isinstance(store, SQLiteAccountStore):
+        from rumpus_secure.accounts.pg import PGAccountStore
+        from rumpus_secure.accounts.pg_client_certs import PGClientCertStore
+
+        if isinstance(store, PGAccountStore):
+            return PGClientCertStore(store, clock)
+    return ClientCertStore(store, clock)
 
 
 def _credentials_changed(db: sqlite3.Connection, name: str, now: float) -> None:

@@ -1,6 +1,7 @@
 """
 The PostgreSQL stores: accounts (with their two-factor state and app
-passwords), bans, web sessions and share links, shared by all nodes.
+passwords), bans, web sessions and share links, shared by all nodes
+(client-certificate bindings: L{rumpus_secure.accounts.pg_client_certs}).
 
 Each class implements the same interface as its SQLite twin
 (L{IAccountStore} and L{ITwoFactorStore}, L{IBanStore}, the web session
