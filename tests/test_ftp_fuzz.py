@@ -215,3 +215,9 @@ def test_a_type_error_inside_a_handler_is_not_a_missing_argument(
     proto, transport, _ = connect(server)
     proto.dataReceived(b"SYST\r\nAUTH\r\n")
     assert [r[:3] for r in transport.lines()[1:]] == ["451", "501"]
+
+
+def test_an_empty_eprt_argument_gets_501() -> None:
+    """Found by the fuzz test: Twisted's parser raised IndexError (451)."""
+    replies = drive("login", [b"EPRT ", b"EPRT |", b"NOOP"])
+    assert [r[:3] for r in replies[-3:]] == ["501", "501", "200"]

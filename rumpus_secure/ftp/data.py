@@ -343,7 +343,7 @@ def active(control: Any, argument: str, extended: bool) -> str:
             host = str(ipaddress.ip_address(host))
         else:
             host, port = _parse_port(argument)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, IndexError):  # IndexError: Twisted on an empty EPRT
         return f"501 Malformed {verb} argument."
     peer = normalise_host(control.client_host)
     if normalise_host(host) != peer or not 1024 <= port <= 65535:
