@@ -30,7 +30,7 @@ from rumpus_secure.ftp.error_reports import ErrorReports
 from .ftp_fakes import connect, make_server
 
 settings.register_profile(
-    "rumpus-ci", max_examples=150, deadline=None,
+    "rumpus-ci", max_examples=150, deadline=None, derandomize=True,
     suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(
     "rumpus-long", max_examples=3000, deadline=None,

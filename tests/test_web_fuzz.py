@@ -32,7 +32,7 @@ from tests.test_web_support import HTTPDriver, make_server
 pytestmark = pytest.mark.filterwarnings(
     "ignore:twisted.web.resource._UnsafeErrorPage:DeprecationWarning")
 
-settings.register_profile("rumpus-web-ci", max_examples=40, deadline=None,
+settings.register_profile("rumpus-web-ci", max_examples=40, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("rumpus-web-long", max_examples=3000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
