@@ -11,6 +11,7 @@ tables are a real SQLite store's, and the secret is sealed with a real key.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,78 @@ def test_app_passwords_on_the_account_page(server, site):
     assert server.real.app_password_hash("alice", ident) is not None
     web.post_form(b"/account/app-passwords/revoke", {"csrf": csrf, "id": ident})
     assert server.real.app_password_hash("alice", ident) is None
+
+
+def _passwd(server, name: str) -> None:
+    """What ``user passwd`` does, as the web sees it: a new password time."""
+    account = server.store.accounts[name]
+    server.store.accounts[name] = replace(account, password="new one",
+                                          password_changed=server.reactor.seconds())
+
+
+def test_password_change_ends_a_pending_code_login(server, site):
+    secret = enrol(server, "alice")
+    bob_secret = enrol(server, "bob")
+    web, bob = HTTPDriver(site), HTTPDriver(site)
+    assert password_step(web, "alice", "correct horse").header(b"location") == b"/login/code"
+    assert password_step(bob, "bob", "battery staple").header(b"location") == b"/login/code"
+    server.reactor.advance(30)
+    _passwd(server, "alice")  # the admin, between the two steps
+    code = code_at(secret, server.reactor.seconds())
+    refused = web.post_form(b"/login/code", {"code": code})
+    assert refused.status == 409 and b"log in again" in refused.body
+    assert web.get(b"/files/").status == 303
+    # The pending login is over: not even a right code opens it now.
+    assert web.post_form(b"/login/code", {"code": code}).header(b"location") == b"/login"
+    assert any(e.get("outcome") == "account-changed" for e in server.audit.events)
+    # Bob's pending login, beside it, is untouched.
+    bob_code = code_at(bob_secret, server.reactor.seconds())
+    assert bob.post_form(b"/login/code", {"code": bob_code}).header(b"location") == \
+        b"/files/"
+    assert bob.get(b"/files/").status == 200
+
+
+def test_two_factor_reset_ends_a_pending_code_login(server, site):
+    secret = enrol(server, "alice")
+    web = HTTPDriver(site)
+    password_step(web, "alice", "correct horse")
+    server.real.reset_two_factor("alice")
+    server.reactor.advance(30)
+    assert web.post_form(b"/login/code",
+                         {"code": code_at(secret, server.reactor.seconds())}).status == 409
+    assert web.get(b"/files/").status == 303
+
+
+def test_password_change_ends_a_pending_enrolment(server, site):
+    server.real.set_two_factor_required("bob", True)
+    server.real.set_two_factor_required("alice", True)
+    web, alice = HTTPDriver(site), HTTPDriver(site)
+    assert password_step(web, "bob", "battery staple").header(b"location") == b"/login/enrol"
+    assert password_step(alice, "alice", "correct horse").header(b"location") == \
+        b"/login/enrol"
+    page = web.get(b"/login/enrol").body.decode()
+    secret = re.search(r"id=totp-secret class=secret>([A-Z2-7 ]+)<", page).group(1)
+    secret = secret.replace(" ", "")
+    _passwd(server, "bob")
+    refused = web.post_form(b"/login/enrol",
+                            {"code": code_at(secret, server.reactor.seconds())})
+    assert refused.status == 409
+    assert web.get(b"/files/").status == 303
+    assert server.real.two_factor("bob").secret is None  # nothing bound
+    assert web.get(b"/login/enrol").header(b"location") == b"/login"
+    # Alice enrols beside it as before.
+    page = alice.get(b"/login/enrol").body.decode()
+    secret = re.search(r"id=totp-secret class=secret>([A-Z2-7 ]+)<", page).group(1)
+    done = alice.post_form(b"/login/enrol",
+                           {"code": code_at(secret.replace(" ", ""),
+                                            server.reactor.seconds())})
+    assert done.status == 200 and alice.get(b"/files/").status == 200
+
+
+def test_lock_ends_a_pending_enrolment_page(server, site):
+    server.real.set_two_factor_required("bob", True)
+    web = HTTPDriver(site)
+    password_step(web, "bob", "battery staple")
+    server.store.lock("bob", "quarantined")
+    assert web.get(b"/login/enrol").status == 409
+    assert server.real.two_factor("bob").pending is None
