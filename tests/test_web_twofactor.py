@@ -220,3 +220,51 @@ def test_lock_ends_a_pending_enrolment_page(server, site):
     server.store.lock("bob", "quarantined")
     assert web.get(b"/login/enrol").status == 409
     assert server.real.two_factor("bob").pending is None
+
+
+def _account_page_csrf(web: HTTPDriver) -> str:
+    return re.search(r"name=csrf value='([^']+)'", web.get(b"/account").body.decode()).group(1)
+
+
+@pytest.mark.parametrize("change", ["require", "reset"])
+def test_two_factor_require_or_reset_ends_web_sessions(server, site, change):
+    # The account's password time comes from the real store, as in production.
+    server.real._clock = server.reactor.seconds
+    fake_get = server.store.get
+
+    def get(name):
+        account = fake_get(name)
+        real = server.real.get(name)
+        return account if account is None or real is None else replace(
+            account, password_changed=max(account.password_changed, real.password_changed))
+
+    server.store.get = get
+    alice, bob = HTTPDriver(site), HTTPDriver(site)
+    if change == "reset":
+        # A full two-factor session (a thief's, with the "lost" phone).
+        secret = enrol(server, "alice")
+        password_step(alice, "alice", "correct horse")
+        server.reactor.advance(30)
+        done = alice.post_form(b"/login/code",
+                               {"code": code_at(secret, server.reactor.seconds())})
+        assert done.header(b"location") == b"/files/"
+    else:
+        # A password-only session from before the requirement.
+        assert password_step(alice, "alice", "correct horse").header(b"location") == \
+            b"/files/"
+    assert password_step(bob, "bob", "battery staple").header(b"location") == b"/files/"
+    csrf, bob_csrf = _account_page_csrf(alice), _account_page_csrf(bob)
+    server.reactor.advance(10)
+    if change == "reset":
+        server.real.reset_two_factor("alice")
+    else:
+        server.real.set_two_factor_required("alice", True)
+    made = alice.post_form(b"/account/app-passwords", {"csrf": csrf, "label": "x"})
+    assert made.status == 403 and b"rsap-" not in made.body
+    assert server.real.app_passwords("alice") == []
+    assert alice.get(b"/account").status in (303, 403)
+    assert alice.get(b"/files/").status == 303
+    # Bob's session, beside it, still works and still mints.
+    mine = bob.post_form(b"/account/app-passwords", {"csrf": bob_csrf, "label": "y"})
+    assert mine.status == 200 and b"rsap-" in mine.body
+    assert bob.get(b"/files/").status == 200

@@ -447,14 +447,47 @@ class AccountResource(resource.Resource):
     def _action(self, request: IRequest) -> str:
         return "/".join(p.decode("latin-1") for p in request.postpath if p)
 
+    async def _still_valid(self, request: IRequest, session: Session) -> bool:
+        """
+        The session's account is still there, unlocked, and its credentials
+        did not change since the login (a new password, two-factor login
+        required or reset: L{rumpus_secure.accounts.two_factor_store}).
+        Otherwise the session ends and an answer is sent: this page mints
+        app passwords, so a password-only session or a thief's must stop
+        here, not only at the files.
+        """
+        account = await self.app.server.run_in_thread(self.app.server.store.get,
+                                                      session.user)
+        if account is None or account.locked:
+            self.app.sessions.end_user(session.user)
+            error_page(request, 403, "Account unavailable",
+                       "This account has been locked or removed. Ask your "
+                       "administrator.", link=("/login", "Log in"))
+            return False
+        if account.password_changed > session.created:
+            self.app.sessions.discard(session)
+            error_page(request, 403, "Please log in again",
+                       "The password or two-factor login of this account was "
+                       "changed after you logged in. Log in again.",
+                       link=("/login", "Log in"))
+            return False
+        return True
+
     def render_GET(self, request: IRequest) -> Any:
         session = self.app.session(request)
         if session is None:
             see_other(request, "/login?next=/account")
             return run(request, _nothing)
-        if self._action(request) == "2fa":
-            return run(request, lambda: self.enrol_page(request, session))
-        return run(request, lambda: self.show(request, session))
+
+        async def get() -> None:
+            if not await self._still_valid(request, session):
+                return
+            if self._action(request) == "2fa":
+                await self.enrol_page(request, session)
+            else:
+                await self.show(request, session)
+
+        return run(request, get)
 
     render_HEAD = render_GET
 
@@ -479,7 +512,11 @@ class AccountResource(resource.Resource):
             error_page(request, 404, "Not found", "There is nothing at this address.",
                        link=("/account", "Your account"))
             return run(request, _nothing)
-        return run(request, lambda: handler(request, session))
+        async def post() -> None:
+            if await self._still_valid(request, session):
+                await handler(request, session)  # type: ignore[operator]
+
+        return run(request, post)
 
     async def show(self, request: IRequest, session: Session,
                    shown: tuple[str, str] | None = None) -> None:
