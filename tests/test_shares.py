@@ -389,3 +389,55 @@ def test_link_password_form_body_is_capped(server, site):
     refused = visitor(site).request(b"POST", link.encode(), body=body, headers={
         b"content-type": b"application/x-www-form-urlencoded"})
     assert refused.status == 413
+
+
+def _open_request(site, target: bytes):
+    """A GET whose answer may stay open (a streamed ZIP): its transport."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    address = IPv4Address("TCP", "192.0.2.7", 40000)
+    protocol = site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"GET " + target + b" HTTP/1.1\r\nhost: files.example.org:8443"
+                          b"\r\n\r\n")
+    site.reactor.advance(0)
+    return transport
+
+
+def test_share_zips_are_capped_per_owner_and_in_all(server, site, monkeypatch):
+    from rumpus_secure.web import visit
+
+    started: list = []
+    monkeypatch.setattr(visit, "start_zip_thread", started.append)
+    server.reactor.callFromThread = lambda f, *a: f(*a)
+    for name in ("alice", "bob"):
+        (server.store.get(name).home / "dir").mkdir()
+        (server.store.get(name).home / "dir" / "f.txt").write_bytes(name.encode())
+    web, csrf = owner(site)
+    link = create_link(web, csrf, path="/dir").encode() + b"/get"
+    bob_web = HTTPDriver(site)
+    bobs = create_link(bob_web, login(bob_web, "bob", "battery staple"),
+                       path="/dir").encode() + b"/get"
+    first, second = _open_request(site, link), _open_request(site, link)
+    assert first.value() == second.value() == b""  # both streaming
+    third = visitor(site).get(link)
+    assert third.status == 503 and third.header(b"retry-after") == b"30"
+    # Bob's link, meanwhile: his own slots (and the total has room).
+    assert _open_request(site, bobs).value() == b""
+    share_id = re.search(rb"data-share='([0-9a-f]+)'", web.get(b"/shares").body).group(1)
+    assert server.share_store.get(share_id.decode()).uses == 2  # the 503 took none
+    # One of Alice's ends: a slot is free again.
+    started[0]()
+    assert first.value().startswith(b"HTTP/1.1 200") and b"f.txt" in first.value()
+    assert _open_request(site, link).value() == b""
+    assert visitor(site).get(link).status == 503
+    # Four in all: Bob's second fills the server; Carol's first waits.
+    server.store.add("carol", "carol pw")
+    (server.store.get("carol").home / "dir").mkdir()
+    carol_web = HTTPDriver(site)
+    carols = create_link(carol_web, login(carol_web, "carol", "carol pw"),
+                         path="/dir").encode() + b"/get"
+    assert _open_request(site, bobs).value() == b""
+    assert visitor(site).get(carols).status == 503

@@ -3,7 +3,9 @@ What a visitor of a share link sees and does: ``/s/<token>`` and below.
 
 A page of its own, without the file manager's header or any link into it.
 A download link offers its file, or its folder as one streamed ZIP
-(L{rumpus_secure.web.zipstream}); a drop box offers an upload form and
+(L{rumpus_secure.web.zipstream}; at most L{MAX_SHARE_ZIPS_PER_OWNER} per
+link owner and L{MAX_SHARE_ZIPS} in all run at once, a visitor over the cap
+gets 503 with Retry-After and spends no use); a drop box offers an upload form and
 nothing else: no listing, no download, and a name that exists is stored as
 ``name (1).ext`` (the upload sink's "keep both", L{rumpus_secure.web.upload}),
 so nothing is ever overwritten.  The visitor is not told the stored names,
@@ -54,10 +56,51 @@ from rumpus_secure.web.zipstream import ZipProducer, build_zip, zip_name
 #: Seconds a right link password is remembered by the browser that gave it.
 GRANT_TTL = 3600.0
 MAX_GRANTS = 10_000
+#: Folder ZIPs for visitors running at once, per link owner and in all.
+#: Each holds a thread and about 1 MiB (L{rumpus_secure.web.zipstream})
+#: for as long as the slowest reader wants: 40 anonymous slow readers of
+#: one link cost +135 MiB and +40 threads before this cap.  It is apart
+#: from the file manager's (2 per account, 6 in all), so visitors cannot
+#: take the slots of the accounts' own downloads.
+MAX_SHARE_ZIPS_PER_OWNER = 2
+MAX_SHARE_ZIPS = 4
+#: Seconds a visitor refused over the cap is told to wait.
+ZIP_RETRY_AFTER = 30
+#: Starts a ZIP's thread (None: a daemon thread); tests replace it.
+start_zip_thread: Any = None
 
 
 def share_store(app: WebApp) -> Any:
     return store_of(app.server)
+
+
+class ZipSlots:
+    """Visitors' ZIP downloads running, by link owner (reactor thread only)."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, int] = {}
+
+    def take(self, owner: str) -> bool:
+        if (self.running.get(owner, 0) >= MAX_SHARE_ZIPS_PER_OWNER
+                or sum(self.running.values()) >= MAX_SHARE_ZIPS):
+            return False
+        self.running[owner] = self.running.get(owner, 0) + 1
+        return True
+
+    def give_back(self, owner: str) -> None:
+        left = self.running.get(owner, 0) - 1
+        if left > 0:
+            self.running[owner] = left
+        else:
+            self.running.pop(owner, None)
+
+
+def zip_slots(app: WebApp) -> ZipSlots:
+    found = getattr(app, "_share_zip_slots", None)
+    if found is None:
+        found = ZipSlots()
+        app._share_zip_slots = found  # type: ignore[attr-defined]
+    return found
 
 
 # -- grants ---------------------------------------------------------------------
@@ -293,15 +336,12 @@ class VisitorResource(resource.Resource):
     async def download(self, request: IRequest, share: Share) -> None:
         app = self.app
         store = share_store(app)
-        client = client_ip(request)
 
         def start() -> Any:
             fs = visitor_fs(app, share)
             entry = fs.stat(share.path)
             if entry.kind == "dir":
                 fs.list_dir(share.path)  # the permission, before a use is taken
-                if not store.take_use(share.id):
-                    return None
                 return "dir", fs
             handle = fs.open_read(share.path)
             if not store.take_use(share.id):
@@ -318,12 +358,43 @@ class VisitorResource(resource.Resource):
             _gone(request, 410, "This link has been used as often as it may be.")
             return
         kind, value = started
+        slots = zip_slots(app)
+        if kind == "dir":
+            # The slot first (on the reactor: no race), then the use, so a
+            # visitor refused for a full server does not spend a use.
+            if not slots.take(share.owner):
+                app.audit(request, "share.download", share=share.id, account=share.owner,
+                          outcome="busy")
+                request.setHeader(b"retry-after", b"%d" % ZIP_RETRY_AFTER)
+                _gone(request, 503, "Too many downloads of shared folders are running "
+                      "right now. Please try again in a minute.")
+                return
+            try:
+                taken = await app.server.run_in_thread(store.take_use, share.id)
+            except BaseException:
+                slots.give_back(share.owner)
+                raise
+            if not taken:
+                slots.give_back(share.owner)
+                _gone(request, 410, "This link has been used as often as it may be.")
+                return
+        try:
+            await self._send(request, share, kind, value, slots)
+        except BaseException:
+            if kind == "dir":
+                slots.give_back(share.owner)
+            raise
+
+    async def _send(self, request: IRequest, share: Share, kind: str, value: Any,
+                    slots: ZipSlots) -> None:
+        """The file, or the folder as a ZIP holding one of C{slots} till its end."""
+        app = self.app
         parts = split_path(share.path)
         name = parts[-1] if parts else "files"
         app.audit(request, "share.download", share=share.id, account=share.owner,
                   path=share.path)
-        await app.server.run_in_thread(store.record, share.id, "download", client,
-                                       name, None)
+        await app.server.run_in_thread(share_store(app).record, share.id, "download",
+                                       client_ip(request), name, None)
         if kind == "file":
             send_file(request, name, value, app.server.run_in_thread)
             return
@@ -331,16 +402,13 @@ class VisitorResource(resource.Resource):
         names = [name] if parts else [e.name for e in await app.server.run_in_thread(
             value.list_dir, "/")]
         request.setHeader(b"content-type", b"application/zip")
-
         request.setHeader(b"content-disposition",
                           content_disposition(zip_name(directory, names)))
         request.setHeader(b"content-security-policy", b"default-src 'none'; sandbox")
-        if request.method == b"HEAD":
-            request.write(b"")
-            request.finish()
-            return
         build = build_zip(lambda: visitor_fs(app, share), directory, names)
-        ZipProducer(request, build, app.reactor.callFromThread).start()
+        ZipProducer(request, build, app.reactor.callFromThread,
+                    start_thread=start_zip_thread,
+                    done=lambda: slots.give_back(share.owner)).start()
 
     async def post(self, request: IRequest) -> None:
         target = share_target(request.path)
