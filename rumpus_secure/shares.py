@@ -354,16 +354,40 @@ def _share(row: tuple) -> Share:  # type: ignore[type-arg]
                  last_used=last_used)
 
 
-def disable_exposed(store: IShareStore, token: str) -> str | None:
+def disable_exposed(store: IShareStore, token: str, password: str) -> str | None:
     """
-    A link's password was sent over plain HTTP: end the link (whoever saw
-    the password may also have seen the URL).  Returns the link's id.
+    In a thread: a password was posted to a link over plain HTTP.  If it is
+    the link's password, end the link (whoever saw the password may also
+    have seen the URL) and return its id; otherwise change nothing.
     """
+    share_id, outcome = disable_exposed_outcome(store, token, password)
+    return share_id if outcome == "link-disabled" else None
+
+
+def disable_exposed_outcome(store: IShareStore, token: str,
+                            password: str) -> tuple[str | None, str]:
+    """
+    L{disable_exposed} with the outcome for the audit log: the link's id
+    (or L{None}) and ``link-disabled``, ``not-the-password``, ``no-password``
+    or ``unknown-link``.
+
+    Only the link's own password ends it: anyone who knows the URL (or a
+    third-party page posting a form to ``http://host/s/TOKEN``) could
+    otherwise turn off any link, and its visitors would be told the owner
+    did.  The password is verified like a cleartext account password
+    (argon2id, so call this off the reactor thread).
+    """
+    from rumpus_secure.accounts.hashing import verify_password
+
     if not valid_token(token):
-        return None
+        return None, "unknown-link"
     found = store.find(token)
     if found is None:
-        return None
-    share, _ = found
+        return None, "unknown-link"
+    share, password_hash = found
+    if not share.has_password or password_hash is None:
+        return share.id, "no-password"
+    if not password or not verify_password(password_hash, password):
+        return share.id, "not-the-password"
     store.revoke(share.id, "its password was sent over an unencrypted connection")
-    return share.id
+    return share.id, "link-disabled"

@@ -441,3 +441,26 @@ def test_share_zips_are_capped_per_owner_and_in_all(server, site, monkeypatch):
                          path="/dir").encode() + b"/get"
     assert _open_request(site, bobs).value() == b""
     assert visitor(site).get(carols).status == 503
+
+
+def test_plain_http_posts_end_a_link_only_with_its_password(server, site):
+    server.guard = None  # cleartext posts are offences; the ban is tested elsewhere
+    (server.store.get("alice").home / "notes.txt").write_bytes(b"x")
+    web, csrf = owner(site)
+    guarded = create_link(web, csrf, password="open sesame 1")
+    open_link = create_link(web, csrf)
+    plain = HTTPDriver(build_http_site(server, server.reactor), origin=None)
+    # A wrong password, and any password to a link that has none: 403, no change.
+    for link, password in ((guarded, "guess"), (open_link, "anything")):
+        refused = plain.post_form(link.encode(), {"password": password})
+        assert refused.status == 403 and b"turned off" not in refused.body
+    assert visitor(site).get(open_link.encode()).status == 200
+    assert b"needs a password" in visitor(site).get(guarded.encode()).body
+    outcomes = [e["outcome"] for e in server.audit.events
+                if e.get("kind") == "share-password"]
+    assert outcomes == ["not-the-password", "no-password"]
+    # The right one ends that link only.
+    ended = plain.post_form(guarded.encode(), {"password": "open sesame 1"})
+    assert ended.status == 403 and b"turned off" in ended.body
+    assert visitor(site).get(guarded.encode()).status == 410
+    assert visitor(site).get(open_link.encode()).status == 200

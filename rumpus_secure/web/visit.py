@@ -23,7 +23,8 @@ browser a grant (256 random bits in a cookie, SHA-256 kept in memory for
 L{GRANT_TTL} seconds) for that link only.
 
 Over plain HTTP a link is redirected like every other path; a link password
-posted there is refused and ends the link (L{rumpus_secure.web.redirect}).
+posted there is refused, and ends the link if it was the link's password
+(L{rumpus_secure.web.redirect}, L{rumpus_secure.shares.disable_exposed}).
 """
 
 from __future__ import annotations
