@@ -18,7 +18,10 @@ cheap read per visit, so "deleting or locking the owner ends their links"
 holds even when the account was changed by another process.
 
 Uses are taken with one conditional UPDATE (L{SQLiteShareStore.take_use}),
-so two visitors racing for the last download cannot both get it.  Every
+so two visitors racing for the last download cannot both get it.  A drop
+box takes a use when a file starts (so a used-up box refuses before the
+body is read) and gives it back with another single UPDATE
+(L{SQLiteShareStore.refund_use}) when nothing was stored.  Every
 use is recorded in C{share_events} with the link's id, for the owner's
 page and ``rumpus-share share list``.
 
@@ -208,6 +211,12 @@ class IShareStore(Interface):
     def take_use(share_id: str) -> bool:
         """Count one use if the link is live and not used up."""
 
+    def refund_use(share_id: str) -> None:
+        """
+        Give back a use taken for a file that was not stored (too large,
+        aborted, refused name); one conditional UPDATE, never below zero.
+        """
+
     def record(share_id: str, action: str, client: str | None,
                name: str | None = None, size: int | None = None) -> None:
         """Note a visitor's download or upload."""
@@ -309,6 +318,11 @@ class SQLiteShareStore:
                 "AND revoked IS NULL AND expires > ? "
                 "AND (max_uses IS NULL OR uses < max_uses)", (now, share_id, now))
             return cursor.rowcount == 1
+
+    def refund_use(self, share_id: str) -> None:
+        with closing(self._connect()) as db:
+            db.execute("UPDATE shares SET uses = uses - 1 WHERE id = ? AND uses > 0",
+                       (share_id,))
 
     def record(self, share_id: str, action: str, client: str | None,
                name: str | None = None, size: int | None = None) -> None:

@@ -464,3 +464,58 @@ def test_plain_http_posts_end_a_link_only_with_its_password(server, site):
     assert ended.status == 403 and b"turned off" in ended.body
     assert visitor(site).get(guarded.encode()).status == 410
     assert visitor(site).get(open_link.encode()).status == 200
+
+
+def _share_uses(server, web) -> dict[str, int]:
+    ids = re.findall(rb"data-share='([0-9a-f]+)'", web.get(b"/shares").body)
+    return {i.decode(): server.share_store.get(i.decode()).uses for i in ids}
+
+
+def _drop(guest, link: str, files, chunks: int = 1):
+    body, ctype = multipart([("file", name, data) for name, data in files])
+    return guest.request(b"POST", link.encode() + b"/upload", body=body,
+                         headers={b"content-type": ctype}, chunks=chunks)
+
+
+def test_drop_box_takes_a_use_only_for_a_stored_file(server, site):
+    home = server.store.get("alice").home
+    (home / "inbox").mkdir()
+    (home / "elsewhere.txt").write_bytes(b"owner's")
+    (home / "inbox" / "link.txt").symlink_to(home / "elsewhere.txt")
+    web, csrf = owner(site)
+    link = create_link(web, csrf, kind="dropbox", path="/inbox", max_uses="2",
+                       max_size="1")
+    guest = visitor(site)
+    assert _drop(guest, link, [("big.bin", b"x" * (1024 * 1024 + 1))], 8).status == 413
+    assert _drop(guest, link, [("link.txt", b"over the link")]).status == 400
+    assert _drop(guest, link, [("bad\x1b[2J.txt", b"esc")]).status == 400
+    assert list(_share_uses(server, web).values()) == [0]
+    # Still two files' worth of uses left for real files.
+    assert _drop(guest, link, [("a.txt", b"a"), ("b.txt", b"b")]).status == 200
+    assert list(_share_uses(server, web).values()) == [2]
+    assert (home / "elsewhere.txt").read_bytes() == b"owner's"
+    assert sorted(p.name for p in (home / "inbox").iterdir()) == ["a.txt", "b.txt",
+                                                                  "link.txt"]
+
+
+def test_drop_box_errors_name_no_paths(server, site):
+    alice_home = server.store.get("alice").home
+    (alice_home / "swap").mkdir()
+    (alice_home / "target.txt").write_bytes(b"t")
+    (alice_home / "swap" / "link.txt").symlink_to(alice_home / "target.txt")
+    web, csrf = owner(site)
+    link = create_link(web, csrf, kind="dropbox", path="/swap")
+    bob_web = HTTPDriver(site)
+    (server.store.get("bob").home / "in").mkdir()
+    bobs = create_link(bob_web, login(bob_web, "bob", "battery staple"),
+                       kind="dropbox", path="/in")
+    refused = _drop(visitor(site), link, [("link.txt", b"x")])
+    assert refused.status == 400
+    assert b"could not store this file" in refused.body
+    assert b"/swap" not in refused.body and b"symbolic" not in refused.body
+    failed = [e for e in server.audit.events
+              if e.get("event") == "share.upload" and e.get("outcome") == "failed"]
+    assert len(failed) == 1 and "link.txt" in failed[0]["reason"]
+    # Bob's drop box, beside it, still takes files.
+    assert _drop(visitor(site), bobs, [("ok.txt", b"fine")]).status == 200
+    assert (server.store.get("bob").home / "in" / "ok.txt").read_bytes() == b"fine"

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
 from typing import Any
 
 from twisted.web import resource
@@ -67,6 +68,9 @@ MAX_SHARE_ZIPS_PER_OWNER = 2
 MAX_SHARE_ZIPS = 4
 #: Seconds a visitor refused over the cap is told to wait.
 ZIP_RETRY_AFTER = 30
+#: What a drop-box visitor is told when a file could not be stored for a
+#: reason of the server's (the details name paths: audit log only).
+STORE_FAILED = "could not store this file"
 #: Starts a ZIP's thread (None: a daemon thread); tests replace it.
 start_zip_thread: Any = None
 
@@ -497,6 +501,10 @@ class VisitorResource(resource.Resource):
             await self.app.server.run_in_thread(share_store(self.app).record, share.id,
                                                 "upload", client, result.stored_name,
                                                 result.size)
+        for result in failed:
+            self.app.audit(request, "share.upload", share=share.id, account=share.owner,
+                           outcome="failed", name=result.name,
+                           reason=getattr(result, "detail", None) or result.error)
         messages = []
         if stored:
             messages.append(("ok", f"Received {len(stored)} file(s): "
@@ -524,7 +532,11 @@ class DropBoxSink(UploadSink):
     """
     The upload sink for a drop box: no session, the link instead; names
     that exist are kept both (``name (1).ext``), never replaced; each file
-    takes one use; a file over the link's size limit is dropped.
+    stored takes one use (taken when it starts, given back if nothing was
+    stored: too large, aborted, refused name or path); a file over the
+    link's size limit is dropped; names with control characters are refused
+    (they end up in the admin's terminal); errors that would name paths
+    are shown as L{STORE_FAILED}, their details go to the audit log.
     """
 
     def __init__(self, app: WebApp, request: IRequest, token: str) -> None:
@@ -588,15 +600,42 @@ class DropBoxSink(UploadSink):
             raise VFSError("drop box not available")  # pragma: no cover
         return self._fs
 
+    def _hide(self, result: Any, before: str | None) -> None:
+        """
+        An error the upload sink just gave (a path, "Is a directory",
+        "is a symbolic link") becomes the generic L{STORE_FAILED}: the
+        visitor may not learn what is in the drop box.  The detail stays
+        for the audit log (L{VisitorResource.finish_upload}).
+        """
+        if result.error is not None and result.error != before:
+            result.detail = result.error
+            result.error = STORE_FAILED
+
+    def _settle(self, result: Any) -> None:
+        """In the sink's thread: nothing was stored, give the use back."""
+        share = self.share
+        if share is not None and getattr(result, "use_taken", False) \
+                and result.error is not None:
+            result.use_taken = False
+            share_store(self._app).refund_use(share.id)
+
     def _open(self, result: Any) -> None:
         share = self.share
         if share is None:
             result.error = self.refusal or "This drop box is no longer available."
             return
+        if any(unicodedata.category(c) == "Cc" for c in result.name):
+            result.detail = "control characters in the file name"
+            result.error = STORE_FAILED + " (its name has control characters)"
+            return
         if not share_store(self._app).take_use(share.id):
             result.error = "This drop box takes no more files."
             return
+        result.use_taken = True
+        before = result.error
         super()._open(result)
+        self._hide(result, before)
+        self._settle(result)
 
     def _write(self, result: Any, data: bytes) -> None:
         share = self.share
@@ -608,7 +647,14 @@ class DropBoxSink(UploadSink):
             self._discard(result.upload)
             result.upload = None
             return
+        before = result.error
         super()._write(result, data)
+        self._hide(result, before)
+
+    def _abort_all(self) -> None:
+        super()._abort_all()
+        for result in self.results:
+            self._settle(result)
 
     def _discard(self, upload: Any) -> None:
         """
@@ -629,8 +675,12 @@ class DropBoxSink(UploadSink):
         if (share is not None and share.max_size is not None
                 and result.upload is not None and result.size > share.max_size):
             self._write(result, b"")
+            self._settle(result)
             return
+        before = result.error
         super()._commit(result)
+        self._hide(result, before)
+        self._settle(result)
 
 
 async def _nothing() -> None:
