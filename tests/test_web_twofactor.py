@@ -268,3 +268,46 @@ def test_two_factor_require_or_reset_ends_web_sessions(server, site, change):
     mine = bob.post_form(b"/account/app-passwords", {"csrf": bob_csrf, "label": "y"})
     assert mine.status == 200 and b"rsap-" in mine.body
     assert bob.get(b"/files/").status == 200
+
+
+def test_codes_sent_in_parallel_count_as_they_start(server, site):
+    from twisted.internet import defer
+
+    from tests.guard_fakes import OpenRequest
+
+    server.guard = None  # only the pending login's own limit here
+    enrol(server, "alice")
+    bob_secret = enrol(server, "bob")
+    web, bob = HTTPDriver(site), HTTPDriver(site)
+    password_step(web, "alice", "correct horse")
+    password_step(bob, "bob", "battery staple")
+    held: list = []
+    synchronous = server.run_in_thread
+
+    def run_in_thread(function, *args, **kwargs):
+        if getattr(function, "__name__", "") == "verify":
+            d = defer.Deferred()
+            held.append((d, function))
+            return d
+        return synchronous(function, *args, **kwargs)
+
+    server.run_in_thread = run_in_thread
+    cookie = b"; ".join(k + b"=" + v for k, v in web.cookies.items())
+    body = b"code=000000"
+    requests = [OpenRequest(site, b"POST", b"/login/code", peer="192.0.2.7", body=body,
+                            headers={b"cookie": cookie,
+                                     b"origin": b"https://files.example.org:8443",
+                                     b"content-type": b"application/x-www-form-urlencoded"})
+                for _ in range(12)]
+    assert len(held) == 5  # five checks started, not twelve
+    # The sixth ends the pending login; the rest find none (back to /login).
+    assert [r.response().status for r in requests[5:]] == [401] + [303] * 6
+    assert {r.response().header(b"location") for r in requests[6:]} == {b"/login"}
+    for d, function in held:
+        d.callback(function())
+    assert [r.response().status for r in requests[:5]] == [401] * 5
+    # Bob's pending login, beside it, is untouched: his right code opens it.
+    server.run_in_thread = synchronous
+    server.reactor.advance(30)
+    done = bob.post_form(b"/login/code", {"code": code_at(bob_secret, server.reactor.seconds())})
+    assert done.header(b"location") == b"/files/"

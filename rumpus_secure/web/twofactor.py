@@ -224,6 +224,18 @@ def recovery_body(codes: list[str], onward: tuple[str, str]) -> str:
         f"<p><a class=button href='{esc(onward[0])}'>{esc(onward[1])}</a></p>")
 
 
+def _count_try(pending: Pending) -> bool:
+    """
+    Count a code attempt as it starts (on the reactor thread: no other
+    request runs between the test and the increment); L{False} once
+    L{MAX_CODE_TRIES} were made.
+    """
+    if pending.tries >= MAX_CODE_TRIES:
+        return False
+    pending.tries += 1
+    return True
+
+
 def _changed_since(app: WebApp, pending: Pending) -> bool:
     """In a thread: the account changed (or went) since the password step."""
     now = account_stamp(app.server.store, pending.user)
@@ -282,6 +294,13 @@ class LoginCodeResource(resource.Resource):
         if not code:
             send(request, 400, code_form("Enter the code from your app."))
             return
+        if not _count_try(pending):
+            # Counted when it starts, on the reactor thread (so atomic): codes
+            # sent in parallel cannot all be checked while none has failed yet.
+            pending_logins(app).end(pending_id)
+            _set_pending_cookie(app, request, None)
+            send(request, 401, code_form("Too many wrong codes: log in again."))
+            return
         guard = getattr(app.server, "guard", None)
         client = client_ip(request)
         attempt = None
@@ -310,7 +329,6 @@ class LoginCodeResource(resource.Resource):
             _end_changed(app, request, pending_id, pending, "web.login_code")
             return
         if used is None:
-            pending.tries += 1
             app.audit(request, "web.login_code", account=user, outcome="failed")
             ban = attempt.failed() if attempt is not None else None
             if guard is not None:
@@ -400,6 +418,11 @@ class LoginEnrolResource(resource.Resource):
                             403)
             return
         code = (request.args.get(b"code") or [b""])[0].decode("utf-8", "replace")[:24]
+        if not _count_try(pending):
+            pending_logins(app).end(pending_id)
+            _set_pending_cookie(app, request, None)
+            see_other(request, "/login")
+            return
 
         def confirm() -> list[str] | None | bool:
             if _changed_since(app, pending):
@@ -412,7 +435,6 @@ class LoginEnrolResource(resource.Resource):
             return
         if not codes:
             app.audit(request, "web.2fa_enrol", account=pending.user, outcome="wrong-code")
-            pending.tries += 1
             if pending.tries >= MAX_CODE_TRIES:
                 pending_logins(app).end(pending_id)
                 see_other(request, "/login")
