@@ -519,3 +519,31 @@ def test_drop_box_errors_name_no_paths(server, site):
     # Bob's drop box, beside it, still takes files.
     assert _drop(visitor(site), bobs, [("ok.txt", b"fine")]).status == 200
     assert (server.store.get("bob").home / "in" / "ok.txt").read_bytes() == b"fine"
+
+
+def test_an_aborted_drop_box_upload_gives_its_use_back(server, site):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+    from twisted.internet.error import ConnectionLost
+
+    home = server.store.get("alice").home
+    (home / "inbox").mkdir()
+    web, csrf = owner(site)
+    link = create_link(web, csrf, kind="dropbox", path="/inbox", max_uses="1")
+    body, ctype = multipart([("file", "half.bin", b"y" * 5000)])
+    address = IPv4Address("TCP", "192.0.2.7", 40000)
+    protocol = site.buildProtocol(address)
+    protocol.makeConnection(StringTransport(peerAddress=address))
+    protocol.dataReceived(
+        b"POST " + link.encode() + b"/upload HTTP/1.1\r\nhost: files.example.org:8443\r\n"
+        b"origin: https://files.example.org:8443\r\ncontent-type: " + ctype +
+        b"\r\ncontent-length: %d\r\n\r\n" % len(body) + body[:len(body) // 2])
+    server.reactor.advance(0)
+    protocol.connectionLost(Failure(ConnectionLost()))
+    server.reactor.advance(0)
+    assert list(_share_uses(server, web).values()) == [0]
+    assert not (home / "inbox" / "half.bin").exists()
+    # The one use is still there for a whole file.
+    assert _drop(visitor(site), link, [("whole.bin", b"z")]).status == 200
+    assert list(_share_uses(server, web).values()) == [1]
