@@ -660,7 +660,8 @@ def test_share_list_escapes_what_visitors_wrote(run: Run, data_dir: Path) -> Non
                            None, None, None, "")
     other, _ = shares.create("alice", "dropbox", "/other", _time.time() + 3600,
                              None, None, None, "")
-    shares.record(box.id, "upload", "192.0.2.9", "evil\x1b[2J\x1b]0;pwned\x07\u202etxt.exe", 3)
+    shares.record(box.id, "upload", "192.0.2.9",
+                  "evil\x1b[2J\x1b]0;pwned\x07\u202etxt.exe", 3)
     shares.record(other.id, "upload", "192.0.2.8", "plain report.txt", 4)
     code, out, _ = run("share", "list", "--events", "5")
     assert code == 0

@@ -251,7 +251,8 @@ def test_an_exposed_app_password_has_its_own_outcome(tmp_path: Path) -> None:
     for name in ("alice", "bob"):
         real.add(name, "x")
         made[name] = app_passwords.generate()
-        real.add_app_password(name, made[name].ident, "FTP", hash_password(made[name].password))
+        real.add_app_password(name, made[name].ident, "FTP",
+                              hash_password(made[name].password))
     for method in ("app_password_hash", "revoke_app_password"):
         setattr(server.store, method, getattr(real, method))
     plain = HTTPDriver(build_http_site(server, server.reactor), origin=None)

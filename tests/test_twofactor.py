@@ -300,7 +300,8 @@ async def test_app_password_seen_in_cleartext_is_revoked(
 def test_require_and_reset_move_the_password_time(tmp_path: Path) -> None:
     """Web sessions end on ``password_changed``: require and reset move it."""
     clock = Clock(T0)
-    s = SQLiteAccountStore(tmp_path / "a.sqlite3", tmp_path / "f", hasher=CHEAP, clock=clock)
+    s = SQLiteAccountStore(tmp_path / "a.sqlite3", tmp_path / "f", hasher=CHEAP,
+                           clock=clock)
     s.add("alice", "alice pw")
     s.add("bob", "bob pw")
     before_bob = s.get("bob").password_changed

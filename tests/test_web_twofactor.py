@@ -158,8 +158,10 @@ def test_password_change_ends_a_pending_code_login(server, site):
     secret = enrol(server, "alice")
     bob_secret = enrol(server, "bob")
     web, bob = HTTPDriver(site), HTTPDriver(site)
-    assert password_step(web, "alice", "correct horse").header(b"location") == b"/login/code"
-    assert password_step(bob, "bob", "battery staple").header(b"location") == b"/login/code"
+    for driver, name, password in ((web, "alice", "correct horse"),
+                                   (bob, "bob", "battery staple")):
+        assert password_step(driver, name, password).header(b"location") == \
+            b"/login/code"
     server.reactor.advance(30)
     _passwd(server, "alice")  # the admin, between the two steps
     code = code_at(secret, server.reactor.seconds())
@@ -191,7 +193,8 @@ def test_password_change_ends_a_pending_enrolment(server, site):
     server.real.set_two_factor_required("bob", True)
     server.real.set_two_factor_required("alice", True)
     web, alice = HTTPDriver(site), HTTPDriver(site)
-    assert password_step(web, "bob", "battery staple").header(b"location") == b"/login/enrol"
+    assert password_step(web, "bob", "battery staple").header(b"location") == \
+        b"/login/enrol"
     assert password_step(alice, "alice", "correct horse").header(b"location") == \
         b"/login/enrol"
     page = web.get(b"/login/enrol").body.decode()
@@ -223,7 +226,8 @@ def test_lock_ends_a_pending_enrolment_page(server, site):
 
 
 def _account_page_csrf(web: HTTPDriver) -> str:
-    return re.search(r"name=csrf value='([^']+)'", web.get(b"/account").body.decode()).group(1)
+    page = web.get(b"/account").body.decode()
+    return re.search(r"name=csrf value='([^']+)'", page).group(1)
 
 
 @pytest.mark.parametrize("change", ["require", "reset"])
@@ -309,5 +313,6 @@ def test_codes_sent_in_parallel_count_as_they_start(server, site):
     # Bob's pending login, beside it, is untouched: his right code opens it.
     server.run_in_thread = synchronous
     server.reactor.advance(30)
-    done = bob.post_form(b"/login/code", {"code": code_at(bob_secret, server.reactor.seconds())})
+    code = code_at(bob_secret, server.reactor.seconds())
+    done = bob.post_form(b"/login/code", {"code": code})
     assert done.header(b"location") == b"/files/"

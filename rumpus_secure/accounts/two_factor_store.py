@@ -15,10 +15,11 @@ of what the account's credentials are (two-factor login turned on,
 required or reset, an app password revoked) are logged as ``password`` and
 move the account's version on, so open FTP sessions end and cached
 verifications go stale; ``required`` and ``reset`` also move
-``password_changed``, so the account's web sessions end; the rest (enrolment started, a code or recovery
-code used, an app password added) as ``2fa`` or ``app-password``, which no
-session acts on.  Only an app password's "last used" time is written
-without a log row, like a re-hashed password: nothing depends on it.
+``password_changed``, so the account's web sessions end.  The rest
+(enrolment started, a code or recovery code used, an app password added)
+are logged as ``2fa`` or ``app-password``, which no session acts on.
+Only an app password's "last used" time is written without a log row,
+like a re-hashed password: nothing depends on it.
 """
 
 from __future__ import annotations
