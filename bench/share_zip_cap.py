@@ -3,9 +3,11 @@ Forty slow anonymous readers of one folder share link, on a real server
 (curl over TLS on loopback, 20 KiB/s each): how many get a ZIP, how many a
 503, and the server's threads and RSS while they read.
 
-Before the cap all 40 got 200 (+135 MiB, +40 threads); with it 2 get the
-ZIP (the owner's share) and 38 get 503 with Retry-After, and only 2 uses
-are taken.  Run: ``python bench/share_zip_cap.py``.
+Before the cap (main at 512b5ac, same 2 shared cores): 20 got 200 (the
+other 20 met the per-address connection limit), 32 server threads, RSS
+292 MiB, 20 uses taken.  With it: 2 get the ZIP (the owner's share) and 38
+get 503 with Retry-After, 13 threads, RSS 97 MiB, 2 uses taken.
+Run: ``python bench/share_zip_cap.py``.
 """
 
 from __future__ import annotations
