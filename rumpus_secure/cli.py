@@ -5,7 +5,7 @@ The ``rumpus-secure`` admin command.
 
     rumpus-secure [--config FILE] [--data-dir DIR] [--root DIR] init
     rumpus-secure [--config FILE] [--data-dir DIR] [--root DIR] user add NAME ...
-    rumpus-secure ... user passwd|list|lock|unlock|del ...
+    rumpus-secure ... user passwd|list|2fa|lock|unlock|del|perms ...
     rumpus-secure ... audit [--since WHEN] [--json]
     rumpus-secure ... check [SERVER OPTIONS] [--host ADDR] [--strict]
     rumpus-secure ... ban list|lift ADDRESS
@@ -404,9 +404,31 @@ def _user_del(args: argparse.Namespace, context: Context) -> int:
     return 0
 
 
+def _user_perms(args: argparse.Namespace, context: Context) -> int:
+    """
+    ``user perms``: replace an account's permissions.
+
+    Open sessions follow at once: an FTP session hears of it through the
+    account watcher (its next command obeys the new set; a transfer already
+    running finishes), a web session reads the account afresh for every
+    request.
+    """
+    text = args.perms.strip()
+    perms = ALL_PERMISSIONS if text.lower() == "all" else parse_permissions(text)
+    if not perms:
+        raise CliError("LIST needs at least one of " + ",".join(PERMISSION_ORDER)
+                       + " (or 'all'); to shut an account out, use 'user lock'")
+    store = context.open_store()
+    if store.get(args.name) is None:
+        raise AccountError(f"no account named {args.name!r}")
+    store.set_perms(args.name, perms)
+    context.say(f"account {args.name}: permissions {_show_perms(frozenset(perms))}")
+    return 0
+
+
 def add_user_command(subparsers: Any) -> None:
     """
-    ``user add|passwd|list|2fa|lock|unlock|del``: manage accounts.
+    ``user add|passwd|list|2fa|lock|unlock|del|perms``: manage accounts.
     """
     user = subparsers.add_parser("user", help="manage accounts")
     actions = user.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -473,9 +495,9 @@ def add_user_command(subparsers: Any) -> None:
 
 
 def _client_certs(context: Context) -> Any:
-    from rumpus_secure.accounts.client_certs import ClientCertStore
+    from rumpus_secure.accounts.client_certs import client_cert_store
 
-    return ClientCertStore(context.open_store())
+    return client_cert_store(context.open_store())
 
 
 def _user_cert_add(args: argparse.Namespace, context: Context) -> int:
@@ -582,6 +604,17 @@ def _add_certificate_actions(actions: Any, add: argparse.ArgumentParser) -> None
                       nargs="?", default=None,
                       help="the new login method; leave out to show the current one")
     auth.set_defaults(handler=_user_auth)
+
+    perms = actions.add_parser(
+        "perms", help="replace an account's permissions (open sessions follow)"
+    )
+    perms.add_argument("name", metavar="NAME")
+    perms.add_argument(
+        "perms", metavar="LIST",
+        help="comma-separated permissions from: " + ",".join(PERMISSION_ORDER)
+        + ", or 'all'",
+    )
+    perms.set_defaults(handler=_user_perms)
 
 
 # -- audit ------------------------------------------------------------------
@@ -855,6 +888,10 @@ def add_ban_command(subparsers: Any) -> None:
 def _share_store(context: Context) -> Any:
     from rumpus_secure.shares import SQLiteShareStore
 
+    if context.config.database is not None:
+        from rumpus_secure.accounts.pg import PGShareStore
+
+        return PGShareStore(context.shared_database())
     return SQLiteShareStore(context.require_database())
 
 
@@ -1035,8 +1072,15 @@ def _db_copy(args: argparse.Namespace, context: Context) -> int:
         result = copy_sqlite(source, database, time.time())
     finally:
         database.close()
-    context.say(f"copied {result.accounts} account(s), {result.bans} active ban(s) and "
-                f"{result.sessions} web session(s) from {source} to {redact(target)}")
+    context.say(f"copied {result.accounts} account(s), {result.bans} active ban(s), "
+                f"{result.sessions} web session(s), {result.two_factor} two-factor "
+                f"record(s), {result.app_passwords} app password(s), "
+                f"{result.client_certs} client certificate binding(s) and "
+                f"{result.shares} share link(s) from {source} to {redact(target)}")
+    if result.two_factor:
+        context.say("two-factor secrets are sealed with the key in the source's data "
+                    "directory: copy its secret.key (mode 600) into every node's "
+                    "--data-dir")
     context.say("start every node with --database " + redact(target)
                 + " --cert FILE --key FILE and the shared --root")
     return 0

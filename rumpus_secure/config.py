@@ -383,8 +383,9 @@ OPTIONS: tuple[Option, ...] = (
            "Most logged-in FTP sessions of one account at once; 0 for no "
            "limit.", "N"),
     Option("line-timeout", 30.0, _seconds,
-           "Seconds a client may take to finish an FTP command line it has "
-           "started (slow-client protection); 0 turns it off.", "SECONDS"),
+           "Seconds a client may take to finish an FTP command line, or an "
+           "HTTP(S) request head, it has started (slow-client protection); "
+           "0 turns it off.", "SECONDS"),
     Option("login-timeout", 30.0, _seconds,
            "Seconds an FTP client has to log in after connecting (or after "
            "REIN) before it is disconnected; 0 turns it off.", "SECONDS"),

@@ -72,6 +72,7 @@ LOCK_MIGRATE = 0x72756D707573_01
 LOCK_ACCOUNT_LOG = 0x72756D707573_02
 LOCK_STATE_LOG = 0x72756D707573_03
 LOCK_BOOTSTRAP = 0x72756D707573_04
+LOCK_SHARES = 0x72756D707573_05
 
 INSTALL_HINT = "install the PostgreSQL support: pip install 'rumpus-secure[postgres]'"
 
@@ -204,6 +205,79 @@ CREATE TABLE state_changes (
 CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+"""),
+    # As in SQLite (rumpus_secure.accounts.two_factor_store, rumpus_secure.shares);
+    # SEQ of shares stands in for SQLite's rowid (newest first among equal times).
+    Migration(2, "two-factor login, app passwords, share links", """
+CREATE TABLE account_2fa (
+    name TEXT PRIMARY KEY,
+    required BOOLEAN NOT NULL DEFAULT false,
+    secret BYTEA,
+    pending BYTEA,
+    enabled DOUBLE PRECISION,
+    last_step BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE recovery_codes (
+    name TEXT NOT NULL,
+    digest BYTEA NOT NULL,
+    used DOUBLE PRECISION,
+    PRIMARY KEY (name, digest)
+);
+CREATE TABLE app_passwords (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    label TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL,
+    last_used DOUBLE PRECISION
+);
+CREATE INDEX app_passwords_name ON app_passwords (name);
+CREATE TABLE shares (
+    id TEXT PRIMARY KEY,
+    seq BIGSERIAL NOT NULL,
+    token_hash BYTEA NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL,
+    expires DOUBLE PRECISION NOT NULL,
+    password_hash TEXT,
+    max_uses INTEGER,
+    uses INTEGER NOT NULL DEFAULT 0,
+    max_size BIGINT,
+    note TEXT NOT NULL DEFAULT '',
+    revoked TEXT,
+    last_used DOUBLE PRECISION
+);
+CREATE INDEX shares_owner ON shares (owner);
+CREATE TABLE share_events (
+    seq BIGSERIAL PRIMARY KEY,
+    share_id TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    action TEXT NOT NULL,
+    client TEXT,
+    name TEXT,
+    size BIGINT
+);
+CREATE INDEX share_events_share ON share_events (share_id, seq);
+"""),
+    # As in SQLite (rumpus_secure.accounts.client_certs).  The foreign keys do
+    # what SQLite's trigger does there: deleting an account deletes its
+    # bindings and login method in the same transaction, so a namesake made
+    # later inherits no certificate (and no binding can name a missing account).
+    Migration(3, "client certificates and login methods", """
+CREATE TABLE client_certs (
+    fingerprint TEXT PRIMARY KEY,
+    name TEXT NOT NULL REFERENCES accounts (name) ON DELETE CASCADE,
+    subject TEXT NOT NULL,
+    not_after DOUBLE PRECISION NOT NULL,
+    added DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX client_certs_name ON client_certs (name);
+CREATE TABLE account_auth (
+    name TEXT PRIMARY KEY REFERENCES accounts (name) ON DELETE CASCADE,
+    mode TEXT NOT NULL CHECK (mode IN ('password', 'cert', 'cert+password'))
 );
 """),
 )
@@ -427,6 +501,10 @@ class CopyResult:
     accounts: int = 0
     bans: int = 0
     sessions: int = 0
+    two_factor: int = 0
+    app_passwords: int = 0
+    shares: int = 0
+    client_certs: int = 0
 
 
 def parse_sqlite_source(text: str) -> Path:
@@ -445,8 +523,14 @@ def parse_sqlite_source(text: str) -> Path:
 
 def copy_sqlite(source: Path, database: Database, now: float) -> CopyResult:
     """
-    Copy accounts, bans and live web sessions from a SQLite store into an
-    empty, migrated PostgreSQL database, in one transaction.
+    Copy accounts, bans, live web sessions, two-factor state, app passwords,
+    client-certificate bindings with login methods, and share links (with
+    their events) from a SQLite store into an empty,
+    migrated PostgreSQL database, in one transaction.
+
+    The two-factor secrets stay sealed under the source's
+    C{DATA-DIR/secret.key}: every node needs a copy of that file (like the
+    certificate), or enrolled accounts cannot log in on the web.
 
     Refuses a database that already holds accounts: a copy never merges two
     installations by accident.  Every account gets an ``add`` entry in the
@@ -467,6 +551,36 @@ def copy_sqlite(source: Path, database: Database, now: float) -> CopyResult:
         sessions = src.execute(
             "SELECT key, user, csrf, created, last_seen FROM web_sessions"
         ).fetchall() if "web_sessions" in tables else []
+        # Only the rows of accounts that exist: rows an earlier account of
+        # the same name left behind open nothing, and are not copied.
+        two_factor = src.execute(
+            "SELECT name, required, secret, pending, enabled, last_step FROM account_2fa "
+            "WHERE name IN (SELECT name FROM accounts)"
+        ).fetchall() if {"account_2fa", "accounts"} <= tables else []
+        recovery = src.execute(
+            "SELECT name, digest, used FROM recovery_codes "
+            "WHERE name IN (SELECT name FROM accounts)"
+        ).fetchall() if {"recovery_codes", "accounts"} <= tables else []
+        app_passwords = src.execute(
+            "SELECT id, name, label, hash, created, last_used FROM app_passwords "
+            "WHERE name IN (SELECT name FROM accounts)"
+        ).fetchall() if {"app_passwords", "accounts"} <= tables else []
+        # Every link (also ended ones: the owner's page lists them), oldest
+        # first so that SEQ keeps their order.
+        shares = src.execute(
+            "SELECT id, token_hash, owner, kind, path, created, expires, password_hash, "
+            "max_uses, uses, max_size, note, revoked, last_used FROM shares "
+            "ORDER BY rowid").fetchall() if "shares" in tables else []
+        client_certs = src.execute(
+            "SELECT fingerprint, name, subject, not_after, added FROM client_certs "
+            "WHERE name IN (SELECT name FROM accounts)"
+        ).fetchall() if {"client_certs", "accounts"} <= tables else []
+        account_auth = src.execute(
+            "SELECT name, mode FROM account_auth WHERE name IN (SELECT name FROM accounts)"
+        ).fetchall() if {"account_auth", "accounts"} <= tables else []
+        share_events = src.execute(
+            "SELECT share_id, at, action, client, name, size FROM share_events "
+            "ORDER BY seq").fetchall() if "share_events" in tables else []
     with database.transaction(lock=LOCK_ACCOUNT_LOG) as conn:
         if conn.execute("SELECT count(*) FROM accounts").fetchone()[0]:
             raise DatabaseError(
@@ -494,7 +608,46 @@ def copy_sqlite(source: Path, database: Database, now: float) -> CopyResult:
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING",
                 (bytes(key), user, csrf, created, last_seen))
             result.sessions += 1
+        for name, required, secret, pending, enabled, last_step in two_factor:
+            conn.execute(
+                "INSERT INTO account_2fa (name, required, secret, pending, enabled, "
+                "last_step) VALUES (%s, %s, %s, %s, %s, %s)",
+                (name, bool(required), _blob(secret), _blob(pending), enabled,
+                 int(last_step)))
+            result.two_factor += 1
+        for name, digest, used in recovery:
+            conn.execute("INSERT INTO recovery_codes (name, digest, used) "
+                         "VALUES (%s, %s, %s)", (name, bytes(digest), used))
+        for row in app_passwords:
+            conn.execute(
+                "INSERT INTO app_passwords (id, name, label, hash, created, last_used) "
+                "VALUES (%s, %s, %s, %s, %s, %s)", row)
+            result.app_passwords += 1
+        for row in shares:
+            values = list(row)
+            values[1] = bytes(values[1])
+            conn.execute(
+                "INSERT INTO shares (id, token_hash, owner, kind, path, created, "
+                "expires, password_hash, max_uses, uses, max_size, note, revoked, "
+                "last_used) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s, %s)", values)
+            result.shares += 1
+        for row in share_events:
+            conn.execute(
+                "INSERT INTO share_events (share_id, at, action, client, name, size) "
+                "VALUES (%s, %s, %s, %s, %s, %s)", row)
+        for row in client_certs:
+            conn.execute(
+                "INSERT INTO client_certs (fingerprint, name, subject, not_after, added) "
+                "VALUES (%s, %s, %s, %s, %s)", row)
+            result.client_certs += 1
+        for row in account_auth:
+            conn.execute("INSERT INTO account_auth (name, mode) VALUES (%s, %s)", row)
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('bootstrapped', 'copied') "
             "ON CONFLICT (key) DO NOTHING")
     return result
+
+
+def _blob(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)

@@ -259,7 +259,9 @@ class Guard:
         self._quiet: dict[tuple[str, str], tuple[float, int]] = {}
         self._connections: dict[str, int] = {}
         #: Connections not logged in yet, oldest first (see L{not_logged_in}).
-        self._not_logged_in: dict[object, tuple[float, Callable[[], None]]] = {}
+        #: Not C{_not_logged_in}: that name is the queue of logins waiting
+        #: to be verified (by address), and sharing it broke eviction.
+        self._evictable: dict[object, tuple[float, Callable[[], None]]] = {}
         self.total_connections = 0
         self._sessions: dict[str, int] = {}
 
@@ -771,21 +773,21 @@ class Guard:
         :param evict: ends it at once and releases its slot (by calling
             L{connection_closed}); called at most once.
         """
-        self._not_logged_in[key] = (opened, evict)
+        self._evictable[key] = (opened, evict)
 
     def logged_in_or_gone(self, key: object) -> None:
         """
         The connection logged in or went away: it can no longer be evicted.
         """
-        self._not_logged_in.pop(key, None)
+        self._evictable.pop(key, None)
 
     def _evict_one_not_logged_in(self) -> bool:
-        if not self._not_logged_in:
+        if not self._evictable:
             return False
-        key, (opened, evict) = next(iter(self._not_logged_in.items()))
+        key, (opened, evict) = next(iter(self._evictable.items()))
         if self._clock.seconds() - opened < EVICT_MIN_AGE:
             return False
-        del self._not_logged_in[key]
+        del self._evictable[key]
         evict()
         return True
 

@@ -356,7 +356,7 @@ class Metrics:
         if observers is None:
             return
 
-        def wrong(first: bytes) -> None:
+        def wrong(first: bytes, client: str) -> None:
             reason = "http-request" if HTTP_METHOD.match(first) else "not-tls"
             self.tls_failures.labels(protocol, reason).inc()
 

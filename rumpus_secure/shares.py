@@ -350,11 +350,19 @@ class SQLiteShareStore:
 def store_of(server: Any) -> IShareStore:
     """
     The server's share store: C{server.share_store}, made on first use as
-    the tables of its account database.
+    the tables of its account database (the shared PostgreSQL database of
+    C{--database}, L{rumpus_secure.accounts.pg.PGShareStore}, when it has
+    one).
     """
     found = getattr(server, "share_store", None)
     if found is None:
-        found = SQLiteShareStore(server.store.path, clock=server.reactor.seconds)
+        database = getattr(server, "database", None)
+        if database is not None:
+            from rumpus_secure.accounts.pg import PGShareStore
+
+            found = PGShareStore(database, clock=server.reactor.seconds)
+        else:
+            found = SQLiteShareStore(server.store.path, clock=server.reactor.seconds)
         server.share_store = found
     return found
 

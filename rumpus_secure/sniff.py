@@ -43,6 +43,8 @@ from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from rumpus_secure.guard import normalise_address
+
 _log = Logger()
 
 #: The first byte of every TLS record that starts a handshake.
@@ -137,9 +139,9 @@ class SniffingProtocol(protocol.Protocol):
 
     def _answer(self, reply: bytes, first: bytes) -> None:
         self.answered = True
-        for observer in self.factory.observers:
-            observer(first)
         peer = self.transport.getPeer()
+        for observer in self.factory.observers:
+            observer(first, normalise_address(str(getattr(peer, "host", peer))))
         _log.info("{label}: {peer} spoke the wrong protocol for this port; told it "
                   "where to go", label=self.factory.label,
                   peer=getattr(peer, "host", peer))
@@ -192,9 +194,10 @@ class SniffingFactory(protocol.Factory):
         self.silence = silence
         self.clock = clock
         self.label = label
-        #: Called with the client's first bytes (empty after silence) each
-        #: time a client is told it is on the wrong port (the metrics).
-        self.observers: list[Callable[[bytes], None]] = []
+        #: Called with the client's first bytes (empty after silence) and its
+        #: address each time a client is told it is on the wrong port (the
+        #: metrics; the check of passwords sent there in the clear).
+        self.observers: list[Callable[[bytes, str], None]] = []
 
     def buildProtocol(self, addr: Any) -> SniffingProtocol:
         return SniffingProtocol(self, addr)

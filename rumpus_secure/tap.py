@@ -855,6 +855,11 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
 
     from rumpus_secure.ftp.factory import build_ftp_factory
     from rumpus_secure.sniff import wrap_https, wrap_implicit_ftps, wrap_plain_http
+    from rumpus_secure.wrong_port_credentials import (
+        ftp_credentials,
+        http_credentials,
+        watch_wrong_port,
+    )
     from rumpus_secure.web.redirect import build_http_site
     from rumpus_secure.web.sessions import SessionKeeper
     from rumpus_secure.web.site import build_https_site
@@ -873,14 +878,16 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
             ftp_factory.plain(),
         ).setServiceParent(top)
     if config.ftps:
+        implicit = wrap_implicit_ftps(
+            server.tls.wrap_factory(ftp_factory.implicit(), [b"ftp"], reactor,
+                                    handshake_timeout=config.handshake_timeout,
+                                    per_session=True),
+            config, reactor,
+        )
+        implicit.observers.append(watch_wrong_port(server, "ftp", ftp_credentials))
         ListenerService(
             "ftps", config.ftps, _endpoint(reactor, "ftps", config.ftps, config.trusted_proxies),
-            wrap_implicit_ftps(
-                server.tls.wrap_factory(ftp_factory.implicit(), [b"ftp"], reactor,
-                                        handshake_timeout=config.handshake_timeout,
-                                        per_session=True),
-                config, reactor,
-            ),
+            implicit,
         ).setServiceParent(top)
     if config.https:
         sessions_db: Any = server.store.path
@@ -892,13 +899,15 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
         # Logged-in browsers stay logged in across a restart.
         SessionKeeper(server.https_site.app.sessions, reactor).setServiceParent(top)
         server.https_site.timeOut = config.http_timeout
+        https = wrap_https(
+            server.tls.wrap_factory(server.https_site, [b"http/1.1"], reactor,
+                                    handshake_timeout=config.handshake_timeout),
+            config, reactor,
+        )
+        https.observers.append(watch_wrong_port(server, "http", http_credentials))
         ListenerService(
             "https", config.https, _endpoint(reactor, "https", config.https, config.trusted_proxies),
-            wrap_https(
-                server.tls.wrap_factory(server.https_site, [b"http/1.1"], reactor,
-                                        handshake_timeout=config.handshake_timeout),
-                config, reactor,
-            ),
+            https,
         ).setServiceParent(top)
     if config.http:
         server.http_site = build_http_site(server, reactor)

@@ -504,3 +504,18 @@ def test_unreachable_directory_is_a_network_failure(tmp_path):
                            AcmeStore(tmp_path / "acme"), ChallengeResponder())
     assert caught.value.problem == "network"
     assert "cannot reach the ACME directory" in caught.value.reason
+
+
+def test_signals_in_a_loop_make_no_more_than_five_attempts_an_hour(acme):
+    """
+    SIGHUP is also the reload signal: a deploy hook sending it in a loop
+    must not burn the CA's limit of five failed validations an hour.
+    """
+    acme.ca.failures = [AcmeFailure("validation failed", "validation")] * 20
+    clock = started(acme)
+    for _ in range(10):
+        acme.retry_soon()
+        clock.advance(2)
+    assert acme.ca.calls == 5
+    clock.advance(3600)  # an hour later the operator may signal again
+    assert acme.retry_soon() is True

@@ -313,3 +313,27 @@ async def test_the_realm_uses_the_account_the_checker_read(checker: ArgonChecker
     store = _OneAccount(avatar_id.account)
     _, shell, _ = await FTPRealm(store).requestAvatar(b"alice", None, IFileShell)
     assert shell.fs.home == home and store.looked_up == ["alice"]
+
+
+def test_uncached_credentials_neither_use_nor_fill_the_verifier_cache(
+        store: SQLiteAccountStore, hasher: RecordingHasher) -> None:
+    """
+    A login refused whatever its password (a refused client certificate)
+    pays a full verification, so a right password is not answered faster
+    than a wrong one (an oracle for the password without the certificate);
+    another login of the same account still uses the cache.
+    """
+    from rumpus_secure.accounts.verifier_cache import VerifierCache
+
+    checker = ArgonChecker(store, global_reactor, hasher=hasher,
+                           cache=VerifierCache(ttl=300.0, size=10))
+    hasher.calls.clear()
+    checker._login("alice", "right", None, uncached=True)
+    checker._login("alice", "right", None, uncached=True)
+    assert len(hasher.calls) == 2  # never answered from the cache
+    checker._login("alice", "right")  # not filled by the uncached ones
+    assert len(hasher.calls) == 3
+    checker._login("alice", "right")  # an ordinary login fills and uses it
+    assert len(hasher.calls) == 3
+    checker._login("alice", "right", None, uncached=True)  # and does not use it
+    assert len(hasher.calls) == 4

@@ -616,6 +616,35 @@ def test_ban_without_a_database_is_one_line(bare_run: Run) -> None:
     assert_one_error(code, err, "no accounts database")
 
 
+def test_user_perms_replaces_the_set_and_logs_the_change(run: Run) -> None:
+    run("user", "add", "alice", "--password-stdin", stdin=PW + "\n")
+    run("user", "add", "bob", "--password-stdin", stdin=PW + "\n")
+    reader = run.store().change_reader()
+    before = reader.latest()
+    code, out, err = run("user", "perms", "alice", "list,download")
+    assert (code, err) == (0, "")
+    assert "alice: permissions list,download" in out
+    assert run.store().get("alice").perms == frozenset({"list", "download"})
+    assert run.store().get("bob").perms == ALL_PERMISSIONS  # the other account: untouched
+    # The change log row is what open sessions hear of (the account watcher).
+    changes = reader.since(before).changes
+    assert [(c.name, c.kind, c.detail) for c in changes] == [("alice", "perms", "list,download")]
+    code, out, err = run("user", "perms", "alice", "all")
+    assert code == 0 and run.store().get("alice").perms == ALL_PERMISSIONS
+    reader.close()
+
+
+def test_user_perms_refuses_bad_lists(run: Run) -> None:
+    run("user", "add", "alice", "--password-stdin", stdin=PW + "\n")
+    code, out, err = run("user", "perms", "alice", "list,fly")
+    assert_one_error(code, err, "unknown permission fly")
+    code, out, err = run("user", "perms", "alice", " , ")
+    assert_one_error(code, err, "user lock")
+    code, out, err = run("user", "perms", "ghost", "list")
+    assert_one_error(code, err, "no account named 'ghost'")
+    assert run.store().get("alice").perms == ALL_PERMISSIONS
+
+
 def test_share_list_and_revoke(run: Run, data_dir: Path) -> None:
     """``share list|revoke``: the admin sees every link and its use, and ends one."""
     import time as _time

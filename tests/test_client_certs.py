@@ -156,14 +156,25 @@ def test_crl_is_reread_when_it_changes(tmp_path: Path) -> None:
     assert ca.problem(PeerCertificate(bystander.cert)) is None
 
 
-def test_crl_from_another_ca_revokes_nothing(tmp_path: Path) -> None:
-    pki, other = ClientPKI(tmp_path / "pki"), ClientPKI(tmp_path / "other")
-    victim = pki.issue("victim")
-    # The other CA "revokes" a certificate with the same serial.
-    other.revoked.append(victim.cert)
-    other.write_crl()
-    ca = ClientCA(pki.ca_path, other.crl_path)
-    assert ca.problem(PeerCertificate(victim.cert)) is None
+def test_a_crl_from_another_ca_is_refused_and_the_last_good_one_stays(
+        tmp_path: Path) -> None:
+    """
+    A list anyone could make (an attacker's CA with the same name, an empty
+    list) must not un-revoke everything, as a garbled file does not.
+    """
+    pki = ClientPKI(tmp_path / "pki")
+    other = ClientPKI(tmp_path / "other")  # same default name: "rumpus test client CA"
+    victim, bystander = pki.issue("victim"), pki.issue("bystander")
+    other.write_crl()  # an empty list, signed by the wrong key
+    with pytest.raises(ValueError, match="not signed"):
+        ClientCA(pki.ca_path, other.crl_path)  # at start: one clear error
+    pki.revoke(victim)
+    ca = ClientCA(pki.ca_path, pki.crl_path)
+    assert ca.problem(PeerCertificate(victim.cert)) == "cert-revoked"
+    pki.crl_path.write_bytes(other.crl_path.read_bytes())  # swapped while serving
+    os.utime(pki.crl_path, ns=(2, 2))
+    assert ca.problem(PeerCertificate(victim.cert)) == "cert-revoked"
+    assert ca.problem(PeerCertificate(bystander.cert)) is None
 
 
 # -- the login methods ----------------------------------------------------------

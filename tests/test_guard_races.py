@@ -111,7 +111,11 @@ def test_parallel_https_guesses_are_capped(tmp_path: Path) -> None:
 
 
 def test_ftp_and_web_share_the_in_flight_limit(tmp_path: Path) -> None:
-    server, reactor = guarded(tmp_path, threshold=100, max_verifying_per_ip=2)
+    # The web site's public origin is the one login_form posts from (the
+    # Origin check compares with configuration, not with the Host header).
+    server, reactor = guarded(tmp_path, threshold=100, max_verifying_per_ip=2,
+                              config={"https": "tcp:8443",
+                                      "public_host": "files.example.org"})
     checker = hold_logins(server)
     server.reactor = reactor
     site = build_https_site(server, reactor)

@@ -28,8 +28,8 @@ from rumpus_secure.accounts.client_certs import (
     CertificateLogin,
     CertVerdict,
     ClientCA,
-    ClientCertStore,
     PeerCertificate,
+    client_cert_store,
 )
 from rumpus_secure.accounts.hashing import normalise_text
 from rumpus_secure.accounts.store import SQLiteAccountStore
@@ -101,10 +101,15 @@ class CertificateAwareChecker:
         if verdict.mode == "password":
             return await self._inner.requestAvatarId(credentials)
         if verdict.refusal is not None:
-            try:
-                await self._inner.requestAvatarId(credentials)
-            except UnauthorizedLogin:
-                pass
+            # The same work as a wrong password, and no cache either way
+            # (accounts.checker): the refusal must not tell whether the
+            # password was right.
+            credentials.uncached = True
+            if credentials.password:  # no password, nothing to hide (and no argon2)
+                try:
+                    await self._inner.requestAvatarId(credentials)
+                except UnauthorizedLogin:
+                    pass
             raise CertificateRefused(name, verdict.refusal, verdict.fingerprint)
         if isinstance(credentials, CertificateCredentials):
             credentials.verdict = verdict
@@ -132,5 +137,5 @@ def build_certificate_checker(config: Any, store: SQLiteAccountStore, inner: Any
     ca = None
     if getattr(config, "client_ca", None) is not None:
         ca = ClientCA(config.client_ca, config.client_crl, clock=reactor.seconds)
-    return CertificateAwareChecker(inner, CertificateLogin(ClientCertStore(store), ca),
+    return CertificateAwareChecker(inner, CertificateLogin(client_cert_store(store), ca),
                                    reactor, threadpool)

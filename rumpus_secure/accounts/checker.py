@@ -178,8 +178,13 @@ class ArgonChecker:
         name = normalise_text(credentials.username)
         password = normalise_text(credentials.password)
         channel = getattr(credentials, "channel", None)
+        # Credentials that will be refused whatever the password (a refused
+        # client certificate) skip the verifier cache both ways: a cached
+        # right password would answer measurably faster than a wrong one,
+        # an oracle for the password without the certificate.
+        uncached = bool(getattr(credentials, "uncached", False))
         return deferToThreadPool(
-            self._reactor, self._pool(), self._login, name, password, channel
+            self._reactor, self._pool(), self._login, name, password, channel, uncached
         )
 
     def check_password(
@@ -256,7 +261,8 @@ class ArgonChecker:
                       ident=ident, account=name)
         return True
 
-    def _login(self, name: str, password: str, channel: str | None = None) -> bytes:
+    def _login(self, name: str, password: str, channel: str | None = None,
+               uncached: bool = False) -> bytes:
         """
         In a thread: the whole login decision.
 
@@ -271,9 +277,10 @@ class ArgonChecker:
             if stored_app is not None:
                 return self._app_login(name, ident, stored_app, password)
         before = None
-        if self.cache is not None:
+        cache = None if uncached else self.cache
+        if cache is not None:
             before = self._store.get(name)
-            if before is not None and self.cache.hit(name, password, _stamp(before)):
+            if before is not None and cache.hit(name, password, _stamp(before)):
                 if before.locked:
                     raise LockedAccountError(before.name, before.lock_reason)
                 self._second_factor_gate(before.name, channel)
@@ -290,8 +297,8 @@ class ArgonChecker:
             raise LockedAccountError(account.name, account.lock_reason)
         self._second_factor_gate(account.name, channel)
         self._rehash_if_needed(name, stored, password)
-        if self.cache is not None and before is not None:
-            self.cache.remember(name, password, _stamp(before))
+        if cache is not None and before is not None:
+            cache.remember(name, password, _stamp(before))
         return AccountId.of(account)
 
     def _second_factor_gate(self, name: str, channel: str | None) -> None:

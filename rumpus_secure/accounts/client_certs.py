@@ -10,7 +10,10 @@ Three things live here:
    store's change log (kinds C{cert-add}, C{cert-del} and C{auth}), so open
    FTP sessions of the account end when a binding is removed or the method
    changes, exactly as after a password change (web sessions end too: both
-   changes move the account's C{password_changed}).
+   changes move the account's C{password_changed}).  With C{--database
+   postgresql://...} the same tables and log entries live in the shared
+   database (L{rumpus_secure.accounts.pg_client_certs}, schema version 3);
+   L{client_cert_store} picks the one that goes with the account store.
  - L{ClientCA}: is a presented certificate one of ours?  It must chain to
    the C{--client-ca} file, be inside its validity period, and not be on
    the C{--client-crl} list.
@@ -49,6 +52,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from twisted.logger import Logger
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL, crypto
@@ -94,6 +98,9 @@ def fingerprint_of(cert: x509.Certificate) -> str:
 def _normal_fingerprint(text: str) -> str:
     hexdigits = "".join(c for c in text if c not in ": ").upper()
     return ":".join(hexdigits[i:i + 2] for i in range(0, len(hexdigits), 2))
+
+
+_log = Logger()
 
 
 @dataclass(frozen=True)
@@ -245,6 +252,22 @@ class ClientCertStore:
             _record(db, name, "auth", mode, now)
 
 
+def client_cert_store(store: Any, clock: Callable[[], float] | None = None) -> Any:
+    """
+    The bindings and login methods of C{store}'s accounts, where they live:
+    a L{ClientCertStore} in the SQLite file, or, for the shared PostgreSQL
+    store, a L{rumpus_secure.accounts.pg_client_certs.PGClientCertStore}
+    (same methods, same meaning).
+    """
+    if not isinstance(store, SQLiteAccountStore):
+        from rumpus_secure.accounts.pg import PGAccountStore
+        from rumpus_secure.accounts.pg_client_certs import PGClientCertStore
+
+        if isinstance(store, PGAccountStore):
+            return PGClientCertStore(store, clock)
+    return ClientCertStore(store, clock)
+
+
 def _credentials_changed(db: sqlite3.Connection, name: str, now: float) -> None:
     """
     A new version of the account whose credentials changed as of C{now}.
@@ -323,6 +346,14 @@ class ClientCA:
                        else x509.load_der_x509_crl(data))
             except (OSError, ValueError) as e:
                 raise ValueError(f"--client-crl {self.crl_path}: {e}") from None
+            if not _signed_by(crl, cas):
+                # A list anyone could have made (CRLs travel over plain HTTP):
+                # taken, it would revoke nothing.  Refused like a garbled
+                # file: the last good list stays.
+                _log.warn("--client-crl {path} is not signed by a client CA: ignored, "
+                          "the last good list stays", path=str(self.crl_path))
+                raise ValueError(f"--client-crl {self.crl_path}: not signed by a CA "
+                                 f"of --client-ca {self.ca_path}")
         self.cas, self._crl, self._loaded = cas, crl, signature
 
     def problem(self, presented: PeerCertificate) -> str | None:
@@ -359,14 +390,21 @@ class ClientCA:
 
     def _crl_signed(self) -> bool:
         assert self._crl is not None
-        for ca in self.cas:
-            if ca.subject == self._crl.issuer:
-                try:
-                    if self._crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
-                        return True
-                except TypeError:
-                    continue
-        return False
+        return _signed_by(self._crl, self.cas)
+
+
+def _signed_by(crl: x509.CertificateRevocationList, cas: list[x509.Certificate]) -> bool:
+    """
+    Whether one of C{cas} issued and signed C{crl}.
+    """
+    for ca in cas:
+        if ca.subject == crl.issuer:
+            try:
+                if crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+                    return True
+            except TypeError:
+                continue
+    return False
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """
-The PostgreSQL stores: accounts, bans and web sessions shared by all nodes.
+The PostgreSQL stores: accounts (with their two-factor state and app
+passwords), bans, web sessions and share links, shared by all nodes
+(client-certificate bindings: L{rumpus_secure.accounts.pg_client_certs}).
 
 Each class implements the same interface as its SQLite twin
-(L{IAccountStore}, L{IBanStore}, the web session persistence), so the rest
+(L{IAccountStore} and L{ITwoFactorStore}, L{IBanStore}, the web session
+persistence, L{IShareStore}), so the rest
 of the server does not know which one it talks to.  They differ where
 several nodes make a difference:
 
@@ -14,7 +17,10 @@ several nodes make a difference:
    a login reads the account's C{version} there, so a verifier cache on any
    node cannot vouch for a password changed on another;
  - a database that cannot be reached raises L{StoreUnavailable}, never
-   returns "no such account".
+   returns "no such account";
+ - what must happen once across all nodes (a TOTP step, a recovery code,
+   the last use of a link) is one conditional C{UPDATE}: a second node
+   waits for the first's row lock, re-reads the row and updates nothing.
 
 What it costs: a repeat login answered by the verifier cache still reads
 the account twice; on loopback, 4 threads, that is about 6,300 logins/s
@@ -27,6 +33,7 @@ Every method blocks; call them from a thread.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -53,14 +60,34 @@ from rumpus_secure.accounts.store import (
     resolved_home,
     stored_home,
 )
+from rumpus_secure.accounts.two_factor_store import (
+    AppPassword,
+    ITwoFactorStore,
+    TwoFactorRow,
+)
 from rumpus_secure.db import (
     ACCOUNTS_CHANNEL,
     LOCK_ACCOUNT_LOG,
     LOCK_BOOTSTRAP,
+    LOCK_SHARES,
     LOCK_STATE_LOG,
     STATE_CHANNEL,
     Database,
     StoreUnavailable,
+)
+from rumpus_secure.shares import (
+    _COLUMNS as _SHARE_COLUMNS,
+    EVENTS_KEPT,
+    KINDS,
+    MAX_NOTE,
+    MAX_PER_ACCOUNT,
+    TOKEN_BYTES,
+    IShareStore,
+    Share,
+    ShareError,
+    ShareEvent,
+    _share,
+    token_hash,
 )
 
 _log = Logger()
@@ -110,7 +137,16 @@ def _account(row: tuple, root: Path | None = None) -> Account:  # type: ignore[t
     )
 
 
-@implementer(IAccountStore)
+def _forget_credentials(conn: Any, name: str) -> None:
+    """
+    Remove an account's second factors and app passwords (with the account,
+    or left by an earlier account of the same name).
+    """
+    for table in ("account_2fa", "recovery_codes", "app_passwords"):
+        conn.execute(f"DELETE FROM {table} WHERE name = %s", (name,))
+
+
+@implementer(IAccountStore, ITwoFactorStore)
 class PGAccountStore:
     """
     Accounts in PostgreSQL; the same behaviour as L{SQLiteAccountStore}.
@@ -155,7 +191,7 @@ class PGAccountStore:
             _record_account(conn, name, *change, when)
 
     def _insert(self, conn: Any, name: str, hashed: str, home: Path,
-                granted: frozenset[str], now: float) -> None:
+                granted: frozenset[str], now: float, require_2fa: bool = False) -> None:
         existing = conn.execute(
             "SELECT name FROM accounts WHERE lower(name) = lower(%s)", (name,)).fetchone()
         if existing is not None:
@@ -167,6 +203,10 @@ class PGAccountStore:
             (name, hashed, stored_home(self.root, home), format_permissions(granted),
              now, now, now))
         _record_account(conn, name, "add", None, now)
+        _forget_credentials(conn, name)  # of an earlier account of this name
+        if require_2fa:
+            conn.execute("INSERT INTO account_2fa (name, required) VALUES (%s, true)",
+                         (name,))
         # Inside the transaction: if the home cannot be made, no account.
         try:
             home.mkdir(parents=True, exist_ok=True, mode=HOME_MODE)
@@ -174,7 +214,7 @@ class PGAccountStore:
             raise AccountError(f"cannot create home directory {home}: {e.strerror}") from None
 
     def add(self, name: str, password: str, home: Path | None = None,
-            perms: Iterable[str] | None = None) -> Account:
+            perms: Iterable[str] | None = None, require_2fa: bool = False) -> Account:
         check_name(name)
         if not password:
             raise AccountError("empty password: an account needs a password")
@@ -185,7 +225,7 @@ class PGAccountStore:
         # The log lock also serialises adds: two nodes adding "Bob" and
         # "bob" at once cannot both pass the check.
         with self.database.transaction(lock=LOCK_ACCOUNT_LOG) as conn:
-            self._insert(conn, name, hashed, home_path, granted, now)
+            self._insert(conn, name, hashed, home_path, granted, now, require_2fa)
         return Account(name=name, home=home_path, perms=granted, locked=False,
                        lock_reason=None, created=now, changed=now,
                        password_changed=now, version=1)
@@ -263,10 +303,165 @@ class PGAccountStore:
             cursor = conn.execute("DELETE FROM accounts WHERE name = %s", (name,))
             if cursor.rowcount == 0:
                 raise AccountError(f"no account named {name!r}")
+            _forget_credentials(conn, name)
             _record_account(conn, name, "delete", None, self._clock())
 
     def change_reader(self) -> PGChangeReader:
         return PGChangeReader(self.database)
+
+    # -- ITwoFactorStore (as rumpus_secure.accounts.two_factor_store.TwoFactorTables)
+
+    def _writing(self) -> Any:
+        # Every write below is logged: the log's lock also orders them
+        # against a delete of the same account (no row outlives its account).
+        return self.database.transaction(lock=LOCK_ACCOUNT_LOG)
+
+    @staticmethod
+    def _two_factor_row(conn: Any, name: str) -> None:
+        if conn.execute("SELECT 1 FROM accounts WHERE name = %s",
+                        (name,)).fetchone() is None:
+            raise AccountError(f"no account named {name!r}")
+        conn.execute("INSERT INTO account_2fa (name) VALUES (%s) "
+                     "ON CONFLICT (name) DO NOTHING", (name,))
+
+    @staticmethod
+    def _credentials_changed(conn: Any, name: str, detail: str, now: float) -> None:
+        """
+        Log a change of what the account's credentials are, as ``password``
+        (open FTP sessions end, on every node) and move its version on
+        (cached password verifications go stale).
+        """
+        conn.execute("UPDATE accounts SET changed = %s, version = version + 1 "
+                     "WHERE name = %s", (now, name))
+        _record_account(conn, name, "password", detail, now)
+
+    def two_factor(self, name: str) -> TwoFactorRow | None:
+        with self.database.connection() as conn:
+            row = conn.execute(
+                "SELECT required, secret, pending, enabled, last_step, "
+                "(SELECT count(*) FROM recovery_codes r WHERE r.name = t.name "
+                "AND r.used IS NULL) FROM account_2fa t WHERE name = %s",
+                (name,)).fetchone()
+        if row is None:
+            return None
+        required, secret, pending, enabled, last_step, left = row
+        return TwoFactorRow(
+            required=bool(required),
+            secret=None if secret is None else bytes(secret),
+            pending=None if pending is None else bytes(pending),
+            enabled=None if enabled is None else float(enabled),
+            last_step=int(last_step), recovery_left=int(left))
+
+    def set_two_factor_required(self, name: str, required: bool) -> None:
+        now = self._clock()
+        with self._writing() as conn:
+            self._two_factor_row(conn, name)
+            conn.execute("UPDATE account_2fa SET required = %s WHERE name = %s",
+                         (bool(required), name))
+            self._credentials_changed(
+                conn, name, "two-factor login required" if required
+                else "two-factor login no longer required", now)
+
+    def set_pending_secret(self, name: str, sealed: bytes) -> None:
+        with self._writing() as conn:
+            self._two_factor_row(conn, name)
+            conn.execute("UPDATE account_2fa SET pending = %s WHERE name = %s",
+                         (bytes(sealed), name))
+            _record_account(conn, name, "2fa", "enrolment started", self._clock())
+
+    def enable_two_factor(self, name: str, sealed: bytes, step: int,
+                          recovery: list[bytes]) -> bool:
+        now = self._clock()
+        with self._writing() as conn:
+            cursor = conn.execute(
+                "UPDATE account_2fa SET secret = pending, pending = NULL, enabled = %s, "
+                "last_step = %s WHERE name = %s AND pending = %s",
+                (now, step, name, bytes(sealed)))
+            if cursor.rowcount != 1:
+                return False
+            conn.execute("DELETE FROM recovery_codes WHERE name = %s", (name,))
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO recovery_codes (name, digest) "
+                                "VALUES (%s, %s)",
+                                [(name, bytes(digest)) for digest in recovery])
+            self._credentials_changed(conn, name, "two-factor login turned on", now)
+        return True
+
+    def reset_two_factor(self, name: str) -> None:
+        now = self._clock()
+        with self._writing() as conn:
+            self._two_factor_row(conn, name)
+            conn.execute("UPDATE account_2fa SET required = true, secret = NULL, "
+                         "pending = NULL, enabled = NULL, last_step = 0 WHERE name = %s",
+                         (name,))
+            conn.execute("DELETE FROM recovery_codes WHERE name = %s", (name,))
+            self._credentials_changed(conn, name, "two-factor login reset", now)
+
+    def use_totp_step(self, name: str, step: int) -> bool:
+        # One conditional UPDATE: of two nodes offered the same code at once,
+        # the second waits for the first's row lock, re-reads LAST_STEP, and
+        # finds nothing to update.
+        with self._writing() as conn:
+            cursor = conn.execute(
+                "UPDATE account_2fa SET last_step = %s WHERE name = %s "
+                "AND secret IS NOT NULL AND last_step < %s", (step, name, step))
+            if cursor.rowcount != 1:
+                return False
+            _record_account(conn, name, "2fa", "code used", self._clock())
+        return True
+
+    def use_recovery_code(self, name: str, digest: bytes) -> bool:
+        now = self._clock()
+        with self._writing() as conn:
+            cursor = conn.execute(
+                "UPDATE recovery_codes SET used = %s WHERE name = %s AND digest = %s "
+                "AND used IS NULL", (now, name, bytes(digest)))
+            if cursor.rowcount != 1:
+                return False
+            _record_account(conn, name, "2fa", "recovery code used", now)
+        return True
+
+    def add_app_password(self, name: str, ident: str, label: str,
+                         hashed: str) -> AppPassword:
+        now = self._clock()
+        with self._writing() as conn:
+            if conn.execute("SELECT 1 FROM accounts WHERE name = %s",
+                            (name,)).fetchone() is None:
+                raise AccountError(f"no account named {name!r}")
+            conn.execute("INSERT INTO app_passwords (id, name, label, hash, created) "
+                         "VALUES (%s, %s, %s, %s, %s)", (ident, name, label, hashed, now))
+            _record_account(conn, name, "app-password", f"added {ident}", now)
+        return AppPassword(id=ident, name=name, label=label, created=now, last_used=None)
+
+    def app_passwords(self, name: str) -> list[AppPassword]:
+        with self.database.connection() as conn:
+            rows = conn.execute(
+                "SELECT id, name, label, created, last_used FROM app_passwords "
+                "WHERE name = %s ORDER BY created DESC", (name,)).fetchall()
+        return [AppPassword(i, n, lb, float(c), None if u is None else float(u))
+                for i, n, lb, c, u in rows]
+
+    def app_password_hash(self, name: str, ident: str) -> str | None:
+        with self.database.connection() as conn:
+            row = conn.execute("SELECT hash FROM app_passwords WHERE id = %s "
+                               "AND name = %s", (ident, name)).fetchone()
+        return None if row is None else str(row[0])
+
+    def app_password_used(self, ident: str) -> None:
+        # Not an account change: no session depends on it, nothing is logged.
+        with self.database.connection() as conn:
+            conn.execute("UPDATE app_passwords SET last_used = %s WHERE id = %s",
+                         (self._clock(), ident))
+
+    def revoke_app_password(self, name: str, ident: str) -> bool:
+        now = self._clock()
+        with self._writing() as conn:
+            cursor = conn.execute("DELETE FROM app_passwords WHERE id = %s "
+                                  "AND name = %s", (ident, name))
+            if cursor.rowcount != 1:
+                return False
+            self._credentials_changed(conn, name, f"app password {ident} revoked", now)
+        return True
 
 
 class PGChangeReader:
@@ -433,3 +628,128 @@ def _session(user: str, csrf: str, created: float, last_seen: float) -> Any:
 
     return Session(user=user, csrf=csrf, created=float(created),
                    last_seen=float(last_seen))
+
+
+@implementer(IShareStore)
+class PGShareStore:
+    """
+    The C{shares} and C{share_events} tables of the shared database: a link
+    made on one node opens on every node, and a revocation or a used-up
+    link holds on all of them at once, because every visit reads the row
+    (no cache, so nothing to announce).
+
+    The same behaviour as L{rumpus_secure.shares.SQLiteShareStore}; a use is
+    taken with one conditional UPDATE, so two visitors on two nodes racing
+    for the last download cannot both get it (the second waits for the
+    first's row lock and re-checks C{uses}).  On loopback with 2,000 links a
+    lookup takes about 75 microseconds median and taking a use 86 (SQLite:
+    97 and 406); accepting a TOTP step, with its change-log row and NOTIFY,
+    232 (SQLite 20), C{python bench/pg_shares_2fa.py}.
+    """
+
+    def __init__(self, database: Database,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.database = database
+        self._clock = clock
+
+    def create(self, owner: str, kind: str, path: str, expires: float,
+               password_hash: str | None, max_uses: int | None,
+               max_size: int | None, note: str) -> tuple[Share, str]:
+        if kind not in KINDS:
+            raise ShareError(f"unknown kind of link {kind!r}")
+        now = self._clock()
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        share_id = secrets.token_hex(6)
+        # The lock makes count-then-insert one step across nodes (links are
+        # made rarely; visits never take it).
+        with self.database.transaction(lock=LOCK_SHARES) as conn:
+            count = conn.execute(
+                "SELECT count(*) FROM shares WHERE owner = %s AND revoked IS NULL "
+                "AND expires > %s", (owner, now)).fetchone()[0]
+            if count >= MAX_PER_ACCOUNT:
+                raise ShareError(f"an account may have at most {MAX_PER_ACCOUNT} "
+                                 "live links; revoke some first")
+            conn.execute(
+                "INSERT INTO shares (id, token_hash, owner, kind, path, created, "
+                "expires, password_hash, max_uses, max_size, note) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (share_id, token_hash(token), owner, kind, path, now, expires,
+                 password_hash, max_uses, max_size, note[:MAX_NOTE]))
+        share = self.get(share_id)
+        assert share is not None
+        return share, token
+
+    def find(self, token: str) -> tuple[Share, str | None] | None:
+        with self.database.connection() as conn:
+            row = conn.execute(f"SELECT {_SHARE_COLUMNS}, password_hash FROM shares "
+                               "WHERE token_hash = %s", (token_hash(token),)).fetchone()
+        if row is None:
+            return None
+        return _pg_share(row[:-1]), row[-1]
+
+    def get(self, share_id: str) -> Share | None:
+        with self.database.connection() as conn:
+            row = conn.execute(f"SELECT {_SHARE_COLUMNS} FROM shares WHERE id = %s",
+                               (share_id,)).fetchone()
+        return None if row is None else _pg_share(row)
+
+    def list(self, owner: str | None = None) -> list[Share]:
+        with self.database.connection() as conn:
+            if owner is None:
+                rows = conn.execute(f"SELECT {_SHARE_COLUMNS} FROM shares "
+                                    "ORDER BY created DESC, seq DESC").fetchall()
+            else:
+                rows = conn.execute(f"SELECT {_SHARE_COLUMNS} FROM shares "
+                                    "WHERE owner = %s ORDER BY created DESC, seq DESC",
+                                    (owner,)).fetchall()
+        return [_pg_share(row) for row in rows]
+
+    def revoke(self, share_id: str, reason: str, owner: str | None = None) -> bool:
+        reason = " ".join(reason.split())[:200] or "revoked"
+        query = "UPDATE shares SET revoked = %s WHERE id = %s AND revoked IS NULL"
+        values: tuple[Any, ...] = (reason, share_id)
+        if owner is not None:
+            query += " AND owner = %s"
+            values += (owner,)
+        with self.database.connection() as conn:
+            return int(conn.execute(query, values).rowcount) == 1
+
+    def take_use(self, share_id: str) -> bool:
+        now = self._clock()
+        with self.database.connection() as conn:
+            cursor = conn.execute(
+                "UPDATE shares SET uses = uses + 1, last_used = %s WHERE id = %s "
+                "AND revoked IS NULL AND expires > %s "
+                "AND (max_uses IS NULL OR uses < max_uses)", (now, share_id, now))
+            return int(cursor.rowcount) == 1
+
+    def record(self, share_id: str, action: str, client: str | None,
+               name: str | None = None, size: int | None = None) -> None:
+        with self.database.connection() as conn:
+            seq = conn.execute(
+                "INSERT INTO share_events (share_id, at, action, client, name, size) "
+                "VALUES (%s, %s, %s, %s, %s, %s) RETURNING seq",
+                (share_id, self._clock(), action, client, name, size)).fetchone()[0]
+            if int(seq) % 100 == 0:
+                conn.execute(
+                    "DELETE FROM share_events WHERE share_id = %s AND seq <= "
+                    "(SELECT seq FROM share_events WHERE share_id = %s "
+                    "ORDER BY seq DESC LIMIT 1 OFFSET %s)",
+                    (share_id, share_id, EVENTS_KEPT))
+
+    def events(self, share_id: str, limit: int = 100) -> list[ShareEvent]:
+        with self.database.connection() as conn:
+            rows = conn.execute(
+                "SELECT share_id, at, action, client, name, size FROM share_events "
+                "WHERE share_id = %s ORDER BY seq DESC LIMIT %s",
+                (share_id, limit)).fetchall()
+        return [ShareEvent(i, float(at), a, c, n, None if z is None else int(z))
+                for i, at, a, c, n, z in rows]
+
+
+def _pg_share(row: tuple) -> Share:  # type: ignore[type-arg]
+    values = list(row)
+    values[4], values[5] = float(values[4]), float(values[5])  # created, expires
+    if values[12] is not None:
+        values[12] = float(values[12])
+    return _share(tuple(values))

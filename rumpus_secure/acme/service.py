@@ -18,6 +18,8 @@ Every attempt is one ``acme.attempt`` audit event with its outcome
 
 from __future__ import annotations
 
+from collections import deque
+
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,6 +45,10 @@ _log = Logger()
 
 #: Seconds at least between a certificate's arrival and the next order.
 MIN_REORDER = 60.0
+
+#: Attempts in the last hour after which a signal starts no other:
+#: Let's Encrypt's limit of failed validations an hour.
+SIGNAL_RETRIES_PER_HOUR = 5
 
 
 class AcmeService(service.Service):
@@ -88,6 +94,8 @@ class AcmeService(service.Service):
         self.attempts = 0
         self.last_error: str | None = None
         self.last_attempt: datetime | None = None
+        #: When the attempts of the last hour started (signal retries).
+        self._attempt_times: deque[datetime] = deque(maxlen=SIGNAL_RETRIES_PER_HOUR)
         self.last_success: datetime | None = None
         #: The certificate issued to us and served, or L{None} (placeholder).
         self.certificate: x509.Certificate | None = None
@@ -188,6 +196,15 @@ class AcmeService(service.Service):
             _log.info("ACME: not retrying before {when}, as the CA asked",
                       when=self._ca_wait_until.isoformat())
             return False
+        now = self._now()
+        recent = [t for t in self._attempt_times if (now - t).total_seconds() < 3600]
+        if len(recent) >= SIGNAL_RETRIES_PER_HOUR:
+            # SIGHUP is also the certificate-reload signal: a deploy hook
+            # sending it in a loop made 7 orders in 18 s; Let's Encrypt
+            # allows 5 failed validations an hour before it blocks us.
+            _log.info("ACME: {count} attempts in the last hour; not retrying on the "
+                      "signal", count=len(recent))
+            return False
         _log.info("ACME: retrying now (signal)")
         self._schedule(0)
         return True
@@ -207,6 +224,7 @@ class AcmeService(service.Service):
         self._busy = True
         self.attempts += 1
         self.last_attempt = self._now()
+        self._attempt_times.append(self.last_attempt)
         try:
             try:
                 issued: Issued = await self.run_in_thread(

@@ -111,6 +111,10 @@ class WebApp:
         if restored:
             _log.info("{count} web session(s) restored", count=restored)
         self.origin = https_origin(self.config).decode("ascii")
+        #: the origins a form may come from: the configured public HTTPS
+        #: origin, and for the legacy plain-HTTP site its plain origin
+        self.allowed_origins = frozenset(
+            {self.origin.lower()} | ({http_origin(self.config).lower()} if not secure else set()))
         self.cookie_name = b"__Host-rumpus-session" if secure else b"rumpus-session"
 
     # -- sessions -----------------------------------------------------------
@@ -155,16 +159,15 @@ class WebApp:
         Did this request come from one of our own pages?
 
         The C{Origin} header (or, failing that, C{Referer}) must name the
-        configured public origin or the origin the browser addressed (the
-        C{Host} header with our scheme; a forged Host cannot carry the
-        session cookie, which is bound to the real host).  Requests with
+        configured public origin (L{allowed_origins}).  Requests with
         neither header are refused.
+
+        The client's C{Host} header is never trusted: round 3 passed a
+        ``POST /mkdir`` and a login with ``Host: evil.com`` and ``Origin:
+        https://evil.com``, because the origin the browser addressed (Host
+        with our scheme) was allowed too.
         """
-        allowed = {self.origin}
-        host = request.getHeader(b"host")
-        if host:
-            scheme = "https" if self.secure else "http"
-            allowed.add(f"{scheme}://{host.decode('latin-1').lower()}")
+        allowed = self.allowed_origins
         origin = request.getHeader(b"origin")
         if origin is not None:
             return origin.decode("latin-1").lower() in allowed
@@ -203,6 +206,27 @@ class WebApp:
             token = values[0] if values else None
         return self.csrf_ok(session, token)
 
+    # -- account changes -----------------------------------------------------
+
+    @property
+    def account_watcher(self) -> Any:
+        """The server's account watcher (L{None} in tests without one)."""
+        return getattr(self.server, "account_watcher", None)
+
+    def watch_point(self) -> int | None:
+        """
+        The change-log C{seq} to bind a transfer from, taken before its
+        account is read (see L{TransferBinding}); L{None} without a watcher
+        or before its first read (the first second after start-up).
+        """
+        watcher = self.account_watcher
+        return None if watcher is None else watcher.seq
+
+    def bind_transfer(self, request: IRequest, user: str, what: str,
+                      end: Callable[[str], None], since: int | None) -> TransferBinding:
+        """Cut a transfer with C{end(reason)} when its account ends (L{TransferBinding})."""
+        return TransferBinding(self, request, user, what, end).start(since)
+
     # -- the filesystem ------------------------------------------------------
 
     def open_fs(self, user: str, logged_in: float | None = None) -> JailedFS:
@@ -231,6 +255,91 @@ class WebApp:
 
     def audit(self, request: IRequest, event: str, **fields: Any) -> None:
         self.server.audit.record(event, client=client_ip(request), **fields)
+
+
+#: Account changes that end a running transfer (as they end an FTP session).
+ENDING_CHANGES = frozenset({"lock", "delete", "password", "unknown"})
+
+
+class TransferBinding:
+    """
+    A running web transfer (upload, download, ZIP) bound to its account.
+
+    Round 3 found web transfers outliving ``user lock`` and ``user del``: a
+    slow download streamed for 11 minutes after the lock, an upload went on
+    storing and committed its files.  A request checks its account once,
+    when it starts; a transfer can last hours.  Like an FTP session
+    (L{rumpus_secure.ftp.account_state}), the transfer registers with the
+    server's L{rumpus_secure.accounts.watch.AccountWatcher}, which tells it
+    of every later change of its account; a lock (or quarantine), deletion,
+    password change or a lost change log calls C{end(reason)} once, and the
+    transfer is cut (an upload discards what it has not committed).  Audited
+    as ``web.transfer_ended`` with the change's kind.  The watcher reads the
+    change log every second, so a transfer ends within about a second of the
+    admin command.
+
+    @param since: the watcher's C{seq} taken I{before} the account was read
+        for this transfer (L{WebApp.watch_point}): a change after it is told
+        even if it came before the registration.
+    """
+
+    def __init__(self, app: WebApp, request: IRequest, user: str, what: str,
+                 end: Callable[[str], None]) -> None:
+        self._app = app
+        self._client = client_ip(request)
+        self._user = user
+        self._what = what
+        self._end = end
+        self._watch: Any = None
+        self.ended: str | None = None
+
+    def start(self, since: int | None) -> TransferBinding:
+        watcher = self._app.account_watcher
+        if watcher is not None and since is not None and self.ended is None:
+            self._watch = watcher.watch(self._user, self, since)
+        return self
+
+    def cancel(self) -> None:
+        """The transfer is over: stop hearing of the account."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+
+    def account_changed(self, change: Any) -> None:
+        if self.ended is not None or change.kind not in ENDING_CHANGES:
+            return
+        from rumpus_secure.ftp.account_state import end_reason
+
+        self.ended = end_reason(change)
+        self.cancel()
+        if change.kind in ("lock", "delete", "unknown"):
+            self._app.sessions.end_user(self._user)
+        self._app.server.audit.record(
+            "web.transfer_ended", client=self._client, account=self._user,
+            transfer=self._what, reason=change.kind, detail=change.detail)
+        _log.info("web: {what} for {account} cut: {reason}", what=self._what,
+                  account=self._user, reason=self.ended)
+        self._end(self.ended)
+
+
+def http_origin(config: Any) -> str:
+    """
+    The plain-HTTP origin of the legacy ``--http-redirect off`` site, from
+    configuration (``--public-host`` and the ``--http`` port), never from
+    the client.
+    """
+    import ipaddress
+
+    from rumpus_secure.config import endpoint_port
+
+    host = config.public_host
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    except ValueError:
+        pass
+    port = endpoint_port(config.http)
+    return f"http://{host}" + ("" if port in (None, 80) else f":{port}")
 
 
 def query_args(request: IRequest) -> set[bytes]:

@@ -100,13 +100,13 @@ async def certificate_login(app: WebApp, request: IRequest) -> str | None:
     except CertificateRefused as e:
         app.audit(request, "web.login", account=name, outcome="failed", method="cert",
                   reason=e.reason, certificate=e.fingerprint)
-        message = f"Certificate login refused: {refusal_text(e.reason)}."
-        if guard is not None and attempt is not None:
-            ban = attempt.failed()
-            await guard.delayed(None)  # as after a wrong password
-            if ban is not None:
-                return str(guard.message(ban))
-        return message
+        # Not a guess: the browser holds the key of a certificate bound to
+        # this account, only an expired or revoked one, and may send it with
+        # every page view (it banned its user, and everyone behind the same
+        # address, after 15).  Audited; not scored.
+        if attempt is not None:
+            attempt.abandoned()
+        return f"Certificate login refused: {refusal_text(e.reason)}."
     except BaseException:
         if attempt is not None:
             attempt.abandoned()

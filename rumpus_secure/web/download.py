@@ -4,12 +4,22 @@ Downloads: byte ranges (resume), content disposition, streaming from disk.
 Downloaded files are always attachments of type ``application/octet-stream``
 under a sandboxing CSP, so a user's uploaded HTML or script can never run in
 the site's origin.
+
+B{Clients that stop reading.}  While a response is written twisted.web has
+no idle timeout (it is suspended from the end of the request until the
+response is finished), so a client that reads nothing held its download --
+and, for a ZIP, one of the six global ZIP slots -- for as long as it kept
+the connection open (round 3: 11 minutes and counting).  A download or ZIP
+whose producer stays paused (the transport's buffer full: the client took
+nothing from it) for ``--http-timeout`` seconds is cut (L{StallTimer}).  A
+slow but reading client resumes the producer each time its buffer drains,
+so it is never cut.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 from urllib.parse import quote
 
 from twisted.internet import defer
@@ -87,6 +97,38 @@ def etag_for(size: int, mtime_ns: int, ino: int) -> bytes:
     return b'"%x-%x-%x"' % (ino, size, mtime_ns)
 
 
+class StallTimer:
+    """
+    Calls C{on_stall()} once when a producer has been paused for
+    C{timeout} seconds without a resume (see the module docstring).
+
+    @param clock: provides C{callLater}; L{None} or C{timeout <= 0}: never.
+    """
+
+    def __init__(self, clock: Any, timeout: float, on_stall: Callable[[], None]) -> None:
+        self._clock = clock if timeout > 0 else None
+        self._timeout = timeout
+        self._on_stall = on_stall
+        self._call: Any = None
+
+    def paused(self) -> None:
+        if self._clock is not None and self._call is None:
+            self._call = self._clock.callLater(self._timeout, self._fire)
+
+    def resumed(self) -> None:
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    cancel = resumed
+
+    def _fire(self) -> None:
+        self._call = None
+        _log.info("a download's client read nothing for {timeout} s; cut",
+                  timeout=self._timeout)
+        self._on_stall()
+
+
 @implementer(IPushProducer)
 class FileProducer:
     """
@@ -99,11 +141,18 @@ class FileProducer:
     otherwise stall every other connection for the time of each read).
 
     @param run_in_thread: C{run_in_thread(function, *args) -> Deferred}.
+    @param clock: for the stall timeout (L{StallTimer}); L{None}: none.
+    @param stall_timeout: seconds a client may read nothing.
     """
 
     def __init__(self, request: IRequest, handle: BinaryIO, length: int,
-                 run_in_thread: RunInThread) -> None:
+                 run_in_thread: RunInThread,
+                 on_end: Callable[[], None] | None = None,
+                 clock: Any = None, stall_timeout: float = 0.0) -> None:
         self._request: IRequest | None = request
+        self._on_end = on_end
+        self._stall = StallTimer(clock, stall_timeout,
+                                 lambda: self.cut("the client read nothing"))
         self._handle = handle
         self._remaining = length  # still to write to the request
         self._unread = length  # still to ask the file for
@@ -162,6 +211,29 @@ class FileProducer:
     def _finish(self) -> None:
         self._end(complete=True)
 
+    def cut(self, reason: str) -> None:
+        """
+        End the download now, incomplete (its account was locked, deleted
+        or its password changed): the connection is aborted so the client
+        sees a cut, never a file that looks whole.
+        """
+        _log.info("download cut: {reason}", reason=reason)
+        if self._reading is not None:
+            # The read in flight closes the file when it returns.
+            request, self._request = self._request, None
+            self._ended()
+            if request is not None:
+                request.unregisterProducer()
+                _abort_transport(request)
+            return
+        self._abort()
+
+    def _ended(self) -> None:
+        self._stall.cancel()
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end()
+
     def _end(self, complete: bool) -> None:
         """
         Close the file and finish the response, or cut the connection when
@@ -169,21 +241,23 @@ class FileProducer:
         """
         request, self._request = self._request, None
         self._handle.close()
+        self._ended()
         if request is None:
             return
         request.unregisterProducer()
         if complete:
             request.finish()
             return
-        transport = getattr(getattr(request, "channel", None), "transport", None)
-        if transport is not None:
-            transport.abortConnection()
+        _abort_transport(request)
 
     def pauseProducing(self) -> None:
         self._paused = True
+        if self._request is not None:
+            self._stall.paused()
 
     def resumeProducing(self) -> None:
         self._paused = False
+        self._stall.resumed()
         ready, self._ready = self._ready, None
         if ready is not None and self._request is not None:
             self._deliver(ready)
@@ -192,18 +266,31 @@ class FileProducer:
 
     def stopProducing(self) -> None:
         self._request = None
+        self._ended()
         if self._reading is None:
             self._handle.close()
         # else: the read in flight closes it when it returns (_read_done)
 
 
+def _abort_transport(request: IRequest) -> None:
+    transport = getattr(getattr(request, "channel", None), "transport", None)
+    if transport is not None:
+        transport.abortConnection()
+
+
 def send_file(request: IRequest, name: str, handle: BinaryIO,
-              run_in_thread: RunInThread) -> None:
+              run_in_thread: RunInThread,
+              on_end: Callable[[], None] | None = None,
+              clock: Any = None, stall_timeout: float = 0.0) -> FileProducer | None:
     """
     Answer C{request} with the open file C{handle} (positioned at 0),
     honouring Range and If-Range; closes the handle when done.
 
     @param run_in_thread: where the file is read (L{FileProducer}).
+    @param on_end: called once when a streamed body ends, however.
+    @param clock: with C{stall_timeout}, cuts a client that reads nothing.
+    @returns: the producer streaming the body (L{FileProducer.cut} ends
+        it), or L{None} when the answer was complete at once.
     """
     st = os.fstat(handle.fileno())
     size = st.st_size
@@ -229,7 +316,7 @@ def send_file(request: IRequest, name: str, handle: BinaryIO,
         request.setHeader(b"content-disposition", b"inline")
         request.write(b"The requested range is not in this file.\n")
         request.finish()
-        return
+        return None
     if span is None:
         first, length = 0, size
     else:
@@ -242,8 +329,11 @@ def send_file(request: IRequest, name: str, handle: BinaryIO,
         handle.close()
         request.write(b"")
         request.finish()
-        return
+        return None
     handle.seek(first)
-    FileProducer(request, handle, length, run_in_thread).start()
+    producer = FileProducer(request, handle, length, run_in_thread, on_end,
+                            clock=clock, stall_timeout=stall_timeout)
+    producer.start()
+    return producer
 
 

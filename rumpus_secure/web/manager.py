@@ -44,10 +44,12 @@ from rumpus_secure.web.respond import error_page, run, see_other, send, send_jso
 from rumpus_secure.web.sessions import Session
 from rumpus_secure.web.upload import UploadSink
 from rumpus_secure.web.zipstream import (
+    MAX_NAMES,
     MAX_PER_ACCOUNT,
     MAX_TOTAL,
     ZipProducer,
     build_zip,
+    unique_names,
     zip_name,
 )
 
@@ -197,6 +199,7 @@ class FilesResource(ManagerResource):
                 return "dir", fs.list_dir(vpath), fs.perms
             return "file", fs.open_read(vpath), fs.perms
 
+        since = self.app.watch_point()  # before the account is read
         ok, found = await self.fs(request, session, look, back=parent_of(vpath),
                                   inline=True)
         if not ok:
@@ -204,7 +207,18 @@ class FilesResource(ManagerResource):
         kind, value, perms = found
         if kind == "file":
             self.app.audit(request, "web.download", account=session.user, path=vpath)
-            send_file(request, split_path(vpath)[-1], value, self.app.server.run_in_thread)
+            cut: list[Any] = []
+            binding = self.app.bind_transfer(
+                request, session.user, "download",
+                lambda reason: cut[0].cut(reason) if cut else None, since)
+            producer = send_file(request, split_path(vpath)[-1], value,
+                                 self.app.server.run_in_thread, on_end=binding.cancel,
+                                 clock=self.app.reactor,
+                                 stall_timeout=self.app.config.http_timeout)
+            if producer is None:
+                binding.cancel()
+            else:
+                cut.append(producer)
             return
         if not request.path.endswith(b"/"):
             # The rows link relative to the folder's URL, which ends in "/".
@@ -360,9 +374,22 @@ class RenameResource(ManagerResource):
     """``GET /rename?path=``: the form; ``POST /rename``: do it."""
 
     async def get(self, request: IRequest, session: Session) -> None:
+        """
+        The form, only for an account that may rename (round 3: a read-only
+        account was offered forms whose POST was then refused) and an entry
+        that is there.
+        """
         path = arg(request, b"path") or "/"
         name = split_path(path)[-1] if split_path(path) else ""
-        send(request, 200, rename_form(session, path, name))
+
+        def check(fs: Any) -> None:
+            if "rename" not in fs.perms:
+                raise PermissionDenied("rename", path)
+            fs.stat(path)
+
+        ok, _ = await self.fs(request, session, check, back=parent_of(path))
+        if ok:
+            send(request, 200, rename_form(session, path, name))
 
     async def post(self, request: IRequest, session: Session) -> None:
         path = arg(request, b"path") or "/"
@@ -425,8 +452,13 @@ class DeleteResource(ManagerResource):
             answer(request, session, parent, "error", "Select something to delete first.",
                    400)
             return
-        ok, entries = await self.fs(request, session,
-                                    lambda fs: [fs.stat(p) for p in paths], back=parent)
+        def look(fs: Any) -> list[Any]:
+            # No confirmation form for an account that may not delete.
+            if "delete" not in fs.perms:
+                raise PermissionDenied("delete", paths[0])
+            return [fs.stat(p) for p in paths]
+
+        ok, entries = await self.fs(request, session, look, back=parent)
         if not ok:
             return
         if len(entries) == 1:
@@ -496,10 +528,16 @@ class ZipResource(ManagerResource):
         except InvalidPath as e:
             answer(request, session, arg(request, b"dir") or "/", "error", friendly(e), 400)
             return
+        paths = unique_names(paths)  # a name listed twice is archived once
         names = [split_path(p)[-1] for p in paths]
         if not names:
             answer(request, session, directory, "error",
                    "Select the files and folders to download first.", 400)
+            return
+        if len(names) > MAX_NAMES:
+            answer(request, session, directory, "error",
+                   f"A ZIP download may select at most {MAX_NAMES} entries; "
+                   "select a folder instead.", 400)
             return
         running = self.running
         if (running.get(session.user, 0) >= MAX_PER_ACCOUNT
@@ -516,13 +554,19 @@ class ZipResource(ManagerResource):
             for path in paths:
                 fs.stat(path)
 
+        since = self.app.watch_point()  # before the account is read
         ok, _ = await self.fs(request, session, check, back=directory)
         if not ok:
             return
         user, logged_in = session.user, session.created
         running[user] = running.get(user, 0) + 1
+        producers: list[ZipProducer] = []
+        binding = self.app.bind_transfer(
+            request, user, "zip",
+            lambda reason: producers[0].cut(reason) if producers else None, since)
 
         def done() -> None:
+            binding.cancel()
             running[user] -= 1
             if running[user] <= 0:
                 del running[user]
@@ -538,4 +582,8 @@ class ZipResource(ManagerResource):
             request.finish()
             return
         build = build_zip(lambda: self.app.open_fs(user, logged_in), directory, names)
-        ZipProducer(request, build, self.app.reactor.callFromThread, done=done).start()
+        producer = ZipProducer(request, build, self.app.reactor.callFromThread, done=done,
+                               clock=self.app.reactor,
+                               stall_timeout=self.app.config.http_timeout)
+        producers.append(producer)
+        producer.start()

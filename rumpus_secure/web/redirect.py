@@ -12,16 +12,27 @@ Two exceptions:
 
 * ``/.well-known/acme-challenge/<token>`` is answered from ``--acme-webroot``
   when that is set (see L{rumpus_secure.web.acme});
-* credentials on plain HTTP (an ``Authorization`` header, or a password
-  posted to the login form) are never acted on and never redirected (a 308
-  would make the browser send the password a second time): the request gets
+* credentials on plain HTTP are never acted on and never redirected (a 308
+  would make the browser send the password a second time, a 301 would echo
+  a password in the query back in its ``Location``): the request gets
   ``403`` with an explanation, sent once the password has been checked
   off-thread by the exposure guard, which quarantines the account if it was
   real.  Each such request is an offence for the guard (a flood ends in a
   ban; a banned address's passwords are not checked).
 
-Request bodies are not kept: only a small ``POST /login`` body is read (to
-find an exposed password); anything else is discarded as it arrives.
+B{What counts as credentials, whatever the path and method.}  Round 3 found
+that only an exact ``POST /login`` with a ``Content-Length`` was looked at:
+``POST /login/``, ``//login``, ``/%6cogin``, a chunked body and
+``GET /login?password=...`` were all redirected, and the HTTPS side took
+them as its login.  Now every request on this port is searched for an
+``Authorization`` or ``Proxy-Authorization`` header, and for a field named
+in L{PASSWORD_FIELDS} in the query string or in a form body (urlencoded or
+multipart, with a ``Content-Length`` or chunked).
+
+Request bodies are not kept: of a form body (urlencoded, multipart or of no
+stated type) the first L{MAX_LOGIN_BODY} (64 KiB) bytes are read to find an
+exposed password, and the rest is dropped as it arrives, as is every other
+body.  A login form is a few hundred bytes.
 """
 
 from __future__ import annotations
@@ -44,12 +55,26 @@ from rumpus_secure.config import ServerConfig
 from rumpus_secure.shares import is_share_form, share_target
 from rumpus_secure.web.acme import acme_token, serve_challenge
 from rumpus_secure.web.channel import LimitedChannel
+from rumpus_secure.web.multipart import (
+    MultipartError,
+    MultipartParser,
+    boundary_from_content_type,
+)
 from rumpus_secure.web.origin import https_origin
 
 _log = Logger()
 
 LOGIN_PATH = b"/login"
 MAX_LOGIN_BODY = 64 * 1024
+
+#: Form fields whose presence makes a request carry a password.
+PASSWORD_FIELDS = (b"password", b"pass", b"passwd")
+#: Form fields that name the account, tried in this order.
+USER_FIELDS = (b"username", b"user", b"login")
+#: Longest field value kept from a multipart body (a password is far shorter).
+_MAX_FIELD = 4096
+_URLENCODED = b"application/x-www-form-urlencoded"
+_MULTIPART = b"multipart/form-data"
 
 #: An origin-form target: printable ASCII, no fragment, valid %-escapes.
 _ORIGIN_FORM = re.compile(rb"/(?:[!$&-;=?-Z\[\]^_a-z{|}~\\\"<>`]|%[0-9A-Fa-f]{2})*")
@@ -71,6 +96,40 @@ def _valid_origin_form(target: bytes) -> bool:
     percent-escapes are refused.
     """
     return _ORIGIN_FORM.fullmatch(target) is not None
+
+
+class _CappedBody:
+    """
+    A request body of which the first C{cap} bytes are kept and the rest is
+    dropped as it arrives.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._chunks: list[bytes] = []
+        self._kept = 0
+
+    def write(self, data: bytes) -> None:
+        room = self._cap - self._kept
+        if room > 0:
+            data = data[:room]
+            self._chunks.append(data)
+            self._kept += len(data)
+
+    def value(self) -> bytes:
+        return b"".join(self._chunks)
+
+    def tell(self) -> int:
+        return 0  # twisted.web then never parses the body itself
+
+    def seek(self, *args: Any) -> None:
+        pass
+
+    def read(self, *args: Any) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        self._chunks = []
 
 
 class _Discard:
@@ -137,15 +196,85 @@ class PlainRequest(server.Request):
             self.processingFailed(failure.Failure())
 
     def gotLength(self, length: int | None) -> None:
-        command = getattr(self.channel, "_command", None)
-        target = getattr(self.channel, "_path", b"") or b""
-        path = target.split(b"?", 1)[0]
-        if (command == b"POST" and (path == LOGIN_PATH or is_share_form(path))
-                and length is not None and length <= MAX_LOGIN_BODY):
-            super().gotLength(length)
-            return
+        """
+        Keep the first L{MAX_LOGIN_BODY} bytes of a form body, whatever the
+        method, path and framing (a chunked body has no C{length}), so that
+        L{exposed_credentials} can look for a password in it; drop the rest
+        and every other body.  twisted.web never parses it: the form is read
+        here, for POST and any other method alike.
+        """
         self._parsePOSTFormSubmission = False
-        self.content = _Discard()
+        if length != 0 and _form_type(self) is not None:
+            self.content = _CappedBody(MAX_LOGIN_BODY)
+        else:
+            self.content = _Discard()
+
+
+def _form_type(request: IRequest) -> bytes | None:
+    """
+    C{urlencoded} or C{multipart} for a body that may be a form (one of
+    no stated type is read as urlencoded, as curl and old clients send
+    them), else L{None}.
+    """
+    content_type = request.requestHeaders.getRawHeaders(b"content-type")
+    if not content_type:
+        return _URLENCODED
+    main = content_type[0].split(b";", 1)[0].strip().lower()
+    if main in (_URLENCODED, _MULTIPART):
+        return main
+    return None
+
+
+class _FieldSink:
+    """Collects the credential fields of a multipart body (see L{MultipartParser})."""
+
+    def __init__(self) -> None:
+        self.fields: dict[bytes, bytes] = {}
+        self._name: bytes | None = None
+        self._value = b""
+
+    def part_begin(self, headers: dict[str, str]) -> None:
+        from rumpus_secure.web.multipart import parse_header_params
+
+        _, params = parse_header_params(headers.get("content-disposition", ""))
+        name = params.get("name", "").encode("utf-8", "replace").lower()
+        wanted = name in PASSWORD_FIELDS or name in USER_FIELDS
+        self._name = name if wanted and name not in self.fields else None
+        self._value = b""
+
+    def part_data(self, data: bytes) -> None:
+        if self._name is not None and len(self._value) < _MAX_FIELD:
+            self._value += data[: _MAX_FIELD - len(self._value)]
+
+    def part_end(self) -> None:
+        if self._name is not None:
+            self.fields[self._name] = self._value
+        self._name = None
+
+
+def _body_fields(request: IRequest) -> dict[bytes, list[bytes]]:
+    """The fields of a kept form body (see L{PlainRequest.gotLength})."""
+    content = getattr(request, "content", None)
+    if not isinstance(content, _CappedBody):
+        return {}
+    body = content.value()
+    if not body:
+        return {}
+    kind = _form_type(request)
+    if kind == _MULTIPART:
+        boundary = boundary_from_content_type(request.getHeader(b"content-type") or b"")
+        if boundary is None:
+            return {}
+        sink = _FieldSink()
+        try:
+            MultipartParser(boundary, sink).feed(body)
+        except MultipartError:
+            pass  # what was parsed before the damage still counts
+        return {name: [value] for name, value in sink.fields.items()}
+    from urllib.parse import parse_qs
+
+    parsed = parse_qs(body, keep_blank_values=True)
+    return {name.lower(): values for name, values in parsed.items()}
 
 
 def _text(value: bytes) -> str:
@@ -155,28 +284,62 @@ def _text(value: bytes) -> str:
         return value.decode("latin-1")
 
 
+def _header_credentials(value: bytes, proxy: bool) -> tuple[str, str | None, str | None]:
+    """An C{Authorization} (or C{Proxy-Authorization}) header's credentials."""
+    scheme, _, rest = value.strip().partition(b" ")
+    prefix = "proxy-" if proxy else ""
+    if scheme.lower() == b"basic":
+        try:
+            decoded = base64.b64decode(rest.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return prefix + "basic-malformed", None, None
+        user, _, password = decoded.partition(b":")
+        return prefix + "basic", _text(user), _text(password)
+    return prefix + "authorization-" + _text(scheme.lower())[:20], None, None
+
+
+def _field_credentials(fields: dict[bytes, list[bytes]], kind: str
+                       ) -> tuple[str, str | None, str | None] | None:
+    for name in PASSWORD_FIELDS:
+        passwords = fields.get(name)
+        if passwords:
+            user = b""
+            for user_field in USER_FIELDS:
+                if fields.get(user_field):
+                    user = fields[user_field][0]
+                    break
+            return kind, _text(user), _text(passwords[0])
+    return None
+
+
+def _share_password(request: IRequest) -> bool:
+    """Whether a request to a share link's form carries a password (query or body)."""
+    query_fields = {name.lower(): values for name, values in (request.args or {}).items()}
+    return (_field_credentials(query_fields, "query") is not None
+            or _field_credentials(_body_fields(request), "form") is not None)
+
+
 def exposed_credentials(request: IRequest) -> tuple[str, str | None, str | None] | None:
     """
     The credentials this plain-HTTP request carries, as C{(kind, user,
-    password)}, or L{None}.
+    password)}, or L{None}; on any path, with any method.
+
+    C{kind} is ``basic`` (an C{Authorization} header), ``proxy-basic``
+    (C{Proxy-Authorization}), ``query`` (a password field in the URL) or
+    ``form`` (in the body); any other authorization scheme counts too, with
+    no password to check.  Field names are matched without regard to case.
     """
     authorization = request.getHeader(b"authorization")
-    if authorization is not None:
-        scheme, _, value = authorization.strip().partition(b" ")
-        if scheme.lower() == b"basic":
-            try:
-                decoded = base64.b64decode(value.strip(), validate=True)
-            except (binascii.Error, ValueError):
-                return "basic-malformed", None, None
-            user, _, password = decoded.partition(b":")
-            return "basic", _text(user), _text(password)
-        return "authorization-" + _text(scheme.lower())[:20], None, None
-    if request.method == b"POST" and request.path == LOGIN_PATH:
-        passwords = request.args.get(b"password")
-        if passwords:
-            users = request.args.get(b"username") or [b""]
-            return "form", _text(users[0]), _text(passwords[0])
-    return None
+    if authorization is not None and authorization.strip():
+        return _header_credentials(authorization, proxy=False)
+    proxy = request.getHeader(b"proxy-authorization")
+    if proxy is not None and proxy.strip():
+        return _header_credentials(proxy, proxy=True)
+    query_fields = {name.lower(): values for name, values in (request.args or {}).items()}
+    found = _field_credentials(query_fields, "query")
+    if found is None:
+        found = _field_credentials(_body_fields(request), "form")
+    return found
 
 
 def _explanation(origin: bytes) -> bytes:
@@ -243,19 +406,21 @@ class RedirectToHTTPS(resource.Resource):
 
     def render(self, request: IRequest) -> bytes | int:
         target = request.uri
-        if _ORIGIN_FORM_MATCH(target) is None:
-            request.setResponseCode(400)
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"Bad request: the request target must be a path such as /files.\n"
         headers = request.responseHeaders
         headers.setRawHeaders(b"cache-control", _NO_STORE)
-        method = request.method
-        if (method == b"POST" and is_share_form(request.path)
-                and request.args.get(b"password")):
+        # Before anything else: a request with credentials is never
+        # redirected or answered with its own target (see the module docstring).
+        # A share link's password ends that link instead (it is no account's).
+        if is_share_form(request.path) and _share_password(request):
             return self._refuse_share_password(request)
         credentials = exposed_credentials(request)
         if credentials is not None:
             return self._refuse_credentials(request, *credentials)
+        if _ORIGIN_FORM_MATCH(target) is None:
+            request.setResponseCode(400)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"Bad request: the request target must be a path such as /files.\n"
+        method = request.method
         if self._acme and self._server is not None:
             token = acme_token(target)
             if token is not None:
@@ -443,4 +608,6 @@ def build_http_site(server_state: Any, reactor: Any) -> server.Site:
         )
         return build_web_site(server_state, reactor, secure=False)
     site = PlainSite(RedirectToHTTPS(config, server_state), reactor=reactor)
+    #: seconds to finish a request's head (L{LimitedChannel}), --line-timeout
+    site.head_timeout = config.line_timeout
     return site

@@ -20,7 +20,7 @@ from twisted.web.iweb import IRequest
 
 from rumpus_secure.config import ServerConfig
 from rumpus_secure.shares import is_dropbox_upload, share_target
-from rumpus_secure.web.app import WebApp
+from rumpus_secure.web.app import WebApp, query_args
 from rumpus_secure.web.auth import LoginResource, LogoutResource
 from rumpus_secure.web.bodies import body_cap, early_refusal, too_large
 from rumpus_secure.web.channel import Discard, LimitedChannel, answer_and_close
@@ -71,6 +71,40 @@ def security_headers(config: ServerConfig, secure: bool = True) -> list[tuple[by
             (b"strict-transport-security", b"max-age=%d" % config.hsts_max_age)
         )
     return headers
+
+
+#: The login page's one address (see L{_login_target_refusal}).
+LOGIN_PATH = b"/login"
+#: Query fields that make a login request carry a password in its URL.
+QUERY_PASSWORD_FIELDS = frozenset({b"password", b"pass", b"passwd"})
+
+
+def _login_target_refusal(request: IRequest, login: Any = None) -> tuple[int, str, str] | None:
+    """
+    Whether a request that twisted.web routed to the login page must be
+    refused instead.
+
+    * The login page has exactly one address, ``/login`` (and each of its
+      second-factor steps one, ``/login/code`` and ``/login/enrol``).  Resource
+      traversal also maps ``/login/``, ``//login`` and ``/%6cogin`` there;
+      round 3 found the plain-HTTP listener redirecting exactly such
+      variants while only watching ``/login`` for passwords, so the HTTPS
+      side now answers them ``404`` and a look-alike never logs anyone in.
+    * A password in the query string (``/login?password=...``) is refused
+      with ``400`` before it is checked: a URL is written to access logs,
+      proxies and browser history, so a password there is as good as
+      published.
+    """
+    # The second-factor steps (/login/code, /login/enrol) are exact too.
+    steps = getattr(login, "steps", None) or {}
+    exact = {LOGIN_PATH} | {LOGIN_PATH + b"/" + step for step in steps}
+    if request.path not in exact:
+        return 404, "Not found", "There is nothing at this address. The login page is /login."
+    if {name.lower() for name in query_args(request)} & QUERY_PASSWORD_FIELDS:
+        return (400, "Password not accepted in the address",
+                "A password may not be part of the page address (it would be kept "
+                "in logs and browser history). Nothing was checked. Use the login form.")
+    return None
 
 
 class SecureRequest(server.Request):
@@ -128,6 +162,18 @@ class SecureRequest(server.Request):
         gets 405 with an Allow header (twisted.web answers OPTIONS, PUT or
         DELETE with a 501 "Huh?" page of its own).
         """
+        if isinstance(resrc, LoginResource):
+            refusal = _login_target_refusal(self, resrc)
+            if refusal is not None:
+                status, title, message = refusal
+                body = message_page(title, message, link=("/login", "Log in"))
+                self.setResponseCode(status)
+                self.setHeader(b"content-type", b"text/html; charset=utf-8")
+                self.setHeader(b"content-length", b"%d" % len(body))
+                if self.method != b"HEAD":
+                    self.write(body)
+                self.finish()
+                return
         if self.method in (b"GET", b"HEAD", b"POST"):
             super().render(resrc)
             return
@@ -267,13 +313,47 @@ def _log_text(value: bytes | str | None, spaces: bool = True) -> str:
     return "".join(out) or "-"
 
 
+#: Query fields whose values never reach the access log (see L{redact_query}).
+SENSITIVE_QUERY_FIELDS = frozenset({b"password", b"pass", b"passwd", b"csrf", b"token"})
+REDACTED = b"REDACTED"
+
+
+def redact_query(uri: bytes | None) -> bytes | None:
+    """
+    C{uri} with the values of L{SENSITIVE_QUERY_FIELDS} replaced by
+    ``REDACTED``.
+
+    Round 3 found ``POST /login?username=alice&password=...`` logged with
+    the password in the access log.  Such a login is now refused, but the
+    request line is still logged, and a token or password in any other URL
+    would be too.  Names are compared after percent- and plus-decoding and
+    without regard to case, so ``%70assword`` and ``PASSWORD`` are caught;
+    everything else of the query is kept for diagnosis.
+    """
+    if not uri or b"?" not in uri:
+        return uri
+    from urllib.parse import unquote_to_bytes
+
+    path, _, query = uri.partition(b"?")
+    pairs = []
+    for pair in query.split(b"&"):
+        name, equals, _ = pair.partition(b"=")
+        decoded = unquote_to_bytes(name.replace(b"+", b" ")).strip().lower()
+        if equals and decoded in SENSITIVE_QUERY_FIELDS:
+            pair = name + b"=" + REDACTED
+        pairs.append(pair)
+    return path + b"?" + b"&".join(pairs)
+
+
 def account_log_formatter(timestamp: str, request: Any) -> str:
     """
     The combined log format with the account in the user field.
 
     The account is that of the request's live web session (looked up
     without touching it), ``-`` when logged out.  Everything from the client
-    is escaped, so a request can never write a line of its own.
+    is escaped, so a request can never write a line of its own, and secrets
+    in the query string of the target and the Referer are redacted
+    (L{redact_query}).
     """
     account = None
     app = getattr(getattr(request, "site", None), "app", None)
@@ -283,9 +363,9 @@ def account_log_formatter(timestamp: str, request: Any) -> str:
     host = getattr(request.getClientAddress(), "host", None)
     return (
         f'"{_log_text(host)}" - {_log_text(account, spaces=False)} {timestamp} '
-        f'"{_log_text(request.method)} {_log_text(request.uri)} '
+        f'"{_log_text(request.method)} {_log_text(redact_query(request.uri))} '
         f'{_log_text(request.clientproto)}" {request.code} '
-        f'{request.sentLength or "-"} "{_log_text(request.getHeader(b"referer"))}" '
+        f'{request.sentLength or "-"} "{_log_text(redact_query(request.getHeader(b"referer")))}" '
         f'"{_log_text(request.getHeader(b"user-agent"))}"'
     )
 
@@ -305,10 +385,20 @@ class GuardedChannel(LimitedChannel):
 
     The address is read in C{connectionMade}, which runs after a PROXY
     header (C{haproxy:} endpoints) has been parsed.
+
+    B{Eviction.}  Until its first request head is complete, a counted
+    connection is on the guard's eviction registry (L{Guard.not_logged_in},
+    as an FTP connection is until it logs in): when the server is full, the
+    oldest such connection (two seconds old or more) gets ``503`` and its
+    slot goes to the newcomer at once.  Round 3 filled every slot with 500
+    connections sending a header byte every 5 s; with the head deadline
+    (L{LimitedChannel}) each lasts at most 30 s, and with eviction they
+    cannot keep anyone out meanwhile.
     """
 
     _counted_host: str | None = None
     _refused = False
+    _evictable = False
 
     def _guard(self) -> Any:
         app = getattr(self.site, "app", None)
@@ -323,6 +413,8 @@ class GuardedChannel(LimitedChannel):
         over = guard.connection_opened(host, "https")
         if over is None:
             self._counted_host = host
+            self._evictable = True
+            guard.not_logged_in(self, self.site.reactor.seconds(), self._evicted)
             return
         where = "from your address" if over.scope == "address" else "to this server"
         body = f"Too many connections {where} (limit {over.limit}); try again later.\n"
@@ -337,7 +429,38 @@ class GuardedChannel(LimitedChannel):
         if not self._refused:
             super().dataReceived(data)
 
+    def allHeadersReceived(self) -> None:
+        self._not_evictable()
+        super().allHeadersReceived()
+
+    def _not_evictable(self) -> None:
+        if self._evictable:
+            self._evictable = False
+            guard = self._guard()
+            if guard is not None:
+                guard.logged_in_or_gone(self)
+
+    def _evicted(self) -> None:
+        """
+        The server is full and this connection has not completed a request:
+        its slot goes to a newcomer now, and it gets ``503`` and is closed.
+        """
+        self._evictable = False
+        guard = self._guard()
+        if self._counted_host is not None and guard is not None:
+            guard.connection_closed(self._counted_host)
+        host, self._counted_host = self._counted_host, None
+        _log.info("web: evicted a connection from {client} that had not completed "
+                  "a request (server full)", client=host)
+        self._refused = True
+        answer_and_close(
+            self, 503,
+            b"The server is full and this connection had not sent a request; "
+            b"closing. Try again.\n",
+            b"text/plain; charset=utf-8", getattr(self.site, "security_headers", ()))
+
     def connectionLost(self, reason: Any) -> None:
+        self._not_evictable()
         if self._counted_host is not None:
             guard = self._guard()
             if guard is not None:
@@ -362,6 +485,8 @@ class SecureSite(server.Site):
         super().__init__(root, **kw)
         self.app = app
         self.security_headers = security_headers(config, secure)
+        #: seconds to finish a request's head (L{LimitedChannel}), --line-timeout
+        self.head_timeout = config.line_timeout
 
     def log(self, request: Any) -> None:
         """

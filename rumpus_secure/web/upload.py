@@ -20,11 +20,24 @@ An existing file is never replaced by surprise: the form field ``exists``
 why), ``skip``, ``keep`` (store as ``name (1).ext``) or ``replace`` (needs
 the ``overwrite`` permission, which the filesystem checks).  Refusing and
 keeping both use the filesystem's exclusive store, so a file that appears
-while the upload runs is not replaced either.
+while the upload runs is not replaced either.  "Keep both" also claims its
+chosen name while the file is stored (L{NameClaims}): round 3 sent six
+parallel uploads of one name with ``exists=keep`` and got one stored file
+and five ``409``, because each chose the same free name and all but the
+first found it taken at commit; each now takes the next name no other
+upload of this server holds (``name (1).ext``, ``name (2).ext``...).
+
+An upload is bound to its account while it runs (L{TransferBinding}): when
+the account is locked, quarantined or deleted, or its password is set, the
+files not yet committed are discarded, nothing more is stored, and (while
+the body is still arriving) the client gets ``403`` and the connection is
+closed.  Round 3 found an upload that went on storing and committed its
+files after ``user lock``.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from typing import Any, Callable
 
@@ -87,6 +100,34 @@ def upload_name(raw: str) -> str:
     return name
 
 
+class NameClaims:
+    """
+    Names that running "keep both" uploads have chosen and not yet stored,
+    per home directory (C{account} below); shared by the server's uploads
+    (drop boxes included), used from threads.
+    """
+
+    def __init__(self) -> None:
+        self._held: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, account: str, path: str) -> bool:
+        """Hold C{path} for this upload; False if another upload holds it."""
+        with self._lock:
+            if (account, path) in self._held:
+                return False
+            self._held.add((account, path))
+            return True
+
+    def release(self, account: str, path: str) -> None:
+        with self._lock:
+            self._held.discard((account, path))
+
+
+#: The claims of every upload in this process.
+NAME_CLAIMS = NameClaims()
+
+
 class FileResult:
     """What happened to one uploaded file."""
 
@@ -100,6 +141,8 @@ class FileResult:
         #: the name was taken and nothing was stored (``refuse``/``skip``)
         self.conflict = False
         self.skipped = False
+        #: C{(home, path)} this upload holds in L{NAME_CLAIMS} ("keep both")
+        self.claimed: tuple[str, str] | None = None
 
 
 class UploadSink:
@@ -133,6 +176,9 @@ class UploadSink:
         self._done: Deferred[None] | None = None
         self.session = app.session(request)
         self._parser: MultipartParser | None = None
+        #: why the account ended this upload (L{account_ended}), if it did
+        self.ended: str | None = None
+        self._binding: Any = None
         self._admit(app, request)
 
     def _admit(self, app: WebApp, request: IRequest) -> None:
@@ -150,6 +196,9 @@ class UploadSink:
             self._refuse("The upload must be sent as multipart/form-data.", 400)
         else:
             self._parser = MultipartParser(boundary, self)
+            # Taken before the account is first read (in _filesystem).
+            self._binding = app.bind_transfer(request, self.session.user, "upload",
+                                              self.account_ended, app.watch_point())
 
     # -- the file-like face twisted.web uses ------------------------------
 
@@ -233,8 +282,33 @@ class UploadSink:
         self._resume()
         self._enqueue(self._abort_all, (), 0)
 
+    def account_ended(self, reason: str) -> None:
+        """
+        The account was locked, deleted or its password set: discard every
+        file not yet committed and store nothing more.  While the body is
+        still arriving the client is answered ``403`` at once and the
+        connection closed, so it stops sending.
+        """
+        self.ended = reason
+        self._refuse(f"The upload was stopped and nothing more was stored: {reason}.", 403)
+        for result in self.results:
+            if result.error is None and result.upload is not None:
+                result.error = f"Not stored: {reason}."
+        refuse_now = getattr(self._request, "refuse_now", None)
+        if not self._body_done and not self._aborted and refuse_now is not None:
+            self._aborted = True
+            refuse_now(403, "Upload stopped",
+                       f"The upload was stopped: {reason}. Files not yet complete "
+                       "were not stored.")
+
+    def _unbind(self) -> None:
+        binding, self._binding = self._binding, None
+        if binding is not None:
+            binding.cancel()
+
     def connection_lost(self) -> None:
         """The client went away: drop everything not yet committed."""
+        self._unbind()
         if self._aborted:
             return
         self._aborted = True
@@ -317,6 +391,7 @@ class UploadSink:
 
     def _maybe_done(self) -> None:
         if self._done is not None and self._body_done and not self._busy and not self._ops:
+            self._unbind()
             done, self._done = self._done, None
             done.callback(None)
 
@@ -335,16 +410,31 @@ class UploadSink:
             if self.on_existing == "replace":
                 result.upload = fs.open_upload(join_path(self.directory, name))
                 return
+            keep = self.on_existing == "keep"
+            # Keyed by the home directory: a drop box has no session, and two
+            # accounts' "/a.txt" are different files.
+            account = str(getattr(fs, "home", "")) or (
+                self.session.user if self.session is not None else "")
             for number in range(MAX_KEEP_BOTH + 1):
                 candidate = name if number == 0 else numbered_name(name, number)
+                path = join_path(self.directory, candidate)
+                if keep and not NAME_CLAIMS.claim(account, path):
+                    continue  # another upload is storing this name now
                 try:
-                    result.upload = fs.open_upload(join_path(self.directory, candidate),
-                                                   exclusive=True)
+                    result.upload = fs.open_upload(path, exclusive=True)
                     result.stored_name = candidate
+                    if keep:
+                        result.claimed = (account, path)
                     return
                 except AlreadyExists:
-                    if self.on_existing != "keep":
+                    if keep:
+                        NAME_CLAIMS.release(account, path)
+                    else:
                         raise
+                except BaseException:
+                    if keep:
+                        NAME_CLAIMS.release(account, path)
+                    raise
             raise AlreadyExists(join_path(self.directory, name))
         except AlreadyExists:
             result.conflict = True
@@ -374,9 +464,25 @@ class UploadSink:
             self._discard(result.upload)
             result.upload = None
 
+    def _release_claim(self, result: FileResult) -> None:
+        claimed, result.claimed = result.claimed, None
+        if claimed is not None:
+            NAME_CLAIMS.release(*claimed)
+
     def _commit(self, result: FileResult) -> None:
+        try:
+            self._commit_claimed(result)
+        finally:
+            self._release_claim(result)
+
+    def _commit_claimed(self, result: FileResult) -> None:
         upload, result.upload = result.upload, None
-        if upload is None or result.error is not None:
+        if upload is None:
+            return
+        if result.error is not None or self.ended is not None:
+            # The account ended while this file was queued: never commit it.
+            if not upload.finished:
+                self._discard(upload)
             return
         try:
             upload.commit()
@@ -390,6 +496,7 @@ class UploadSink:
 
     def _abort_all(self) -> None:
         for result in self.results:
+            self._release_claim(result)
             upload, result.upload = result.upload, None
             if upload is not None and not upload.finished:
                 self._discard(upload)

@@ -374,7 +374,9 @@ def test_https_form_login_of_a_cert_plus_password_account(world: World,
 
     def post(cert: ClientCert | None, password: str) -> str:
         args = [curl, "-sS", "-k", "-c", str(tmp_path / "jar"), "-o", "/dev/null",
-                "-w", "%{http_code}", "-H", f"Origin: {base}",
+                # The configured public origin (--public-host localhost).
+                "-w", "%{http_code}", "-H",
+                f"Origin: https://localhost:{world.server.https_port}",
                 "--data-urlencode", "username=carol",
                 "--data-urlencode", f"password={password}"]
         if cert is not None:
@@ -420,3 +422,35 @@ def test_removing_a_certificate_ends_its_accounts_sessions_only(world: World) ->
     assert world.last_login("ftp.login", "erin")["reason"] == "cert-not-bound"
     for ftp in (*sessions.values(), again):
         ftp.close()
+
+
+def test_a_browser_sending_a_stale_bound_certificate_is_not_banned(
+        world: World, tmp_path: Path) -> None:
+    """
+    A browser may send its (expired) certificate with every page view: that
+    is no guess (it holds the key), so it is audited but not scored; before,
+    15 views of /login banned the address and everyone behind it.
+    """
+    (tmp_path / "server").mkdir()
+    server = ServerProcess(tmp_path / "server", client_ca=world.pki.ca_path,
+                           login_failure_delay="0", ftp="none", ftps="none")
+    with server:
+        server.cli("user", "add", "alice", "--password-stdin", "--auth", "cert",
+                   input=PASSWORDS["alice"] + "\n")
+        server.cli("user", "cert", "add", "alice", "--cert",
+                   str(world.certs["expired"].cert_path))
+        server.add_user("paula", "paula-Passw0rd-web")
+        curl = require_tool("curl")
+        expired = world.certs["expired"]
+        for _ in range(18):
+            result = run(curl, "-sS", "-k", "-o", "/dev/null", "-w", "%{http_code}",
+                         "--interface", "127.0.0.31", "--cert", str(expired.cert_path),
+                         "--key", str(expired.key_path),
+                         f"https://127.0.0.1:{server.https_port}/login")
+            assert result.stdout == b"403", result.stdout
+        # Another user behind the same address still gets the login page.
+        result = run(curl, "-sS", "-k", "-o", "/dev/null", "-w", "%{http_code}",
+                     "--interface", "127.0.0.31",
+                     f"https://127.0.0.1:{server.https_port}/login")
+        assert result.stdout == b"200"
+        assert "127.0.0.31" not in server.cli("ban", "list").stdout

@@ -60,7 +60,9 @@ def https_login(port: int, user: str, password: str, source: str) -> int:
     try:
         connection.request("POST", "/login", body=body, headers={
             "Content-Type": "application/x-www-form-urlencoded",
-            "Origin": f"https://127.0.0.1:{port}", "Host": f"127.0.0.1:{port}"})
+            # The configured public origin (--public-host localhost); the
+            # Host header is not trusted for the Origin check.
+            "Origin": f"https://localhost:{port}", "Host": f"127.0.0.1:{port}"})
         return connection.getresponse().status
     except (ConnectionError, ssl.SSLError, http.client.HTTPException):
         return 0

@@ -24,9 +24,14 @@ def _curl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def _origin(base: str) -> str:
+    """The server's configured public origin (--public-host localhost), not the URL's host."""
+    return base.replace("127.0.0.1", "localhost")
+
+
 def _login(base: str, jar: Path, user: User) -> str:
     result = _curl("-k", "-c", str(jar), "-o", "/dev/null", "-w", "%{http_code}",
-                   "-H", f"Origin: {base}", "--data-urlencode", f"username={user.name}",
+                   "-H", f"Origin: {_origin(base)}", "--data-urlencode", f"username={user.name}",
                    "--data-urlencode", f"password={user.password}", f"{base}/login")
     return result.stdout
 
@@ -58,7 +63,7 @@ def test_big_bodies_refused_at_once_while_another_account_works(
                              ("/upload?dir=/", "401")):
         start = time.monotonic()
         result = _curl("-k", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}",
-                       "-H", f"Origin: {base}", "-H", "Content-Type: multipart/form-data; "
+                       "-H", f"Origin: {_origin(base)}", "-H", "Content-Type: multipart/form-data; "
                        "boundary=x", "--data-binary", f"@{big}", f"{base}{target}",
                        timeout=60)
         status, uploaded = result.stdout.split()
