@@ -319,6 +319,14 @@ def _share_password(request: IRequest) -> bool:
             or _field_credentials(_body_fields(request), "form") is not None)
 
 
+def _share_password_value(request: IRequest) -> str:
+    """The password posted to a share link's form (query or body), or ""."""
+    query_fields = {name.lower(): values for name, values in (request.args or {}).items()}
+    found = (_field_credentials(query_fields, "query")
+             or _field_credentials(_body_fields(request), "form"))
+    return (found[2] or "") if found is not None else ""
+
+
 def exposed_credentials(request: IRequest) -> tuple[str, str | None, str | None] | None:
     """
     The credentials this plain-HTTP request carries, as C{(kind, user,
@@ -516,7 +524,7 @@ class RedirectToHTTPS(resource.Resource):
                                                protocol="http") is not None:
             _close_after(request)
         token = (share_target(request.path) or ("", ""))[0]
-        password = _text((request.args.get(b"password") or [b""])[0])
+        password = _share_password_value(request)
 
         def disable() -> tuple[str | None, str]:
             from rumpus_secure.shares import disable_exposed_outcome, store_of
