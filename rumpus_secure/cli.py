@@ -910,9 +910,10 @@ def _share_list(args: argparse.Namespace, context: Context) -> int:
     rows = [("ID", "OWNER", "KIND", "STATE", "EXPIRES", "USED", "LAST USED", "PATH")]
     for share in shares:
         used = str(share.uses) + (f"/{share.max_uses}" if share.max_uses else "")
-        rows.append((share.id, share.owner, share.kind, share.state(now),
+        rows.append((share.id, _printable(share.owner), share.kind, share.state(now),
                      _utc(share.expires), used,
-                     _utc(share.last_used) if share.last_used else "never", share.path))
+                     _utc(share.last_used) if share.last_used else "never",
+                     _printable(share.path)))
     widths = [max(len(row[i]) for row in rows) for i in range(7)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths)]
@@ -920,9 +921,37 @@ def _share_list(args: argparse.Namespace, context: Context) -> int:
     if args.events:
         for share in shares:
             for event in store.events(share.id, limit=args.events):
-                context.say(f"{share.id}  {_utc(event.at)}  {event.action}  "
-                            f"{event.client or '-'}  {event.name or ''}")
+                context.say(f"{share.id}  {_utc(event.at)}  "
+                            f"{_printable(event.action)}  "
+                            f"{_printable(event.client or '-')}  "
+                            f"{_printable(event.name or '')}")
     return 0
+
+
+#: Bidirectional overrides and isolates: they reorder what a terminal shows.
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+                  "\u200e\u200f\u061c")
+
+
+def _printable(text: str) -> str:
+    """
+    C{text} safe for a terminal: control characters (ESC, BEL, CR, C1...)
+    and bidirectional overrides shown as C{\\xNN}/C{\\uNNNN}, a backslash
+    doubled.  File names in share events come from anonymous drop-box
+    visitors: printed raw, ESC sequences would drive the admin's terminal.
+    """
+    import unicodedata
+
+    out = []
+    for char in text:
+        if char == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(char) == "Cc" or char in _BIDI:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def _utc(moment: float) -> str:

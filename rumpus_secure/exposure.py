@@ -446,7 +446,20 @@ class ExposureGuard:
 
         def check(account: str) -> Any:
             job.account = account
-            return checker.check_password(account, held.pop(), **options)
+            password = held.pop()
+            if app_password_ident(password) is not None:
+                # Its own outcome and event (not "not-the-password"): the
+                # admin must see that an app password was exposed.
+                found = self.server.run_in_thread(
+                    contain_app_password, self.server.store, account, password)
+
+                def checked(ident: str | None) -> Any:
+                    if ident is not None:
+                        return ("app-password", ident)
+                    return checker.check_password(account, password, **options)
+
+                return found.addCallback(checked)
+            return checker.check_password(account, password, **options)
 
         # The stored spelling of the name first: USER CAROL is carol.
         d = self.server.run_in_thread(stored_name, self.server.store, job.name)
@@ -455,8 +468,19 @@ class ExposureGuard:
         d.addErrback(self._failed, job)
         d.addBoth(self._finished, job)
 
-    def _checked(self, exposed: bool, job: _Job) -> Any:
+    def _checked(self, exposed: Any, job: _Job) -> Any:
         audit = self.server.audit
+        if isinstance(exposed, tuple):
+            _, ident = exposed
+            audit.record(f"{job.protocol}.cleartext_password", client=job.client,
+                         account=job.account, software=job.software,
+                         protocol=job.protocol, outcome="app-password",
+                         app_password=ident,
+                         requests=job.requests if job.requests > 1 else None)
+            audit.record("account.app_password_exposed", client=job.client,
+                         account=job.account, app_password=ident, action="revoked",
+                         software=job.software, protocol=job.protocol)
+            return False  # the main password was not exposed: no quarantine
         audit.record(f"{job.protocol}.cleartext_password", client=job.client,
                      account=job.account, software=job.software, protocol=job.protocol,
                      outcome="real-password" if exposed else "not-the-password",
@@ -518,6 +542,34 @@ class ExposureGuard:
         self._offer(job.client)
         job.finish(bool(exposed))
         self._pump()
+
+
+def app_password_ident(password: str) -> str | None:
+    from rumpus_secure.accounts.app_passwords import ident_of
+
+    return ident_of(normalise_text(password))
+
+
+def contain_app_password(store: Any, name: str, password: str) -> str | None:
+    """
+    In a thread: if C{password} (seen in cleartext) is one of C{name}'s app
+    passwords, revoke it (they are for FTPS only; the revocation ends the
+    FTP sessions that used it) and return its id; otherwise L{None}.
+    """
+    from rumpus_secure.accounts.hashing import verify_password
+
+    password = normalise_text(password)
+    ident = app_password_ident(password)
+    reader = getattr(store, "app_password_hash", None)
+    if ident is None or reader is None:
+        return None
+    stored = reader(name, ident)
+    if stored is None or not verify_password(stored, password.strip().lower()):
+        return None
+    store.revoke_app_password(name, ident)
+    _log.warn("app password {ident} of {account} was sent unencrypted: revoked",
+              ident=ident, account=name)
+    return ident
 
 
 def stored_name(store: Any, name: str) -> str:

@@ -18,7 +18,10 @@ cheap read per visit, so "deleting or locking the owner ends their links"
 holds even when the account was changed by another process.
 
 Uses are taken with one conditional UPDATE (L{SQLiteShareStore.take_use}),
-so two visitors racing for the last download cannot both get it.  Every
+so two visitors racing for the last download cannot both get it.  A drop
+box takes a use when a file starts (so a used-up box refuses before the
+body is read) and gives it back with another single UPDATE
+(L{SQLiteShareStore.refund_use}) when nothing was stored.  Every
 use is recorded in C{share_events} with the link's id, for the owner's
 page and ``rumpus-share share list``.
 
@@ -208,6 +211,12 @@ class IShareStore(Interface):
     def take_use(share_id: str) -> bool:
         """Count one use if the link is live and not used up."""
 
+    def refund_use(share_id: str) -> None:
+        """
+        Give back a use taken for a file that was not stored (too large,
+        aborted, refused name); one conditional UPDATE, never below zero.
+        """
+
     def record(share_id: str, action: str, client: str | None,
                name: str | None = None, size: int | None = None) -> None:
         """Note a visitor's download or upload."""
@@ -310,6 +319,11 @@ class SQLiteShareStore:
                 "AND (max_uses IS NULL OR uses < max_uses)", (now, share_id, now))
             return cursor.rowcount == 1
 
+    def refund_use(self, share_id: str) -> None:
+        with closing(self._connect()) as db:
+            db.execute("UPDATE shares SET uses = uses - 1 WHERE id = ? AND uses > 0",
+                       (share_id,))
+
     def record(self, share_id: str, action: str, client: str | None,
                name: str | None = None, size: int | None = None) -> None:
         with closing(self._connect()) as db:
@@ -362,16 +376,40 @@ def _share(row: tuple) -> Share:  # type: ignore[type-arg]
                  last_used=last_used)
 
 
-def disable_exposed(store: IShareStore, token: str) -> str | None:
+def disable_exposed(store: IShareStore, token: str, password: str) -> str | None:
     """
-    A link's password was sent over plain HTTP: end the link (whoever saw
-    the password may also have seen the URL).  Returns the link's id.
+    In a thread: a password was posted to a link over plain HTTP.  If it is
+    the link's password, end the link (whoever saw the password may also
+    have seen the URL) and return its id; otherwise change nothing.
     """
+    share_id, outcome = disable_exposed_outcome(store, token, password)
+    return share_id if outcome == "link-disabled" else None
+
+
+def disable_exposed_outcome(store: IShareStore, token: str,
+                            password: str) -> tuple[str | None, str]:
+    """
+    L{disable_exposed} with the outcome for the audit log: the link's id
+    (or L{None}) and ``link-disabled``, ``not-the-password``, ``no-password``
+    or ``unknown-link``.
+
+    Only the link's own password ends it: anyone who knows the URL (or a
+    third-party page posting a form to ``http://host/s/TOKEN``) could
+    otherwise turn off any link, and its visitors would be told the owner
+    did.  The password is verified like a cleartext account password
+    (argon2id, so call this off the reactor thread).
+    """
+    from rumpus_secure.accounts.hashing import verify_password
+
     if not valid_token(token):
-        return None
+        return None, "unknown-link"
     found = store.find(token)
     if found is None:
-        return None
-    share, _ = found
+        return None, "unknown-link"
+    share, password_hash = found
+    if not share.has_password or password_hash is None:
+        return share.id, "no-password"
+    if not password or not verify_password(password_hash, password):
+        return share.id, "not-the-password"
     store.revoke(share.id, "its password was sent over an unencrypted connection")
-    return share.id
+    return share.id, "link-disabled"

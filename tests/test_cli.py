@@ -675,3 +675,26 @@ def test_share_list_and_revoke(run: Run, data_dir: Path) -> None:
     assert code == 1 and "already been revoked" in err
     code, _, err = run("share", "revoke", "nope")
     assert code == 1 and "no share link" in err
+
+
+def test_share_list_escapes_what_visitors_wrote(run: Run, data_dir: Path) -> None:
+    """A drop-box visitor's file name with ESC/BEL must not reach the terminal raw."""
+    import time as _time
+
+    from rumpus_secure.shares import SQLiteShareStore
+
+    run("user", "add", "alice", "--password-stdin", stdin=PW + "\n")
+    shares = SQLiteShareStore(data_dir / "accounts.sqlite3")
+    box, _ = shares.create("alice", "dropbox", "/in\x1b]0;x\x07", _time.time() + 3600,
+                           None, None, None, "")
+    other, _ = shares.create("alice", "dropbox", "/other", _time.time() + 3600,
+                             None, None, None, "")
+    shares.record(box.id, "upload", "192.0.2.9",
+                  "evil\x1b[2J\x1b]0;pwned\x07\u202etxt.exe", 3)
+    shares.record(other.id, "upload", "192.0.2.8", "plain report.txt", 4)
+    code, out, _ = run("share", "list", "--events", "5")
+    assert code == 0
+    assert not any(c in out for c in "\x1b\x07\u202e")
+    assert "evil\\x1b[2J\\x1b]0;pwned\\x07\\u202etxt.exe" in out
+    assert "/in\\x1b]0;x\\x07" in out
+    assert "plain report.txt" in out  # the other link's event, as it was

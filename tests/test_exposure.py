@@ -235,3 +235,36 @@ def test_https_connections_are_limited_per_address(tmp_path: Path) -> None:
     _, again = open_from(FLOODER)
     assert not again.disconnecting and again.value() == b""
     assert server.guard.connections(FLOODER) == 2
+
+
+def test_an_exposed_app_password_has_its_own_outcome(tmp_path: Path) -> None:
+    from rumpus_secure.accounts import app_passwords
+    from rumpus_secure.accounts.hashing import hash_password
+    from tests.test_web_support import HTTPDriver
+
+    server = web_server(tmp_path, threshold=0)
+    server.store.add("bob", "b0b")
+    real = SQLiteAccountStore(tmp_path / "accounts.sqlite3", tmp_path / "real",
+                              hasher=PasswordHasher(time_cost=1, memory_cost=8,
+                                                    parallelism=1))
+    made = {}
+    for name in ("alice", "bob"):
+        real.add(name, "x")
+        made[name] = app_passwords.generate()
+        real.add_app_password(name, made[name].ident, "FTP",
+                              hash_password(made[name].password))
+    for method in ("app_password_hash", "revoke_app_password"):
+        setattr(server.store, method, getattr(real, method))
+    plain = HTTPDriver(build_http_site(server, server.reactor), origin=None)
+    assert plain.get(b"/", headers=basic("alice", made["alice"].password)).status == 403
+    assert plain.get(b"/", headers=basic("bob", "not it")).status == 403
+    outcomes = {e["account"]: e for e in server.audit.named("http.cleartext_password")}
+    assert outcomes["alice"]["outcome"] == "app-password"
+    assert outcomes["alice"]["app_password"] == made["alice"].ident
+    assert outcomes["bob"]["outcome"] == "not-the-password"
+    [exposed] = server.audit.named("account.app_password_exposed")
+    assert exposed["account"] == "alice" and exposed["app_password"] == made["alice"].ident
+    assert not server.audit.named("account.password_exposed")
+    assert real.app_password_hash("alice", made["alice"].ident) is None
+    assert real.app_password_hash("bob", made["bob"].ident) is not None
+    assert not server.store.get("alice").locked  # an app password: no quarantine

@@ -379,11 +379,16 @@ def test_two_factor_state_behaves_as_in_sqlite(store: Any) -> None:
     assert not store.use_recovery_code("alice", b"r1")
     assert not store.use_recovery_code("bob", b"r2")  # Alice's code is not Bob's
     assert store.two_factor("alice").recovery_left == 1
+    before = {n: store.get(n).password_changed for n in ("alice", "bob")}
     store.reset_two_factor("alice")
     row = store.two_factor("alice")
     assert row.required and row.secret is None and row.recovery_left == 0
+    # Reset and require end web sessions: password_changed moves (Alice's only).
+    assert store.get("alice").password_changed > before["alice"]
+    assert store.get("bob").password_changed == before["bob"]
     store.set_two_factor_required("bob", True)
     assert store.two_factor("bob").required
+    assert store.get("bob").password_changed > before["bob"]
     changes = [(c.name, c.kind, c.detail) for c in store.change_reader().since(0).changes]
     assert changes[2:] == [
         ("alice", "2fa", "enrolment started"),
@@ -485,6 +490,11 @@ def test_share_links_behave_as_in_sqlite(db: Database) -> None:
     assert shares.take_use(second.id) and shares.take_use(second.id)
     assert not shares.take_use(second.id)  # used up
     assert shares.get(second.id).uses == 2 and shares.get(second.id).last_used
+    shares.refund_use(second.id)  # a drop-box file that was not stored
+    assert shares.get(second.id).uses == 1 and shares.get(first.id).uses == 0
+    shares.refund_use(first.id)  # never below zero
+    assert shares.get(first.id).uses == 0
+    assert shares.take_use(second.id)
     assert not shares.revoke(first.id, "no", owner="bob")  # not Bob's
     assert shares.revoke(first.id, "done\nwith it", owner="alice")
     assert not shares.revoke(first.id, "again")

@@ -389,3 +389,161 @@ def test_link_password_form_body_is_capped(server, site):
     refused = visitor(site).request(b"POST", link.encode(), body=body, headers={
         b"content-type": b"application/x-www-form-urlencoded"})
     assert refused.status == 413
+
+
+def _open_request(site, target: bytes):
+    """A GET whose answer may stay open (a streamed ZIP): its transport."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    address = IPv4Address("TCP", "192.0.2.7", 40000)
+    protocol = site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"GET " + target + b" HTTP/1.1\r\nhost: files.example.org:8443"
+                          b"\r\n\r\n")
+    site.reactor.advance(0)
+    return transport
+
+
+def test_share_zips_are_capped_per_owner_and_in_all(server, site, monkeypatch):
+    from rumpus_secure.web import visit
+
+    started: list = []
+    monkeypatch.setattr(visit, "start_zip_thread", started.append)
+    server.reactor.callFromThread = lambda f, *a: f(*a)
+    for name in ("alice", "bob"):
+        (server.store.get(name).home / "dir").mkdir()
+        (server.store.get(name).home / "dir" / "f.txt").write_bytes(name.encode())
+    web, csrf = owner(site)
+    link = create_link(web, csrf, path="/dir").encode() + b"/get"
+    bob_web = HTTPDriver(site)
+    bobs = create_link(bob_web, login(bob_web, "bob", "battery staple"),
+                       path="/dir").encode() + b"/get"
+    first, second = _open_request(site, link), _open_request(site, link)
+    assert first.value() == second.value() == b""  # both streaming
+    third = visitor(site).get(link)
+    assert third.status == 503 and third.header(b"retry-after") == b"30"
+    # Bob's link, meanwhile: his own slots (and the total has room).
+    assert _open_request(site, bobs).value() == b""
+    share_id = re.search(rb"data-share='([0-9a-f]+)'", web.get(b"/shares").body).group(1)
+    assert server.share_store.get(share_id.decode()).uses == 2  # the 503 took none
+    # One of Alice's ends: a slot is free again.
+    started[0]()
+    assert first.value().startswith(b"HTTP/1.1 200") and b"f.txt" in first.value()
+    assert _open_request(site, link).value() == b""
+    assert visitor(site).get(link).status == 503
+    # Four in all: Bob's second fills the server; Carol's first waits.
+    server.store.add("carol", "carol pw")
+    (server.store.get("carol").home / "dir").mkdir()
+    carol_web = HTTPDriver(site)
+    carols = create_link(carol_web, login(carol_web, "carol", "carol pw"),
+                         path="/dir").encode() + b"/get"
+    assert _open_request(site, bobs).value() == b""
+    assert visitor(site).get(carols).status == 503
+
+
+def test_plain_http_posts_end_a_link_only_with_its_password(server, site):
+    server.guard = None  # cleartext posts are offences; the ban is tested elsewhere
+    (server.store.get("alice").home / "notes.txt").write_bytes(b"x")
+    web, csrf = owner(site)
+    guarded = create_link(web, csrf, password="open sesame 1")
+    open_link = create_link(web, csrf)
+    plain = HTTPDriver(build_http_site(server, server.reactor), origin=None)
+    # A wrong password, and any password to a link that has none: 403, no change.
+    for link, password in ((guarded, "guess"), (open_link, "anything")):
+        refused = plain.post_form(link.encode(), {"password": password})
+        assert refused.status == 403 and b"turned off" not in refused.body
+    assert visitor(site).get(open_link.encode()).status == 200
+    assert b"needs a password" in visitor(site).get(guarded.encode()).body
+    outcomes = [e["outcome"] for e in server.audit.events
+                if e.get("kind") == "share-password"]
+    assert outcomes == ["not-the-password", "no-password"]
+    # The right one ends that link only.
+    ended = plain.post_form(guarded.encode(), {"password": "open sesame 1"})
+    assert ended.status == 403 and b"turned off" in ended.body
+    assert visitor(site).get(guarded.encode()).status == 410
+    assert visitor(site).get(open_link.encode()).status == 200
+
+
+def _share_uses(server, web) -> dict[str, int]:
+    ids = re.findall(rb"data-share='([0-9a-f]+)'", web.get(b"/shares").body)
+    return {i.decode(): server.share_store.get(i.decode()).uses for i in ids}
+
+
+def _drop(guest, link: str, files, chunks: int = 1):
+    body, ctype = multipart([("file", name, data) for name, data in files])
+    return guest.request(b"POST", link.encode() + b"/upload", body=body,
+                         headers={b"content-type": ctype}, chunks=chunks)
+
+
+def test_drop_box_takes_a_use_only_for_a_stored_file(server, site):
+    home = server.store.get("alice").home
+    (home / "inbox").mkdir()
+    (home / "elsewhere.txt").write_bytes(b"owner's")
+    (home / "inbox" / "link.txt").symlink_to(home / "elsewhere.txt")
+    web, csrf = owner(site)
+    link = create_link(web, csrf, kind="dropbox", path="/inbox", max_uses="2",
+                       max_size="1")
+    guest = visitor(site)
+    assert _drop(guest, link, [("big.bin", b"x" * (1024 * 1024 + 1))], 8).status == 413
+    assert _drop(guest, link, [("link.txt", b"over the link")]).status == 400
+    assert _drop(guest, link, [("bad\x1b[2J.txt", b"esc")]).status == 400
+    assert list(_share_uses(server, web).values()) == [0]
+    # Still two files' worth of uses left for real files.
+    assert _drop(guest, link, [("a.txt", b"a"), ("b.txt", b"b")]).status == 200
+    assert list(_share_uses(server, web).values()) == [2]
+    assert (home / "elsewhere.txt").read_bytes() == b"owner's"
+    assert sorted(p.name for p in (home / "inbox").iterdir()) == ["a.txt", "b.txt",
+                                                                  "link.txt"]
+
+
+def test_drop_box_errors_name_no_paths(server, site):
+    alice_home = server.store.get("alice").home
+    (alice_home / "swap").mkdir()
+    (alice_home / "target.txt").write_bytes(b"t")
+    (alice_home / "swap" / "link.txt").symlink_to(alice_home / "target.txt")
+    web, csrf = owner(site)
+    link = create_link(web, csrf, kind="dropbox", path="/swap")
+    bob_web = HTTPDriver(site)
+    (server.store.get("bob").home / "in").mkdir()
+    bobs = create_link(bob_web, login(bob_web, "bob", "battery staple"),
+                       kind="dropbox", path="/in")
+    refused = _drop(visitor(site), link, [("link.txt", b"x")])
+    assert refused.status == 400
+    assert b"could not store this file" in refused.body
+    assert b"/swap" not in refused.body and b"symbolic" not in refused.body
+    failed = [e for e in server.audit.events
+              if e.get("event") == "share.upload" and e.get("outcome") == "failed"]
+    assert len(failed) == 1 and "link.txt" in failed[0]["reason"]
+    # Bob's drop box, beside it, still takes files.
+    assert _drop(visitor(site), bobs, [("ok.txt", b"fine")]).status == 200
+    assert (server.store.get("bob").home / "in" / "ok.txt").read_bytes() == b"fine"
+
+
+def test_an_aborted_drop_box_upload_gives_its_use_back(server, site):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+    from twisted.internet.error import ConnectionLost
+
+    home = server.store.get("alice").home
+    (home / "inbox").mkdir()
+    web, csrf = owner(site)
+    link = create_link(web, csrf, kind="dropbox", path="/inbox", max_uses="1")
+    body, ctype = multipart([("file", "half.bin", b"y" * 5000)])
+    address = IPv4Address("TCP", "192.0.2.7", 40000)
+    protocol = site.buildProtocol(address)
+    protocol.makeConnection(StringTransport(peerAddress=address))
+    protocol.dataReceived(
+        b"POST " + link.encode() + b"/upload HTTP/1.1\r\nhost: files.example.org:8443\r\n"
+        b"origin: https://files.example.org:8443\r\ncontent-type: " + ctype +
+        b"\r\ncontent-length: %d\r\n\r\n" % len(body) + body[:len(body) // 2])
+    server.reactor.advance(0)
+    protocol.connectionLost(Failure(ConnectionLost()))
+    server.reactor.advance(0)
+    assert list(_share_uses(server, web).values()) == [0]
+    assert not (home / "inbox" / "half.bin").exists()
+    # The one use is still there for a whole file.
+    assert _drop(visitor(site), link, [("whole.bin", b"z")]).status == 200
+    assert list(_share_uses(server, web).values()) == [1]

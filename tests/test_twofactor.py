@@ -295,3 +295,23 @@ async def test_app_password_seen_in_cleartext_is_revoked(
     with pytest.raises(UnauthorizedLogin):
         await checker.requestAvatarId(creds("alice", new.password, "ftps"))
     assert await checker.check_password("alice", "alice pw") is True  # unchanged
+
+
+def test_require_and_reset_move_the_password_time(tmp_path: Path) -> None:
+    """Web sessions end on ``password_changed``: require and reset move it."""
+    clock = Clock(T0)
+    s = SQLiteAccountStore(tmp_path / "a.sqlite3", tmp_path / "f", hasher=CHEAP,
+                           clock=clock)
+    s.add("alice", "alice pw")
+    s.add("bob", "bob pw")
+    before_bob = s.get("bob").password_changed
+    clock.now += 10
+    s.set_two_factor_required("alice", True)
+    assert s.get("alice").password_changed == T0 + 10
+    clock.now += 10
+    s.set_two_factor_required("alice", False)  # lifting it ends nothing
+    assert s.get("alice").password_changed == T0 + 10
+    clock.now += 10
+    s.reset_two_factor("alice")
+    assert s.get("alice").password_changed == T0 + 30
+    assert s.get("bob").password_changed == before_bob

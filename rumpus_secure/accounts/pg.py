@@ -325,14 +325,23 @@ class PGAccountStore:
                      "ON CONFLICT (name) DO NOTHING", (name,))
 
     @staticmethod
-    def _credentials_changed(conn: Any, name: str, detail: str, now: float) -> None:
+    def _credentials_changed(conn: Any, name: str, detail: str, now: float,
+                             sessions_end: bool = False) -> None:
         """
         Log a change of what the account's credentials are, as ``password``
         (open FTP sessions end, on every node) and move its version on
         (cached password verifications go stale).
+
+        @param sessions_end: move ``password_changed`` too, so the account's
+            web sessions end (two-factor login required or reset), as in
+            L{rumpus_secure.accounts.two_factor_store}.
         """
-        conn.execute("UPDATE accounts SET changed = %s, version = version + 1 "
-                     "WHERE name = %s", (now, name))
+        if sessions_end:
+            conn.execute("UPDATE accounts SET changed = %s, password_changed = %s, "
+                         "version = version + 1 WHERE name = %s", (now, now, name))
+        else:
+            conn.execute("UPDATE accounts SET changed = %s, version = version + 1 "
+                         "WHERE name = %s", (now, name))
         _record_account(conn, name, "password", detail, now)
 
     def two_factor(self, name: str) -> TwoFactorRow | None:
@@ -360,7 +369,8 @@ class PGAccountStore:
                          (bool(required), name))
             self._credentials_changed(
                 conn, name, "two-factor login required" if required
-                else "two-factor login no longer required", now)
+                else "two-factor login no longer required", now,
+                sessions_end=required)
 
     def set_pending_secret(self, name: str, sealed: bytes) -> None:
         with self._writing() as conn:
@@ -395,7 +405,8 @@ class PGAccountStore:
                          "pending = NULL, enabled = NULL, last_step = 0 WHERE name = %s",
                          (name,))
             conn.execute("DELETE FROM recovery_codes WHERE name = %s", (name,))
-            self._credentials_changed(conn, name, "two-factor login reset", now)
+            self._credentials_changed(conn, name, "two-factor login reset", now,
+                                      sessions_end=True)
 
     def use_totp_step(self, name: str, step: int) -> bool:
         # One conditional UPDATE: of two nodes offered the same code at once,
@@ -722,6 +733,11 @@ class PGShareStore:
                 "AND revoked IS NULL AND expires > %s "
                 "AND (max_uses IS NULL OR uses < max_uses)", (now, share_id, now))
             return int(cursor.rowcount) == 1
+
+    def refund_use(self, share_id: str) -> None:
+        with self.database.connection() as conn:
+            conn.execute("UPDATE shares SET uses = uses - 1 WHERE id = %s AND uses > 0",
+                         (share_id,))
 
     def record(self, share_id: str, action: str, client: str | None,
                name: str | None = None, size: int | None = None) -> None:

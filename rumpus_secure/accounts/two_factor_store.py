@@ -14,10 +14,12 @@ Every write is logged in the change log in its own transaction.  Changes
 of what the account's credentials are (two-factor login turned on,
 required or reset, an app password revoked) are logged as ``password`` and
 move the account's version on, so open FTP sessions end and cached
-verifications go stale; the rest (enrolment started, a code or recovery
-code used, an app password added) as ``2fa`` or ``app-password``, which no
-session acts on.  Only an app password's "last used" time is written
-without a log row, like a re-hashed password: nothing depends on it.
+verifications go stale; ``required`` and ``reset`` also move
+``password_changed``, so the account's web sessions end.  The rest
+(enrolment started, a code or recovery code used, an app password added)
+are logged as ``2fa`` or ``app-password``, which no session acts on.
+Only an app password's "last used" time is written without a log row,
+like a re-hashed password: nothing depends on it.
 """
 
 from __future__ import annotations
@@ -156,14 +158,24 @@ class TwoFactorTables:
         db.execute("INSERT OR IGNORE INTO account_2fa (name) VALUES (?)", (name,))
 
     def _credentials_changed(self, db: sqlite3.Connection, name: str,
-                             detail: str, now: float) -> None:
+                             detail: str, now: float, sessions_end: bool = False) -> None:
         """
         Log a change of what the account's credentials are, as ``password``
         (open FTP sessions end) and move its version on (cached password
         verifications go stale).
+
+        @param sessions_end: move ``password_changed`` too, so the account's
+            web sessions end (they compare it with their start): two-factor
+            login required or reset.  A password-only session, or a thief's
+            after a "lost phone" reset, must not keep minting app passwords.
         """
-        db.execute("UPDATE accounts SET changed = ?, version = version + 1 "
-                   "WHERE name = ? COLLATE BINARY", (now, name))
+        if sessions_end:
+            db.execute("UPDATE accounts SET changed = ?, password_changed = ?, "
+                       "version = version + 1 WHERE name = ? COLLATE BINARY",
+                       (now, now, name))
+        else:
+            db.execute("UPDATE accounts SET changed = ?, version = version + 1 "
+                       "WHERE name = ? COLLATE BINARY", (now, name))
         self._log_change(db, name, "password", detail, now)
 
     def two_factor(self, name: str) -> TwoFactorRow | None:
@@ -190,7 +202,8 @@ class TwoFactorTables:
                        (int(required), name))
             self._credentials_changed(
                 db, name, "two-factor login required" if required
-                else "two-factor login no longer required", now)
+                else "two-factor login no longer required", now,
+                sessions_end=required)
 
     def set_pending_secret(self, name: str, sealed: bytes) -> None:
         with self._writing() as db:
@@ -223,7 +236,8 @@ class TwoFactorTables:
                        "pending = NULL, enabled = NULL, last_step = 0 WHERE name = ?",
                        (name,))
             db.execute("DELETE FROM recovery_codes WHERE name = ?", (name,))
-            self._credentials_changed(db, name, "two-factor login reset", now)
+            self._credentials_changed(db, name, "two-factor login reset", now,
+                                      sessions_end=True)
 
     def use_totp_step(self, name: str, step: int) -> bool:
         with self._writing() as db:

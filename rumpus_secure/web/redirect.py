@@ -319,6 +319,14 @@ def _share_password(request: IRequest) -> bool:
             or _field_credentials(_body_fields(request), "form") is not None)
 
 
+def _share_password_value(request: IRequest) -> str:
+    """The password posted to a share link's form (query or body), or ""."""
+    query_fields = {name.lower(): values for name, values in (request.args or {}).items()}
+    found = (_field_credentials(query_fields, "query")
+             or _field_credentials(_body_fields(request), "form"))
+    return (found[2] or "") if found is not None else ""
+
+
 def exposed_credentials(request: IRequest) -> tuple[str, str | None, str | None] | None:
     """
     The credentials this plain-HTTP request carries, as C{(kind, user,
@@ -365,6 +373,18 @@ def _share_explanation(origin: bytes) -> bytes:
         "network may have seen it. It was not used, and the link has been turned "
         "off. Ask the person who shared it for a new link, and open it at the "
         "secure address (https).",
+        link=(origin.decode("ascii") + "/", "Go to the secure site"),
+    )
+
+
+def _share_not_used(origin: bytes) -> bytes:
+    """A password posted to a link over plain HTTP that is not its password."""
+    from rumpus_secure.web.pages import message_page
+
+    return message_page(
+        "Password not accepted over an unencrypted connection",
+        "This page was reached over plain HTTP. The password you sent was not "
+        "used. Open the link at the secure address (https).",
         link=(origin.decode("ascii") + "/", "Go to the secure site"),
     )
 
@@ -483,8 +503,11 @@ class RedirectToHTTPS(resource.Resource):
     def _refuse_share_password(self, request: IRequest) -> bytes | int:
         """
         A share link's password posted over plain HTTP: refused like any
-        cleartext password (an offence), and the link is ended, since
-        whoever saw the password saw the link too (L{rumpus_secure.shares}).
+        cleartext password (an offence), and the link is ended if that was
+        its password (checked in a thread), since whoever saw the password
+        saw the link too (L{rumpus_secure.shares.disable_exposed}).  Any
+        other post changes nothing: a link without a password, or a wrong
+        one (a third-party page posting to the link), must not end it.
         """
         client = str(getattr(request.getClientAddress(), "host", "?"))
         request.setResponseCode(403)
@@ -496,24 +519,28 @@ class RedirectToHTTPS(resource.Resource):
         guard = getattr(server_state, "guard", None)
         if guard is not None and guard.check(client, "http") is not None:
             _close_after(request)
-            return body
+            return _share_not_used(self._origin)
         if guard is not None and guard.offence(client, "cleartext_login",
                                                protocol="http") is not None:
             _close_after(request)
         token = (share_target(request.path) or ("", ""))[0]
+        password = _share_password_value(request)
 
-        def disable() -> str | None:
-            from rumpus_secure.shares import disable_exposed, store_of
+        def disable() -> tuple[str | None, str]:
+            from rumpus_secure.shares import disable_exposed_outcome, store_of
 
-            return disable_exposed(store_of(server_state), token)
+            return disable_exposed_outcome(store_of(server_state), token, password)
 
-        def answer(share_id: Any) -> None:
+        def answer(result: Any) -> None:
+            share_id, outcome = result if isinstance(result, tuple) else (None, "failed")
             server_state.audit.record(
                 "web.cleartext_credentials", client=client, kind="share-password",
-                share=share_id if isinstance(share_id, str) else None,
-                outcome="link-disabled" if isinstance(share_id, str) else "unknown-link")
+                share=share_id, outcome=outcome)
             if request._disconnected or request.finished:
                 return
+            nonlocal body
+            if outcome != "link-disabled":
+                body = _share_not_used(self._origin)
             request.setHeader(b"content-length", b"%d" % len(body))
             request.write(body)
             request.finish()

@@ -12,6 +12,11 @@ wrong codes the pending login ends and the password must be given again.
 An account that must enrol (required by the administrator, or reset) is
 taken to the enrolment page instead, and gets its session only once a code
 from the new secret was right.
+A pending login remembers the account's state when the password was right
+(L{account_stamp}); if the password was changed, the account locked or
+deleted, or its two-factor login reset or required since, the code or
+enrolment step ends the pending login (409, "log in again"), so an admin's
+``user passwd`` also ends logins half-way through.
 
 B{The account page} (``/account``) turns two-factor login on (QR code and
 the secret as text; one right code before it is on; ten recovery codes
@@ -54,6 +59,9 @@ class Pending:
     created: float
     enrol: bool
     tries: int = 0
+    #: The account's credential state when the password was right
+    #: (L{account_stamp}); the code or enrol step refuses if it moved.
+    stamp: tuple[Any, ...] | None = None
 
 
 class PendingLogins:
@@ -67,14 +75,16 @@ class PendingLogins:
     def _key(pending_id: str) -> bytes:
         return hashlib.sha256(pending_id.encode("ascii", "replace")).digest()
 
-    def create(self, user: str, next_path: str, enrol: bool) -> str:
+    def create(self, user: str, next_path: str, enrol: bool,
+               stamp: tuple[Any, ...] | None = None) -> str:
         now = self._clock.seconds()
         for key in [k for k, p in self._pending.items() if now - p.created >= PENDING_TTL]:
             del self._pending[key]
         while len(self._pending) >= MAX_PENDING:
             del self._pending[next(iter(self._pending))]
         pending_id = secrets.token_urlsafe(32)
-        self._pending[self._key(pending_id)] = Pending(user, next_path, now, enrol)
+        self._pending[self._key(pending_id)] = Pending(user, next_path, now, enrol,
+                                                       stamp=stamp)
         return pending_id
 
     def get(self, pending_id: str | None) -> Pending | None:
@@ -90,6 +100,26 @@ class PendingLogins:
     def end(self, pending_id: str | None) -> None:
         if pending_id:
             self._pending.pop(self._key(pending_id), None)
+
+
+def account_stamp(store: Any, user: str) -> tuple[Any, ...] | None:
+    """
+    In a thread: what must not change between the password and the code
+    (or the enrolment) of one login, or L{None} when the account may not
+    log in at all (gone, locked or quarantined).
+
+    The password's time and the account's creation (``user passwd``, and
+    since two-factor ``require``/``reset`` move ``password_changed`` too,
+    those), and the two-factor row's ``required``/``enabled`` (for stores
+    that keep it apart from the account).
+    """
+    account = store.get(user)
+    if account is None or account.locked:
+        return None
+    reader = getattr(store, "two_factor", None)
+    row = None if reader is None else reader(user)
+    factor = None if row is None else (row.required, row.secret is not None)
+    return (account.password_changed, getattr(account, "created", None), factor)
 
 
 def service(app: WebApp) -> TwoFactor:
@@ -142,7 +172,8 @@ async def after_password(app: WebApp, request: IRequest, user: str, next_path: s
         see_other(request, next_path)
         return
     enrol = not status.enabled
-    pending_id = pending_logins(app).create(user, next_path, enrol)
+    stamp = await app.server.run_in_thread(account_stamp, app.server.store, user)
+    pending_id = pending_logins(app).create(user, next_path, enrol, stamp)
     _set_pending_cookie(app, request, pending_id)
     app.audit(request, "web.login", account=user,
               outcome="needs-enrolment" if enrol else "needs-code")
@@ -193,6 +224,36 @@ def recovery_body(codes: list[str], onward: tuple[str, str]) -> str:
         f"<p><a class=button href='{esc(onward[0])}'>{esc(onward[1])}</a></p>")
 
 
+def _count_try(pending: Pending) -> bool:
+    """
+    Count a code attempt as it starts (on the reactor thread: no other
+    request runs between the test and the increment); L{False} once
+    L{MAX_CODE_TRIES} were made.
+    """
+    if pending.tries >= MAX_CODE_TRIES:
+        return False
+    pending.tries += 1
+    return True
+
+
+def _changed_since(app: WebApp, pending: Pending) -> bool:
+    """In a thread: the account changed (or went) since the password step."""
+    now = account_stamp(app.server.store, pending.user)
+    return now is None or now != pending.stamp
+
+
+def _end_changed(app: WebApp, request: IRequest, pending_id: str | None,
+                 pending: Pending, step: str) -> None:
+    """The account changed under a pending login: end it, back to /login."""
+    pending_logins(app).end(pending_id)
+    _set_pending_cookie(app, request, None)
+    app.audit(request, step, account=pending.user, outcome="account-changed")
+    send(request, 409, page("Please log in again", (
+        "<p class='flash error' role=alert>Your account was changed (its password, "
+        "its two-factor login, or it was locked) while you were logging in. "
+        "Please log in again.</p><p><a class=button href='/login'>Log in</a></p>")))
+
+
 class LoginCodeResource(resource.Resource):
     """``/login/code``: the second step of a two-factor login."""
 
@@ -233,6 +294,13 @@ class LoginCodeResource(resource.Resource):
         if not code:
             send(request, 400, code_form("Enter the code from your app."))
             return
+        if not _count_try(pending):
+            # Counted when it starts, on the reactor thread (so atomic): codes
+            # sent in parallel cannot all be checked while none has failed yet.
+            pending_logins(app).end(pending_id)
+            _set_pending_cookie(app, request, None)
+            send(request, 401, code_form("Too many wrong codes: log in again."))
+            return
         guard = getattr(app.server, "guard", None)
         client = client_ip(request)
         attempt = None
@@ -245,9 +313,8 @@ class LoginCodeResource(resource.Resource):
         user = pending.user
 
         def verify() -> str | None:
-            account = app.server.store.get(user)
-            if account is None or account.locked:
-                return None
+            if _changed_since(app, pending):
+                return "changed"
             return service(app).verify(user, code)
 
         try:
@@ -256,8 +323,12 @@ class LoginCodeResource(resource.Resource):
             if attempt is not None:
                 attempt.abandoned()
             raise
+        if used == "changed":
+            if attempt is not None:
+                attempt.abandoned()
+            _end_changed(app, request, pending_id, pending, "web.login_code")
+            return
         if used is None:
-            pending.tries += 1
             app.audit(request, "web.login_code", account=user, outcome="failed")
             ban = attempt.failed() if attempt is not None else None
             if guard is not None:
@@ -313,12 +384,21 @@ class LoginEnrolResource(resource.Resource):
 
     async def show(self, request: IRequest, message: str | None = None,
                    status: int = 200) -> None:
-        _, pending = self._pending(request)
+        pending_id, pending = self._pending(request)
         if pending is None:
             see_other(request, "/login")
             return
-        secret = await self.app.server.run_in_thread(service(self.app).pending_secret,
-                                                     pending.user)
+        app = self.app
+
+        def read() -> str | None:
+            if _changed_since(app, pending):
+                return None
+            return service(app).pending_secret(pending.user)
+
+        secret = await app.server.run_in_thread(read)
+        if secret is None:
+            _end_changed(app, request, pending_id, pending, "web.2fa_enrol")
+            return
         body = ("<p>Your administrator requires two-factor login for this account. "
                 "Set it up now to continue.</p>"
                 + enrol_body(pending.user, secret, "/login/enrol", None, message))
@@ -338,10 +418,23 @@ class LoginEnrolResource(resource.Resource):
                             403)
             return
         code = (request.args.get(b"code") or [b""])[0].decode("utf-8", "replace")[:24]
-        codes = await app.server.run_in_thread(service(app).confirm, pending.user, code)
-        if codes is None:
+        if not _count_try(pending):
+            pending_logins(app).end(pending_id)
+            _set_pending_cookie(app, request, None)
+            see_other(request, "/login")
+            return
+
+        def confirm() -> list[str] | None | bool:
+            if _changed_since(app, pending):
+                return False
+            return service(app).confirm(pending.user, code)
+
+        codes = await app.server.run_in_thread(confirm)
+        if codes is False:
+            _end_changed(app, request, pending_id, pending, "web.2fa_enrol")
+            return
+        if not codes:
             app.audit(request, "web.2fa_enrol", account=pending.user, outcome="wrong-code")
-            pending.tries += 1
             if pending.tries >= MAX_CODE_TRIES:
                 pending_logins(app).end(pending_id)
                 see_other(request, "/login")
@@ -349,6 +442,7 @@ class LoginEnrolResource(resource.Resource):
             await self.show(request, "That code is not right. Check the time on your "
                             "phone and try the next code.", 400)
             return
+        assert isinstance(codes, list)
         pending_logins(app).end(pending_id)
         _set_pending_cookie(app, request, None)
         session = app.start_session(request, pending.user)
@@ -375,14 +469,47 @@ class AccountResource(resource.Resource):
     def _action(self, request: IRequest) -> str:
         return "/".join(p.decode("latin-1") for p in request.postpath if p)
 
+    async def _still_valid(self, request: IRequest, session: Session) -> bool:
+        """
+        The session's account is still there, unlocked, and its credentials
+        did not change since the login (a new password, two-factor login
+        required or reset: L{rumpus_secure.accounts.two_factor_store}).
+        Otherwise the session ends and an answer is sent: this page mints
+        app passwords, so a password-only session or a thief's must stop
+        here, not only at the files.
+        """
+        account = await self.app.server.run_in_thread(self.app.server.store.get,
+                                                      session.user)
+        if account is None or account.locked:
+            self.app.sessions.end_user(session.user)
+            error_page(request, 403, "Account unavailable",
+                       "This account has been locked or removed. Ask your "
+                       "administrator.", link=("/login", "Log in"))
+            return False
+        if account.password_changed > session.created:
+            self.app.sessions.discard(session)
+            error_page(request, 403, "Please log in again",
+                       "The password or two-factor login of this account was "
+                       "changed after you logged in. Log in again.",
+                       link=("/login", "Log in"))
+            return False
+        return True
+
     def render_GET(self, request: IRequest) -> Any:
         session = self.app.session(request)
         if session is None:
             see_other(request, "/login?next=/account")
             return run(request, _nothing)
-        if self._action(request) == "2fa":
-            return run(request, lambda: self.enrol_page(request, session))
-        return run(request, lambda: self.show(request, session))
+
+        async def get() -> None:
+            if not await self._still_valid(request, session):
+                return
+            if self._action(request) == "2fa":
+                await self.enrol_page(request, session)
+            else:
+                await self.show(request, session)
+
+        return run(request, get)
 
     render_HEAD = render_GET
 
@@ -407,7 +534,11 @@ class AccountResource(resource.Resource):
             error_page(request, 404, "Not found", "There is nothing at this address.",
                        link=("/account", "Your account"))
             return run(request, _nothing)
-        return run(request, lambda: handler(request, session))
+        async def post() -> None:
+            if await self._still_valid(request, session):
+                await handler(request, session)  # type: ignore[operator]
+
+        return run(request, post)
 
     async def show(self, request: IRequest, session: Session,
                    shown: tuple[str, str] | None = None) -> None:

@@ -3,7 +3,9 @@ What a visitor of a share link sees and does: ``/s/<token>`` and below.
 
 A page of its own, without the file manager's header or any link into it.
 A download link offers its file, or its folder as one streamed ZIP
-(L{rumpus_secure.web.zipstream}); a drop box offers an upload form and
+(L{rumpus_secure.web.zipstream}; at most L{MAX_SHARE_ZIPS_PER_OWNER} per
+link owner and L{MAX_SHARE_ZIPS} in all run at once, a visitor over the cap
+gets 503 with Retry-After and spends no use); a drop box offers an upload form and
 nothing else: no listing, no download, and a name that exists is stored as
 ``name (1).ext`` (the upload sink's "keep both", L{rumpus_secure.web.upload}),
 so nothing is ever overwritten.  The visitor is not told the stored names,
@@ -21,13 +23,15 @@ browser a grant (256 random bits in a cookie, SHA-256 kept in memory for
 L{GRANT_TTL} seconds) for that link only.
 
 Over plain HTTP a link is redirected like every other path; a link password
-posted there is refused and ends the link (L{rumpus_secure.web.redirect}).
+posted there is refused, and ends the link if it was the link's password
+(L{rumpus_secure.web.redirect}, L{rumpus_secure.shares.disable_exposed}).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
 from typing import Any
 
 from twisted.web import resource
@@ -54,10 +58,54 @@ from rumpus_secure.web.zipstream import ZipProducer, build_zip, zip_name
 #: Seconds a right link password is remembered by the browser that gave it.
 GRANT_TTL = 3600.0
 MAX_GRANTS = 10_000
+#: Folder ZIPs for visitors running at once, per link owner and in all.
+#: Each holds a thread and about 1 MiB (L{rumpus_secure.web.zipstream})
+#: for as long as the slowest reader wants: 40 anonymous slow readers of
+#: one link cost +135 MiB and +40 threads before this cap.  It is apart
+#: from the file manager's (2 per account, 6 in all), so visitors cannot
+#: take the slots of the accounts' own downloads.
+MAX_SHARE_ZIPS_PER_OWNER = 2
+MAX_SHARE_ZIPS = 4
+#: Seconds a visitor refused over the cap is told to wait.
+ZIP_RETRY_AFTER = 30
+#: What a drop-box visitor is told when a file could not be stored for a
+#: reason of the server's (the details name paths: audit log only).
+STORE_FAILED = "could not store this file"
+#: Starts a ZIP's thread (None: a daemon thread); tests replace it.
+start_zip_thread: Any = None
 
 
 def share_store(app: WebApp) -> Any:
     return store_of(app.server)
+
+
+class ZipSlots:
+    """Visitors' ZIP downloads running, by link owner (reactor thread only)."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, int] = {}
+
+    def take(self, owner: str) -> bool:
+        if (self.running.get(owner, 0) >= MAX_SHARE_ZIPS_PER_OWNER
+                or sum(self.running.values()) >= MAX_SHARE_ZIPS):
+            return False
+        self.running[owner] = self.running.get(owner, 0) + 1
+        return True
+
+    def give_back(self, owner: str) -> None:
+        left = self.running.get(owner, 0) - 1
+        if left > 0:
+            self.running[owner] = left
+        else:
+            self.running.pop(owner, None)
+
+
+def zip_slots(app: WebApp) -> ZipSlots:
+    found = getattr(app, "_share_zip_slots", None)
+    if found is None:
+        found = ZipSlots()
+        app._share_zip_slots = found  # type: ignore[attr-defined]
+    return found
 
 
 # -- grants ---------------------------------------------------------------------
@@ -293,15 +341,12 @@ class VisitorResource(resource.Resource):
     async def download(self, request: IRequest, share: Share) -> None:
         app = self.app
         store = share_store(app)
-        client = client_ip(request)
 
         def start() -> Any:
             fs = visitor_fs(app, share)
             entry = fs.stat(share.path)
             if entry.kind == "dir":
                 fs.list_dir(share.path)  # the permission, before a use is taken
-                if not store.take_use(share.id):
-                    return None
                 return "dir", fs
             handle = fs.open_read(share.path)
             if not store.take_use(share.id):
@@ -318,12 +363,43 @@ class VisitorResource(resource.Resource):
             _gone(request, 410, "This link has been used as often as it may be.")
             return
         kind, value = started
+        slots = zip_slots(app)
+        if kind == "dir":
+            # The slot first (on the reactor: no race), then the use, so a
+            # visitor refused for a full server does not spend a use.
+            if not slots.take(share.owner):
+                app.audit(request, "share.download", share=share.id, account=share.owner,
+                          outcome="busy")
+                request.setHeader(b"retry-after", b"%d" % ZIP_RETRY_AFTER)
+                _gone(request, 503, "Too many downloads of shared folders are running "
+                      "right now. Please try again in a minute.")
+                return
+            try:
+                taken = await app.server.run_in_thread(store.take_use, share.id)
+            except BaseException:
+                slots.give_back(share.owner)
+                raise
+            if not taken:
+                slots.give_back(share.owner)
+                _gone(request, 410, "This link has been used as often as it may be.")
+                return
+        try:
+            await self._send(request, share, kind, value, slots)
+        except BaseException:
+            if kind == "dir":
+                slots.give_back(share.owner)
+            raise
+
+    async def _send(self, request: IRequest, share: Share, kind: str, value: Any,
+                    slots: ZipSlots) -> None:
+        """The file, or the folder as a ZIP holding one of C{slots} till its end."""
+        app = self.app
         parts = split_path(share.path)
         name = parts[-1] if parts else "files"
         app.audit(request, "share.download", share=share.id, account=share.owner,
                   path=share.path)
-        await app.server.run_in_thread(store.record, share.id, "download", client,
-                                       name, None)
+        await app.server.run_in_thread(share_store(app).record, share.id, "download",
+                                       client_ip(request), name, None)
         if kind == "file":
             send_file(request, name, value, app.server.run_in_thread)
             return
@@ -331,16 +407,13 @@ class VisitorResource(resource.Resource):
         names = [name] if parts else [e.name for e in await app.server.run_in_thread(
             value.list_dir, "/")]
         request.setHeader(b"content-type", b"application/zip")
-
         request.setHeader(b"content-disposition",
                           content_disposition(zip_name(directory, names)))
         request.setHeader(b"content-security-policy", b"default-src 'none'; sandbox")
-        if request.method == b"HEAD":
-            request.write(b"")
-            request.finish()
-            return
         build = build_zip(lambda: visitor_fs(app, share), directory, names)
-        ZipProducer(request, build, app.reactor.callFromThread).start()
+        ZipProducer(request, build, app.reactor.callFromThread,
+                    start_thread=start_zip_thread,
+                    done=lambda: slots.give_back(share.owner)).start()
 
     async def post(self, request: IRequest) -> None:
         target = share_target(request.path)
@@ -428,6 +501,10 @@ class VisitorResource(resource.Resource):
             await self.app.server.run_in_thread(share_store(self.app).record, share.id,
                                                 "upload", client, result.stored_name,
                                                 result.size)
+        for result in failed:
+            self.app.audit(request, "share.upload", share=share.id, account=share.owner,
+                           outcome="failed", name=result.name,
+                           reason=getattr(result, "detail", None) or result.error)
         messages = []
         if stored:
             messages.append(("ok", f"Received {len(stored)} file(s): "
@@ -455,7 +532,11 @@ class DropBoxSink(UploadSink):
     """
     The upload sink for a drop box: no session, the link instead; names
     that exist are kept both (``name (1).ext``), never replaced; each file
-    takes one use; a file over the link's size limit is dropped.
+    stored takes one use (taken when it starts, given back if nothing was
+    stored: too large, aborted, refused name or path); a file over the
+    link's size limit is dropped; names with control characters are refused
+    (they end up in the admin's terminal); errors that would name paths
+    are shown as L{STORE_FAILED}, their details go to the audit log.
     """
 
     def __init__(self, app: WebApp, request: IRequest, token: str) -> None:
@@ -519,15 +600,42 @@ class DropBoxSink(UploadSink):
             raise VFSError("drop box not available")  # pragma: no cover
         return self._fs
 
+    def _hide(self, result: Any, before: str | None) -> None:
+        """
+        An error the upload sink just gave (a path, "Is a directory",
+        "is a symbolic link") becomes the generic L{STORE_FAILED}: the
+        visitor may not learn what is in the drop box.  The detail stays
+        for the audit log (L{VisitorResource.finish_upload}).
+        """
+        if result.error is not None and result.error != before:
+            result.detail = result.error
+            result.error = STORE_FAILED
+
+    def _settle(self, result: Any) -> None:
+        """In the sink's thread: nothing was stored, give the use back."""
+        share = self.share
+        if share is not None and getattr(result, "use_taken", False) \
+                and result.error is not None:
+            result.use_taken = False
+            share_store(self._app).refund_use(share.id)
+
     def _open(self, result: Any) -> None:
         share = self.share
         if share is None:
             result.error = self.refusal or "This drop box is no longer available."
             return
+        if any(unicodedata.category(c) == "Cc" for c in result.name):
+            result.detail = "control characters in the file name"
+            result.error = STORE_FAILED + " (its name has control characters)"
+            return
         if not share_store(self._app).take_use(share.id):
             result.error = "This drop box takes no more files."
             return
+        result.use_taken = True
+        before = result.error
         super()._open(result)
+        self._hide(result, before)
+        self._settle(result)
 
     def _write(self, result: Any, data: bytes) -> None:
         share = self.share
@@ -539,7 +647,14 @@ class DropBoxSink(UploadSink):
             self._discard(result.upload)
             result.upload = None
             return
+        before = result.error
         super()._write(result, data)
+        self._hide(result, before)
+
+    def _abort_all(self) -> None:
+        super()._abort_all()
+        for result in self.results:
+            self._settle(result)
 
     def _discard(self, upload: Any) -> None:
         """
@@ -560,8 +675,12 @@ class DropBoxSink(UploadSink):
         if (share is not None and share.max_size is not None
                 and result.upload is not None and result.size > share.max_size):
             self._write(result, b"")
+            self._settle(result)
             return
+        before = result.error
         super()._commit(result)
+        self._hide(result, before)
+        self._settle(result)
 
 
 async def _nothing() -> None:
