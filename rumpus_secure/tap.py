@@ -488,10 +488,30 @@ def forget_initial_password(store: Any, data_dir: Path) -> bool:
     account = store.get(BOOTSTRAP_ACCOUNT)
     if account is not None and account.password_changed <= written + 1:
         return False
+    if account is not None and _still_opens(store, saved):
+        # password_changed also moves when two-factor login is required or
+        # reset, or a certificate binding changes: the password still works.
+        return False
     saved.unlink(missing_ok=True)
     _log.info("removed {path}: the first-start password is no longer in use",
               path=str(saved))
     return True
+
+
+def _still_opens(store: Any, saved: Path) -> bool:
+    """
+    Whether the saved first-start password is still the admin's (one
+    argon2id verification, at start only).
+    """
+    from rumpus_secure.accounts.hashing import verify_password
+
+    try:
+        password = saved.read_text("utf-8").strip()
+    except OSError:
+        return False
+    hash_of = getattr(store, "password_hash", None)
+    stored = hash_of(BOOTSTRAP_ACCOUNT) if hash_of is not None else None
+    return bool(password) and stored is not None and verify_password(stored, password)
 
 
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")

@@ -234,6 +234,8 @@ def test_first_run_password_file_goes_once_the_password_is_set(
     # the next start; the file is dated before the change.
     written = saved.stat().st_mtime
     os.utime(saved, (written - 10, written - 10))
+    store.set_two_factor_required("admin", True)  # moves password_changed too
+    assert not tap.forget_initial_password(store, tmp_path)  # the password still works
     store.set_password("admin", "another long passphrase")
     assert tap.forget_initial_password(store, tmp_path)
     assert not saved.exists()
