@@ -20,11 +20,10 @@ from typing import Any, Iterator
 import pytest
 
 from tests.browser.test_web_browser import (  # noqa: F401 - fixtures
-    CHROMEDRIVER,
-    CHROMIUM,
     SCREENSHOTS,
     _wait,
     browser,
+    chromium,
     server,
 )
 from tests.browser.test_web_manager_browser import log_in, run_axe
@@ -35,31 +34,9 @@ pytestmark = pytest.mark.integration
 @contextmanager
 def fresh_profile(where: Path) -> Iterator[Any]:
     """A second Chromium with its own empty profile: a visitor."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    downloads = where / "downloads"
-    downloads.mkdir(parents=True)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--ignore-certificate-errors",
-                 f"--user-data-dir={where / 'profile'}", "--window-size=900,800"):
-        options.add_argument(flag)
-    options.add_experimental_option("prefs", {
-        "download.default_directory": str(downloads),
-        "download.prompt_for_download": False,
-        "safebrowsing.enabled": False,
-    })
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.downloads = downloads  # type: ignore[attr-defined]
-    driver.set_page_load_timeout(30)
-    try:
+    with chromium(where / "profile", window="900,800",
+                  downloads=where / "downloads") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def make_link(browser: Any, origin: str, start: str, **fields: str) -> str:

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -99,8 +100,16 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
             process.wait()
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
+@contextmanager
+def chromium(profile: Path, window: str = "1100,900", downloads: Path | None = None,
+             javascript: bool = True) -> Iterator[Any]:
+    """
+    Headless Chromium with an empty profile of its own (the flags this
+    machine needs: no sandbox as root, no background networking).
+
+    :param downloads: where downloads land (made here), or L{None}.
+    :param javascript: off for the pages that must work without it.
+    """
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         _missing("chromium/chromedriver not installed (apt-get install chromium chromium-driver)")
     try:
@@ -109,21 +118,24 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     except ImportError:
         _missing("selenium is not installed")
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not download
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--ignore-certificate-errors",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,900"):
+                 f"--user-data-dir={profile}", f"--window-size={window}"):
         options.add_argument(flag)
-    options.add_experimental_option("prefs", {
-        "download.default_directory": str(downloads),
-        "download.prompt_for_download": False,
-        "safebrowsing.enabled": False,
-    })
+    prefs: dict[str, Any] = {}
+    if downloads is not None:
+        downloads.mkdir(parents=True)
+        prefs.update({"download.default_directory": str(downloads),
+                      "download.prompt_for_download": False,
+                      "safebrowsing.enabled": False})
+    if not javascript:
+        prefs["profile.managed_default_content_settings.javascript"] = 2
+    if prefs:
+        options.add_experimental_option("prefs", prefs)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.downloads = downloads  # type: ignore[attr-defined]
     driver.set_page_load_timeout(30)
@@ -131,6 +143,12 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    with chromium(tmp_path / "profile", downloads=tmp_path / "downloads") as driver:
+        yield driver
 
 
 def _wait(condition: Any, timeout: float = 20.0, what: str = "condition") -> Any:

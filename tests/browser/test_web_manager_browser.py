@@ -391,30 +391,10 @@ def test_zip_download_matches_ftp(ftp_server, browser, tmp_path):
 @pytest.fixture
 def nojs_browser(tmp_path: Path) -> Any:
     """Chromium with JavaScript switched off: the pages must still work."""
-    from tests.browser.test_web_browser import CHROMEDRIVER, CHROMIUM, _missing
+    from tests.browser.test_web_browser import chromium
 
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        _missing("chromium/chromedriver not installed")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        _missing("selenium is not installed")
-    os.environ["SE_OFFLINE"] = "true"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-dev-shm-usage", "--ignore-certificate-errors",
-                 f"--user-data-dir={tmp_path / 'nojs-profile'}", "--window-size=1100,900"):
-        options.add_argument(flag)
-    options.add_experimental_option("prefs", {
-        "profile.managed_default_content_settings.javascript": 2})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
+    with chromium(tmp_path / "nojs-profile", javascript=False) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_without_javascript_the_safe_choice_is_the_default(server, nojs_browser, tmp_path):
