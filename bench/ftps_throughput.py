@@ -274,6 +274,25 @@ def warm_memory(work: Path, mib: int) -> None:
     path.unlink()
 
 
+def start_servers(servers: list[Server], work: Path, file: Path, skip: list[str],
+                  order: tuple[str, ...] = ("vsftpd", "pyftpdlib")) -> Server:
+    """
+    Start rumpus-secure, then the peers not in C{skip} in C{order}, all on
+    rumpus-secure's certificate, each with C{file} in its home; each one is
+    appended to C{servers} as it starts (the caller stops them all).
+
+    :returns: the rumpus-secure server.
+    """
+    rumpus = Rumpus(work, file)
+    servers.append(rumpus)
+    cert = work / "rumpus-data" / "tls" / "cert.pem"
+    key = work / "rumpus-data" / "tls" / "key.pem"
+    for name in order:
+        if name not in skip:
+            servers.append({"vsftpd": Vsftpd, "pyftpdlib": Pyftpdlib}[name](work, file, cert, key))
+    return rumpus
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -298,14 +317,7 @@ def main() -> int:
         warm_memory(work, args.size_mib * (servers_count + 1))
         servers: list[Server] = []
         try:
-            rumpus = Rumpus(work, big)
-            servers.append(rumpus)
-            cert = work / "rumpus-data" / "tls" / "cert.pem"
-            key = work / "rumpus-data" / "tls" / "key.pem"
-            if "vsftpd" not in args.skip:
-                servers.append(Vsftpd(work, big, cert, key))
-            if "pyftpdlib" not in args.skip:
-                servers.append(Pyftpdlib(work, big, cert, key))
+            start_servers(servers, work, big, args.skip)
             results: dict[str, dict[str, list[float]]] = {
                 s.name: {"RETR": [], "STOR": []} for s in servers}
             # CPU seconds per transfer: (client, server), and the server's

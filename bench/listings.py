@@ -39,11 +39,10 @@ from urllib.parse import urlencode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ftps_throughput import (  # noqa: E402
     PASSWORD,
-    USER,
-    Pyftpdlib,
-    Rumpus,
     Server,
+    USER,
     Vsftpd,
+    start_servers,
 )
 
 FOLDER = "big"
@@ -203,14 +202,7 @@ def main() -> int:
         marker.write_bytes(b"x")
         servers: list[Server] = []
         try:
-            rumpus = Rumpus(work, marker)
-            servers.append(rumpus)
-            cert = work / "rumpus-data" / "tls" / "cert.pem"
-            key = work / "rumpus-data" / "tls" / "key.pem"
-            if "pyftpdlib" not in args.skip:
-                servers.append(Pyftpdlib(work, marker, cert, key))
-            if "vsftpd" not in args.skip:
-                servers.append(Vsftpd(work, marker, cert, key))
+            rumpus = start_servers(servers, work, marker, args.skip, order=("pyftpdlib", "vsftpd"))
             for server in servers:
                 fill(server.home / FOLDER, args.entries,
                      USER if isinstance(server, Vsftpd) else None)

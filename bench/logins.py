@@ -35,11 +35,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ftps_throughput import (  # noqa: E402
     PASSWORD,
-    USER,
-    Pyftpdlib,
-    Rumpus,
     Server,
-    Vsftpd,
+    USER,
+    start_servers,
 )
 
 
@@ -101,13 +99,7 @@ def main() -> int:
         marker.write_bytes(b"x")
         servers: list[Server] = []
         try:
-            servers.append(Rumpus(work, marker))
-            cert = work / "rumpus-data" / "tls" / "cert.pem"
-            key = work / "rumpus-data" / "tls" / "key.pem"
-            if "vsftpd" not in args.skip:
-                servers.append(Vsftpd(work, marker, cert, key))
-            if "pyftpdlib" not in args.skip:
-                servers.append(Pyftpdlib(work, marker, cert, key))
+            start_servers(servers, work, marker, args.skip)
             results: dict[str, list[dict[str, float]]] = {s.name: [] for s in servers}
             for round_ in range(args.rounds):
                 for server in servers:

@@ -29,11 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ftps_throughput import (  # noqa: E402
     PASSWORD,
-    USER,
-    Pyftpdlib,
-    Rumpus,
     Server,
+    USER,
     Vsftpd,
+    start_servers,
 )
 
 
@@ -95,14 +94,7 @@ def main() -> int:
         marker.write_bytes(b"x")
         servers: list[Server] = []
         try:
-            rumpus = Rumpus(work, marker)
-            servers.append(rumpus)
-            cert = work / "rumpus-data" / "tls" / "cert.pem"
-            key = work / "rumpus-data" / "tls" / "key.pem"
-            if "vsftpd" not in args.skip:
-                servers.append(Vsftpd(work, marker, cert, key))
-            if "pyftpdlib" not in args.skip:
-                servers.append(Pyftpdlib(work, marker, cert, key))
+            start_servers(servers, work, marker, args.skip)
             rows: dict[str, dict[str, tuple[float, float | None]]] = {}
             for server in servers:
                 rows[server.name] = {}
