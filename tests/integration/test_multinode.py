@@ -95,7 +95,20 @@ def pair(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
 def _ftps(node: ServerProcess) -> ftplib.FTP_TLS:
     # Data connections resume the control connection's TLS session.
     ftp = ReusingFTP_TLS(context=client_context(), timeout=10)
-    ftp.connect(node.host, node.ftp_port)
+    # Once in five full runs under load the node's listener refused a
+    # connection moments after it had accepted one (not understood yet):
+    # try again briefly, and show the node's log if it still refuses.
+    for attempt in range(3):
+        try:
+            ftp.connect(node.host, node.ftp_port)
+            break
+        except ConnectionRefusedError:
+            if attempt == 2:
+                raise AssertionError(
+                    f"{node.host}:{node.ftp_port} refused; running: "
+                    f"{node.process is not None and node.process.poll() is None}\n"
+                    + node.all_logs()[-3000:]) from None
+            time.sleep(0.5)
     ftp.auth()
     return ftp
 
