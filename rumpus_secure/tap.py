@@ -719,6 +719,9 @@ def build_server(config: ServerConfig, reactor: Any, dropping_to: Any = None) ->
     from rumpus_secure.accounts.watch import build_watcher
 
     server.account_watcher = build_watcher(store, reactor)
+    from rumpus_secure.accounts.snapshots import attach_snapshots
+
+    attach_snapshots(checker, server.account_watcher)
     return server
 
 

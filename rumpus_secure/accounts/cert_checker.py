@@ -19,11 +19,12 @@ from typing import Any
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
-from rumpus_secure.accounts.checker import LockedAccountError
+from rumpus_secure.accounts import app_passwords
+from rumpus_secure.accounts.checker import AccountId, LockedAccountError, account_stamp
 from rumpus_secure.accounts.client_certs import (
     CertificateLogin,
     CertVerdict,
@@ -32,6 +33,7 @@ from rumpus_secure.accounts.client_certs import (
     client_cert_store,
 )
 from rumpus_secure.accounts.hashing import normalise_text
+from rumpus_secure.accounts.snapshots import AccountSnapshot, AccountSnapshots
 from rumpus_secure.accounts.store import SQLiteAccountStore
 
 
@@ -79,27 +81,81 @@ class CertificateAwareChecker:
 
     credentialInterfaces = (IUsernamePassword,)
 
+    #: Repeat logins decided on the reactor thread
+    #: (L{rumpus_secure.accounts.snapshots}); L{None}: every login reads.
+    snapshots: AccountSnapshots | None = None
+
     def __init__(self, inner: Any, login: CertificateLogin, reactor: Any,
                  threadpool: Any = None) -> None:
         self._inner = inner
         self.login = login
         self._reactor = reactor
         self._threadpool = threadpool
+        #: Logins decided from a snapshot (for tests and benchmarks).
+        self.fast_logins = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
+        fast = self._from_snapshot(credentials)
+        if fast is not None:
+            return fast
         return ensureDeferred(self._request(credentials))
+
+    def _from_snapshot(self, credentials: Any) -> Deferred[bytes] | None:
+        """
+        A repeat login decided without a thread, or L{None}: go the slow way.
+
+        Exactly what L{ArgonChecker._login} decides on a verifier cache hit
+        for a C{password} account without two-factor login, from a
+        snapshot the watcher vouches for; anything else (no snapshot, no
+        hit, an app password's shape, the web, credentials marked
+        C{uncached}) is left to the slow way, which reads the database.
+        """
+        snapshots = self.snapshots
+        cache = getattr(self._inner, "cache", None)
+        if snapshots is None or cache is None or getattr(credentials, "uncached", False):
+            return None
+        channel = getattr(credentials, "channel", None)
+        if channel == "web":
+            return None
+        name = normalise_text(credentials.username)
+        password = normalise_text(credentials.password)
+        if channel == "ftps" and app_passwords.ident_of(password) is not None:
+            return None
+        snapshot = snapshots.get(name)
+        if snapshot is None or snapshot.auth_mode != "password" or snapshot.two_factor:
+            return None
+        account = snapshot.account
+        if not cache.hit(name, password, account_stamp(account)):
+            return None
+        self.fast_logins += 1
+        if account.locked:
+            return fail(LockedAccountError(account.name, account.lock_reason))
+        return succeed(AccountId.of(account, two_factor_off=True))
+
+    def _keep(self, generation: int | None, mode: str, avatar_id: Any) -> None:
+        """Keep what a successful password login read (accounts.snapshots)."""
+        snapshots = self.snapshots
+        account = getattr(avatar_id, "account", None)
+        if (snapshots is None or generation is None or account is None
+                or not getattr(avatar_id, "two_factor_off", False)):
+            return
+        snapshots.put(generation, AccountSnapshot(account, mode, False))
 
     async def _request(self, credentials: Any) -> bytes:
         name = normalise_text(credentials.username)
         presented = getattr(credentials, "certificate", None)
         pool = self._threadpool or self._reactor.getThreadPool()
+        # Before the first read: a change read from now on drops the fill.
+        generation = None if self.snapshots is None else self.snapshots.capture()
         verdict: CertVerdict = await deferToThreadPool(
             self._reactor, pool, self.login.check, name, presented)
         if verdict.mode == "password":
-            return await self._inner.requestAvatarId(credentials)
+            avatar_id = await self._inner.requestAvatarId(credentials)
+            self._keep(generation, verdict.mode, avatar_id)
+            return avatar_id  # type: ignore[no-any-return]
         if verdict.refusal is not None:
             # The same work as a wrong password, and no cache either way
             # (accounts.checker): the refusal must not tell whether the

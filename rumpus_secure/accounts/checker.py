@@ -85,11 +85,15 @@ class AccountId(bytes):
     """
 
     account: Any = None
+    #: The check read the two-factor row and found two-factor login off
+    #: (main-password logins off the web only); see accounts.snapshots.
+    two_factor_off: bool = False
 
     @classmethod
-    def of(cls, account: Any) -> AccountId:
+    def of(cls, account: Any, two_factor_off: bool = False) -> AccountId:
         avatar_id = cls(account.name.encode("utf-8"))
         avatar_id.account = account
+        avatar_id.two_factor_off = two_factor_off
         return avatar_id
 
 
@@ -284,7 +288,7 @@ class ArgonChecker:
                 if before.locked:
                     raise LockedAccountError(before.name, before.lock_reason)
                 self._second_factor_gate(before.name, channel)
-                return AccountId.of(before)
+                return AccountId.of(before, two_factor_off=channel != "web")
         stored = self._store.password_hash(name)
         if not verify_password(stored, password, self._hasher):
             raise UnauthorizedLogin("wrong user name or password")
@@ -299,7 +303,7 @@ class ArgonChecker:
         self._rehash_if_needed(name, stored, password)
         if cache is not None and before is not None:
             cache.remember(name, password, _stamp(before))
-        return AccountId.of(account)
+        return AccountId.of(account, two_factor_off=channel != "web")
 
     def _second_factor_gate(self, name: str, channel: str | None) -> None:
         """
@@ -353,6 +357,10 @@ def _stamp(account: Any) -> tuple[int, float, float]:
     from the old one.
     """
     return (account.version, account.password_changed, account.created)
+
+
+#: The public name of L{_stamp} (accounts.cert_checker decides repeat logins with it).
+account_stamp = _stamp
 
 
 def verify_thread_pool(

@@ -589,6 +589,21 @@ class ChangeReader:
         ).fetchone()
         return 0 if row is None else int(row[0])
 
+    def settle(self) -> None:
+        """
+        Wait until no write transaction is in progress: take the write lock
+        and give it back at once (C{BEGIN IMMEDIATE; ROLLBACK}; it writes
+        nothing, so it makes no file event).
+
+        A writer holds the lock from before its first C{write()} until its
+        commit is visible, so every commit whose write was seen (an inotify
+        event, L{rumpus_secure.accounts.change_signal}) before this call is
+        visible to the queries after it.
+        """
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+
     def since(self, seq: int, limit: int = 1000) -> ChangeBatch:
         """
         The changes after C{seq}, oldest first, at most C{limit} of them.

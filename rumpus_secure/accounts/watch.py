@@ -51,7 +51,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from rumpus_secure.accounts.store import AccountChange, ChangeBatch
+from rumpus_secure.accounts.change_signal import file_change_signal
+from rumpus_secure.accounts.store import AccountChange, ChangeBatch, SQLiteAccountStore
 
 _log = Logger()
 
@@ -68,6 +69,50 @@ class IChangeListener(Protocol):
         A change of the account this listener watches, with C{seq} above any
         it was told before.
         """
+
+
+class IChangeObserver(Protocol):
+    """
+    Something that keeps what it read of accounts and must forget it when
+    they change (L{rumpus_secure.accounts.snapshots}).
+    """
+
+    def account_changed(self, name: str) -> None:
+        """A change of account C{name} (of any kind) was read."""
+
+    def everything_changed(self) -> None:
+        """Changes may have been missed (the first read, a lost log)."""
+
+
+class IChangeSignal(Protocol):
+    """
+    Whether the store may have been written since the last call
+    (L{rumpus_secure.accounts.change_signal.FileChangeSignal}).
+    """
+
+    def changed(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+def _settled(settle: Callable[[], None] | None, read: Callable[..., Any],
+             *args: Any) -> tuple[Any, bool]:
+    """
+    In the watcher's thread: wait out a commit in progress, then C{read}.
+
+    The second value says whether the wait worked; if it did not (a
+    read-only database, a writer that held the lock for the whole busy
+    timeout), the read may miss a commit whose event was drained, so the
+    watcher keeps reading for every command until a read settles.
+    """
+    settled = True
+    if settle is not None:
+        try:
+            settle()
+        except Exception:
+            _log.failure("could not wait for the account database's writer; "
+                         "reading the change log for every command until it works")
+            settled = False
+    return read(*args), settled
 
 
 class Watch:
@@ -111,16 +156,22 @@ class AccountWatcher:
     """
 
     def __init__(self, reader: ChangeSource,
-                 run_in_thread: Callable[..., defer.Deferred[Any]]) -> None:
+                 run_in_thread: Callable[..., defer.Deferred[Any]],
+                 signal: IChangeSignal | None = None) -> None:
         self.reader = reader
         self._run = run_in_thread
+        self.signal = signal
         self.seq: int | None = None
         self.reads = 0
         self._watches: dict[str, set[Watch]] = {}
+        self._observers: list[IChangeObserver] = []
         self._reading = False
+        self._current: list[defer.Deferred[int]] = []
         self._next: list[defer.Deferred[int]] = []
         self._back_to: int | None = None
         self._stopped = False
+        # A write may have happened that no completed read covers.
+        self._dirty = True
 
     # -- registry ---------------------------------------------------------
 
@@ -160,17 +211,54 @@ class AccountWatcher:
             return None
         return self.fresh()
 
+    def observe(self, observer: IChangeObserver) -> None:
+        """
+        Tell C{observer} of every change read (of any account), and when
+        what was known before may be out of date (L{IChangeObserver}).
+        """
+        self._observers.append(observer)
+
+    def _quiet(self) -> bool:
+        """
+        Whether the signal vouches that nothing was written since the
+        running or last read started (drains its events).
+        """
+        if self.signal is None:
+            return False
+        if self.signal.changed():
+            self._dirty = True
+        return not self._dirty
+
+    def current(self) -> int | None:
+        """
+        The newest C{seq}, if it is as good as a read started now: no read
+        is running or due and the signal says nothing was written since the
+        last read started; else L{None} (then call L{fresh}).
+        """
+        if (self.seq is None or self._reading or self._next or self._stopped
+                or self._back_to is not None):
+            return None
+        return self.seq if self._quiet() else None
+
     def fresh(self) -> defer.Deferred[int]:
         """
         Fire, with the newest C{seq}, after a read that started after this
-        call, once every change it found has been handed out.
+        call, once every change it found has been handed out; or at once
+        when L{current} vouches for the last read.
 
         Never fails: a read that fails is logged and the Deferred fires
         with the last C{seq} known (the timer retries).
         """
+        seq = self.current()
+        if seq is not None:
+            return defer.succeed(seq)
         d: defer.Deferred[int] = defer.Deferred()
-        self._next.append(d)
-        self._read()
+        if self._reading and self._quiet():
+            # Nothing was written since the running read started: it will do.
+            self._current.append(d)
+        else:
+            self._next.append(d)
+            self._read()
         return d
 
     def _read(self) -> None:
@@ -178,27 +266,58 @@ class AccountWatcher:
             return
         self._reading = True
         waiting, self._next = self._next, []
+        self._current = waiting
         since = self.seq
         if since is not None and self._back_to is not None:
             since, self._back_to = min(since, self._back_to), None
         self.reads += 1
+        read: tuple[Any, ...] = ((self.reader.latest,) if since is None
+                                 else (self.reader.since, since, BATCH))
+        if self.signal is None:
+            d = self._run(*read)
+        else:
+            # Events drained before the read starts are covered by it (the
+            # read first waits out a commit in progress, settle()); any
+            # later event marks it dirty again.
+            self.signal.changed()
+            self._dirty = False
+            d = self._run(_settled, getattr(self.reader, "settle", None), *read)
+            d.addCallback(self._unpack)
         if since is None:
-            d = self._run(self.reader.latest)
             d.addCallback(self._started)
         else:
-            d = self._run(self.reader.since, since, BATCH)
             d.addCallback(self._deliver, since)
         d.addErrback(self._failed)
         d.addBoth(self._done, waiting)
 
+    def _unpack(self, result: tuple[Any, bool]) -> Any:
+        value, settled = result
+        if not settled:
+            self._dirty = True
+        return value
+
     def _started(self, latest: int) -> bool:
         self.seq = latest
+        # Whatever was learnt before the first read may be out of date.
+        self._tell_observers(None)
         return False
+
+    def _tell_observers(self, name: str | None) -> None:
+        for observer in self._observers:
+            try:
+                if name is None:
+                    observer.everything_changed()
+                else:
+                    observer.account_changed(name)
+            except Exception:
+                _log.failure("an observer failed to handle an account change")
 
     def _deliver(self, batch: ChangeBatch, since: int) -> bool:
         if batch.oldest > since + 1:
             self._lost(batch.oldest - 1)
         for change in batch.changes:
+            if self._observers:
+                self._tell_observers(change.name)
             for entry in list(self._watches.get(change.name, ())):
                 if entry.active and change.seq > entry.seen:
                     entry.seen = change.seq
@@ -211,6 +330,7 @@ class AccountWatcher:
         """Changes up to C{before} are gone from the log: end who needed them."""
         _log.warn("account changes up to {seq} were dropped from the log before "
                   "they were read; ending the sessions they may concern", seq=before)
+        self._tell_observers(None)
         for entries in list(self._watches.values()):
             for entry in list(entries):
                 if entry.active and entry.seen < before:
@@ -227,10 +347,12 @@ class AccountWatcher:
 
     def _failed(self, failure: Failure) -> bool:
         _log.failure("could not read the account change log", failure)
+        self._dirty = True
         return False
 
     def _done(self, more: bool, waiting: list[defer.Deferred[int]]) -> None:
         self._reading = False
+        self._current = []
         if more:
             # The log holds more than one batch: the waiters wait for the rest.
             self._next = waiting + self._next
@@ -247,6 +369,8 @@ class AccountWatcher:
         """
         self._stopped = True
         waiting, self._next = self._next, []
+        if self.signal is not None:
+            self.signal.close()
         for d in waiting:
             d.callback(self.seq or 0)
 
@@ -273,6 +397,13 @@ def build_watcher(store: Any, reactor: Any) -> AccountWatcher:
     def run(function: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         return deferToThreadPool(reactor, pool, function, *args)
 
-    return AccountWatcher(store.change_reader(), run)
+    signal = None
+    path = getattr(store, "path", None)
+    if isinstance(store, SQLiteAccountStore) and path is not None:
+        signal = file_change_signal(path)
+        if signal is None:
+            _log.info("no file events for {path}: the account change log is read "
+                      "before every command", path=str(path))
+    return AccountWatcher(store.change_reader(), run, signal)
 
 

@@ -93,6 +93,11 @@ class AccountBoundSession:
                 self._login_seq = seq
             return self._dispatch(verb, argument)  # type: ignore[attr-defined]
 
+        seq = watcher.current()
+        if seq is not None:
+            # Nothing written since the last read started: as good as a
+            # read now, without the thread (accounts.change_signal).
+            return go(seq)
         return watcher.fresh().addCallback(go)
 
     def _bind_account(self, name: str) -> None:
