@@ -401,7 +401,10 @@ def build_watcher(store: Any, reactor: Any) -> AccountWatcher:
     path = getattr(store, "path", None)
     if isinstance(store, SQLiteAccountStore) and path is not None:
         signal = file_change_signal(path)
-        if signal is None:
+        if signal is not None:
+            _log.info("account changes: file events on {path}; commands wait for a "
+                      "read of the change log only after a write", path=str(path))
+        else:
             _log.info("no file events for {path}: the account change log is read "
                       "before every command", path=str(path))
     return AccountWatcher(store.change_reader(), run, signal)
