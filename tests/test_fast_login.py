@@ -574,3 +574,63 @@ def test_settle_waits_out_a_commit_whose_write_was_seen(store: SQLiteAccountStor
     assert reader.latest() == before + 1
     writer.close()
     signal.close()
+
+
+# -- a logged-in FTP session, in memory ---------------------------------------------
+
+
+def session_world(tmp_path: Path) -> Any:
+    """The in-memory server of test_ftp_account_state, its watcher on a signal."""
+    from tests.test_ftp_account_state import World
+
+    world = World(tmp_path)
+    world.log = Settling()
+    world.signal = FakeSignal()
+    world.watcher = AccountWatcher(world.log, defer.maybeDeferred, world.signal)
+    world.server.account_watcher = world.watcher
+    world.watcher.poll()
+    return world
+
+
+def test_session_commands_take_no_read_until_a_write(tmp_path: Path) -> None:
+    from tests.test_ftp_account_state import Client
+
+    world = session_world(tmp_path)
+    alice, bob = Client(world, "alice", "right"), Client(world, "bob", "bobs")
+    reads = world.watcher.reads
+    for _ in range(20):
+        assert alice.send("NOOP") == ["200 OK."]
+        assert bob.send("PWD")[0].startswith("257 ")
+    assert world.watcher.reads == reads
+    # The admin locks alice between two commands: the write's event is
+    # queued before the admin command returns.
+    world.change("alice", "lock", "between two commands")
+    world.signal.pending = True
+    assert alice.send("NOOP") == ["421 Session ended: this account was locked "
+                                  "(between two commands)."]
+    assert world.watcher.reads == reads + 1
+    assert bob.send("NOOP") == ["200 OK."] and not bob.closed
+    assert world.watcher.reads == reads + 1  # quiet again: no read for bob
+
+
+def test_session_permission_change_reaches_the_next_command(tmp_path: Path) -> None:
+    from tests.test_ftp_account_state import Client
+
+    world = session_world(tmp_path)
+    alice, bob = Client(world, "alice", "right"), Client(world, "bob", "bobs")
+    assert alice.send("MKD one")[0].startswith("257 ")
+    world.change("alice", "perms", "list")
+    world.signal.pending = True
+    assert alice.send("MKD two")[0].startswith("550 ")
+    assert bob.send("MKD two")[0].startswith("257 ")
+
+
+def test_session_without_a_signal_reads_before_every_command(tmp_path: Path) -> None:
+    from tests.test_ftp_account_state import Client, World
+
+    world = World(tmp_path)
+    alice = Client(world, "alice", "right")
+    reads = world.watcher.reads
+    for _ in range(3):
+        alice.send("NOOP")
+    assert world.watcher.reads == reads + 3

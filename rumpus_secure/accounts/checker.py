@@ -29,6 +29,12 @@ Every login reads the database, so a password change, lock or unlock made
 with the CLI works at once.  An optional L{VerifierCache} lets a repeat
 login with the same name and password skip argon2id while the account's
 C{version} is unchanged (see L{rumpus_secure.accounts.verifier_cache}).
+The one exception to "every login reads": the server's
+L{rumpus_secure.accounts.cert_checker.CertificateAwareChecker} decides a
+warm repeat login from what this checker read last time while the account
+watcher vouches that the database was not written since
+(L{rumpus_secure.accounts.snapshots}); L{AccountId.two_factor_off} is what
+lets it keep that.
 """
 
 from __future__ import annotations

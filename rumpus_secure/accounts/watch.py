@@ -33,6 +33,28 @@ every later change of its account exactly once, in order, even one that was
 read before it registered: the next read goes back to the oldest C{seq} a
 new registration asks for.
 
+B{Reading only after a write} (issue #18).  The read before each command
+cost a thread hand-off (a waker write and GIL ping-pong between the two
+threads) and a SQLite query with its fcntl locks, to learn, almost always,
+that nothing changed.  With a L{IChangeSignal} (inotify on the SQLite
+files, L{rumpus_secure.accounts.change_signal}) the watcher knows for one
+non-blocking C{read()} system call whether anything was written since its
+last read I{started}; if not, that read is as good as one started now, and
+L{current} / L{fresh} answer at once with its C{seq}.  The rules that keep
+the promise above exactly as it was:
+
+ - events are drained before a read starts, and the read first waits out
+   a commit in progress (C{ChangeReader.settle}), because the event of a
+   commit comes with its first C{write()}, before readers can see it;
+ - an event seen while a read runs (or a read that failed, or could not
+   wait for the writer) leaves the watcher unable to vouch until a later
+   read completes;
+ - every change read is also told to the observers (the login snapshots,
+   L{rumpus_secure.accounts.snapshots}), whatever its account.
+
+Without a signal (PostgreSQL, a network filesystem, no inotify) every
+command waits for a read, as before.
+
 If the log lost rows that a session still needed (more than
 L{rumpus_secure.accounts.store.CHANGES_KEPT} changes between two reads),
 the session is told ``kind="unknown"`` and should end: its account's state
@@ -104,7 +126,7 @@ def _settled(settle: Callable[[], None] | None, read: Callable[..., Any],
     timeout), the read may miss a commit whose event was drained, so the
     watcher keeps reading for every command until a read settles.
     """
-    settled = True
+    settled = settle is not None  # a reader that cannot wait vouches for nothing
     if settle is not None:
         try:
             settle()

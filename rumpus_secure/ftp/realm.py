@@ -34,6 +34,14 @@ class FTPRealm:
     it is missing, never otherwise) is disk work: it runs through the
     C{mind}'s ``run_in_thread`` (the server object the control connection
     passes to C{Portal.login}), so C{requestAvatar} returns a Deferred.
+
+    It is the one thread hand-off left in a warm repeat login (issue #18:
+    the account watcher and the checker decide on the reactor thread, see
+    L{rumpus_secure.accounts.snapshots}), and it stays: homes may live on
+    NFS or GlusterFS shared by several nodes, where opening a directory can
+    block for seconds, and a cached descriptor would outlive a home that
+    was removed or replaced (a new login must get the directory the path
+    names now, made anew if missing).
     """
 
     def __init__(self, store: Any, *, fsync: bool = False) -> None:
