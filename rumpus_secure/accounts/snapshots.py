@@ -11,6 +11,12 @@ L{rumpus_secure.accounts.cert_checker.CertificateAwareChecker} decides a
 repeat login from them on the reactor thread: a verifier cache hit is one
 HMAC-SHA256 and a dict lookup, microseconds.
 
+With the watcher's file signal (L{rumpus_secure.accounts.change_signal},
+which has the numbers) a warm login's server CPU went from 2.75 to about
+1.6 ms; this module's share on the reactor is about 1% of its samples
+(py-spy: the snapshot look-up, one HMAC, one C{read()} of the inotify
+descriptor).
+
 A snapshot is used only while it is as good as a read made now:
 
  - the account watcher (L{rumpus_secure.accounts.watch}) tells the
@@ -102,10 +108,12 @@ class AccountSnapshots:
         """
         The snapshot of account C{name}, if it is as good as a read now.
         """
+        # The watcher first, for every name: the work before the slow way
+        # does not depend on whether the account logged in lately.
+        if self._watcher.current() is None:
+            return None
         entry = self._entries.get(_key(name))
         if entry is None or entry.account.name != name:
-            return None
-        if self._watcher.current() is None:
             return None
         self._entries.move_to_end(_key(name))
         self.used += 1
