@@ -49,6 +49,7 @@ C{LISTEN}/C{NOTIFY} and the watcher reads for every command there too.
 from __future__ import annotations
 
 import ctypes
+import io
 import os
 import struct
 from pathlib import Path
@@ -157,7 +158,11 @@ class FileChangeSignal:
                 raise OSError(f"{self.directory} is on a {fstype or 'unknown'} "
                               "filesystem: writes by other hosts make no event")
         self._inotify = _Inotify()
-        self._fd: int | None = self._inotify.init()
+        # A file object owns the descriptor, so that a signal dropped without
+        # close() (a server built and thrown away, in tests) gives back its
+        # inotify instance (128 per user by default) when it is collected.
+        self._file: io.FileIO | None = io.FileIO(self._inotify.init(), "rb", closefd=True)
+        self._fd: int | None = self._file.fileno()
         try:
             self._directory_wd = self._inotify.add_watch(self._fd, self.directory,
                                                          DIRECTORY_EVENTS)
@@ -216,9 +221,10 @@ class FileChangeSignal:
         return found
 
     def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        self._fd = None
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
 
 
 def file_change_signal(path: Path) -> FileChangeSignal | None:

@@ -429,6 +429,9 @@ def build_watcher(store: Any, reactor: Any) -> AccountWatcher:
         else:
             _log.info("no file events for {path}: the account change log is read "
                       "before every command", path=str(path))
-    return AccountWatcher(store.change_reader(), run, signal)
+    watcher = AccountWatcher(store.change_reader(), run, signal)
+    if signal is not None:
+        reactor.addSystemEventTrigger("during", "shutdown", signal.close)
+    return watcher
 
 
