@@ -52,6 +52,12 @@ the promise above exactly as it was:
  - every change read is also told to the observers (the login snapshots,
    L{rumpus_secure.accounts.snapshots}), whatever its account.
 
+What a command pays for it (C{bench/account_watch.py}, same busy 2-core
+machine, one run each): C{fresh()} median 29.3 microseconds, p99 1.27 ms,
+through the thread; 1.6 and 1.8 microseconds with the signal quiet.  An
+idle session still hears of a change from the timer within a second
+(median 992 ms either way).
+
 Without a signal (PostgreSQL, a network filesystem, no inotify) every
 command waits for a read, as before.
 
@@ -227,7 +233,8 @@ class AccountWatcher:
 
     def poll(self) -> defer.Deferred[int] | None:
         """
-        Read the log now unless a read is running (the timer's call).
+        Read the log now unless a read is running or the signal vouches
+        for the last one (the timer's call).
         """
         if self._reading or self._stopped:
             return None
