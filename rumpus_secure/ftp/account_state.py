@@ -22,6 +22,14 @@ of a login) the command waits for a read of the change log that started
 after it arrived (L{AccountWatcher.fresh}): a command sent after the admin
 command returned is never executed with the old account state.  An idle
 session is told by the watcher's timer within about a second.
+
+While nothing was written to the accounts database since the watcher's
+last read started (L{AccountWatcher.current}, an inotify signal; issue
+#18), that read is as good as a new one and the command runs at once, on
+the reactor thread: no hand-off to the watcher's thread and no SQLite
+query.  Per 4 KiB upload of a logged-in FTPS session (C{PASV} and C{STOR}
+with their data connection, 200 in a row, C{strace -c -f} of the server):
+C{fcntl} 12.1 -> 0, C{futex} 100.2 -> 72.6, system calls 204.5 -> 157.9.
 """
 
 from __future__ import annotations
