@@ -647,3 +647,21 @@ def test_a_dropped_signal_gives_its_inotify_instance_back(tmp_path: Path) -> Non
         del signal
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_command_that_joined_an_unsettled_read_waits_for_the_next() -> None:
+    """
+    It came after the read started, maybe after a commit the read could
+    not wait for (its event drained before the read): the next read serves it.
+    """
+    log, thread, signal, watcher = quiet_watcher()
+    log.fail_settle = True
+    signal.pending = True
+    first = fired_now(watcher.fresh())
+    joined = fired_now(watcher.fresh())
+    thread.run_next()
+    assert first == [0] and joined == []
+    log.fail_settle = False
+    seq = log.add("alice", "lock", "x")
+    thread.run_next()
+    assert joined == [seq]

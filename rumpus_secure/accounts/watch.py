@@ -194,7 +194,10 @@ class AccountWatcher:
         self._watches: dict[str, set[Watch]] = {}
         self._observers: list[IChangeObserver] = []
         self._reading = False
-        self._current: list[defer.Deferred[int]] = []
+        # Came while the running read ran, with nothing written since it
+        # started: served by it if it settled (else by the next read).
+        self._joined: list[defer.Deferred[int]] = []
+        self._settled = True
         self._next: list[defer.Deferred[int]] = []
         self._back_to: int | None = None
         self._stopped = False
@@ -284,7 +287,7 @@ class AccountWatcher:
         d: defer.Deferred[int] = defer.Deferred()
         if self._reading and self._quiet():
             # Nothing was written since the running read started: it will do.
-            self._current.append(d)
+            self._joined.append(d)
         else:
             self._next.append(d)
             self._read()
@@ -295,7 +298,7 @@ class AccountWatcher:
             return
         self._reading = True
         waiting, self._next = self._next, []
-        self._current = waiting
+        self._settled = True
         since = self.seq
         if since is not None and self._back_to is not None:
             since, self._back_to = min(since, self._back_to), None
@@ -323,6 +326,7 @@ class AccountWatcher:
         value, settled = result
         if not settled:
             self._dirty = True
+            self._settled = False
         return value
 
     def _started(self, latest: int) -> bool:
@@ -377,11 +381,18 @@ class AccountWatcher:
     def _failed(self, failure: Failure) -> bool:
         _log.failure("could not read the account change log", failure)
         self._dirty = True
+        self._settled = False
         return False
 
     def _done(self, more: bool, waiting: list[defer.Deferred[int]]) -> None:
         self._reading = False
-        self._current = []
+        joined, self._joined = self._joined, []
+        if more or not self._settled:
+            # The read may have missed a commit made before they came (it
+            # could not wait for the writer): they wait for the next read.
+            self._next = joined + self._next
+        else:
+            waiting = waiting + joined
         if more:
             # The log holds more than one batch: the waiters wait for the rest.
             self._next = waiting + self._next
