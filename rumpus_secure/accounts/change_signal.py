@@ -16,9 +16,10 @@ the database.
 
 What it saved, with L{rumpus_secure.accounts.snapshots} (a warm repeat
 login over explicit FTPS: connect, C{AUTH TLS}, C{USER}, C{PASS},
-C{QUIT}): server CPU per login 2.75 ms -> 1.74 and 1.57 ms (two runs;
-pyftpdlib 0.64, 0.61, 0.59 ms in the same runs: 4.31x -> 2.88x, 2.67x;
-C{bench/logins.py --logins 800 --rounds 2 --skip vsftpd}, 2 busy cores);
+C{QUIT}): server CPU per login 2.75, 2.26, 2.40 ms before, 1.74, 1.57,
+1.80, 1.56 ms after, against pyftpdlib's 0.53-0.64 ms in the same runs
+(4.31x, 3.84x, 4.41x -> 2.88x, 2.67x, 3.16x, 2.93x; C{bench/logins.py
+--logins 800 --rounds 2 --skip vsftpd}, 2 cores shared with other work);
 system calls per login (C{strace -c -f}, 300 logins one at a time)
 128 -> 80: C{futex} 27.2 -> 5.2, C{fcntl} 14.1 -> 0, C{write} 7.0 -> 3.0
 (thread wakers).  The one hand-off left is the home directory check
