@@ -46,7 +46,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from rumpus_secure.tls import keep_session_resumable, session_reused
+from rumpus_secure.tls import SessionBinding, keep_session_resumable, session_reused
 
 _log = Logger()
 
@@ -111,6 +111,8 @@ class TLSSettings:
     TLS for one data connection.
 
     @ivar context: the control connection's C{SSL.Context}.
+    @ivar binding: the control connection's session identity; the data
+        connection is made with it (L{rumpus_secure.tls.SessionBinding}).
     @ivar require_reuse: refuse a handshake that does not resume a session.
     @ivar strict_eof: treat a close without close_notify as truncation.
     """
@@ -123,6 +125,7 @@ class TLSSettings:
     #: none).  See L{rumpus_secure.ftp.client_cert_login}.
     check_client_cert: bool = False
     client_cert: str | None = None
+    binding: SessionBinding | None = None
 
 
 class _Aborted(Exception):
@@ -305,7 +308,8 @@ class _Channel:
         its close_notify once the upload has been read to the end (a client
         such as Python's ftplib waits for that close_notify).
         """
-        tls = SSL.Connection(settings.context, None)
+        tls = (settings.binding.connection() if settings.binding is not None
+               else SSL.Connection(settings.context, None))
         # Idle control connections release their record buffers to save
         # memory; a bulk data connection would re-allocate them per record.
         # pyOpenSSL turns partial writes on, which makes SSL_write return
