@@ -28,7 +28,7 @@ from rumpus_secure.tls import (
     session_binding,
     session_reused,
 )
-from tests.test_tls import _client_context, _handshake, _Handshake, _served_leaf
+from tests.test_tls import _client_context, _Handshake, _handshake, _served_leaf
 
 MODES = ["1.3", "1.2-tickets", "1.2-session-ids"]
 
