@@ -37,11 +37,22 @@ control connection cannot be resumed on them, even though they share the
 context's cache and ticket keys.
 
 Round 3 gave each control connection a context of its own instead (own
-cache, own ticket keys, own sid_ctx).  That cost 0.14-0.55 ms and 22 KiB per
-control connection (C{bench/session_context.py}; about 6% of the server's
-samples in a repeat-login profile: C{Context.__init__}, the certificate and
-key conversions, C{set_cipher_list}).  A bound connection on the shared
-context costs 7 us and no context (same bench).
+cache, own ticket keys, own sid_ctx).  That cost 0.18-0.33 ms and 22 KiB per
+control connection (C{bench/session_context.py}: 178-332 us and 38.9 KiB
+for context and connection, against 12.5-15.7 us and 17.2 KiB for a bound
+connection on the shared context, 10.9-19.3 us and 16.7 KiB for a plain
+one; about 6% of the server's samples in a repeat-login profile:
+C{Context.__init__}, the certificate and key conversions,
+C{set_cipher_list}).  C{bench/logins.py}, four runs each way alternated on
+the shared 2-core VM: 1.58-1.77 ms of server CPU per repeat login, down
+from 2.10-2.28 ms (2.77-3.02x pyftpdlib's in the same runs, down from
+3.68-4.06x).
+
+One shared context is shared across threads too: control connections on
+the reactor thread, data connections in transfer threads.  pyOpenSSL keeps
+an exception raised in a callback (an L{ALPNRefused}) on the context, for
+whichever connection of it next reports an error, so those lists are made
+per thread (L{_callback_problems_per_thread}).
 
 How the sid_ctx gets onto one connection: OpenSSL's C{SSL_set_session_id_context}
 is not in the bindings cryptography ships (checked up to cryptography 50), so
@@ -659,7 +670,58 @@ class TLSContextSource:
             context.set_alpn_select_callback(_alpn_selector(profile))
         if self._client_cas is not None:
             request_client_certificates(context, self._client_cas)
+        _callback_problems_per_thread(context)
         return context
+
+
+class _ThreadProblems:
+    """
+    pyOpenSSL's list of exceptions raised in a context's callbacks, one list
+    per thread (see L{_callback_problems_per_thread}).
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _problems(self) -> list[Exception]:
+        problems: list[Exception] | None = getattr(self._local, "problems", None)
+        if problems is None:
+            problems = self._local.problems = []
+        return problems
+
+    def append(self, problem: Exception) -> None:
+        self._problems().append(problem)
+
+    def pop(self, index: int = -1) -> Exception:
+        return self._problems().pop(index)
+
+    def __len__(self) -> int:
+        return len(self._problems())
+
+    def __bool__(self) -> bool:
+        return bool(self._problems())
+
+
+def _callback_problems_per_thread(context: SSL.Context) -> None:
+    """
+    Keep an exception raised in a callback of C{context} to its own thread.
+
+    pyOpenSSL stores such an exception (our L{ALPNRefused}) in a list on
+    the context and raises it at the next error or C{WantRead} of I{any}
+    connection of the context, in whatever thread.  FTP control connections
+    (reactor thread) and data connections (transfer threads) share one
+    context, so a client offering a wrong ALPN on one could make an
+    unrelated connection of another account fail in the other thread.  The
+    callback runs in the thread of the connection it serves, which raises
+    the exception right after, so a list per thread pins it to its
+    connection.  Private pyOpenSSL parts: the test
+    C{test_a_callback_problem_of_one_thread_is_not_raised_in_another}
+    fails by name if they change.
+    """
+    for name in ("_alpn_select_helper", "_verify_helper"):
+        helper = getattr(context, name, None)
+        if helper is not None:
+            helper._problems = _ThreadProblems()
 
 
 def client_ca_certificates(path: Path) -> list[x509.Certificate]:

@@ -230,3 +230,58 @@ def test_a_session_id_context_has_one_to_32_bytes(source: TLSContextSource) -> N
     with pytest.raises(ValueError):
         bound_connection(context, bytes(33))
     assert session_binding(SSL.Connection(context, None)) is None
+
+
+@pytest.mark.parametrize("helper_name", ["_alpn_select_helper", "_verify_helper"])
+def test_a_callback_problem_of_one_thread_is_not_raised_in_another(
+        tmp_path: Path, helper_name: str) -> None:
+    """
+    pyOpenSSL keeps the exceptions raised in an SSL callback (our ALPN
+    refusal, a client-certificate callback) in a list on the I{context} and
+    raises the first one at the next error or WantRead of I{any} connection
+    of that context.  Control connections (reactor thread) and data
+    connections (transfer threads) now share one context, so a client
+    offering a wrong ALPN on one could make an unrelated connection of
+    another account fail in the other thread.  The lists are per thread
+    (the callback runs in the thread of the connection that made it run).
+
+    Also the canary for the pyOpenSSL private parts this uses
+    (C{Context._alpn_select_helper}, C{Context._verify_helper} and their
+    C{_problems}).
+    """
+    from tests.client_pki import ClientPKI
+
+    pki = ClientPKI(tmp_path / "pki")
+    info = ensure_certificate(tmp_path / "tls", "localhost", None, None)
+    source = TLSContextSource(info.cert_path, info.key_path, client_ca=pki.ca_path)
+    context = source.per_session_factory(FTP_ALPN).getContext()
+    helper = getattr(context, helper_name, None)
+    assert helper is not None, f"SSL.Context.{helper_name} is gone"
+    assert isinstance(helper._problems, tls._ThreadProblems), (
+        f"SSL.Context.{helper_name}._problems is gone or not ours")
+
+    def fail_elsewhere() -> None:
+        helper._problems.append(tls.ALPNRefused([b"http/1.1"], FTP_ALPN))
+
+    elsewhere = threading.Thread(target=fail_elsewhere)
+    elsewhere.start()
+    elsewhere.join()
+    innocent = source.per_session_factory(FTP_ALPN).serverConnectionForTLS(None)
+    innocent.set_accept_state()
+    with pytest.raises(SSL.WantReadError):
+        innocent.do_handshake()
+    # In its own thread the problem is raised where it belongs.
+    helper._problems.append(tls.ALPNRefused([b"http/1.1"], FTP_ALPN))
+    with pytest.raises(tls.ALPNRefused):
+        innocent.do_handshake()
+    with pytest.raises(SSL.WantReadError):
+        innocent.do_handshake()
+
+
+@pytest.mark.parametrize("version", [SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION])
+def test_a_wrong_alpn_is_still_refused_with_per_thread_problems(
+        source: TLSContextSource, version: int) -> None:
+    client = _client_context(max_version=version)
+    refused = _handshake(source.per_session_factory(FTP_ALPN), client, alpn=[b"http/1.1"])
+    assert isinstance(refused.server_error, tls.ALPNRefused)
+    assert "no application protocol" in str(refused.client_error)
