@@ -506,8 +506,8 @@ class TLSContextSource:
         :param handshake_timeout: seconds a client has to finish its TLS
             handshake before the connection is aborted (0: no deadline); see
             L{rumpus_secure.handshake}.
-        :param per_session: give each connection a context of its own
-            (L{per_session_factory}); the implicit FTPS port needs it.
+        :param per_session: make each connection a TLS session identity of
+            its own (L{per_session_factory}); the implicit FTPS port needs it.
         """
         clock = clock or self._clock
         if clock is None:

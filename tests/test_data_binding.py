@@ -34,7 +34,8 @@ from rumpus_secure.tls import FTP_ALPN, TLSContextSource, ensure_certificate
 @pytest.fixture(scope="module")
 def control_context(tmp_path_factory: pytest.TempPathFactory) -> SSL.Context:
     """
-    The context of one control connection (a context of its own).
+    The session context of the control connections (shared; a connection
+    made on it directly has the unbound session id context).
     """
     info = ensure_certificate(tmp_path_factory.mktemp("tls"), "localhost", None, None)
     return TLSContextSource(info.cert_path, info.key_path).per_session_factory(

@@ -9,11 +9,12 @@ the rest happens in a worker thread:
 
  1. take the connected socket (accepted passively, or connected actively);
  2. under PROT P, run the TLS handshake as the TLS I{server} (RFC 4217
-    section 7) with the control connection's own context, and when reuse is
-    required refuse a handshake that did not resume a session.  That context
-    belongs to the control connection alone (L{rumpus_secure.tls}), so the
-    only sessions it can resume are the ones issued to that control
-    connection and to its own data connections; the refusal comes before
+    section 7) with the control connection's context and session id context
+    (C{TLSSettings.binding}), and when reuse is required refuse a handshake
+    that did not resume a session.  That session id context belongs to the
+    control connection alone (L{rumpus_secure.tls}), so the only sessions it
+    can resume are the ones issued to that control connection and to its
+    own data connections; the refusal comes before
     our first handshake byte, so a refused client is issued no session or
     ticket that it could resume on a second try (L{SessionNotResumed});
  3. run the job: send a file or a listing, or receive into an upload;
