@@ -74,7 +74,11 @@ then break a long-lived victim's data connections.  A context serves at
 most 4,096 control connections, each of which caches one session (TLS 1.2
 data connections that resume are not cached again, TLS 1.3 server sessions
 are stateless tickets, and a refused full handshake never completes), so
-its cache never fills.  A data connection always uses the context of its
+its cache never fills.  It is also replaced once it is
+L{SESSION_CONTEXT_LIFETIME} (an hour) old: the ticket keys of a context of
+its own died with its control connection, shared ones should not live for
+days on a quiet server (they protect the resumption secrets of every TLS
+1.2 ticket they sealed).  A data connection always uses the context of its
 control connection (L{SessionBinding}), through a replacement and through
 a certificate reload alike.
 
@@ -94,6 +98,7 @@ import hashlib
 import os
 import secrets
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -133,6 +138,7 @@ __all__ = [
     "ALPNRefused",
     "CertificateInfo",
     "SESSIONS_PER_CONTEXT",
+    "SESSION_CONTEXT_LIFETIME",
     "SessionBinding",
     "TLSConfigError",
     "TLSContextSource",
@@ -172,6 +178,10 @@ _SIGNATURE = tuple[int, int, int, int, int] | None
 #: built: well below the 20,480 sessions at which OpenSSL's cache starts
 #: evicting (see the module docstring).
 SESSIONS_PER_CONTEXT = 4096
+
+#: Seconds a session context serves new control connections (and so the
+#: lifetime of its ticket keys for new sessions).
+SESSION_CONTEXT_LIFETIME = 3600.0
 
 #: The sid_ctx of a session context between two bound connections: a
 #: connection made on it without L{bound_connection} resumes no bound session.
@@ -259,6 +269,18 @@ class _ProfileCreator:
         self, tlsProtocol: TLSMemoryBIOProtocol
     ) -> SSL.Connection:
         return SSL.Connection(self.getContext(), None)
+
+
+@dataclass
+class _Generation:
+    """
+    The current session context of a profile, when it was built and how
+    many control connections it has served.
+    """
+
+    context: SSL.Context
+    born: float
+    served: int = 0
 
 
 @dataclass(frozen=True)
@@ -433,7 +455,7 @@ class TLSContextSource:
         self._session_creators: dict[tuple[bytes, ...], _SessionCreator] = {}
         #: Per profile: the current session context and the control
         #: connections it has served.
-        self._session_contexts: dict[tuple[bytes, ...], tuple[SSL.Context, int]] = {}
+        self._session_contexts: dict[tuple[bytes, ...], _Generation] = {}
         #: Why the last L{reload} kept the old certificate, or L{None}.
         self.last_error: str | None = None
         self._client_cas: list[x509.Certificate] | None = None
@@ -557,7 +579,8 @@ class TLSContextSource:
                 for profile in self._contexts
             }
             session_contexts = {
-                profile: (self._build_context(material, profile, _UNBOUND), 0)
+                profile: _Generation(self._build_context(material, profile, _UNBOUND),
+                                     self._seconds())
                 for profile in self._session_contexts
             }
         except TLSConfigError as e:
@@ -593,16 +616,23 @@ class TLSContextSource:
         The current session context of C{profile}.
 
         :param issue: count one control connection against it; the one
-            that takes it to L{SESSIONS_PER_CONTEXT} is the last it serves
-            (see the module docstring).  Connections already made on it,
+            that takes it to L{SESSIONS_PER_CONTEXT} is the last it serves,
+            and after L{SESSION_CONTEXT_LIFETIME} seconds it serves no new
+            one (see the module docstring).  Connections already made on it,
             and their data connections, keep it.
         """
+        now = self._seconds()
         current = self._session_contexts.get(profile)
-        if current is None or current[1] >= SESSIONS_PER_CONTEXT:
-            current = (self._build_context(self._material, profile, _UNBOUND), 0)
-        context, served = current
-        self._session_contexts[profile] = (context, served + 1 if issue else served)
-        return context
+        if (current is None or current.served >= SESSIONS_PER_CONTEXT
+                or now - current.born >= SESSION_CONTEXT_LIFETIME):
+            current = self._session_contexts[profile] = _Generation(
+                self._build_context(self._material, profile, _UNBOUND), now)
+        if issue:
+            current.served += 1
+        return current.context
+
+    def _seconds(self) -> float:
+        return time.time() if self._clock is None else self._clock.seconds()
 
     def _now(self) -> datetime:
         if self._clock is None:

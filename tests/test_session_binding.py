@@ -285,3 +285,29 @@ def test_a_wrong_alpn_is_still_refused_with_per_thread_problems(
     refused = _handshake(source.per_session_factory(FTP_ALPN), client, alpn=[b"http/1.1"])
     assert isinstance(refused.server_error, tls.ALPNRefused)
     assert "no application protocol" in str(refused.client_error)
+
+
+def test_a_session_context_serves_new_control_connections_for_an_hour(
+        tmp_path: Path) -> None:
+    """
+    Shared ticket keys should not live for days on a quiet server: after
+    SESSION_CONTEXT_LIFETIME the next control connection gets a new
+    context (new keys); an older session keeps resuming on its own.
+    """
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    clock.advance(1_000_000)
+    info = ensure_certificate(tmp_path / "tls", "localhost", None, None)
+    source = TLSContextSource(info.cert_path, info.key_path, clock=clock)
+    client = _client("1.2-tickets")
+    first, first_session = _control(source, client)
+    clock.advance(tls.SESSION_CONTEXT_LIFETIME - 1)
+    second, _ = _control(source, client)
+    assert second.server.get_context() is first.server.get_context()
+    clock.advance(1)
+    third, third_session = _control(source, client)
+    assert third.server.get_context() is not first.server.get_context()
+    assert _resumes(_Bound(_binding(first)), client, first_session)
+    assert not _resumes(_Bound(_binding(first)), client, third_session)
+    assert not _resumes(_Bound(_binding(third)), client, first_session)
