@@ -34,7 +34,9 @@ mismatch is a cache miss, and a full handshake follows).  So each control
 connection gets a random 32-byte sid_ctx, and its data connections get the
 same one (L{SessionBinding}): a session or ticket issued to any other
 control connection cannot be resumed on them, even though they share the
-context's cache and ticket keys.
+context's cache and ticket keys.  How, with the bindings cryptography
+exports, and what it takes to share one context between the reactor
+thread and the transfer threads: L{rumpus_secure.session_binding}.
 
 Round 3 gave each control connection a context of its own instead (own
 cache, own ticket keys, own sid_ctx).  That cost 0.18-0.33 ms and 22 KiB per
@@ -47,23 +49,6 @@ C{set_cipher_list}).  C{bench/logins.py}, four runs each way alternated on
 the shared 2-core VM: 1.58-1.77 ms of server CPU per repeat login, down
 from 2.10-2.28 ms (2.77-3.02x pyftpdlib's in the same runs, down from
 3.68-4.06x).
-
-One shared context is shared across threads too: control connections on
-the reactor thread, data connections in transfer threads.  pyOpenSSL keeps
-an exception raised in a callback (an L{ALPNRefused}) on the context, for
-whichever connection of it next reports an error, so those lists are made
-per thread (L{_callback_problems_per_thread}).
-
-How the sid_ctx gets onto one connection: OpenSSL's C{SSL_set_session_id_context}
-is not in the bindings cryptography ships (checked up to cryptography 50), so
-L{bound_connection} sets the I{context's} sid_ctx, creates the connection
-(C{SSL_new} copies the context's sid_ctx into the connection, once) and puts
-the context's unbound value back, all under one lock that every bound
-connection takes.  A connection made on a session context without
-L{bound_connection} therefore has the unbound sid_ctx and can resume no
-bound session: the mistake fails closed.  The test named
-C{test_the_private_openssl_parts_of_the_session_binding_are_still_there}
-fails by name if the binding or that copy changes.
 
 Why a session context is replaced after L{SESSIONS_PER_CONTEXT} control
 connections: a shared session cache evicts its oldest session once it holds
@@ -97,7 +82,6 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -130,6 +114,14 @@ from rumpus_secure.handshake import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     HandshakeDeadlineFactory,
     HandshakesInFlight,
+)
+from rumpus_secure.session_binding import (
+    SESSION_ID_CONTEXT_BYTES,
+    UNBOUND,
+    SessionBinding,
+    bound_connection,
+    callback_problems_per_thread,
+    session_binding,
 )
 
 __all__ = [
@@ -182,19 +174,6 @@ SESSIONS_PER_CONTEXT = 4096
 #: Seconds a session context serves new control connections (and so the
 #: lifetime of its ticket keys for new sessions).
 SESSION_CONTEXT_LIFETIME = 3600.0
-
-#: The sid_ctx of a session context between two bound connections: a
-#: connection made on it without L{bound_connection} resumes no bound session.
-_UNBOUND = b"rumpus-unbound/" + bytes(16)
-
-#: Bytes of a control connection's random sid_ctx (OpenSSL's maximum).
-_SESSION_ID_CONTEXT_BYTES = 32
-
-#: Serialises "set the context's sid_ctx, SSL_new, put it back" across the
-#: reactor thread (control connections) and the transfer threads (data
-#: connections).
-_binding_lock = threading.Lock()
-
 
 class ALPNRefused(SSL.Error):
     """
@@ -283,77 +262,6 @@ class _Generation:
     served: int = 0
 
 
-@dataclass(frozen=True)
-class SessionBinding:
-    """
-    What binds an FTPS data connection to its control connection.
-
-    @ivar context: the context the control connection was made on (kept
-        through reloads and context replacements: its ticket keys and
-        session cache are the ones that know the control connection's
-        session).
-    @ivar session_id_context: the control connection's random sid_ctx.
-    """
-
-    context: SSL.Context
-    session_id_context: bytes
-
-    def connection(self) -> SSL.Connection:
-        """
-        A new server connection that can resume this control connection's
-        sessions and no other.
-        """
-        return bound_connection(self.context, self.session_id_context)
-
-
-class _BoundConnection(SSL.Connection):
-    """
-    A server connection with a sid_ctx of its own (see L{bound_connection}).
-    """
-
-    binding: SessionBinding
-
-
-def _set_context_sid(context: SSL.Context, session_id_context: bytes) -> None:
-    if not _openssl_lib.SSL_CTX_set_session_id_context(
-            context._context, session_id_context, len(session_id_context)):
-        raise SSL.Error([("rumpus-secure", "bound_connection",
-                          "SSL_CTX_set_session_id_context failed")])
-
-
-def bound_connection(context: SSL.Context, session_id_context: bytes) -> SSL.Connection:
-    """
-    A server connection on C{context} whose sessions carry C{session_id_context}.
-
-    The effect of C{SSL_set_session_id_context}, which cryptography does not
-    export: OpenSSL copies the context's sid_ctx into a connection when it
-    creates it, so the context's is set, the connection made, and the
-    context's put back to the unbound value, under a lock.  Meant for the
-    contexts of L{TLSContextSource.per_session_factory}.
-
-    :raises ValueError: C{session_id_context} is longer than 32 bytes.
-    """
-    if not 0 < len(session_id_context) <= _SESSION_ID_CONTEXT_BYTES:
-        raise ValueError("a session id context has 1 to 32 bytes")
-    with _binding_lock:
-        _set_context_sid(context, session_id_context)
-        try:
-            connection = _BoundConnection(context, None)
-        finally:
-            _set_context_sid(context, _UNBOUND)
-    connection.binding = SessionBinding(context, session_id_context)
-    return connection
-
-
-def session_binding(connection: SSL.Connection) -> SessionBinding | None:
-    """
-    The binding of a control connection made by L{TLSContextSource.per_session_factory},
-    or L{None} for any other connection.
-    """
-    return getattr(connection, "binding", None) if isinstance(
-        connection, _BoundConnection) else None
-
-
 @implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
 class _SessionCreator:
     """
@@ -380,7 +288,7 @@ class _SessionCreator:
         self, tlsProtocol: TLSMemoryBIOProtocol | None
     ) -> SSL.Connection:
         return bound_connection(self._source._session_context(self.alpn, issue=True),
-                                secrets.token_bytes(_SESSION_ID_CONTEXT_BYTES))
+                                secrets.token_bytes(SESSION_ID_CONTEXT_BYTES))
 
 
 @implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
@@ -579,7 +487,7 @@ class TLSContextSource:
                 for profile in self._contexts
             }
             session_contexts = {
-                profile: _Generation(self._build_context(material, profile, _UNBOUND),
+                profile: _Generation(self._build_context(material, profile, UNBOUND),
                                      self._seconds())
                 for profile in self._session_contexts
             }
@@ -626,7 +534,7 @@ class TLSContextSource:
         if (current is None or current.served >= SESSIONS_PER_CONTEXT
                 or now - current.born >= SESSION_CONTEXT_LIFETIME):
             current = self._session_contexts[profile] = _Generation(
-                self._build_context(self._material, profile, _UNBOUND), now)
+                self._build_context(self._material, profile, UNBOUND), now)
         if issue:
             current.served += 1
         return current.context
@@ -700,58 +608,8 @@ class TLSContextSource:
             context.set_alpn_select_callback(_alpn_selector(profile))
         if self._client_cas is not None:
             request_client_certificates(context, self._client_cas)
-        _callback_problems_per_thread(context)
+        callback_problems_per_thread(context)
         return context
-
-
-class _ThreadProblems:
-    """
-    pyOpenSSL's list of exceptions raised in a context's callbacks, one list
-    per thread (see L{_callback_problems_per_thread}).
-    """
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def _problems(self) -> list[Exception]:
-        problems: list[Exception] | None = getattr(self._local, "problems", None)
-        if problems is None:
-            problems = self._local.problems = []
-        return problems
-
-    def append(self, problem: Exception) -> None:
-        self._problems().append(problem)
-
-    def pop(self, index: int = -1) -> Exception:
-        return self._problems().pop(index)
-
-    def __len__(self) -> int:
-        return len(self._problems())
-
-    def __bool__(self) -> bool:
-        return bool(self._problems())
-
-
-def _callback_problems_per_thread(context: SSL.Context) -> None:
-    """
-    Keep an exception raised in a callback of C{context} to its own thread.
-
-    pyOpenSSL stores such an exception (our L{ALPNRefused}) in a list on
-    the context and raises it at the next error or C{WantRead} of I{any}
-    connection of the context, in whatever thread.  FTP control connections
-    (reactor thread) and data connections (transfer threads) share one
-    context, so a client offering a wrong ALPN on one could make an
-    unrelated connection of another account fail in the other thread.  The
-    callback runs in the thread of the connection it serves, which raises
-    the exception right after, so a list per thread pins it to its
-    connection.  Private pyOpenSSL parts: the test
-    C{test_a_callback_problem_of_one_thread_is_not_raised_in_another}
-    fails by name if they change.
-    """
-    for name in ("_alpn_select_helper", "_verify_helper"):
-        helper = getattr(context, name, None)
-        if helper is not None:
-            helper._problems = _ThreadProblems()
 
 
 def client_ca_certificates(path: Path) -> list[x509.Certificate]:

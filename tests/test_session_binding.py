@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from OpenSSL import SSL
 
+from rumpus_secure import session_binding as session_binding_module
 from rumpus_secure import tls
 from rumpus_secure.tls import (
     FTP_ALPN,
@@ -257,7 +258,7 @@ def test_a_callback_problem_of_one_thread_is_not_raised_in_another(
     context = source.per_session_factory(FTP_ALPN).getContext()
     helper = getattr(context, helper_name, None)
     assert helper is not None, f"SSL.Context.{helper_name} is gone"
-    assert isinstance(helper._problems, tls._ThreadProblems), (
+    assert isinstance(helper._problems, session_binding_module._ThreadProblems), (
         f"SSL.Context.{helper_name}._problems is gone or not ours")
 
     def fail_elsewhere() -> None:
