@@ -1,20 +1,23 @@
 #!/usr/bin/env python3
 """
-What a TLS context per FTP control connection costs (issue #11).
+What a TLS session identity per FTP control connection costs (issues #11, #18).
 
     python bench/session_context.py [--count 2000]
 
-Each FTP control connection gets a context of its own
-(L{rumpus_secure.tls.TLSContextSource.per_session_factory}) so that its data
-connections can resume its TLS session and no other.  This builds COUNT such
-contexts from a generated certificate and prints the time and the resident
-memory per context, next to the time of one full TLS 1.3 handshake in
-memory (both ends) for scale.  Not a test.
+Each FTP control connection is a TLS session identity of its own, so that
+its data connections can resume its TLS session and no other.  Round 3 gave
+each one a context of its own; round 4 a random session id context on one
+shared context (L{rumpus_secure.tls.TLSContextSource.per_session_factory},
+L{rumpus_secure.tls.bound_connection}).  This makes COUNT server connections
+both ways from a generated certificate, in the same run, and prints the
+time and resident memory per connection, next to the time of one full TLS
+1.3 handshake in memory (both ends) for scale.  Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -60,6 +63,21 @@ def _full_handshake(creator: object) -> None:
         _pump(client, server)
 
 
+def _measure(make: object, count: int) -> tuple[float, float]:
+    """
+    Microseconds and KiB of RSS per call of C{make}; the results stay alive
+    (until the process ends), so freed memory is never reused by the next row.
+    """
+    before, started = _rss_kib(), time.perf_counter()
+    _kept.append([make() for _ in range(count)])  # type: ignore[operator]
+    elapsed = time.perf_counter() - started
+    grown = _rss_kib() - before
+    return elapsed / count * 1e6, grown / count
+
+
+_kept: list[object] = []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--count", type=int, default=2000)
@@ -68,12 +86,27 @@ def main() -> None:
         info = ensure_certificate(Path(directory), "localhost", None, None)
         source = TLSContextSource(info.cert_path, info.key_path)
         sessions = source.per_session_factory(FTP_ALPN)
-        before, started = _rss_kib(), time.perf_counter()
-        kept = [sessions.getContext() for _ in range(args.count)]
-        elapsed = time.perf_counter() - started
-        grown = _rss_kib() - before
-        print(f"{len(kept)} per-session contexts: {elapsed / args.count * 1e6:.0f} us"
-              f" and {grown / args.count:.1f} KiB RSS each")
+        sessions.serverConnectionForTLS(None)  # the shared context, built once
+
+        def own_context() -> SSL.Connection:
+            # Round 3: a context per control connection, then its connection.
+            context = source._build_context(
+                source._material, FTP_ALPN, b"rumpus-s/" + secrets.token_bytes(16))
+            return SSL.Connection(context, None)
+
+        def plain() -> SSL.Connection:
+            return SSL.Connection(sessions.getContext(), None)
+
+        rows = [
+            ("plain connection, shared context (floor)", plain),
+            ("bound connection, shared context (now)",
+             lambda: sessions.serverConnectionForTLS(None)),
+            ("context of its own (round 3)", own_context),
+        ]
+        for label, make in rows:
+            make()  # warm
+            us, kib = _measure(make, args.count)
+            print(f"{label:42} {us:7.1f} us  {kib:5.1f} KiB RSS per control connection")
         shared = source.context_factory(FTP_ALPN)
         rounds = 200
         started = time.perf_counter()

@@ -19,22 +19,61 @@ selector returns an empty protocol, which OpenSSL turns into an
 C{internal_error} alert) and keep session resumption on, which the FTPS data
 channel needs.
 
-Why FTP control connections get a context each (L{TLSContextSource.per_session_factory}):
-an FTPS data connection proves that it belongs to its control connection by
-resuming that connection's TLS session.  With one context per profile every
-control connection shares one session cache and one ticket key, so any
-client could resume I{its own} session on someone else's data port.  A
-context of its own gives each control connection its own cache, its own
-randomly generated ticket keys and its own session id context: a session or
-ticket issued anywhere else cannot be resumed on its data connections, under
-TLS 1.3 tickets, TLS 1.2 tickets and TLS 1.2 session ids alike.  Measured with
-C{bench/session_context.py} on the 2-core test VM: 0.18-0.33 ms and 22 KiB
-per control connection, against 0.9-1.4 ms for one full handshake (both
-ends, in memory).
+Why FTP control connections get a session id context each
+(L{TLSContextSource.per_session_factory}): an FTPS data connection proves
+that it belongs to its control connection by resuming that connection's TLS
+session.  With one plain context per profile every control connection shares
+one session cache and one ticket key, so any client could resume I{its own}
+session on someone else's data port (issue #11).  OpenSSL stamps every
+session with the session id context (sid_ctx) of the connection that made
+it, and resumes a session only on a connection with the same sid_ctx: for a
+TLS 1.2 session id found in the cache, a TLS 1.2 ticket and a TLS 1.3 PSK
+ticket alike (C{ssl_get_prev_session} in C{ssl/ssl_sess.c} compares them
+after the cache lookup or the ticket decryption, for both versions; a
+mismatch is a cache miss, and a full handshake follows.  For TLS 1.3,
+C{tls_parse_ctos_psk} only finds and decrypts the ticket; it stamps the
+connection's sid_ctx on a session only for the application PSK callbacks,
+which are not set here).  So each control
+connection gets a random 32-byte sid_ctx, and its data connections get the
+same one (L{SessionBinding}): a session or ticket issued to any other
+control connection cannot be resumed on them, even though they share the
+context's cache and ticket keys.  How, with the bindings cryptography
+exports, and what it takes to share one context between the reactor
+thread and the transfer threads: L{rumpus_secure.session_binding}.
 
-Client certificates (C{--client-ca}): every context, per profile and per
-session, asks for one and accepts any chain (L{request_client_certificates});
-the login judges it.  A data connection is pinned to its control
+Round 3 gave each control connection a context of its own instead (own
+cache, own ticket keys, own sid_ctx).  That cost 0.18-0.33 ms and 22 KiB per
+control connection (C{bench/session_context.py}: 178-332 us and 38.9 KiB
+for context and connection, against 12.5-15.7 us and 17.2 KiB for a bound
+connection on the shared context, 10.9-19.3 us and 16.7 KiB for a plain
+one; about 6% of the server's samples in a repeat-login profile:
+C{Context.__init__}, the certificate and key conversions,
+C{set_cipher_list}).  C{bench/logins.py}, four runs each way alternated on
+the shared 2-core VM: 1.58-1.77 ms of server CPU per repeat login, down
+from 2.10-2.28 ms (2.77-3.02x pyftpdlib's in the same runs, down from
+3.68-4.06x).  C{bench/load.py --idle 10000 --sessions 0}: 31.0 KiB per idle
+logged-in session, down from 53.1 KiB (2,000: 30.8-31.0, from 53.0-53.3).
+
+Why a session context is replaced after L{SESSIONS_PER_CONTEXT} control
+connections: a shared session cache evicts its oldest session once it holds
+20,480 (OpenSSL's default; cryptography exports no setter for it nor
+C{SSL_CTX_add_session}), and an evicted session is gone for a TLS 1.2
+client that resumes by session id only.  A flood of (thief) logins could
+then break a long-lived victim's data connections.  A context serves at
+most 4,096 control connections, each of which caches one session (TLS 1.2
+data connections that resume are not cached again, TLS 1.3 server sessions
+are stateless tickets, and a refused full handshake never completes), so
+its cache never fills.  It is also replaced once it is
+L{SESSION_CONTEXT_LIFETIME} (an hour) old: the ticket keys of a context of
+its own died with its control connection, shared ones should not live for
+days on a quiet server (they protect the resumption secrets of every TLS
+1.2 ticket they sealed).  A data connection always uses the context of its
+control connection (L{SessionBinding}), through a replacement and through
+a certificate reload alike.
+
+Client certificates (C{--client-ca}): every context, per profile and for
+sessions, asks for one and accepts any chain (L{request_client_certificates});
+the login judges it.  A data connection is bound to its control
 connection's context, so it is asked too, and a resumed session carries the
 certificate of the control connection's handshake.  Measured with
 C{bench/client_certs.py}: the request adds 0.03 ms to a control connection's
@@ -47,7 +86,9 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -78,20 +119,33 @@ from rumpus_secure.handshake import (
     HandshakeDeadlineFactory,
     HandshakesInFlight,
 )
+from rumpus_secure.session_binding import (
+    SESSION_ID_CONTEXT_BYTES,
+    UNBOUND,
+    SessionBinding,
+    bound_connection,
+    callback_problems_per_thread,
+    session_binding,
+)
 
 __all__ = [
     "FTP_ALPN",
     "HTTPS_ALPN",
     "ALPNRefused",
     "CertificateInfo",
+    "SESSIONS_PER_CONTEXT",
+    "SESSION_CONTEXT_LIFETIME",
+    "SessionBinding",
     "TLSConfigError",
     "TLSContextSource",
+    "bound_connection",
     "client_ca_certificates",
     "ensure_certificate",
     "keep_session_resumable",
     "load_certificate",
     "pinned_context_factory",
     "request_client_certificates",
+    "session_binding",
     "session_reused",
 ]
 
@@ -116,6 +170,14 @@ _TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POL
 
 _SIGNATURE = tuple[int, int, int, int, int] | None
 
+#: Control connections a session context serves before the next one is
+#: built: well below the 20,480 sessions at which OpenSSL's cache starts
+#: evicting (see the module docstring).
+SESSIONS_PER_CONTEXT = 4096
+
+#: Seconds a session context serves new control connections (and so the
+#: lifetime of its ticket keys for new sessions).
+SESSION_CONTEXT_LIFETIME = 3600.0
 
 class ALPNRefused(SSL.Error):
     """
@@ -162,13 +224,15 @@ def keep_session_resumable(connection: SSL.Connection) -> None:
 
 def pinned_context_factory(connection: SSL.Connection) -> _PinnedCreator:
     """
-    A connection creator on the very context that served C{connection}.
+    A connection creator on the very context that served C{connection}, and
+    with its session id context if it was bound (L{session_binding}).
 
     The FTPS data channel must resume the control connection's session, which
     only the control connection's C{SSL.Context} can do (its session cache and
-    ticket keys); after a reload the profile's current context is a new one.
+    ticket keys) with the control connection's sid_ctx; after a reload the
+    profile's current context is a new one.
     """
-    return _PinnedCreator(connection.get_context())
+    return _PinnedCreator(connection.get_context(), session_binding(connection))
 
 
 @implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
@@ -190,15 +254,27 @@ class _ProfileCreator:
         return SSL.Connection(self.getContext(), None)
 
 
+@dataclass
+class _Generation:
+    """
+    The current session context of a profile, when it was built and how
+    many control connections it has served.
+    """
+
+    context: SSL.Context
+    born: float
+    served: int = 0
+
+
 @implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
 class _SessionCreator:
     """
-    Server-side connections each on a new context of one ALPN profile.
+    Server-side connections of one ALPN profile, each a TLS session identity.
 
-    Each connection's context has the current certificate, its own session
-    cache, its own ticket keys and a random session id context, so only the
-    connection itself and connections pinned to its context (its FTPS data
-    connections, L{pinned_context_factory}) can resume its sessions.
+    Each connection is made on the profile's current session context with a
+    random session id context of its own (L{bound_connection}), so only the
+    connection itself and the connections bound to it (its FTPS data
+    connections, L{session_binding}) can resume its sessions.
     """
 
     def __init__(self, source: TLSContextSource, profile: tuple[bytes, ...]) -> None:
@@ -207,31 +283,37 @@ class _SessionCreator:
 
     def getContext(self) -> SSL.Context:
         """
-        A new context: each call is a new TLS session identity.
+        The profile's current session context (shared; connections made on
+        it directly are unbound, see L{bound_connection}).
         """
         return self._source._session_context(self.alpn)
 
     def serverConnectionForTLS(
-        self, tlsProtocol: TLSMemoryBIOProtocol
+        self, tlsProtocol: TLSMemoryBIOProtocol | None
     ) -> SSL.Connection:
-        return SSL.Connection(self.getContext(), None)
+        return bound_connection(self._source._session_context(self.alpn, issue=True),
+                                secrets.token_bytes(SESSION_ID_CONTEXT_BYTES))
 
 
 @implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
 class _PinnedCreator:
     """
-    Server-side connections on one fixed context.
+    Server-side connections on one fixed context (and binding, if any).
     """
 
-    def __init__(self, context: SSL.Context) -> None:
+    def __init__(self, context: SSL.Context,
+                 binding: SessionBinding | None = None) -> None:
         self._context = context
+        self._binding = binding
 
     def getContext(self) -> SSL.Context:
         return self._context
 
     def serverConnectionForTLS(
-        self, tlsProtocol: TLSMemoryBIOProtocol
+        self, tlsProtocol: TLSMemoryBIOProtocol | None
     ) -> SSL.Connection:
+        if self._binding is not None:
+            return self._binding.connection()
         return SSL.Connection(self._context, None)
 
 
@@ -283,6 +365,9 @@ class TLSContextSource:
         self._creators: dict[tuple[bytes, ...], _ProfileCreator] = {}
         self._in_flight: HandshakesInFlight | None = None
         self._session_creators: dict[tuple[bytes, ...], _SessionCreator] = {}
+        #: Per profile: the current session context and the control
+        #: connections it has served.
+        self._session_contexts: dict[tuple[bytes, ...], _Generation] = {}
         #: Why the last L{reload} kept the old certificate, or L{None}.
         self.last_error: str | None = None
         self._client_cas: list[x509.Certificate] | None = None
@@ -321,11 +406,12 @@ class TLSContextSource:
 
     def per_session_factory(self, alpn: Sequence[bytes] | None) -> _SessionCreator:
         """
-        A connection creator that gives every connection a context of its own.
+        A connection creator that makes every connection a session identity.
 
-        For FTP control connections (C{AUTH TLS} and the implicit port): a
-        data connection pinned to the control connection's context can then
-        resume that control connection's session and no other (see the
+        For FTP control connections (C{AUTH TLS} and the implicit port): each
+        connection gets a random session id context on a shared session
+        context, and a data connection bound to it (L{session_binding})
+        resumes that control connection's session and no other (see the
         module docstring).  A reload applies to the next connection.
 
         :param alpn: as for L{context_factory}.
@@ -354,8 +440,8 @@ class TLSContextSource:
         :param handshake_timeout: seconds a client has to finish its TLS
             handshake before the connection is aborted (0: no deadline); see
             L{rumpus_secure.handshake}.
-        :param per_session: give each connection a context of its own
-            (L{per_session_factory}); the implicit FTPS port needs it.
+        :param per_session: make each connection a TLS session identity of
+            its own (L{per_session_factory}); the implicit FTPS port needs it.
         """
         clock = clock or self._clock
         if clock is None:
@@ -404,6 +490,11 @@ class TLSContextSource:
                 profile: self._build_context(material, profile)
                 for profile in self._contexts
             }
+            session_contexts = {
+                profile: _Generation(self._build_context(material, profile, UNBOUND),
+                                     self._seconds())
+                for profile in self._session_contexts
+            }
         except TLSConfigError as e:
             self.last_error = str(e)
             _log.error(
@@ -414,6 +505,7 @@ class TLSContextSource:
             return False
         self._material = material
         self._contexts = contexts
+        self._session_contexts = session_contexts
         _log.info(
             "Reloaded TLS certificate {subject}, valid until {not_after},"
             " SHA-256 fingerprint {fingerprint}",
@@ -431,17 +523,28 @@ class TLSContextSource:
             )
         return context
 
-    def _session_context(self, profile: tuple[bytes, ...]) -> SSL.Context:
+    def _session_context(self, profile: tuple[bytes, ...], issue: bool = False) -> SSL.Context:
         """
-        A new context of C{profile} with a random session id context.
+        The current session context of C{profile}.
 
-        OpenSSL generates fresh ticket keys for every new context, and the
-        session cache belongs to the context; the random session id context
-        is a second lock: OpenSSL resumes no session issued under another.
+        :param issue: count one control connection against it; the one
+            that takes it to L{SESSIONS_PER_CONTEXT} is the last it serves,
+            and after L{SESSION_CONTEXT_LIFETIME} seconds it serves no new
+            one (see the module docstring).  Connections already made on it,
+            and their data connections, keep it.
         """
-        return self._build_context(
-            self._material, profile, b"rumpus-s/" + secrets.token_bytes(16)
-        )
+        now = self._seconds()
+        current = self._session_contexts.get(profile)
+        if (current is None or current.served >= SESSIONS_PER_CONTEXT
+                or now - current.born >= SESSION_CONTEXT_LIFETIME):
+            current = self._session_contexts[profile] = _Generation(
+                self._build_context(self._material, profile, UNBOUND), now)
+        if issue:
+            current.served += 1
+        return current.context
+
+    def _seconds(self) -> float:
+        return time.time() if self._clock is None else self._clock.seconds()
 
     def _now(self) -> datetime:
         if self._clock is None:
@@ -509,6 +612,7 @@ class TLSContextSource:
             context.set_alpn_select_callback(_alpn_selector(profile))
         if self._client_cas is not None:
             request_client_certificates(context, self._client_cas)
+        callback_problems_per_thread(context)
         return context
 
 

@@ -34,7 +34,8 @@ from rumpus_secure.tls import FTP_ALPN, TLSContextSource, ensure_certificate
 @pytest.fixture(scope="module")
 def control_context(tmp_path_factory: pytest.TempPathFactory) -> SSL.Context:
     """
-    The context of one control connection (a context of its own).
+    The session context of the control connections (shared; a connection
+    made on it directly has the unbound session id context).
     """
     info = ensure_certificate(tmp_path_factory.mktemp("tls"), "localhost", None, None)
     return TLSContextSource(info.cert_path, info.key_path).per_session_factory(
@@ -275,6 +276,70 @@ def test_the_private_pyopenssl_parts_we_use_are_still_there() -> None:
     for attribute in ("_ssl", "_from_ssl", "_into_ssl", "_raise_ssl_error"):
         assert hasattr(connection, attribute), f"SSL.Connection.{attribute} is gone"
     assert lib.SSL_session_reused(connection._ssl) == 0
+
+
+def test_the_private_openssl_parts_of_the_session_binding_are_still_there(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """
+    L{rumpus_secure.tls.bound_connection} gives each FTP control connection
+    (and its data connections) a session id context of its own through
+    C{OpenSSL._util.lib.SSL_CTX_set_session_id_context} on the pyOpenSSL
+    context's private C{_context}, relying on OpenSSL copying the context's
+    sid_ctx into a connection when C{SSL.Connection()} creates it (and
+    never again).  If pyOpenSSL or cryptography drops either part, or the
+    copy stops happening at creation, this fails by name: the data channel
+    binding (issue #11) depends on it.  (Should cryptography ever export
+    C{SSL_set_session_id_context}, bound_connection can use it instead.)
+    """
+    from OpenSSL._util import ffi, lib
+
+    from rumpus_secure import tls
+
+    assert hasattr(lib, "SSL_CTX_set_session_id_context"), (
+        "OpenSSL._util.lib.SSL_CTX_set_session_id_context is gone")
+    info = ensure_certificate(tmp_path_factory.mktemp("sid"), "localhost", None, None)
+    context = TLSContextSource(info.cert_path, info.key_path).per_session_factory(
+        FTP_ALPN).getContext()
+    assert isinstance(getattr(context, "_context", None), ffi.CData), (
+        "SSL.Context._context is gone")
+    assert lib.SSL_CTX_set_session_id_context(context._context, b"x" * 33, 33) == 0
+    # A connection keeps the sid_ctx it was made with while the context's
+    # changes: a session made on it resumes under that sid_ctx only.
+    first = tls.bound_connection(context, b"A" * 32)
+    second = tls.bound_connection(context, b"B" * 32)
+    assert tls.session_binding(first) == tls.SessionBinding(context, b"A" * 32)
+    assert tls.session_binding(second) == tls.SessionBinding(context, b"B" * 32)
+    client = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    client.set_max_proto_version(SSL.TLS1_2_VERSION)
+    client.set_options(SSL.OP_NO_TICKET)
+
+    def handshake(server: SSL.Connection, session: Any = None) -> SSL.Connection:
+        connection = SSL.Connection(client, None)
+        connection.set_connect_state()
+        if session is not None:
+            connection.set_session(session)
+        server.set_accept_state()
+        for _ in range(10):
+            for one, other in ((connection, server), (server, connection)):
+                try:
+                    one.do_handshake()
+                except SSL.WantReadError:
+                    pass
+                try:
+                    other.bio_write(one.bio_read(65536))
+                except SSL.WantReadError:
+                    pass
+        tls.keep_session_resumable(server)
+        tls.keep_session_resumable(connection)  # freed: the session stays usable
+        return connection
+
+    session = handshake(first).get_session()
+    again = tls.bound_connection(context, b"A" * 32)
+    handshake(again, session)
+    assert lib.SSL_session_reused(again._ssl) == 1
+    other = tls.bound_connection(context, b"B" * 32)
+    handshake(other, session)
+    assert lib.SSL_session_reused(other._ssl) == 0
 
 
 def test_a_closed_listener_lets_its_owner_go_without_the_garbage_collector() -> None:

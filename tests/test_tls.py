@@ -39,6 +39,7 @@ from rumpus_secure.tls import (
     keep_session_resumable,
     load_certificate,
     pinned_context_factory,
+    session_binding,
     session_reused,
 )
 
@@ -666,10 +667,12 @@ def test_per_session_contexts_resume_only_their_own_session(
 ) -> None:
     """
     Issue #11: a data connection pinned to a control connection's context
-    resumes that control connection's session, and not the session of
-    another control connection of the same profile (a thief at the same
-    address resuming its own session), with TLS 1.3 tickets, TLS 1.2
-    tickets and TLS 1.2 session ids.
+    and session id context resumes that control connection's session, and
+    not the session of another control connection of the same profile (a
+    thief at the same address resuming its own session), with TLS 1.3
+    tickets, TLS 1.2 tickets and TLS 1.2 session ids.  Both control
+    connections share one context (its cache, its ticket keys): the
+    session id context alone tells them apart.
     """
     source = TLSContextSource(*pair)
     client = _client_context(max_version=version, min_version=version)
@@ -679,7 +682,11 @@ def test_per_session_contexts_resume_only_their_own_session(
     victim = _handshake(sessions, client, alpn=[b"ftp"])
     thief = _handshake(sessions, client, alpn=[b"ftp"])
     assert victim.ok and thief.ok
-    assert victim.server.get_context() is not thief.server.get_context()
+    assert victim.server.get_context() is thief.server.get_context()
+    victim_binding = session_binding(victim.server)
+    thief_binding = session_binding(thief.server)
+    assert victim_binding is not None and thief_binding is not None
+    assert victim_binding.session_id_context != thief_binding.session_id_context
     victim.exchange()
     thief.exchange()
     victim_session = victim.client.get_session()

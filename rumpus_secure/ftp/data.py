@@ -11,7 +11,8 @@ starts, only to the control peer's own address on a port from 1024 up
 The same address is not the same client (NAT, a shared host, a proxy).
 Under PROT P a passive connection from the right address is taken only if
 its TLS handshake resumed I{this} control connection's session (the control
-connection has a TLS context of its own, L{rumpus_secure.tls}); any other is
+connection has a TLS session id context of its own, L{rumpus_secure.tls});
+any other is
 closed, audited as C{ftp.data_refused} (reason C{foreign-session}, or
 C{tls-failed}), and the port goes on waiting for the rightful client.
 

@@ -40,8 +40,8 @@ class ControlFactory(protocol.ServerFactory):
 
     @property
     def tls_context(self) -> Any:
-        # A TLS context per control connection: its data connections can
-        # resume its session and nobody else's (tls.per_session_factory).
+        # A TLS session identity per control connection: its data connections
+        # can resume its session and nobody else's (tls.per_session_factory).
         return self.shared.tls.per_session_factory([b"ftp"])
 
     def buildProtocol(self, addr: Any) -> ControlProtocol:

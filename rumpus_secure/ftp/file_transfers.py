@@ -54,6 +54,7 @@ from rumpus_secure.ftp.transfer import (
     send_file,
     send_stream,
 )
+from rumpus_secure.tls import session_binding
 from rumpus_secure.vfs import (
     AbortOutcome,
     AlreadyExists,
@@ -185,10 +186,13 @@ class TransferCommands:
             return None
         config = self.config  # type: ignore[attr-defined]
         context = self.tls_context_in_use  # type: ignore[attr-defined]
+        binding = self.tls_binding  # type: ignore[attr-defined]
         if context is None:
-            context = self.transport.getHandle().get_context()  # type: ignore[attr-defined]
+            handle = self.transport.getHandle()  # type: ignore[attr-defined]
+            context, binding = handle.get_context(), session_binding(handle)
         return TLSSettings(
             context=context,
+            binding=binding,
             require_reuse=config.data_tls_reuse == "required",
             strict_eof=config.data_tls_strict_eof,
         )

@@ -21,6 +21,7 @@ from OpenSSL import SSL
 
 from rumpus_secure.ftp.policy import AUTH_MECHANISMS
 from rumpus_secure.handshake import watch_handshake
+from rumpus_secure.tls import SessionBinding, session_binding
 
 
 class TLSCommands:
@@ -35,6 +36,11 @@ class TLSCommands:
     pbsz_done: bool
     transport: Any
 
+    #: The control connection's TLS session identity (context and session
+    #: id context) that its data connections must resume; set when the
+    #: handshake completes (L{rumpus_secure.tls.session_binding}).
+    tls_binding: SessionBinding | None = None
+
     def handshakeCompleted(self) -> None:
         self._cancel_handshake_deadline()
         connection = self._tls_connection()
@@ -44,6 +50,7 @@ class TLSCommands:
             # transfer may still be set up after the control connection has
             # gone (its transport is None then).
             self.tls_context_in_use = connection.get_context()
+            self.tls_binding = session_binding(connection)
         self._audit("ftp.tls_established", outcome="ok",
                     mode="implicit" if self.implicit else "explicit")
         if self.implicit and not self._closing:

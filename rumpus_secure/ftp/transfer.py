@@ -9,11 +9,12 @@ the rest happens in a worker thread:
 
  1. take the connected socket (accepted passively, or connected actively);
  2. under PROT P, run the TLS handshake as the TLS I{server} (RFC 4217
-    section 7) with the control connection's own context, and when reuse is
-    required refuse a handshake that did not resume a session.  That context
-    belongs to the control connection alone (L{rumpus_secure.tls}), so the
-    only sessions it can resume are the ones issued to that control
-    connection and to its own data connections; the refusal comes before
+    section 7) with the control connection's context and session id context
+    (C{TLSSettings.binding}), and when reuse is required refuse a handshake
+    that did not resume a session.  That session id context belongs to the
+    control connection alone (L{rumpus_secure.tls}), so the only sessions it
+    can resume are the ones issued to that control connection and to its
+    own data connections; the refusal comes before
     our first handshake byte, so a refused client is issued no session or
     ticket that it could resume on a second try (L{SessionNotResumed});
  3. run the job: send a file or a listing, or receive into an upload;
@@ -46,7 +47,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from rumpus_secure.tls import keep_session_resumable, session_reused
+from rumpus_secure.tls import SessionBinding, keep_session_resumable, session_reused
 
 _log = Logger()
 
@@ -111,6 +112,8 @@ class TLSSettings:
     TLS for one data connection.
 
     @ivar context: the control connection's C{SSL.Context}.
+    @ivar binding: the control connection's session identity; the data
+        connection is made with it (L{rumpus_secure.tls.SessionBinding}).
     @ivar require_reuse: refuse a handshake that does not resume a session.
     @ivar strict_eof: treat a close without close_notify as truncation.
     """
@@ -123,6 +126,7 @@ class TLSSettings:
     #: none).  See L{rumpus_secure.ftp.client_cert_login}.
     check_client_cert: bool = False
     client_cert: str | None = None
+    binding: SessionBinding | None = None
 
 
 class _Aborted(Exception):
@@ -305,7 +309,8 @@ class _Channel:
         its close_notify once the upload has been read to the end (a client
         such as Python's ftplib waits for that close_notify).
         """
-        tls = SSL.Connection(settings.context, None)
+        tls = (settings.binding.connection() if settings.binding is not None
+               else SSL.Connection(settings.context, None))
         # Idle control connections release their record buffers to save
         # memory; a bulk data connection would re-allocate them per record.
         # pyOpenSSL turns partial writes on, which makes SSL_write return

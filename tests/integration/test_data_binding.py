@@ -13,11 +13,15 @@ transfer completes with the victim's bytes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 import socket
 import ssl
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -266,3 +270,75 @@ def test_thief_alone_ends_in_522_after_the_connect_timeout(
         [reply] = victim.reply()
         assert reply.startswith("522 ") and "session" in reply, reply
         assert victim.command("NOOP")[0].startswith("200")
+
+
+def _fingerprint(sock: ssl.SSLSocket) -> str:
+    der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return hashlib.sha256(der).hexdigest()
+
+
+@pytest.mark.parametrize("mode", TLS_MODES)
+def test_data_connections_resume_across_a_certificate_reload(
+        tmp_path: Path, mode: str) -> None:
+    """
+    Issue #18: one TLS context serves every control connection, and a
+    reload replaces it.  A victim logged in before a certificate reload
+    (SIGHUP) still gets its data connections after it, resuming its
+    session on the context it was made on; a thief logged in after the
+    reload, on the new context, at the same address, still gets nothing
+    from the victim's port; new connections get the new certificate.
+    """
+    from rumpus_secure.audit import read_events
+    from rumpus_secure.certificates import ensure_certificate
+
+    (tmp_path / "server").mkdir()
+    with ServerProcess(tmp_path / "server", safe_list="127.0.0.0/8",
+                       cert_check_interval="0") as server:
+        assert server.process is not None
+        server.add_user("rvictim", "reload-victim-pw-1")
+        server.add_user("rthief", "reload-thief-pw-1")
+        secret = os.urandom(200_000)
+        (server.home("rvictim") / "secret.bin").write_bytes(secret)
+        victim_user = User("rvictim", "reload-victim-pw-1", server.home("rvictim"))
+        thief_user = User("rthief", "reload-thief-pw-1", server.home("rthief"))
+        with Control(server.ftp_port, mode, victim_user) as victim:
+            old = _fingerprint(victim.sock)
+            before = victim.data(victim.passive_port())
+            victim.send("LIST\r\n")
+            assert victim.reply()[0].startswith("150")
+            _read_all(before)
+            assert victim.reply()[0].startswith("226")
+
+            new = ensure_certificate(tmp_path / "new", "localhost", None, None)
+            for source, target in ((new.key_path, server.data_dir / "tls" / "key.pem"),
+                                   (new.cert_path, server.cert_path)):
+                aside = target.with_name(target.name + ".new")
+                aside.write_bytes(source.read_bytes())
+                os.replace(aside, target)
+            server.process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while not [e for e in read_events(server.audit_path)
+                       if e["event"] == "tls.reload" and e["outcome"] == "ok"]:
+                assert time.monotonic() < deadline, "no tls.reload"
+                time.sleep(0.05)
+
+            with Control(server.ftp_port, mode, thief_user) as thief:
+                assert _fingerprint(thief.sock) != old
+                # The thief's session is good on its own (new) context ...
+                own = thief.data(thief.passive_port())
+                thief.send("LIST\r\n")
+                assert thief.reply()[0].startswith("150")
+                _read_all(own)
+                assert thief.reply()[0].startswith("226")
+                for _ in range(2):  # ... the victim's on its old one.
+                    port = victim.passive_port()
+                    victim.send("RETR secret.bin\r\n")
+                    assert victim.reply()[0].startswith("150")
+                    assert _steal(thief, port) == (False, b"")
+                    assert _read_all(victim.data(port)) == secret
+                    assert victim.reply()[0].startswith("226")
+            assert _fingerprint(victim.sock) == old
+        assert [r["reason"] for r in _refusals(server, "rvictim")] == [
+            "foreign-session", "foreign-session"]
+    assert "Traceback" not in server.log_text(), server.log_text()
