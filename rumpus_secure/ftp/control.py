@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 from collections import deque
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
@@ -136,7 +137,9 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
         The client's address; still known once the connection is gone (the
         audit of a transfer that ends after it said ``?``).
         """
-        if self.transport is not None:
+        # Asked about a dozen times a login; the peer of a connection does
+        # not change (a PROXY header is read before this protocol exists).
+        if self._last_host == "?" and self.transport is not None:
             self._last_host = _peer_host(self.transport)
         return self._last_host
 
@@ -354,7 +357,23 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
             # later, unrelated STOR short.
             self._rest = 0
         # Waits for the account's latest state (rumpus_secure.ftp.account_state).
-        result = defer.maybeDeferred(self._dispatch_when_current, verb, argument)
+        try:
+            answer = self._dispatch_when_current(verb, argument)
+        except BaseException:
+            answer = Failure()
+        if not isinstance(answer, (defer.Deferred, CoroutineType)):
+            # Answered at once (most commands): the handlers of the chain
+            # below, in the same order, without building it (a Deferred and
+            # five callbacks per command).
+            try:
+                if isinstance(answer, Failure):
+                    self._failed(answer, verb[:16])
+                else:
+                    self._replied(answer)
+            except BaseException:
+                self._reply_failed(Failure())
+            return
+        result = defer.maybeDeferred(lambda: answer)
         result.addCallbacks(self._replied, self._failed, errbackArgs=(verb[:16],))
         result.addErrback(self._reply_failed)
         done: list[bool] = []
@@ -369,8 +388,13 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
     def _finished(self, ignored: Any) -> None:
         # Resume on the next turn of the reactor, not inside whatever fired
         # the command's Deferred (a data connection's connectionMade, say).
-        if not self._closing:
-            self._drain_call = self.reactor.callLater(0, self._drain)
+        if self._closing:
+            return
+        if not self._pending and not self._reading_paused:
+            # Nothing waits to be executed or resumed: no turn to wait for.
+            self._busy = False
+            return
+        self._drain_call = self.reactor.callLater(0, self._drain)
 
     def _drain(self) -> None:
         self._drain_call = None
