@@ -125,11 +125,38 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
         self._login_timer: Any = None
         self._abort_timer: Any = None
         self._handshake_deadline: Any = None
+        #: The idle, close and line deadlines (coarse: see timer_wheel).
+        self._timers = session_factory.shared.timers
+        self._idle_timer: Any = None
 
     # -- plumbing -------------------------------------------------------
 
     def callLater(self, period: float, func: Any) -> Any:
         return self.reactor.callLater(period, func)
+
+    # The idle timeout of TimeoutMixin (Twisted's FTP), on the timer wheel:
+    # every command moves it, and there a move is one assignment.
+
+    def setTimeout(self, period: float | None) -> float | None:
+        previous, self.timeOut = self.timeOut, period
+        timer = self._idle_timer
+        if period is None:
+            if timer is not None:
+                timer.cancel()
+                self._idle_timer = None
+        elif timer is not None and timer.active():
+            timer.reset(period)
+        else:
+            self._idle_timer = self._timers.schedule(period, self._idle_timed_out)
+        return previous
+
+    def resetTimeout(self) -> None:
+        if self._idle_timer is not None and self.timeOut is not None:
+            self._idle_timer.reset(self.timeOut)
+
+    def _idle_timed_out(self) -> None:
+        self._idle_timer = None
+        self.timeoutConnection()
 
     @property
     def client_host(self) -> str:
@@ -194,7 +221,7 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
                 # A TLS connection closes only once its close_notify is
                 # written; a client that keeps sending (a line that never
                 # ends) must not keep it open: cut it after a grace.
-                self._abort_timer = self.reactor.callLater(CLOSE_GRACE, self._abort)
+                self._abort_timer = self._timers.schedule(CLOSE_GRACE, self._abort)
 
     def _abort(self) -> None:
         self._abort_timer = None
@@ -276,7 +303,7 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
                         error=reason.getErrorMessage()[:200])
         self._closing = True
         self._cancel_login_timer()
-        if self._abort_timer is not None and self._abort_timer.active():
+        if self._abort_timer is not None:
             self._abort_timer.cancel()
         self._abort_timer = None
         if self.guard is not None:
@@ -553,10 +580,10 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
         if self._line_timer is not None and completed_a_line:
             self._cancel_line_timer()
         if self._line_timer is None:
-            self._line_timer = self.reactor.callLater(timeout, self._line_timed_out)
+            self._line_timer = self._timers.schedule(timeout, self._line_timed_out)
 
     def _cancel_line_timer(self) -> None:
-        if self._line_timer is not None and self._line_timer.active():
+        if self._line_timer is not None:
             self._line_timer.cancel()
         self._line_timer = None
 
