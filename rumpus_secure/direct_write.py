@@ -21,8 +21,10 @@ out:
    held, and sent with one C{send()} when that read is done.  Several reply
    lines of one command (FEAT, HELP), or a reply and the TLS close_notify
    after it, still leave in one segment, as Twisted's buffering made them;
- - what is written at any other time (a reply after a password check in a
-   thread, a timer's 421) is sent at once;
+ - what is written at any other time (a timer's 421) is sent at once,
+   unless the protocol holds writes itself (L{DirectWriteServer.hold_writes}:
+   the control connection does, around a command run after a thread's
+   answer, so that QUIT's 221 and the TLS close_notify leave together);
  - only what the kernel does not take (a full socket buffer) is handed to
    Twisted's own buffer, and from there everything is as before: epoll,
    C{doWrite}, producers paused and resumed, errors reported through
@@ -63,16 +65,18 @@ from zope.interface.declarations import Provides
 _SPECS: dict[tuple[type, tuple[Any, ...]], Any] = {}
 
 
-def _provide(obj: Any, interfaces: tuple[Any, ...]) -> None:
+def _provide(obj: Any, interfaces: Any) -> None:
     """
-    C{directlyProvides(obj, *interfaces)}, with the specification built once.
+    C{directlyProvides(obj, *interfaces)}, with the specification built once
+    per class of C{obj} and C{interfaces} (a tuple, or the specification of
+    another object: iterating one takes about 50 generator calls).
     """
     key = (type(obj), interfaces)
     spec = _SPECS.get(key)
     if spec is None:
         if len(_SPECS) > 64:  # bounded: a handful of transport kinds
             _SPECS.clear()
-        directlyProvides(obj, *interfaces)
+        directlyProvides(obj, *tuple(interfaces))
         _SPECS[key] = obj.__provides__
     else:
         obj.__provides__ = spec
@@ -145,7 +149,7 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
         # all the transport's interfaces instead of one per interface.
         self._tlsConnection = self.factory._creatorCallable(self)
         self._appSendBuffer = []
-        _provide(self, tuple(providedBy(transport)))
+        _provide(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
         if self._connectWrapped:
@@ -173,9 +177,26 @@ class DirectWriteServer(tcp.Server):
         try:
             return super().doRead()
         finally:
-            held, self._held = self._held, None
-            if held:
-                _send(self, held[0] if len(held) == 1 else b"".join(held))
+            self._release()
+
+    def hold_writes(self) -> Any:
+        """
+        Hold what is written until the returned function is called, then
+        send it in one piece; L{None} (nothing to call) when writes are
+        already held, by a read being handled or an outer hold.
+
+        For work done outside a read: a command answered after a thread's
+        result (a reply and the TLS close_notify after it).
+        """
+        if self._held is not None:
+            return None
+        self._held = []
+        return self._release
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            _send(self, held[0] if len(held) == 1 else b"".join(held))
 
     def write(self, data: bytes) -> None:
         if self.TLS:

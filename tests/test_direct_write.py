@@ -366,3 +366,30 @@ def test_ftp_listeners_use_direct_writes(tmp_path: Any) -> None:
     assert isinstance(found["ftp"].endpoint, DirectWriteEndpoint)
     assert isinstance(found["ftps"].endpoint, DirectWriteEndpoint)
     assert not isinstance(found["https"].endpoint, DirectWriteEndpoint)
+
+
+@pytest_twisted.ensureDeferred
+async def test_held_writes_leave_together_and_holds_do_not_nest() -> None:
+    port, factory = await _listen()
+    try:
+        sent = defer.Deferred()
+
+        def later() -> None:
+            server = factory.connections[0]
+            release = server.transport.hold_writes()
+            assert server.transport.hold_writes() is None  # already held
+            server.transport.write(b"221 bye\r\n")
+            server.transport.write(b"close\r\n")
+            assert server.counter.sends == [b"hello\r\n"]
+            release()
+            sent.callback(list(server.counter.sends))
+
+        def script(sock: socket.socket) -> bytes:
+            _read_until(sock, b"hello\r\n")
+            reactor.callFromThread(reactor.callLater, 0, later)
+            return _read_until(sock, b"close\r\n")
+
+        assert await _client(port.getHost().port, script) == b"221 bye\r\nclose\r\n"
+        assert await sent == [b"hello\r\n", b"221 bye\r\nclose\r\n"]
+    finally:
+        await port.stopListening()

@@ -389,28 +389,42 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
         except BaseException:
             answer = Failure()
         if not isinstance(answer, (defer.Deferred, CoroutineType)):
-            # Answered at once (most commands): the handlers of the chain
-            # below, in the same order, without building it (a Deferred and
-            # five callbacks per command).
-            try:
-                if isinstance(answer, Failure):
-                    self._failed(answer, verb[:16])
-                else:
-                    self._replied(answer)
-            except BaseException:
-                self._reply_failed(Failure())
+            # Answered at once (most commands): no Deferred at all (it was
+            # maybeDeferred and five callbacks per command).
+            self._answer(answer, verb[:16])
             return
-        result = defer.maybeDeferred(lambda: answer)
-        result.addCallbacks(self._replied, self._failed, errbackArgs=(verb[:16],))
-        result.addErrback(self._reply_failed)
-        done: list[bool] = []
-        result.addBoth(done.append)
-        # Not result.called: a Deferred waiting on one its callback returned
+        if not isinstance(answer, defer.Deferred):
+            answer = defer.Deferred.fromCoroutine(answer)
+        waiting = False
+        done = False
+
+        def settle(outcome: Any) -> None:
+            nonlocal done
+            self._answer(outcome, verb[:16])
+            done = True
+            if waiting:
+                self._finished(None)
+
+        answer.addBoth(settle)
+        # Not answer.called: a Deferred waiting on one its callback returned
         # (a delayed login failure) is called but not finished.
         if done:
             return
+        waiting = True
         self._busy = True
-        result.addBoth(self._finished)
+
+    def _answer(self, outcome: Any, verb: str) -> None:
+        """
+        Reply with a command's outcome: a reply (L{_replied}) or a failure
+        (L{_failed}); a failure to reply closes the connection.
+        """
+        try:
+            if isinstance(outcome, Failure):
+                self._failed(outcome, verb)
+            else:
+                self._replied(outcome)
+        except BaseException:
+            self._reply_failed(Failure())
 
     def _finished(self, ignored: Any) -> None:
         # Resume on the next turn of the reactor, not inside whatever fired
@@ -477,11 +491,17 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
             if argument.strip():
                 return f"501 {verb} takes no argument."
             argument = None  # "NOOP " with a trailing space
-        if argument is None:
-            if needs:
-                raise _MissingArgument(verb)
-            return method()
-        return method(argument)
+        if argument is None and needs:
+            raise _MissingArgument(verb)
+        # What the command writes leaves in one segment, also when it runs
+        # after a thread's answer rather than inside a read (direct_write).
+        hold = getattr(self.transport, "hold_writes", None)
+        release = hold() if hold is not None else None
+        try:
+            return method() if argument is None else method(argument)
+        finally:
+            if release is not None:
+                release()
 
     def _reset_session(self) -> None:
         """
