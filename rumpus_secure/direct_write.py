@@ -90,10 +90,11 @@ def _send(connection: Any, data: bytes) -> None:
     """
     if not isinstance(data, bytes):
         raise TypeError(f"Data must be bytes, not {type(data).__name__}")
-    if not data or not connection.connected or connection._writeDisconnected:
+    held = connection._held
+    if held is not None:
+        held.append(data)  # sent (or dropped, if the connection is gone) on release
         return
-    if connection._held is not None:
-        connection._held.append(data)
+    if not data or not connection.connected or connection._writeDisconnected:
         return
     if (connection.dataBuffer or connection._tempDataBuffer
             or connection._aborting):
@@ -196,7 +197,7 @@ class DirectWriteServer(tcp.Server):
     def _release(self) -> None:
         held, self._held = self._held, None
         if held:
-            _send(self, held[0] if len(held) == 1 else b"".join(held))
+            _send(self, b"".join(held) if len(held) > 1 else held[0])
 
     def write(self, data: bytes) -> None:
         if self.TLS:

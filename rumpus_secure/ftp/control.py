@@ -294,7 +294,9 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
         )
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        if reason.check(SSL.Error) is not None:
+        # Not reason.check(SSL.Error): it spells out the qualified names of
+        # every class in the error's ancestry, on every connection's end.
+        if isinstance(reason.value, SSL.Error):
             _log.info(
                 "TLS handshake with {client} failed: {error}",
                 client=self.client_host, error=reason.getErrorMessage(),
