@@ -95,7 +95,7 @@ def syscalls_per_login(server: Server, logins: int, workers: int) -> dict[str, f
     counts: dict[str, float] = {}
     for line in out.read_text().splitlines():
         match = _STRACE_ROW.match(line)
-        if match:
+        if match and match.group(2) != "total":
             counts[match.group(2)] = int(match.group(1)) / done
     out.unlink()
     return counts
