@@ -357,6 +357,17 @@ def _endpoint(reactor: Any, label: str, description: str,
     return endpoint
 
 
+def _ftp_endpoint(reactor: Any, label: str, description: str,
+                  trusted: tuple[str, ...] = ()) -> Any:
+    """
+    L{_endpoint} for an FTP control listener: its TCP connections send
+    replies when written (L{rumpus_secure.direct_write}).
+    """
+    from rumpus_secure.direct_write import direct_write_endpoint
+
+    return direct_write_endpoint(_endpoint(reactor, label, description, trusted))
+
+
 @dataclass
 class Server:
     """
@@ -897,7 +908,8 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     server.ftp_factory = ftp_factory = build_ftp_factory(server, reactor)
     if config.ftp:
         ListenerService(
-            "ftp", config.ftp, _endpoint(reactor, "ftp", config.ftp, config.trusted_proxies),
+            "ftp", config.ftp,
+            _ftp_endpoint(reactor, "ftp", config.ftp, config.trusted_proxies),
             ftp_factory.plain(),
         ).setServiceParent(top)
     if config.ftps:
@@ -909,7 +921,8 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
         )
         implicit.observers.append(watch_wrong_port(server, "ftp", ftp_credentials))
         ListenerService(
-            "ftps", config.ftps, _endpoint(reactor, "ftps", config.ftps, config.trusted_proxies),
+            "ftps", config.ftps,
+            _ftp_endpoint(reactor, "ftps", config.ftps, config.trusted_proxies),
             implicit,
         ).setServiceParent(top)
     if config.https:

@@ -19,6 +19,7 @@ from rumpus_secure.ftp.passive import PortPool
 from rumpus_secure.ftp.policy import ControlPolicy
 from rumpus_secure.ftp.transfer import TransferEngine
 from rumpus_secure.long_work import LongWork
+from rumpus_secure.timer_wheel import TimerWheel
 
 
 class ControlFactory(protocol.ServerFactory):
@@ -82,6 +83,8 @@ class FTPFactories:
         self.engine = getattr(server, "transfer_engine", None) or TransferEngine(
             reactor, idle_timeout=self.config.data_idle_timeout)
         self.errors = ErrorReports(reactor)
+        #: The control connections' idle, close and line deadlines.
+        self.timers = TimerWheel(reactor)
         #: Whole-file HASH and other long work: not the shared thread pool.
         self.long_work: LongWork = getattr(server, "long_work", None) or LongWork(reactor)
 
