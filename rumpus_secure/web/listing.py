@@ -54,6 +54,17 @@ ICONS = {ext: icon for icon, exts in _ICON_BY_EXTENSION.items() for ext in exts}
 PREVIEW_IMAGE = ("png", "jpg", "jpeg", "gif", "webp", "bmp", "ico")
 
 
+#: Bidirectional controls: in a name they reorder what the page shows
+#: (``"\u202egnp.exe"`` reads as ``exe.png``), so a name shows them as text.
+_BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+_SHOW_BIDI = str.maketrans({c: f"[U+{ord(c):04X}]" for c in _BIDI})
+
+
+def shown_name(name: str) -> str:
+    """A name as the page shows it: escaped, its bidirectional controls visible."""
+    return esc(name).translate(_SHOW_BIDI)
+
+
 def icon_for(entry: Entry) -> str:
     """The sprite symbol for an entry: its kind, or its file type."""
     if entry.kind == "dir":
@@ -94,7 +105,7 @@ def crumbs(vpath: str) -> str:
     for index, name in enumerate(parts):
         target = dir_url(join_path("/", "/".join(parts[: index + 1])))
         current = " aria-current=page" if index == len(parts) - 1 else ""
-        links.append(f"<a href='{esc(target)}'{current}>{esc(name)}</a>")
+        links.append(f"<a href='{esc(target)}'{current}>{shown_name(name)}</a>")
     return "<nav class=crumbs aria-label='Folder path'>" + " / ".join(links) + "</nav>"
 
 
@@ -143,18 +154,19 @@ def row(dir_arg: str, entry: Entry, perms: frozenset[str]) -> str:
     @param dir_arg: the folder as a query value ending in ``%2F``.
     """
     name = esc(entry.name)
+    shown = name.translate(_SHOW_BIDI)
     quoted = url_arg(entry.name)  # also quotes ':' so it never reads as a scheme
     icon = icon_for(entry)
     download = entry.kind == "file" and "download" in perms
     if entry.kind == "dir":
-        link = f"<a href='{quoted}/'>{name}/</a>"
+        link = f"<a href='{quoted}/'>{shown}/</a>"
         size = "<span class=kind>folder</span>"
     elif download:
-        link = f"<a href='{quoted}'>{name}</a>"
+        link = f"<a href='{quoted}'>{shown}</a>"
         size = human_size(entry.size)
     else:
         kind = "" if entry.kind == "file" else f" <span class=kind>({esc(entry.kind)})</span>"
-        link = f"<span>{name}</span>{kind}"
+        link = f"<span>{shown}</span>{kind}"
         size = human_size(entry.size) if entry.kind == "file" else ""
     actions = []
     if download:
@@ -170,7 +182,7 @@ def row(dir_arg: str, entry: Entry, perms: frozenset[str]) -> str:
     pick = ""
     if ("download" in perms or "delete" in perms) and entry.kind in ("file", "dir"):
         pick = (f"<input type=checkbox form=bulk name=name value='{name}' "
-                f"aria-label='Select {name}'>")
+                f"aria-label='Select {shown}'>")
     preview = ""
     if download:
         if icon == "img" and entry.name.rpartition(".")[2].lower() in PREVIEW_IMAGE:
@@ -323,7 +335,8 @@ def page_links(view: FolderView, shown: int, total: int) -> str:
             parts.append(f"<a href='?page={view.page + 1}' rel=next>Next page</a>")
         megabytes = total * ROW_BYTES / 1e6
         parts.append(f"<a href='?page=all'>Show all {total:,} on one page</a> "
-                     f"<span class=muted>(about {megabytes:,.0f} MB: slow in a "
+                     f"<span class=muted>(about {megabytes:,.{0 if megabytes >= 10 else 1}f}"
+                     " MB: slow in a "
                      "browser)</span>")
     return ("<nav class=pages id=pages aria-label='Pages of this folder'><p>"
             + " ".join(parts) + "</p></nav>")
@@ -387,17 +400,17 @@ class ListingPage:
                 elif not parts:
                     self._mark(text)
                     continue
-                piece = "".join(parts).encode("utf-8", "surrogateescape")
+                piece = "".join(parts).encode("utf-8")
                 parts, size = [], 0
                 self._mark(text)
                 yield piece
             if parts:
-                yield "".join(parts).encode("utf-8", "surrogateescape")
+                yield "".join(parts).encode("utf-8")
         except VFSError as e:
             message = e.message[:1].upper() + e.message[1:]
             yield ("".join(parts) + self.closing_text(
                 f"The listing stopped here: {message}. Reload the page to try again."
-            )).encode("utf-8", "surrogateescape")
+            )).encode("utf-8")
         finally:
             self._scan.close()
 
