@@ -22,8 +22,8 @@ from twisted.internet import defer
 from twisted.web.test.requesthelper import DummyRequest
 
 from rumpus_secure.vfs import DirScan, Entry, JailedFS, PermissionDenied
-from rumpus_secure.web import listing
-from rumpus_secure.web.listing import FolderView, ListingPage, page_number
+from rumpus_secure.web import folder_page as listing
+from rumpus_secure.web.folder_page import FolderView, ListingPage, page_number
 from rumpus_secure.web.pagestream import PageProducer
 from rumpus_secure.web.site import build_https_site
 from tests.manual_thread import ManualThread

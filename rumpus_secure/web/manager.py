@@ -39,15 +39,8 @@ from rumpus_secure.web.app import (
     status_for,
 )
 from rumpus_secure.web.download import content_disposition, send_file
-from rumpus_secure.web.listing import (
-    SORT_KEYS,
-    FolderView,
-    ListingPage,
-    dir_url,
-    files_url,
-    page_number,
-    parent_of,
-)
+from rumpus_secure.web.folder_page import FolderView, ListingPage, page_number
+from rumpus_secure.web.listing import SORT_KEYS, dir_url, files_url, parent_of
 from rumpus_secure.web.pages import esc, page, page_frame, url_arg
 from rumpus_secure.web.pagestream import PageProducer
 from rumpus_secure.web.respond import error_page, run, see_other, send, send_json
@@ -238,7 +231,7 @@ class FilesResource(ManagerResource):
                     scan: DirScan, fs: Any, since: int | None) -> None:
         """
         A folder's page, streamed as the folder is read (see
-        L{rumpus_secure.web.listing} and L{rumpus_secure.web.pagestream}).
+        L{rumpus_secure.web.folder_page} and L{rumpus_secure.web.pagestream}).
         """
         if not request.path.endswith(b"/") or request.method == b"HEAD" or getattr(
                 request, "_disconnected", False):

@@ -2,11 +2,11 @@
 A page written while it is made: pieces of HTML made in a thread, one
 ahead of the network.
 
-A folder of 100,000 entries is about 75 MB of HTML and takes seconds to
+A folder of 100,000 entries is about 88 MB of HTML and takes seconds to
 make (each entry is an ``lstat`` and a row of string work).  Made whole and
-sent at once, the browser waited for all of it, and the server held it all
-(see L{rumpus_secure.web.listing}).  L{PageProducer} instead asks a thread
-for one piece (L{rumpus_secure.web.listing.PIECE}, 64 KiB) at a time: the
+sent at once, the browser waited for all of it, and the server held it
+all (see L{rumpus_secure.web.folder_page}).  L{PageProducer} instead asks a
+thread for one piece (L{rumpus_secure.web.folder_page.PIECE}, 64 KiB) at a time: the
 next piece is made while the last one is written, and none is asked for
 while the transport has paused us (its buffer is full because the client
 reads slower than we make), so what the server holds for a page is one
