@@ -471,3 +471,45 @@ def test_listing_waits_for_its_pieces_not_the_reactor(server, site, small):
     while pieces.held:
         pieces.release()
     assert len(rows(parse_response(connection.transport.value()).body)) == 200
+
+
+def test_a_client_that_reads_nothing_is_cut_and_the_walk_closed(tmp_path, small):
+    from twisted.internet.task import Clock
+
+    home = tmp_path / "home"
+    fill(home / "big", 300)
+    fs = JailedFS(home, ALL)
+    scan = WatchedScan(fs.scan_dir("/big"))
+    request, threads, clock = StreamRequest(), ManualThread(), Clock()
+    aborted: list[bool] = []
+    request.channel = type("Channel", (), {"transport": type(
+        "Transport", (), {"abortConnection": lambda self: aborted.append(True)})()})()
+    page_ = ListingPage(FolderView("/big", ALL, "t", page=None), scan,  # type: ignore[arg-type]
+                        lambda: fs.scan_dir("/big"), "<top>", END)
+    producer = PageProducer(request, page_.pieces(), threads, page_.closing,
+                            close=page_.close, clock=clock, stall_timeout=30)
+    producer.start()
+    threads.run_next()
+    producer.pauseProducing()
+    threads.run_next()  # kept, not written
+    clock.advance(29)
+    producer.resumeProducing()  # a slow reader that reads is never cut
+    threads.run_next()
+    producer.pauseProducing()
+    clock.advance(30)
+    assert aborted == [True] and request.finished == 0
+    assert len(threads.calls) == 1  # the piece in the making closes the walk
+    threads.run_next()
+    assert scan.closed and threads.calls == [] and not clock.getDelayedCalls()
+
+
+def test_a_cut_while_paused_writes_the_kept_piece_then_the_end(tmp_path, small):
+    request, threads, producer, _, scan = streamed(tmp_path, 300, page=None)
+    threads.run_next()  # the top, written
+    producer.pauseProducing()
+    threads.run_next()  # the table's head: kept
+    assert len(request.written) == 1
+    producer.cut("account deleted")
+    text = request.text()
+    assert text.count("<table") == 1 and text.endswith("</tbody></table>" + END)
+    assert "account deleted" in text and scan.closed and request.finished == 1
