@@ -513,3 +513,43 @@ def test_a_cut_while_paused_writes_the_kept_piece_then_the_end(tmp_path, small):
     text = request.text()
     assert text.count("<table") == 1 and text.endswith("</tbody></table>" + END)
     assert "account deleted" in text and scan.closed and request.finished == 1
+
+
+def test_find_searches_every_entry_of_a_big_folder(server, site, small):
+    folder = server.store.root / "alice" / "big"
+    fill(folder, 60)
+    for index in range(30):
+        (folder / f"Holiday {index:02d}.JPG").write_bytes(b"x")
+    web = login(site, "alice")
+    page1 = web.get(b"/files/big/").body.decode()
+    assert "<form class=find method=get role=search>" in page1  # offered in a big folder
+    # 30 matches, anywhere in the folder: more than the sort limit, so pages
+    found = web.get(b"/files/big/?q=holiday").body.decode()
+    assert len(rows(found.encode())) == 25 and all("Holiday" in n for n in rows(found.encode()))
+    assert "of 30 matching (page 1 of 2)" in found
+    assert "href='?page=2&amp;q=holiday' rel=next" in found
+    rest = web.get(b"/files/big/?page=2&q=holiday").body
+    assert len(rows(rest)) == 5
+    assert sorted(rows(found.encode()) + rows(rest)) == sorted(
+        f"Holiday {i:02d}.JPG" for i in range(30))
+    # few matches: sorted as asked, the search kept in the sort links
+    few = web.get(b"/files/big/?q=DAY%200&sort=name&order=desc").body.decode()
+    assert rows(few.encode()) == [f"Holiday {i:02d}.JPG" for i in range(9, -1, -1)]
+    assert "href='?sort=name&amp;order=asc&amp;q=DAY%200'" in few
+    assert "id=found>Entries whose name contains \u201cDAY 0\u201d." in few
+    none = web.get(b"/files/big/?q=%3Cb%3Enothing").body.decode()
+    assert rows(none.encode()) == [] and "No entry's name contains that." in none
+    assert "<b>nothing" not in none and "&lt;b&gt;nothing" in none  # the search, escaped
+
+
+def test_find_stays_in_the_account_and_its_permissions(server, site, small):
+    fill(server.store.root / "bob" / "big", 30)
+    (server.store.root / "bob" / "big" / "secret plan.txt").write_bytes(b"x")
+    fill(server.store.root / "alice" / "big", 30)
+    alice, bob = login(site, "alice"), login(site, "bob")
+    assert rows(alice.get(b"/files/big/?q=secret").body) == []
+    assert rows(bob.get(b"/files/big/?q=secret").body) == ["secret plan.txt"]
+    server.store.add("looker", "looker-pw", frozenset({"download"}))
+    fill(server.store.root / "looker" / "big", 30)
+    looker = login(site, "looker")
+    assert looker.get(b"/files/big/?q=file").status == 403

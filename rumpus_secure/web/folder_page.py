@@ -72,6 +72,7 @@ from rumpus_secure.web.listing import (
     crumbs,
     mkdir_form,
     row,
+    shown_name,
     sort_entries,
     upload_form,
 )
@@ -113,6 +114,21 @@ class FolderView:
     descending: bool = False
     #: a page of a big folder (from 1), or L{None} for all of it
     page: int | None = 1
+    #: only entries whose name contains this (any case); "" for all
+    find: str = ""
+
+    def query(self, **changes: str) -> str:
+        """
+        A link's query to this view with C{changes} (``page``, ``sort``,
+        ``order``): the search, if any, is kept.
+        """
+        fields = dict(changes)
+        if self.find:
+            fields["q"] = self.find
+        return "?" + "&amp;".join(f"{key}={url_arg(value)}" for key, value in fields.items())
+
+    def matches(self, name: str) -> bool:
+        return not self.find or self.find.casefold() in name.casefold()
 
 
 def listing_top(view: FolderView) -> str:
@@ -167,7 +183,7 @@ def table_head(view: FolderView, sortable: bool) -> str:
         sorted_as = ""
         if key == sort:
             sorted_as = " aria-sort=" + ("descending" if descending else "ascending")
-        return (f"<th class={css}{sorted_as}><a href='?sort={key}&amp;order={order}'>"
+        return (f"<th class={css}{sorted_as}><a href='{view.query(sort=key, order=order)}'>"
                 f"{label}{mark}</a></th>")
 
     return (
@@ -179,43 +195,64 @@ def table_head(view: FolderView, sortable: bool) -> str:
     )
 
 
+def find_form(view: FolderView) -> str:
+    """
+    The search of a big folder, or of any folder a search was made in: the
+    filter box filters only the rows on the page, this reads all of them.
+    """
+    said = ""
+    if view.find:
+        said = (f"<p class=note id=found>Entries whose name contains "
+                f"\u201c{shown_name(view.find)}\u201d. <a href='?'>Show every entry</a></p>")
+    return (
+        "<form class=find method=get role=search>"
+        "<label>Find in this folder <input type=search name=q "
+        f"value='{esc(view.find)}' autocomplete=off></label> "
+        "<button type=submit>Find</button></form>" + said
+    )
+
+
 def big_folder_note(view: FolderView) -> str:
     """Said above the table of a folder too big to sort (see the module docstring)."""
     shown = ("all of them are on this page" if view.page is None
              else f"{PAGE_SIZE:,} per page; this is page {view.page:,}")
+    what = "entries" if not view.find else "entries that match"
     return (
-        "<p class=note id=big-folder>This folder has more than "
-        f"{SORT_LIMIT:,} entries, so they are listed in the order the disk keeps "
-        f"them, not sorted: {shown}. The filter box filters the entries shown; "
-        "the other pages are <a href='#pages'>below the list</a>.</p>"
+        f"<p class=note id=big-folder>This folder has more than {SORT_LIMIT:,} {what}, "
+        "so they are listed in the order the disk keeps them, not sorted: "
+        f"{shown}. The filter box filters the entries shown, the search below "
+        "finds names in all of them, and the other pages are "
+        "<a href='#pages'>below the list</a>.</p>"
     )
 
 
 def page_links(view: FolderView, shown: int, total: int) -> str:
     """Where the other pages of a big folder are, said after its table."""
     parts = []
+    what = "entries" if not view.find else "matching entries"
     if view.page is None:
-        parts.append(f"All {total:,} entries are shown.")
-        parts.append(f"<a href='?page=1'>Show {PAGE_SIZE:,} per page</a>")
+        parts.append(f"All {total:,} {what} are shown.")
+        parts.append(f"<a href='{view.query(page='1')}'>Show {PAGE_SIZE:,} per page</a>")
     else:
         pages = max(1, -(-total // PAGE_SIZE))
         first = (view.page - 1) * PAGE_SIZE
         if shown:
             parts.append(f"Entries {first + 1:,}\u2013{first + shown:,} of {total:,} "
+                         f"{'' if not view.find else 'matching '}"
                          f"(page {view.page:,} of {pages:,}).")
         else:
             parts.append(f"There is no page {view.page:,}: this folder has {total:,} "
-                         f"entries, {pages:,} page(s).")
+                         f"{what}, {pages:,} page(s).")
         if view.page > 1:
             back = min(view.page - 1, pages)
-            parts.append(f"<a href='?page={back}' rel=prev>Previous page</a>")
+            parts.append(f"<a href='{view.query(page=str(back))}' rel=prev>Previous page</a>")
         if view.page < pages:
-            parts.append(f"<a href='?page={view.page + 1}' rel=next>Next page</a>")
+            parts.append(f"<a href='{view.query(page=str(view.page + 1))}' rel=next>"
+                         "Next page</a>")
         megabytes = total * ROW_BYTES / 1e6
-        parts.append(f"<a href='?page=all'>Show all {total:,} on one page</a> "
+        parts.append(f"<a href='{view.query(page='all')}'>Show all {total:,} on one page</a> "
                      f"<span class=muted>(about {megabytes:,.{0 if megabytes >= 10 else 1}f}"
-                     " MB: slow in a "
-                     "browser)</span>")
+                     " MB: slow in a browser)</span>")
     return ("<nav class=pages id=pages aria-label='Pages of this folder'><p>"
             + " ".join(parts) + "</p></nav>")
 
@@ -315,7 +352,9 @@ class ListingPage:
         view = self.view
         yield self._top + listing_top(view)
         yield _FLUSH  # the first byte, before any entry is read
-        entries = self._scan.entries()
+        entries: Iterator[Entry] = self._scan.entries()
+        if view.find:
+            entries = (entry for entry in entries if view.matches(entry.name))
         first = deque(islice(entries, SORT_LIMIT + 1))
         self.held_most = len(first)
         dir_arg = url_arg(view.vpath.rstrip("/") + "/")
@@ -323,16 +362,18 @@ class ListingPage:
         if len(first) <= SORT_LIMIT:
             ordered = sort_entries(first, view.sort, view.descending)
             first.clear()
-            yield table_head(view, sortable=True)
+            yield (find_form(view) if view.find else "") + table_head(view, sortable=True)
             yield _TABLE_OPEN
             for entry in ordered:
                 yield row(dir_arg, entry, perms)
             if not ordered:
-                yield "<tr><td colspan=5 class=muted>This folder is empty.</td></tr>"
+                empty = ("No entry's name contains that." if view.find
+                         else "This folder is empty.")
+                yield f"<tr><td colspan=5 class=muted>{empty}</td></tr>"
             yield "</tbody></table>" + self._end
             yield _TABLE_CLOSED
             return
-        yield big_folder_note(view) + table_head(view, sortable=False)
+        yield big_folder_note(view) + find_form(view) + table_head(view, sortable=False)
         yield _TABLE_OPEN
 
         def drain() -> Iterator[Entry]:
@@ -358,5 +399,5 @@ class ListingPage:
         else:
             self._scan.close()
             with self._rescan() as again:
-                total = sum(1 for _ in again.names())
+                total = sum(1 for name in again.names() if view.matches(name))
         yield page_links(view, shown, total) + self._end

@@ -253,7 +253,8 @@ class FilesResource(ManagerResource):
         if sort not in SORT_KEYS:
             sort = "name"
         view = FolderView(vpath, fs.perms, session.csrf, sort,
-                          arg(request, b"order") == "desc", page_number(arg(request, b"page")))
+                          arg(request, b"order") == "desc", page_number(arg(request, b"page")),
+                          find=(arg(request, b"q") or "").strip()[:200])
         parts = split_path(vpath)
         title = "Files" if not parts else parts[-1]  # "//" has no parts either
         top, end = page_frame(title, user=session.user, csrf=session.csrf,
