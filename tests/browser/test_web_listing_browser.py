@@ -2,6 +2,7 @@
 A folder too big to sort (issue #18, target 4) in a real headless Chromium:
 the page says so, the filter, select-all and row links work on the page's
 5,000 rows once the stream has ended, the next page is one click away,
+the search finds names in all of them,
 names with a right-to-left override cannot pose as another name, and
 axe-core finds nothing serious.
 """
@@ -68,6 +69,16 @@ def test_a_big_folder_in_pages(server, browser):
     _wait(lambda: len(browser.find_elements(By.CSS_SELECTOR, "table.files tbody tr"))
           == ENTRIES - 5000, what="the rows of page 2")
     assert browser.find_element(By.ID, "pages").find_elements(By.LINK_TEXT, "Previous page")
+    # The search reads every entry, not only the page's.
+    box = browser.find_element(By.CSS_SELECTOR, "form.find input[name=q]")
+    box.send_keys("report 005")
+    browser.find_element(By.CSS_SELECTOR, "form.find button[type=submit]").click()
+    _wait(lambda: "q=report" in browser.current_url, what="the search")
+    found = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "table.files tbody tr")]
+    assert len(found) == 100 and all("report 005" in text for text in found)
+    run_axe(browser, "a search in a big folder")
+    browser.back()
+    _wait(lambda: browser.current_url.endswith("?page=2"), what="page 2 again")
     # axe-core on the last page: the same markup (note, heads, page links),
     # 200 rows instead of 5,000 (axe takes minutes over 5,000 rows)
     run_axe(browser, "a big folder's last page")
