@@ -17,7 +17,9 @@ logs in over HTTPS and fetches, ROUNDS times:
 * ``page``: ``/files/big/`` as a person gets it (the whole folder on one
   page before streaming; one page of it after);
 * ``all``: ``/files/big/?page=all``, every entry on one page (the same page
-  as ``page`` for a tree without pages).
+  as ``page`` for a tree without pages);
+* ``find``: ``/files/big/?q=photo 0999``, a search of every entry (91
+  matches; this tree only).
 
 For each it prints the median time to the response's first byte (the status
 line), to the first row of the table, and to the last byte, the size, the
@@ -267,8 +269,11 @@ def main() -> int:
             print(f"{len(trees)} server(s), a folder of {args.entries} entries each; "
                   f"load average {os.getloadavg()[0]:.2f}", flush=True)
             for round_ in range(args.rounds):
-                for view, path in (("page", "/files/big/"), ("all", "/files/big/?page=all")):
+                for view, path in (("page", "/files/big/"), ("all", "/files/big/?page=all"),
+                                   ("find", "/files/big/?q=photo%200999")):
                     for tree in trees:
+                        if view == "find" and tree.name != "this":
+                            continue  # older trees have no search
                         result = listing_once(tree, path)
                         results.setdefault((tree.name, view), []).append(result)
                         neighbour = result.neighbour or [0.0]

@@ -84,8 +84,8 @@ class WatchedScan:
     def _gone(self) -> None:
         self.alive -= 1
 
-    def entries(self) -> Iterator[Entry]:
-        for entry in self._scan.entries():
+    def entries(self, keep: Any = None) -> Iterator[Entry]:
+        for entry in self._scan.entries(keep):
             if self._fail_after is not None and self.read >= self._fail_after:
                 raise PermissionDenied("list", self._scan.path)
             self.read += 1
@@ -553,3 +553,26 @@ def test_find_stays_in_the_account_and_its_permissions(server, site, small):
     fill(server.store.root / "looker" / "big", 30)
     looker = login(site, "looker")
     assert looker.get(b"/files/big/?q=file").status == 403
+
+
+def test_a_scan_stats_only_the_names_it_keeps(tmp_path, monkeypatch):
+    folder = tmp_path / "home" / "d"
+    fill(folder, 50)
+    fs = JailedFS(tmp_path / "home", ALL)
+    stats: list[str] = []
+
+    class Item:
+        def __init__(self, item: Any) -> None:
+            self.name, self._item = item.name, item
+
+        def stat(self, follow_symlinks: bool = True) -> Any:
+            stats.append(self.name)
+            return self._item.stat(follow_symlinks=follow_symlinks)
+
+    real = DirScan._scan
+    monkeypatch.setattr(DirScan, "_scan", lambda self: (Item(i) for i in real(self)))
+    with fs.scan_dir("/d") as scan:
+        kept = [e.name for e in scan.entries(lambda name: name.endswith("7.txt"))]
+    assert sorted(kept) == ["file 0007.txt", "file 0017.txt", "file 0027.txt",
+                            "file 0037.txt", "file 0047.txt"]
+    assert sorted(stats) == sorted(kept)

@@ -352,9 +352,7 @@ class ListingPage:
         view = self.view
         yield self._top + listing_top(view)
         yield _FLUSH  # the first byte, before any entry is read
-        entries: Iterator[Entry] = self._scan.entries()
-        if view.find:
-            entries = (entry for entry in entries if view.matches(entry.name))
+        entries = self._scan.entries(view.matches if view.find else None)
         first = deque(islice(entries, SORT_LIMIT + 1))
         self.held_most = len(first)
         dir_arg = url_arg(view.vpath.rstrip("/") + "/")
