@@ -4,11 +4,12 @@ target 4); its rows and forms come from L{rumpus_secure.web.listing}.
 
 A row costs about 880 bytes with every permission (the name appears in the
 link, the check box and its label, and quoted in four action links).  The
-page used to be made whole in a thread and sent at once: for 100,000 entries, 88 MB of HTML, the first
-byte after 2.6-4.2 s, the server's memory +444 to +548 MiB (the list of
-entries, the page as text and as bytes, and TLS's copy), and while the 88 MB
-went into the TLS layer in one write the reactor stopped: another account's
-small page then waited up to 0.7-1.2 s.  Now (L{ListingPage}, written by
+page used to be made whole in a thread and sent at once: for 100,000
+entries, 88 MB of HTML, the first byte after 1.9-4.2 s, the server's
+memory +418 to +548 MiB (the list of entries, the page as text and as
+bytes, and TLS's copy), and while the 88 MB went into the TLS layer in one
+write the reactor stopped: another account's small page then waited up to
+0.3-1.6 s.  Now (L{ListingPage}, written by
 L{rumpus_secure.web.pagestream.PageProducer}):
 
  - the page's top (header, notices, upload and folder forms, the filter
@@ -38,21 +39,32 @@ L{rumpus_secure.web.pagestream.PageProducer}):
    apply to each page as to a whole listing.
 
 Measured with ``python bench/web_listing.py --entries 100000 --rounds 3
---tree before=<5764eb3>`` (loopback, load average 7-9, 2 shared cores):
+--tree before=<5764eb3>`` (loopback, 2 shared cores; two runs, load average
+7-9, the median of each run):
 
- ==================  ==========  =========  ========  ========  ==========
- 100,000 entries     first byte  first row  total     peak RSS  2nd account
- ==================  ==========  =========  ========  ========  ==========
- before (one page)   4,174 ms    4,175 ms   4,408 ms  +548 MiB  27/684 ms
- after, page 1       7 ms        48 ms      302 ms    +1.4 MiB  20/132 ms
- after, ?page=all    8 ms        42 ms      2,957 ms  +1.1 MiB  12/114 ms
- ==================  ==========  =========  ========  ========  ==========
+ ==================  ==========  =========  ===========  ========  ===========
+ 100,000 entries     first byte  first row  total        peak RSS  2nd account
+ ==================  ==========  =========  ===========  ========  ===========
+ before (one page)   1.9-4.2 s   1.9-4.2 s  2.1-4.4 s    +548 MiB  473-684 ms
+ after, page 1       7 ms        29-48 ms   158-302 ms   +1.4 MiB  40-132 ms
+ after, ?page=all    5-8 ms      29-42 ms   1.5-3.0 s    +1.1 MiB  37-114 ms
+ after, ?q= search   6 ms        84 ms      87 ms        +0 MiB    26 ms
+ ==================  ==========  =========  ===========  ========  ===========
 
 ("2nd account": another account's small page, fetched in a loop meanwhile,
-median/worst.)  Server CPU per listing: 1.55 s before, 0.13 s for a page,
-1.48 s for all of it.  What the server holds for a page, whatever the
-folder's size: at most L{SORT_LIMIT} + 1 entries (the ones that tell a
-small folder from a big one) and two pieces.
+its worst time; its median stays 10-20 ms after, 13-27 ms before.)  Server
+CPU per listing: 1.55 s before; 0.13 s for a page, 1.3-1.5 s for all of it,
+0.07 s for the search (90 matches: names are read, only matches are
+``lstat``-ed).  In ``bench/listings.py`` (same folder, same run as the FTP
+peers): ``?page=all`` first byte 6 ms, pyftpdlib's MLSD 89 ms, vsftpd's
+LIST 418 ms; server growth +2.4 MiB, pyftpdlib +9.7, vsftpd +20.8.  What
+the server holds for a page, whatever the folder's size: at most
+L{SORT_LIMIT} + 1 entries (the ones that tell a small folder from a big
+one) and two pieces.
+
+The search (``?q=``, offered above the table of a big folder): the entries
+whose name contains the text, in any case, read as a listing is (no list
+of them all); up to L{SORT_LIMIT} matches are sorted, more are paged.
 
 A filesystem error while the folder is read (the folder deleted, a
 permission refused) ends the page where it stands: a last row says what
