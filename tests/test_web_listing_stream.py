@@ -576,3 +576,45 @@ def test_a_scan_stats_only_the_names_it_keeps(tmp_path, monkeypatch):
     assert sorted(kept) == ["file 0007.txt", "file 0017.txt", "file 0027.txt",
                             "file 0037.txt", "file 0047.txt"]
     assert sorted(stats) == sorted(kept)
+
+
+def test_a_folder_swapped_for_a_link_between_pieces_is_not_followed(tmp_path, small):
+    """
+    The count of a big folder opens it again (after its rows): through the
+    jail, so a folder replaced meanwhile by a link to another account's
+    folder is refused, never counted or listed.
+    """
+    request, threads, _, _, _ = streamed(tmp_path, 60)
+    other = tmp_path / "other"
+    fill(other, 500)
+    while threads.calls and b"</table>" not in b"".join(request.written):
+        threads.run_next()
+    assert threads.calls  # the count is next
+    big = tmp_path / "home" / "big"
+    big.rename(tmp_path / "home" / "big.old")
+    big.symlink_to(other)
+    run_all(threads, request)
+    text = request.text()
+    assert request.finished == 1 and text.endswith(END)
+    assert "role=alert>The listing stopped here: " in text
+    assert "500" not in text and "of 60" not in text
+
+
+def test_a_later_page_lstats_only_what_it_shows(tmp_path, small):
+    """
+    Page 3 of a big folder: the 21 entries that tell it is big, then the
+    names before the page are passed over unread, then the page's 25.  The
+    pages in a row are the folder in the order of ``?page=all``.
+    """
+    request, threads, _, _, scan = streamed(tmp_path, 100, page=3)
+    run_all(threads, request)
+    assert scan.read == 21 + 25
+    page3 = rows(request.text().encode())
+    assert len(page3) == 25
+    fs = JailedFS(tmp_path / "home", ALL)
+    whole, threads2 = StreamRequest(), ManualThread()
+    page_ = ListingPage(FolderView("/big", ALL, "t", page=None), fs.scan_dir("/big"),
+                        lambda: fs.scan_dir("/big"), "<top>", END)
+    PageProducer(whole, page_.pieces(), threads2, page_.closing, close=page_.close).start()
+    run_all(threads2, whole)
+    assert rows(whole.text().encode())[50:75] == page3
