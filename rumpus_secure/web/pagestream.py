@@ -78,8 +78,6 @@ class PageProducer:
         self._paused = False
         #: an end asked for while a piece was being made: its message
         self._cut: str | None = None
-        #: pieces written so far (tests look)
-        self.written = 0
 
     def start(self) -> None:
         assert self._request is not None
@@ -116,7 +114,6 @@ class PageProducer:
     def _deliver(self, piece: bytes) -> None:
         assert self._request is not None
         self._request.write(piece)
-        self.written += 1
         self._make_next()  # the next piece is made while this one is sent
 
     def _failed(self, failure: Failure) -> None:
