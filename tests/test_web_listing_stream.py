@@ -369,6 +369,11 @@ def test_hostile_names_are_escaped_in_a_streamed_page(server, site, small):
     assert "\u202e" not in body.replace("value='\u202egnp.exe'", "")
     assert ">[U+202E]gnp.exe</a>" in body
     assert "href='caf%E9.txt'>caf\ufffd.txt</a>" in body  # not UTF-8 on disk
+    # a folder whose own name carries the override: its title and path too
+    (folder / "\u202eslaicnanif").mkdir()
+    inside = web.get(b"/files/big/%E2%80%AEslaicnanif/").body.decode("utf-8")
+    assert "\u202e" not in re.sub(r"value='[^']*'", "", inside)  # only in form values
+    assert "<h1>[U+202E]slaicnanif</h1>" in inside and ">[U+202E]slaicnanif</a>" in inside
 
 
 def test_head_of_a_folder_reads_nothing(server, site, small):

@@ -65,6 +65,11 @@ def shown_name(name: str) -> str:
     return esc(name).translate(_SHOW_BIDI)
 
 
+def bidi_visible(text: str) -> str:
+    """C{text} with its bidirectional controls as text, not yet escaped (titles)."""
+    return text.translate(_SHOW_BIDI)
+
+
 def icon_for(entry: Entry) -> str:
     """The sprite symbol for an entry: its kind, or its file type."""
     if entry.kind == "dir":

@@ -40,7 +40,7 @@ from rumpus_secure.web.app import (
 )
 from rumpus_secure.web.download import content_disposition, send_file
 from rumpus_secure.web.folder_page import FolderView, ListingPage, page_number
-from rumpus_secure.web.listing import SORT_KEYS, dir_url, files_url, parent_of
+from rumpus_secure.web.listing import SORT_KEYS, bidi_visible, dir_url, files_url, parent_of
 from rumpus_secure.web.pages import esc, page, page_frame, url_arg
 from rumpus_secure.web.pagestream import PageProducer
 from rumpus_secure.web.respond import error_page, run, see_other, send, send_json
@@ -256,7 +256,7 @@ class FilesResource(ManagerResource):
                           arg(request, b"order") == "desc", page_number(arg(request, b"page")),
                           find=(arg(request, b"q") or "").strip()[:200])
         parts = split_path(vpath)
-        title = "Files" if not parts else parts[-1]  # "//" has no parts either
+        title = "Files" if not parts else bidi_visible(parts[-1])  # "//" has no parts either
         top, end = page_frame(title, user=session.user, csrf=session.csrf,
                               flash=list(session.take_flash()), wide=True)
         listing = ListingPage(view, scan, lambda: fs.scan_dir(vpath), top, end)
