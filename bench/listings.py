@@ -144,7 +144,8 @@ def web_once(port: int, cookie: str) -> tuple[float, float, int, int]:
     connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=300)
     connection.connect()
     started = time.perf_counter()
-    connection.request("GET", f"/files/{FOLDER}/", headers={"Cookie": cookie})
+    # every entry on one page, as MLSD sends them (the default page has 5,000)
+    connection.request("GET", f"/files/{FOLDER}/?page=all", headers={"Cookie": cookie})
     response = connection.getresponse()
     first = None
     size = 0

@@ -20,7 +20,7 @@ are hidden, as in ``list_dir``.  Blocking: read it in a thread.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 
 from ._base import Entry
@@ -73,9 +73,15 @@ class DirScan:
         except OSError as err:
             raise from_os_error(err, self.path) from None
 
-    def entries(self) -> Iterator[Entry]:
-        """Each entry as ``lstat`` sees it (one ``fstatat`` per entry)."""
+    def entries(self, keep: Callable[[str], bool] | None = None) -> Iterator[Entry]:
+        """
+        Each entry as ``lstat`` sees it (one ``fstatat`` per entry); with
+        ``keep``, only the entries whose name it keeps, and only those are
+        ``lstat``-ed (a search of a big folder: names cost about a seventh).
+        """
         for item in self._scan():
+            if keep is not None and not keep(item.name):
+                continue
             try:
                 st = item.stat(follow_symlinks=False)
             except FileNotFoundError:

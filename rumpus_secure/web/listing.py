@@ -1,5 +1,6 @@
 """
-The HTML of a folder listing, shaped by the account's permissions.
+The HTML of a folder listing: its rows, forms and links, shaped by the
+account's permissions.
 
 A control the account may not use is not drawn: a ``list,download`` account
 sees no upload, new-folder, rename or delete control (the filesystem still
@@ -11,10 +12,12 @@ boxes belong to a GET form (ZIP download, or the delete confirmation page);
 rename and delete have their own pages.  ``app.js`` turns the same markup
 into dialogs, a drop zone, a filter box and a row menu on phones.
 
-Size: a row costs about 700 bytes with every permission (the name appears
-in the link, the check box and its label, and quoted in four action links),
-so 10,000 entries make about 7 MB of HTML, 200 KB gzipped; measured by
-``bench/web_listing.py`` (see the README).
+A row costs about 880 bytes with every permission (the name appears in the
+link, the check box and its label, and quoted in four action links): 88 MB
+for 100,000 entries, which is why a big folder's page is made and sent in
+pieces, and paged (L{rumpus_secure.web.folder_page}).  Names show
+bidirectional controls as text (``[U+202E]``), so ``"\\u202egnp.exe"``
+cannot pose as ``exe.png``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,22 @@ _ICON_BY_EXTENSION = {
 ICONS = {ext: icon for icon, exts in _ICON_BY_EXTENSION.items() for ext in exts}
 #: Files the page can show in place (images by <img>, text by fetch).
 PREVIEW_IMAGE = ("png", "jpg", "jpeg", "gif", "webp", "bmp", "ico")
+
+
+#: Bidirectional controls: in a name they reorder what the page shows
+#: (``"\\u202egnp.exe"`` reads as ``exe.png``), so a name shows them as text.
+_BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+_SHOW_BIDI = str.maketrans({c: f"[U+{ord(c):04X}]" for c in _BIDI})
+
+
+def shown_name(name: str) -> str:
+    """A name as the page shows it: escaped, its bidirectional controls visible."""
+    return esc(name).translate(_SHOW_BIDI)
+
+
+def bidi_visible(text: str) -> str:
+    """C{text} with its bidirectional controls as text, not yet escaped (titles)."""
+    return text.translate(_SHOW_BIDI)
 
 
 def icon_for(entry: Entry) -> str:
@@ -91,7 +110,7 @@ def crumbs(vpath: str) -> str:
     for index, name in enumerate(parts):
         target = dir_url(join_path("/", "/".join(parts[: index + 1])))
         current = " aria-current=page" if index == len(parts) - 1 else ""
-        links.append(f"<a href='{esc(target)}'{current}>{esc(name)}</a>")
+        links.append(f"<a href='{esc(target)}'{current}>{shown_name(name)}</a>")
     return "<nav class=crumbs aria-label='Folder path'>" + " / ".join(links) + "</nav>"
 
 
@@ -140,18 +159,19 @@ def row(dir_arg: str, entry: Entry, perms: frozenset[str]) -> str:
     @param dir_arg: the folder as a query value ending in ``%2F``.
     """
     name = esc(entry.name)
+    shown = name.translate(_SHOW_BIDI)
     quoted = url_arg(entry.name)  # also quotes ':' so it never reads as a scheme
     icon = icon_for(entry)
     download = entry.kind == "file" and "download" in perms
     if entry.kind == "dir":
-        link = f"<a href='{quoted}/'>{name}/</a>"
+        link = f"<a href='{quoted}/'>{shown}/</a>"
         size = "<span class=kind>folder</span>"
     elif download:
-        link = f"<a href='{quoted}'>{name}</a>"
+        link = f"<a href='{quoted}'>{shown}</a>"
         size = human_size(entry.size)
     else:
         kind = "" if entry.kind == "file" else f" <span class=kind>({esc(entry.kind)})</span>"
-        link = f"<span>{name}</span>{kind}"
+        link = f"<span>{shown}</span>{kind}"
         size = human_size(entry.size) if entry.kind == "file" else ""
     actions = []
     if download:
@@ -167,7 +187,7 @@ def row(dir_arg: str, entry: Entry, perms: frozenset[str]) -> str:
     pick = ""
     if ("download" in perms or "delete" in perms) and entry.kind in ("file", "dir"):
         pick = (f"<input type=checkbox form=bulk name=name value='{name}' "
-                f"aria-label='Select {name}'>")
+                f"aria-label='Select {shown}'>")
     preview = ""
     if download:
         if icon == "img" and entry.name.rpartition(".")[2].lower() in PREVIEW_IMAGE:
@@ -179,65 +199,4 @@ def row(dir_arg: str, entry: Entry, perms: frozenset[str]) -> str:
         f"<td class=name><svg class=i aria-hidden=true><use href='#i-{icon}'/></svg>{link}</td>"
         f"<td class=size>{size}</td><td class=date>{human_time(entry.mtime)}</td>"
         f"<td class=act><span class=acts>{''.join(actions)}</span></td></tr>"
-    )
-
-
-def listing_body(vpath: str, entries: list[Entry], perms: frozenset[str], csrf: str,
-                 sort: str, descending: bool) -> str:
-    """The body of a folder page (see the module docstring)."""
-    entries = sort_entries(entries, sort, descending)
-
-    def head(key: str, label: str, css: str) -> str:
-        order = "desc" if key == sort and not descending else "asc"
-        mark = (" \u25be" if descending else " \u25b4") if key == sort else ""
-        sorted_as = ""
-        if key == sort:
-            sorted_as = " aria-sort=" + ("descending" if descending else "ascending")
-        return (f"<th class={css}{sorted_as}><a href='?sort={key}&amp;order={order}'>"
-                f"{label}{mark}</a></th>")
-
-    tools = []
-    if "upload" in perms or "overwrite" in perms:
-        tools.append(upload_form(vpath, perms, csrf))
-    if "mkdir" in perms:
-        tools.append(mkdir_form(vpath, csrf))
-    bulk_buttons = []
-    if "download" in perms:
-        bulk_buttons.append("<button type=submit formaction='/zip'>Download as ZIP</button>")
-    if "delete" in perms:
-        bulk_buttons.append("<button type=submit formaction='/delete' class=danger>"
-                            "Delete\u2026</button>")
-    bulk = ""
-    if bulk_buttons:
-        bulk = ("<form id=bulk class=bulk method=get action='/zip'>"
-                f"<input type=hidden name=dir value='{esc(vpath)}'>"
-                "<span class=muted>Selected: </span>" + "".join(bulk_buttons) + "</form>")
-    dir_arg = url_arg(vpath.rstrip("/") + "/")
-    rows = [row(dir_arg, entry, perms) for entry in entries]
-    if not rows:
-        rows.append("<tr><td colspan=5 class=muted>This folder is empty.</td></tr>")
-    read_only = ""
-    if not tools:
-        read_only = "<p class=muted>This account may look and download here, not change.</p>"
-    links = []  # share links (rumpus_secure.web.shares)
-    if "download" in perms and "list" in perms:
-        links.append(f"<a href='/shares/new?kind=download&amp;path={url_arg(vpath)}' "
-                     "id=share-folder>Share this folder</a>")
-    if "upload" in perms:
-        links.append(f"<a href='/shares/new?kind=dropbox&amp;path={url_arg(vpath)}' "
-                     "id=make-dropbox>Make a drop box here</a>")
-    share_links = ("<p class=share-links>" + " \u00b7 ".join(links) + "</p>") if links else ""
-    return (
-        SPRITE + crumbs(vpath)
-        + (f"<div class=tools>{''.join(tools)}</div>" if tools else read_only)
-        + share_links
-        + "<div class=listbar><label class=filter hidden>Filter "
-        "<input type=search id=filter autocomplete=off "
-        "placeholder='Type part of a name'></label>" + bulk + "</div>"
-        "<table class=files><caption class=sr>Files and folders</caption><thead><tr>"
-        "<th class=pick><span class=sr>Select</span></th>"
-        + head("name", "Name", "name") + head("size", "Size", "size")
-        + head("date", "Modified", "date")
-        + "<th class=act><span class=sr>Actions</span></th></tr></thead><tbody>"
-        + "".join(rows) + "</tbody></table>"
     )

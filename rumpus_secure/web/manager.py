@@ -24,6 +24,7 @@ from twisted.web.iweb import IRequest
 
 from rumpus_secure.vfs import (
     AlreadyExists,
+    DirScan,
     InvalidPath,
     PermissionDenied,
     VFSError,
@@ -38,8 +39,10 @@ from rumpus_secure.web.app import (
     status_for,
 )
 from rumpus_secure.web.download import content_disposition, send_file
-from rumpus_secure.web.listing import SORT_KEYS, dir_url, files_url, listing_body, parent_of
-from rumpus_secure.web.pages import esc, page, url_arg
+from rumpus_secure.web.folder_page import FolderView, ListingPage, page_number
+from rumpus_secure.web.listing import SORT_KEYS, bidi_visible, dir_url, files_url, parent_of
+from rumpus_secure.web.pages import esc, page, page_frame, url_arg
+from rumpus_secure.web.pagestream import PageProducer
 from rumpus_secure.web.respond import error_page, run, see_other, send, send_json
 from rumpus_secure.web.sessions import Session
 from rumpus_secure.web.upload import UploadSink
@@ -193,10 +196,12 @@ class FilesResource(ManagerResource):
         raw = b"/".join(request.postpath)
         vpath = "/" + raw.decode("utf-8", "surrogateescape")
 
-        def look(fs: Any) -> tuple[str, Any, frozenset[str]]:
+        def look(fs: Any) -> tuple[str, Any, Any]:
             entry = fs.stat(vpath)
             if entry.kind == "dir":
-                return "dir", fs.list_dir(vpath), fs.perms
+                # Opened here, so that a refusal is a whole error page; read
+                # as the page is sent (rumpus_secure.web.listing).
+                return "dir", fs.scan_dir(vpath), fs
             return "file", fs.open_read(vpath), fs.perms
 
         since = self.app.watch_point()  # before the account is read
@@ -220,27 +225,51 @@ class FilesResource(ManagerResource):
             else:
                 cut.append(producer)
             return
+        self.send_folder(request, session, vpath, value, perms, since)
+
+    def send_folder(self, request: IRequest, session: Session, vpath: str,
+                    scan: DirScan, fs: Any, since: int | None) -> None:
+        """
+        A folder's page, streamed as the folder is read (see
+        L{rumpus_secure.web.folder_page} and L{rumpus_secure.web.pagestream}).
+        """
+        if not request.path.endswith(b"/") or request.method == b"HEAD" or getattr(
+                request, "_disconnected", False):
+            scan.close()
         if not request.path.endswith(b"/"):
             # The rows link relative to the folder's URL, which ends in "/".
             query = request.uri.partition(b"?")[2].decode("latin-1")
             see_other(request, dir_url(vpath) + ("?" + query if query else ""))
             return
+        if getattr(request, "_disconnected", False):
+            return
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        if request.method == b"HEAD":
+            request.write(b"")
+            request.finish()
+            return
         sort = arg(request, b"sort") or "name"
         if sort not in SORT_KEYS:
             sort = "name"
-        descending = arg(request, b"order") == "desc"
+        view = FolderView(vpath, fs.perms, session.csrf, sort,
+                          arg(request, b"order") == "desc", page_number(arg(request, b"page")),
+                          find=(arg(request, b"q") or "").strip()[:200])
         parts = split_path(vpath)
-        title = "Files" if not parts else parts[-1]  # "//" has no parts either
-        user, csrf, flash = session.user, session.csrf, list(session.take_flash())
-
-        def render_listing() -> bytes:
-            # Seconds of string work for a big folder (100,000 entries: 75 MB
-            # of HTML, bench/listings.py): in a thread, so that the reactor
-            # keeps serving everyone else meanwhile.
-            body = listing_body(vpath, value, perms, csrf, sort, descending)
-            return page(title, body, user=user, csrf=csrf, flash=flash, wide=True)
-
-        send(request, 200, await self.app.server.run_in_thread(render_listing))
+        title = "Files" if not parts else bidi_visible(parts[-1])  # "//" has no parts either
+        top, end = page_frame(title, user=session.user, csrf=session.csrf,
+                              flash=list(session.take_flash()), wide=True)
+        listing = ListingPage(view, scan, lambda: fs.scan_dir(vpath), top, end)
+        producers: list[PageProducer] = []
+        binding = self.app.bind_transfer(
+            request, session.user, "listing",
+            lambda reason: producers[0].cut(reason) if producers else None, since)
+        producer = PageProducer(request, listing.pieces(), self.app.server.run_in_thread,
+                                listing.closing, close=listing.close, on_end=binding.cancel,
+                                clock=self.app.reactor,
+                                stall_timeout=self.app.config.http_timeout)
+        producers.append(producer)
+        producer.start()
 
 
 class UploadResource(ManagerResource):

@@ -58,6 +58,21 @@ def page(title: str, body: str, *, user: str | None = None, csrf: str | None = N
     @param user: shows the account name and a log-out button.
     @param wide: use the full window width (folder listings).
     """
+    top, end = page_frame(title, user=user, csrf=csrf, flash=flash, wide=wide)
+    return (top + body + end).encode("utf-8")
+
+
+#: What closes every page after its body (L{page_frame}).
+PAGE_END = "</main></body></html>"
+
+
+def page_frame(title: str, *, user: str | None = None, csrf: str | None = None,
+               flash: Iterable[tuple[str, str]] = (), wide: bool = False) -> tuple[str, str]:
+    """
+    The page of L{page} around its body, as C{(top, end)}: a streamed page
+    (a big folder, L{rumpus_secure.web.listing}) sends C{top} first, then
+    its body in pieces, then C{end}.
+    """
     who = ""
     if user is not None:
         who = (
@@ -86,8 +101,7 @@ def page(title: str, body: str, *, user: str | None = None, csrf: str | None = N
         "<link rel=stylesheet href='/static/app.css'>"
         "<script src='/static/app.js' defer></script></head><body>"
         f"{header}<main{main_class}><h1>{esc(title)}</h1><div id=notes>{notes}</div>"
-        f"{body}</main></body></html>"
-    ).encode("utf-8")
+    ), PAGE_END
 
 
 def message_page(title: str, message: str, *, link: tuple[str, str] | None = None,
