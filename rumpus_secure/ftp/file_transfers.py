@@ -420,7 +420,8 @@ class TransferCommands:
             mode = "BINARY" if self.binary else "ASCII"
 
             async def close_file() -> None:
-                await shell.run_in_thread(handle.close)
+                if not handle.closed:  # the job closes it when it runs
+                    await shell.run_in_thread(handle.close)
 
             async def finish(result: TransferResult) -> str:
                 await close_file()
@@ -432,7 +433,7 @@ class TransferCommands:
             return Plan(target,
                         f"150 Opening {mode} mode data connection for "
                         f"{wire_name(target)} ({size - offset} bytes).",
-                        send_file(handle, encoder), finish, close_file,
+                        send_file(handle, encoder, close=True), finish, close_file,
                         direction="download")
 
         return self._transfer_command("RETR", prepare)
@@ -487,7 +488,10 @@ class TransferCommands:
         async def finish(result: TransferResult) -> str:
             if result.ok:
                 try:
-                    await shell.run_in_thread(upload.commit)
+                    if result.commit_error is not None:
+                        raise result.commit_error
+                    if not result.committed:
+                        await shell.run_in_thread(upload.commit)
                 except VFSError as e:
                     kept = "" if upload.finished else ": " + _outcome_text(await abort(), upload)
                     return vfs_reply(e, verb) + kept
@@ -502,7 +506,7 @@ class TransferCommands:
                 reply = "426 Upload aborted after" + reply[len("426 Transfer aborted after"):]
             return f"{reply.rstrip('.')}; {_outcome_text(outcome, upload)}"
 
-        return Plan(target, preamble, receive_into(upload, decoder), finish, abort,
+        return Plan(target, preamble, receive_into(upload, decoder, upload.commit), finish, abort,
                     direction="upload")
 
     # -- ABOR and STAT while a transfer runs ----------------------------------

@@ -91,6 +91,11 @@ class TransferResult:
     detail: str = ""
     tls_version: str | None = None
     error: BaseException | None = None
+    #: The job's L{commit <receive_into>} step ran in the worker and
+    #: succeeded (the upload is in place).
+    committed: bool = False
+    #: What the job's commit step raised: the transfer itself was complete.
+    commit_error: BaseException | None = None
 
     @property
     def ok(self) -> bool:
@@ -581,26 +586,35 @@ class Converter(Protocol):
     def convert(self, data: bytes) -> bytes: ...
 
 
-def send_file(source: BinaryIO, encoder: Converter | None = None) -> Job:
+def send_file(source: BinaryIO, encoder: Converter | None = None, close: bool = False) -> Job:
     """
     A job that sends a file (RETR), through C{encoder} in TYPE A.
+
+    @param close: close C{source} in the worker when the job ends, however
+        it ends, so the reactor need not send a thread the close (one
+        thread hand-off less per download; see L{receive_into}).  A job
+        that never ran leaves the file open: its owner closes it.
     """
 
     def job(channel: _Channel, handle: TransferHandle) -> int:
-        total = 0
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        while True:
-            n = source.readinto(buffer)  # type: ignore[attr-defined]
-            if not n:
-                break
-            if encoder is not None:
-                channel.send_all(encoder.convert(bytes(view[:n])))
-            else:
-                channel.send_all(view[:n])
-            total += n
-            handle.bytes = total
-        return total
+        try:
+            total = 0
+            buffer = bytearray(CHUNK)
+            view = memoryview(buffer)
+            while True:
+                n = source.readinto(buffer)  # type: ignore[attr-defined]
+                if not n:
+                    break
+                if encoder is not None:
+                    channel.send_all(encoder.convert(bytes(view[:n])))
+                else:
+                    channel.send_all(view[:n])
+                total += n
+                handle.bytes = total
+            return total
+        finally:
+            if close:
+                source.close()
 
     return job
 
@@ -644,7 +658,8 @@ def send_stream(chunks: Iterable[bytes], done: Callable[[], None] | None = None)
     return job
 
 
-def receive_into(sink: Sink, decoder: Any = None) -> Job:
+def receive_into(sink: Sink, decoder: Any = None,
+                 commit: Callable[[], None] | None = None) -> Job:
     """
     A job that receives the data connection's bytes into C{sink} (STOR).
 
@@ -653,6 +668,13 @@ def receive_into(sink: Sink, decoder: Any = None) -> Job:
     bytes reach the disk as they come), not once per record.
 
     @param decoder: TYPE A conversion with C{convert} and C{flush}.
+    @param commit: run by the worker once the transfer has ended cleanly
+        (the client's close_notify read, ours sent) and only if it was not
+        aborted meanwhile: puts the upload in place without a second
+        thread hand-off (L{TransferResult.committed}, C{commit_error}).
+        A small upload was three hand-offs to a thread (open, transfer,
+        commit); the commit's own costs about 0.1 ms of server CPU per
+        file in Python and futex calls (bench/small_files.py).
     """
 
     def job(channel: _Channel, handle: TransferHandle) -> int:
@@ -676,6 +698,7 @@ def receive_into(sink: Sink, decoder: Any = None) -> Job:
         return handle.bytes
 
     job.receives = True  # type: ignore[attr-defined]
+    job.commit = commit  # type: ignore[attr-defined]
     return job
 
 
@@ -810,7 +833,17 @@ def _run(connect: Callable[[], "socket.socket | _Channel"], tls: TLSSettings | N
             return TransferResult(Outcome.ABORTED, total, tls_version=version)
         channel.finish_sending()
         channel.discard_unread()
-        return TransferResult(Outcome.COMPLETE, total, tls_version=version)
+        commit = getattr(job, "commit", None)
+        if commit is None:
+            return TransferResult(Outcome.COMPLETE, total, tls_version=version)
+        if handle.aborted:  # ABOR, or the account locked, since the end
+            return TransferResult(Outcome.ABORTED, total, tls_version=version)
+        try:
+            commit()
+        except Exception as e:  # noqa: BLE001 (the reply's business: see Plan.finish)
+            return TransferResult(Outcome.COMPLETE, total, tls_version=version,
+                                  commit_error=e)
+        return TransferResult(Outcome.COMPLETE, total, tls_version=version, committed=True)
     finally:
         channel.close()
 
