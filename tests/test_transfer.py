@@ -575,12 +575,13 @@ async def test_a_handshaken_data_connection_waits_with_a_small_buffer(
     sizes = []
 
     def job(ch: Any, h: TransferHandle) -> int:
+        sent = send_bytes(payload)(ch, h)
         sizes.append(len(ch._wire))
-        return send_bytes(payload)(ch, h)
+        return sent
 
     engine.run(lambda: channel, TLSSettings(server_context), job, handle)
     assert (await handle.result).outcome is Outcome.COMPLETE
-    assert sizes == [_Channel.WIRE_CHUNK]
+    assert sizes == [_Channel.WIRE_CHUNK]  # grown for the bulk bytes
     assert hashlib.sha256(await client).digest() == hashlib.sha256(payload).digest()
 
 
@@ -717,3 +718,48 @@ async def test_download_closes_its_file_in_the_worker_when_asked(
     assert await client == payload
     assert result.outcome is Outcome.COMPLETE
     assert source.closed is close
+
+
+@pytest.mark.parametrize("size, grows", [(4096, False), (3 * 1024 * 1024, True)])
+@pytest_twisted.ensureDeferred
+async def test_only_bulk_transfers_take_bulk_buffers(
+    engine: TransferEngine, server_context: SSL.Context, size: int, grows: bool
+) -> None:
+    """
+    A small file goes through with the handshake-sized buffer; a big one
+    still moves its ciphertext in blocks of WIRE_CHUNK, both directions.
+    """
+    from rumpus_secure.ftp.transfer import _Channel
+
+    ctx = client_context()
+    session = control_session(server_context, ctx)
+    payload = os.urandom(size)
+    wires: list[int] = []
+
+    def recording(job: Any) -> Any:
+        def run(ch: Any, h: Any) -> int:
+            done = job(ch, h)
+            wires.append(len(ch._wire))
+            return done
+        run.receives = getattr(job, "receives", False)  # type: ignore[attr-defined]
+        return run
+
+    passive = listener()
+    client = deferToThread(tls_client, passive.port, ctx, session)
+    sock = await passive.wait()
+    handle = engine.run(lambda: sock, TLSSettings(server_context),
+                        recording(send_file(io.BytesIO(payload), size=size)))
+    assert (await handle.result).outcome is Outcome.COMPLETE
+    assert hashlib.sha256(await client).digest() == hashlib.sha256(payload).digest()
+
+    passive = listener()
+    client = deferToThread(tls_client, passive.port, ctx, session, payload)
+    sock = await passive.wait()
+    sink = Sink()
+    handle = engine.run(lambda: sock, TLSSettings(server_context),
+                        recording(receive_into(sink)))
+    assert (await handle.result).outcome is Outcome.COMPLETE
+    await client
+    assert bytes(sink.buffer) == payload
+    expected = _Channel.WIRE_CHUNK if grows else _Channel.HANDSHAKE_WIRE
+    assert wires == [expected, expected]

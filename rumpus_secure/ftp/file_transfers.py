@@ -433,7 +433,8 @@ class TransferCommands:
             return Plan(target,
                         f"150 Opening {mode} mode data connection for "
                         f"{wire_name(target)} ({size - offset} bytes).",
-                        send_file(handle, encoder, close=True), finish, close_file,
+                        send_file(handle, encoder, close=True, size=size - offset),
+                        finish, close_file,
                         direction="download")
 
         return self._transfer_command("RETR", prepare)
