@@ -15,7 +15,12 @@ decides the reply:
    without it is truncation unless ``--data-tls-strict-eof off``.  Otherwise
    the upload is aborted and the 426 says whether the partial data was kept
    for resuming (a new file, or an in-place APPE/REST write) or discarded
-   (the old file is intact);
+   (the old file is intact).  The commit runs in the transfer's own worker
+   thread right after the clean end, unless the transfer was aborted by
+   then (one hand-off to a thread less per file; a download's file is
+   closed there too); the reply commits only what the worker did not
+   (a close without close_notify accepted under ``--data-tls-strict-eof
+   off``) and turns a commit error into the same reply as before;
  - a data connection that did not resume the control connection's TLS
    session, when reuse is required, gets 522 and is audited; on a passive
    port the 522 comes only when the connect timeout ends without the
