@@ -51,13 +51,28 @@ def lftp(server: Server, commands: str) -> float:
     return time.perf_counter() - start
 
 
+def server_cpu(server: Server) -> float | None:
+    """
+    CPU seconds of the server and its session processes, live or reaped.
+
+    vsftpd runs each session in a process of its own: counting only the
+    server's reaped children (its C{cutime}) read 0.00 ms per file when the
+    session had not been reaped yet.  So the live descendants count too
+    (L{ftps_throughput.family_cpu_split}), after a moment for the session
+    process to end.
+    """
+    time.sleep(0.3)
+    split = server.cpu_split()
+    return None if split is None else split[0] + split[1]
+
+
 def measure(server: Server, commands: str, count: int) -> tuple[float, float | None]:
     """
     Files per second and the server's CPU milliseconds per file.
     """
-    before = server.cpu()
+    before = server_cpu(server)
     seconds = lftp(server, commands)
-    after = server.cpu()
+    after = server_cpu(server)
     cpu = (after - before) * 1000 / count if before is not None and after is not None else None
     return count / seconds, cpu
 
@@ -95,27 +110,33 @@ def main() -> int:
         servers: list[Server] = []
         try:
             start_servers(servers, work, marker, args.skip)
-            rows: dict[str, dict[str, tuple[float, float | None]]] = {}
-            for server in servers:
-                rows[server.name] = {}
-                for parallel in (1, args.parallel):
-                    up_dir, down_dir = f"up{parallel}", work / f"down-{server.name}-{parallel}"
+            rows: dict[str, dict[str, tuple[float, float | None]]] = {
+                server.name: {} for server in servers}
+            # Operation by operation, each server in turn: the other work on
+            # a shared machine drifts, and server by server the first one
+            # measured a different machine from the last.
+            for parallel in (1, args.parallel):
+                up_dir = f"up{parallel}"
+                for server in servers:
                     rows[server.name][f"STOR x{parallel}"] = measure(
                         server, f"mirror -R --parallel={parallel} {source} {up_dir}", args.count)
                     owned_by_bench(server.home / up_dir, server)
+                for server in servers:
+                    down_dir = work / f"down-{server.name}-{parallel}"
                     rows[server.name][f"RETR x{parallel}"] = measure(
                         server, f"mirror --parallel={parallel} {up_dir} {down_dir}", args.count)
                     got = sorted(p.name for p in down_dir.iterdir())
                     if len(got) != args.count:
                         print(f"{server.name}: downloaded {len(got)} of {args.count} files")
                     shutil.rmtree(down_dir)
+                for server in servers:
                     print(f"{server.name:14s} x{parallel}: "
-                          + "  ".join(f"{op} {fps:6.1f} files/s"
-                                      for op, (fps, _) in rows[server.name].items()
+                          + "  ".join(f"{op} {fps:6.1f} files/s  {cpu or 0:5.2f} ms CPU"
+                                      for op, (fps, cpu) in rows[server.name].items()
                                       if op.endswith(f"x{parallel}")), flush=True)
             print()
             print(f"{args.count} files of {args.size} bytes, lftp mirror, PROT P, "
-                  f"{os.cpu_count()} cores")
+                  f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
             ops = list(rows["rumpus-secure"])
             print(f"{'server':14s} " + " ".join(f"{op + ' f/s':>13s} {'ms CPU':>7s}" for op in ops))
             for name, row in rows.items():
@@ -126,13 +147,20 @@ def main() -> int:
                                  else f"{fps:13.1f} {'n/a':>7s}")
                 print(f"{name:14s} " + " ".join(cells))
             print()
-            print("rumpus-secure files/s as a multiple of each server's")
+            print("rumpus-secure files/s and CPU per file as a multiple of each server's")
             base = rows["rumpus-secure"]
+
+            def cpu_ratio(mine: float | None, theirs: float | None) -> str:
+                if mine is None or not theirs:
+                    return f"{'n/a':>7s}"
+                return f"{mine / theirs:7.2f}"
+
             for name, row in rows.items():
                 if name == "rumpus-secure":
                     continue
                 print(f"{'vs ' + name:14s} " + " ".join(
-                    f"{base[op][0] / row[op][0]:13.2f} {'':7s}" for op in ops))
+                    f"{base[op][0] / row[op][0]:13.2f} {cpu_ratio(base[op][1], row[op][1])}"
+                    for op in ops))
         finally:
             for server in servers:
                 server.stop()

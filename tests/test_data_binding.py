@@ -228,6 +228,22 @@ def test_random_order_gives_every_port_once_in_no_fixed_order() -> None:
     assert list(random_order(range(1))) == [0]
 
 
+def test_random_order_skips_ports_in_use_and_does_not_list_a_range_first() -> None:
+    """
+    A PASV on a large range draws from it directly: a range far too large
+    to list still gives its first port at once, never one in use, and the
+    whole order still has every free port once.
+    """
+    huge = range(1, 2**40)
+    assert next(iter(random_order(huge))) in huge
+    ports = range(40000, 40100)
+    in_use = set(range(40000, 40100, 2))
+    order = list(random_order(ports, in_use))
+    assert sorted(order) == [p for p in ports if p not in in_use]
+    firsts = {next(iter(random_order(ports, in_use))) for _ in range(30)}
+    assert len(firsts) > 5 and not firsts & in_use
+
+
 def test_passive_ports_are_not_handed_out_lowest_first(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """

@@ -575,10 +575,191 @@ async def test_a_handshaken_data_connection_waits_with_a_small_buffer(
     sizes = []
 
     def job(ch: Any, h: TransferHandle) -> int:
+        sent = send_bytes(payload)(ch, h)
         sizes.append(len(ch._wire))
-        return send_bytes(payload)(ch, h)
+        return sent
 
     engine.run(lambda: channel, TLSSettings(server_context), job, handle)
     assert (await handle.result).outcome is Outcome.COMPLETE
-    assert sizes == [_Channel.WIRE_CHUNK]
+    assert sizes == [_Channel.WIRE_CHUNK]  # grown for the bulk bytes
     assert hashlib.sha256(await client).digest() == hashlib.sha256(payload).digest()
+
+
+class CommitSink(Sink):
+    """
+    A sink that records the thread its commit runs in.
+    """
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        super().__init__()
+        self.commits: list[str] = []
+        self.fail = fail
+
+    def commit(self) -> None:
+        self.commits.append(threading.current_thread().name)
+        if self.fail is not None:
+            raise self.fail
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_commits_in_the_worker_after_a_clean_end(
+    engine: TransferEngine, server_context: SSL.Context
+) -> None:
+    """
+    A clean upload is committed by the transfer's own worker (no second
+    hand-off to a thread), after every byte and the close_notify.
+    """
+    ctx = client_context()
+    session = control_session(server_context, ctx)
+    payload = os.urandom(4096)
+    passive = listener()
+    client = deferToThread(tls_client, passive.port, ctx, session, payload)
+    sock = await passive.wait()
+    sink = CommitSink()
+    handle = engine.run(lambda: sock, TLSSettings(server_context),
+                        receive_into(sink, commit=sink.commit))
+    result = await handle.result
+    await client
+    assert result.outcome is Outcome.COMPLETE and result.committed
+    assert result.commit_error is None
+    assert bytes(sink.buffer) == payload
+    assert len(sink.commits) == 1 and sink.commits[0].startswith("PoolThread-test-data")
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_commit_error_is_reported_not_swallowed(
+    engine: TransferEngine, server_context: SSL.Context
+) -> None:
+    ctx = client_context()
+    session = control_session(server_context, ctx)
+    passive = listener()
+    client = deferToThread(tls_client, passive.port, ctx, session, b"abc")
+    sock = await passive.wait()
+    failure = OSError(28, "No space left on device")
+    sink = CommitSink(fail=failure)
+    handle = engine.run(lambda: sock, TLSSettings(server_context),
+                        receive_into(sink, commit=sink.commit))
+    result = await handle.result
+    await client
+    assert result.outcome is Outcome.COMPLETE and not result.committed
+    assert result.commit_error is failure
+
+
+@pytest.mark.parametrize("strict", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_upload_cut_without_close_notify_is_not_committed_in_the_worker(
+    engine: TransferEngine, server_context: SSL.Context, strict: bool
+) -> None:
+    """
+    A truncated upload is never committed by the worker; with
+    ``--data-tls-strict-eof off`` it is complete but left for the reply's
+    own commit (uncommitted, so the caller decides).
+    """
+    ctx = client_context()
+    session = control_session(server_context, ctx)
+    passive = listener()
+    client = deferToThread(tls_client, passive.port, ctx, session, b"x" * 1000, False)
+    sock = await passive.wait()
+    sink = CommitSink()
+    handle = engine.run(lambda: sock, TLSSettings(server_context, strict_eof=strict),
+                        receive_into(sink, commit=sink.commit))
+    result = await handle.result
+    await client
+    assert sink.commits == [] and not result.committed
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_aborted_between_its_end_and_its_commit_is_not_committed(
+    engine: TransferEngine, server_context: SSL.Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The account watcher's abort (a lock) landing after the last byte but
+    before the worker's commit still stops the commit: the upload is
+    reported aborted and nothing is put in place.
+    """
+    from rumpus_secure.ftp import transfer as transfer_module
+
+    ctx = client_context()
+    session = control_session(server_context, ctx)
+    passive = listener()
+    client = deferToThread(tls_client, passive.port, ctx, session, b"y" * 5000)
+    sock = await passive.wait()
+    sink = CommitSink()
+    handle_box: list[Any] = []
+    original = transfer_module._Channel.discard_unread
+
+    def discard_then_lock(self: Any) -> None:
+        original(self)
+        handle_box[0].abort()  # the window between the end and the commit
+
+    monkeypatch.setattr(transfer_module._Channel, "discard_unread", discard_then_lock)
+    handle = transfer_module.TransferHandle()
+    handle_box.append(handle)
+    engine.run(lambda: sock, TLSSettings(server_context),
+               receive_into(sink, commit=sink.commit), handle)
+    result = await handle.result
+    await client
+    assert result.outcome is Outcome.ABORTED and not result.committed
+    assert sink.commits == []
+
+
+@pytest.mark.parametrize("close", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_download_closes_its_file_in_the_worker_when_asked(
+    engine: TransferEngine, close: bool
+) -> None:
+    payload = os.urandom(10000)
+    source = io.BytesIO(payload)
+    passive = listener()
+    client = deferToThread(plain_client, passive.port)
+    sock = await passive.wait()
+    handle = engine.run(lambda: sock, None, send_file(source, close=close))
+    result = await handle.result
+    assert await client == payload
+    assert result.outcome is Outcome.COMPLETE
+    assert source.closed is close
+
+
+@pytest.mark.parametrize("size, grows", [(4096, False), (3 * 1024 * 1024, True)])
+@pytest_twisted.ensureDeferred
+async def test_only_bulk_transfers_take_bulk_buffers(
+    engine: TransferEngine, server_context: SSL.Context, size: int, grows: bool
+) -> None:
+    """
+    A small file goes through with the handshake-sized buffer; a big one
+    still moves its ciphertext in blocks of WIRE_CHUNK, both directions.
+    """
+    from rumpus_secure.ftp.transfer import _Channel
+
+    ctx = client_context()
+    session = control_session(server_context, ctx)
+    payload = os.urandom(size)
+    wires: list[int] = []
+
+    def recording(job: Any) -> Any:
+        def run(ch: Any, h: Any) -> int:
+            done = job(ch, h)
+            wires.append(len(ch._wire))
+            return done
+        run.receives = getattr(job, "receives", False)  # type: ignore[attr-defined]
+        return run
+
+    passive = listener()
+    client = deferToThread(tls_client, passive.port, ctx, session)
+    sock = await passive.wait()
+    handle = engine.run(lambda: sock, TLSSettings(server_context),
+                        recording(send_file(io.BytesIO(payload), size=size)))
+    assert (await handle.result).outcome is Outcome.COMPLETE
+    assert hashlib.sha256(await client).digest() == hashlib.sha256(payload).digest()
+
+    passive = listener()
+    client = deferToThread(tls_client, passive.port, ctx, session, payload)
+    sock = await passive.wait()
+    sink = Sink()
+    handle = engine.run(lambda: sock, TLSSettings(server_context),
+                        recording(receive_into(sink)))
+    assert (await handle.result).outcome is Outcome.COMPLETE
+    await client
+    assert bytes(sink.buffer) == payload
+    expected = _Channel.WIRE_CHUNK if grows else _Channel.HANDSHAKE_WIRE
+    assert wires == [expected, expected]

@@ -15,7 +15,12 @@ decides the reply:
    without it is truncation unless ``--data-tls-strict-eof off``.  Otherwise
    the upload is aborted and the 426 says whether the partial data was kept
    for resuming (a new file, or an in-place APPE/REST write) or discarded
-   (the old file is intact);
+   (the old file is intact).  The commit runs in the transfer's own worker
+   thread right after the clean end, unless the transfer was aborted by
+   then (one hand-off to a thread less per file; a download's file is
+   closed there too); the reply commits only what the worker did not
+   (a close without close_notify accepted under ``--data-tls-strict-eof
+   off``) and turns a commit error into the same reply as before;
  - a data connection that did not resume the control connection's TLS
    session, when reuse is required, gets 522 and is audited; on a passive
    port the 522 comes only when the connect timeout ends without the
@@ -424,7 +429,8 @@ class TransferCommands:
             mode = "BINARY" if self.binary else "ASCII"
 
             async def close_file() -> None:
-                await shell.run_in_thread(handle.close)
+                if not handle.closed:  # the job closes it when it runs
+                    await shell.run_in_thread(handle.close)
 
             async def finish(result: TransferResult) -> str:
                 await close_file()
@@ -436,7 +442,8 @@ class TransferCommands:
             return Plan(target,
                         f"150 Opening {mode} mode data connection for "
                         f"{wire_name(target)} ({size - offset} bytes).",
-                        send_file(handle, encoder), finish, close_file,
+                        send_file(handle, encoder, close=True, size=size - offset),
+                        finish, close_file,
                         direction="download")
 
         return self._transfer_command("RETR", prepare)
@@ -491,7 +498,10 @@ class TransferCommands:
         async def finish(result: TransferResult) -> str:
             if result.ok:
                 try:
-                    await shell.run_in_thread(upload.commit)
+                    if result.commit_error is not None:
+                        raise result.commit_error
+                    if not result.committed:
+                        await shell.run_in_thread(upload.commit)
                 except VFSError as e:
                     kept = "" if upload.finished else ": " + _outcome_text(await abort(), upload)
                     return vfs_reply(e, verb) + kept
@@ -506,7 +516,7 @@ class TransferCommands:
                 reply = "426 Upload aborted after" + reply[len("426 Transfer aborted after"):]
             return f"{reply.rstrip('.')}; {_outcome_text(outcome, upload)}"
 
-        return Plan(target, preamble, receive_into(upload, decoder), finish, abort,
+        return Plan(target, preamble, receive_into(upload, decoder, upload.commit), finish, abort,
                     direction="upload")
 
     # -- ABOR and STAT while a transfer runs ----------------------------------

@@ -32,7 +32,7 @@ import errno
 import random
 import socket
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable, Iterator
 from typing import Any
 
 from twisted.internet import defer
@@ -89,14 +89,31 @@ def _accept_as_is(sock: socket.socket, host: str) -> defer.Deferred[Any]:
     return defer.succeed(sock)
 
 
-def random_order(ports: Iterable[int]) -> Iterable[int]:
-    """
-    The ports in a random order, from a system random source.
+#: Ports drawn straight from a range before L{random_order} lists it.
+_QUICK_DRAWS = 8
 
-    Each port is drawn only when the one before it turned out to be taken,
-    so a range of thousands of ports costs one list and, usually, one draw.
+
+def random_order(ports: Iterable[int], skip: Container[int] = ()) -> Iterator[int]:
     """
-    candidates = list(ports)
+    The ports not in C{skip} in a random order, from a system random source.
+
+    Each port is drawn only when the one before it turned out to be taken.
+    From a range, the first few are drawn straight from it (a draw that
+    lands in C{skip} or on a port already tried is drawn again), so a PASV
+    on a mostly free range of thousands of ports costs a draw or two, not
+    a list of the range per PASV (two lists of 10,000 ports cost about
+    0.5 ms); only when those are all taken is the rest listed and drawn
+    from.  Each free port still comes first with the same chance.
+    """
+    tried: set[int] = set()
+    if isinstance(ports, range) and len(ports) > 2 * _QUICK_DRAWS:
+        for _ in range(_QUICK_DRAWS):
+            port = ports[_random.randrange(len(ports))]
+            if port in skip or port in tried:
+                continue
+            tried.add(port)
+            yield port
+    candidates = [port for port in ports if port not in skip and port not in tried]
     while candidates:
         index = _random.randrange(len(candidates))
         candidates[index], candidates[-1] = candidates[-1], candidates[index]
@@ -131,8 +148,6 @@ class PassiveListener:
         self.on_refused = on_refused
         self.vet: Vet = _accept_as_is
         self._pool = pool
-        if pool is not None:
-            ports = pool.candidates()  # type: ignore[assignment]
         self._timeout = timeout
         self._sock: socket.socket | None = None
         self._reading = False
@@ -144,7 +159,8 @@ class PassiveListener:
         self._waiters: list[defer.Deferred[Any]] = []
         self._timer: Any = None
         self._failure: BaseException | None = None
-        self.port = self._bind(interface, random_order(ports))
+        self.port = self._bind(interface, random_order(
+            ports, pool.in_use if pool is not None else ()))
 
     def _bind(self, interface: str, ports: Iterable[int]) -> int:
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
