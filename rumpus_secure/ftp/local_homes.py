@@ -23,9 +23,10 @@ logins of that home open it on the reactor thread when:
    L{MountWatch.changed} costs one C{poll()} with a zero timeout.  Any
    change empties the cache: the next login of every home decides again, in
    the thread;
- - the home opened is still on the device recorded (C{fstat} of the
-   descriptor): a home whose path was made to lead elsewhere (a symlink in
-   it re-pointed) loses its entry, and its next login decides again.
+ - the home is still a directory on the device recorded (one C{stat()}
+   before the jail opens it): a home whose path was made to lead elsewhere
+   (a symlink in it re-pointed) loses its entry, and its next login
+   decides again.
 
 A home that is missing (made on first login) or cannot be opened goes
 through the thread, as before, and so does every home where the watch
@@ -153,23 +154,20 @@ class LocalHomes:
 
     def check_open(self, home: Path) -> bool:
         """
-        On the reactor thread: open C{home} and check that it is still on
-        the device recorded; forget it if not (its next login decides
-        again in the thread).
+        On the reactor thread: is C{home} still a directory on the device
+        recorded?  It is forgotten if not (its next login decides again in
+        the thread).  One C{stat()}: the open that follows is the jail's.
         """
         key = str(home)
         try:
-            fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            st = os.stat(home)
         except OSError:
             self._devices.pop(key, None)
             return False
-        try:
-            same = os.fstat(fd).st_dev == self._devices.get(key)
-        finally:
-            os.close(fd)
-        if not same:
+        if st.st_dev != self._devices.get(key) or not stat.S_ISDIR(st.st_mode):
             self._devices.pop(key, None)
-        return same
+            return False
+        return True
 
 
 def local_homes() -> LocalHomes | None:
