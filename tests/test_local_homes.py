@@ -221,3 +221,27 @@ def test_the_real_mount_table_is_quiet_without_mounts() -> None:
     assert watch.changed() is False
     watch.close()
     assert local_homes() is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_network_home_is_decided_once_per_mount_table(tmp_path: Path) -> None:
+    """
+    The mount table is read once for a home on NFS, not at each login (its
+    logins still open it in the thread); a mount change decides again.
+    """
+    looked: list[Path] = []
+
+    def fstype(path: Path) -> str:
+        looked.append(path)
+        return "nfs4"
+
+    watch = FakeWatch()
+    realm = FTPRealm(NoStore(), local_homes=LocalHomes(watch, fstype=fstype))  # type: ignore[arg-type]
+    mind = Mind()
+    alice = Account("alice", tmp_path / "alice")
+    for _ in range(3):
+        await login(realm, mind, alice)
+    assert mind.in_thread == ["_open_home"] * 3 and looked == [alice.home]
+    watch.pending = True
+    await login(realm, mind, alice)
+    assert mind.in_thread == ["_open_home"] * 4 and looked == [alice.home] * 2

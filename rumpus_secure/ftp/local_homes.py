@@ -117,8 +117,10 @@ class LocalHomes:
                  fstype: Callable[[Path], str | None] = filesystem_type) -> None:
         self._watch = watch if watch is not None else MountWatch()
         self._fstype = fstype
-        #: home path -> the device the home was found on.
-        self._devices: dict[str, int] = {}
+        #: home path -> the device the home was found on, or None for a home
+        #: found on a network filesystem (not looked at again until the mount
+        #: table changes: reading it costs a parse of /proc/self/mounts).
+        self._devices: dict[str, int | None] = {}
         #: Mount table changes seen (by either thread).
         self._generation = 0
 
@@ -131,7 +133,7 @@ class LocalHomes:
     def known(self, home: Path) -> bool:
         """Whether L{check_open} may be tried for C{home} (reactor thread)."""
         self._look()
-        return str(home) in self._devices
+        return self._devices.get(str(home)) is not None
 
     def learn(self, home: Path) -> None:
         """
@@ -140,6 +142,8 @@ class LocalHomes:
         while it looked (seen here or by the reactor thread).
         """
         self._look()
+        if str(home) in self._devices:
+            return  # decided, and the mount table has not changed since
         generation = self._generation
         try:
             st = os.stat(home)
@@ -150,12 +154,9 @@ class LocalHomes:
         self._look()
         if self._generation != generation:
             return
-        if not local:
-            self._devices.pop(str(home), None)
-            return
         if len(self._devices) >= MAX_HOMES:
             self._devices.clear()
-        self._devices[str(home)] = st.st_dev
+        self._devices[str(home)] = st.st_dev if local else None
 
     def check_open(self, home: Path) -> bool:
         """
