@@ -247,6 +247,12 @@ def callgrind_main(args: argparse.Namespace) -> int:
             if "pyftpdlib" in counts:
                 print(f"rumpus-secure / pyftpdlib: "
                       f"{counts['rumpus-secure'] / counts['pyftpdlib']:.2f}x the instructions")
+            if args.keep:
+                keep = Path(args.keep)
+                keep.mkdir(parents=True, exist_ok=True)
+                for name in glob.glob(f"{out}.*"):
+                    shutil.copy(name, keep)
+                print(f"(callgrind files kept in {keep}: callgrind_annotate --inclusive=yes)")
         finally:
             for server in servers:
                 server.stop()
@@ -272,6 +278,8 @@ def main() -> int:
                         help="with --aggregate: logins the file covers, for us/login")
     parser.add_argument("--callgrind", action="store_true",
                         help="instructions per login under callgrind instead (slow start)")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="with --callgrind: copy the callgrind output files to DIR")
     args = parser.parse_args()
     if args.callgrind:
         return callgrind_main(args)

@@ -181,6 +181,16 @@ class DirectWriteServer(tcp.Server):
     #: Bytes written during the current read, or None outside a read.
     _held: list[bytes] | None = None
 
+    #: No C{shutdown(SHUT_RDWR)} before C{close()}: the socket was accepted
+    #: close-on-exec (C{accept4(SOCK_CLOEXEC)}, Python's default) and no
+    #: other descriptor of it exists, so C{close()} ends the connection the
+    #: same way (FIN after what is queued; RST if unread data is left, as
+    #: after a shutdown).  Twisted's C{shutdown} mostly failed anyway: the
+    #: client had closed first after C{QUIT}, and the socket was no longer
+    #: connected (C{ENOTCONN}: 403 failed calls per 400 logins under
+    #: strace, each a system call and a Python exception).
+    _shouldShutdown = False
+
     def doRead(self) -> Any:
         if self._held is not None:  # re-entered: the outer read sends
             return super().doRead()

@@ -134,32 +134,31 @@ def session_binding(connection: SSL.Connection) -> SessionBinding | None:
         connection, _BoundConnection) else None
 
 
-class _ThreadProblems:
+class _ThreadProblems(threading.local):
     """
     pyOpenSSL's list of exceptions raised in a context's callbacks, one list
     per thread (see L{callback_problems_per_thread}).
+
+    A C{threading.local} itself: pyOpenSSL asks C{if helper._problems:}
+    after every TLS operation (14 times a login), and the list is then one
+    attribute away, with no call to find it.
     """
 
     def __init__(self) -> None:
-        self._local = threading.local()
-
-    def _problems(self) -> list[Exception]:
-        problems: list[Exception] | None = getattr(self._local, "problems", None)
-        if problems is None:
-            problems = self._local.problems = []
-        return problems
+        # Run again in each thread that first touches the object.
+        self.problems: list[Exception] = []
 
     def append(self, problem: Exception) -> None:
-        self._problems().append(problem)
+        self.problems.append(problem)
 
     def pop(self, index: int = -1) -> Exception:
-        return self._problems().pop(index)
+        return self.problems.pop(index)
 
     def __len__(self) -> int:
-        return len(self._problems())
+        return len(self.problems)
 
     def __bool__(self) -> bool:
-        return bool(self._problems())
+        return bool(self.problems)
 
 
 def callback_problems_per_thread(context: SSL.Context) -> None:

@@ -870,6 +870,23 @@ def build_guard(server: Server, reactor: Any) -> Any:
     return guard
 
 
+def freeze_startup_heap() -> None:
+    """
+    Move what start-up built (modules, classes, contexts: some 300,000
+    objects) out of the cyclic garbage collector's sight (C{gc.freeze}).
+
+    Each full collection walked them all again, and a busy server makes one
+    every few hundred logins: the collector was 1.6% of a warm repeat
+    login's instructions (callgrind).  Objects made later are collected as
+    before; a frozen object that becomes cyclic garbage (after a reload,
+    say) is not reclaimed, which is a bounded loss.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     """
     Build the whole server as one L{MultiService}.
@@ -983,6 +1000,7 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     from rumpus_secure.acme.assembly import install_acme
 
     install_acme(server, top, reactor)
+    reactor.callWhenRunning(freeze_startup_heap)
     return top
 
 

@@ -393,3 +393,41 @@ async def test_held_writes_leave_together_and_holds_do_not_nest() -> None:
         assert await sent == [b"hello\r\n", b"221 bye\r\nclose\r\n"]
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_without_shutdown_still_ends_the_connection_cleanly() -> None:
+    """
+    The control socket is closed without C{shutdown()} first (one failing
+    system call a login saved): that is safe because the accepted socket is
+    close-on-exec, the only descriptor of it; the client still gets all that
+    was written, then an orderly EOF (no reset), while another client of the
+    same listener keeps its connection.
+    """
+    assert tcp._SocketCloser._shouldShutdown is True, "Twisted's _shouldShutdown is gone"
+    assert DirectWriteServer._shouldShutdown is False
+    port, factory = await _listen()
+    try:
+        def script(sock: socket.socket) -> bytes:
+            _read_until(sock, b"hello\r\n")
+            sock.sendall(b"BIG\nBYE\n")
+            data = b""
+            while part := sock.recv(1 << 20):  # a reset would raise here
+                data += part
+            return data
+
+        second = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
+        try:
+            data = await _client(port.getHost().port, script)
+            assert data == b"x" * (8 << 20) + b"\r\nbye\r\n"
+            server = next(c for c in factory.connections
+                          if c.transport.getPeer().port == second.getsockname()[1])
+            assert server.counter.get_inheritable() is False  # close-on-exec
+            # The other connection is untouched and still served.
+            second.sendall(b"TWO\n")
+            assert await deferToThread(_read_until, second, b"two\r\n") == \
+                b"hello\r\none\r\ntwo\r\n"
+        finally:
+            second.close()
+    finally:
+        await port.stopListening()

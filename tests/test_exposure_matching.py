@@ -274,3 +274,39 @@ def test_the_check_runs_after_the_name_is_looked_up_in_a_thread(tmp_path: Path) 
     thread.run_next()  # the lock
     assert server.store.get("carol").locked
     assert clear_transport.lines()[-1].startswith("530 ")
+
+
+def test_a_watch_settles_at_once_only_when_outcome_would_find_nothing(
+        tmp_path: Path) -> None:
+    """
+    The fast path of a warm login (LoginWatch.settled): taken only when no
+    check of the password is pending and the account has no unchecked
+    cleartext candidate; a second account's candidate does not stop it, and
+    a candidate of this account (any password) sends the login through
+    outcome(), which still finds and contains it.
+    """
+    from twisted.internet import defer
+
+    server, _ = guarded(tmp_path, threshold=15, login_failure_delay=0.0)
+    checker = hold_logins(server, hold_checks=True)
+    exposure = server.exposure
+    quiet = exposure.watch("alice", "right")
+    assert quiet.settled()
+    assert "alice" not in exposure._watches  # closed: later checks not added to it
+    # A pending check of this password: not settled, outcome waits for it.
+    watch = exposure.watch("alice", "right")
+    exposure.check(protocol="ftp", client=USER_SIDE, user="alice", password="right")
+    assert not watch.settled()
+    checker.release_check()
+    # Another account's candidate leaves alice's logins on the fast path.
+    exposure.not_checked(protocol="ftp", client=USER_SIDE, user="bob",
+                         password="bobs-password", outcome="not-checked-banned")
+    assert exposure.watch("alice", "other").settled()
+    # A candidate of alice's own: outcome() decides, and contains it.
+    exposure.not_checked(protocol="ftp", client=USER_SIDE, user="alice",
+                         password="seen-in-clear", outcome="not-checked-banned")
+    seen = exposure.watch("alice", "seen-in-clear")
+    assert not seen.settled()
+    outcome: list[Any] = []
+    defer.Deferred.fromCoroutine(seen.outcome()).addCallback(outcome.append)
+    assert outcome and outcome[0] is not None

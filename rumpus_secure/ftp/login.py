@@ -136,7 +136,7 @@ class LoginCommands:
 
         def logged_in(result: Any) -> Any:
             ban = attempt.succeeded() if attempt is not None else None
-            if watch is None:
+            if watch is None or watch.settled():
                 return self._accept(name, result, ban, None)
             # A check of a password this account sent in cleartext may be
             # pending: its outcome decides (rumpus_secure.exposure).

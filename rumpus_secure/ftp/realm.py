@@ -12,9 +12,14 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from rumpus_secure.accounts.store import HOME_MODE
+from rumpus_secure.ftp.local_homes import LocalHomes
+from rumpus_secure.ftp.local_homes import local_homes as default_local_homes
 from rumpus_secure.ftp.shell import FileShell, IFileShell
 from rumpus_secure.serial import RunInThread
 from rumpus_secure.vfs import HomeUnavailable, JailedFS
+
+
+_DEFAULT: Any = object()
 
 
 def _run_here(function: Any, *args: Any) -> defer.Deferred[Any]:
@@ -35,18 +40,28 @@ class FTPRealm:
     C{mind}'s ``run_in_thread`` (the server object the control connection
     passes to C{Portal.login}), so C{requestAvatar} returns a Deferred.
 
-    It is the one thread hand-off left in a warm repeat login (issue #18:
+    It was the one thread hand-off left in a warm repeat login (issue #18:
     the account watcher and the checker decide on the reactor thread, see
-    L{rumpus_secure.accounts.snapshots}), and it stays: homes may live on
-    NFS or GlusterFS shared by several nodes, where opening a directory can
-    block for seconds, and a cached descriptor would outlive a home that
-    was removed or replaced (a new login must get the directory the path
-    names now, made anew if missing).
+    L{rumpus_secure.accounts.snapshots}).  It stays for homes that may live
+    on NFS or GlusterFS shared by several nodes, where opening a directory
+    can block for seconds; a home found on a local filesystem, with the
+    mount table unchanged since, is opened on the reactor thread
+    (L{rumpus_secure.ftp.local_homes}).  Either way the home is opened anew
+    for each login (a cached descriptor would outlive a home that was
+    removed or replaced: a new login must get the directory the path names
+    now, made anew if missing, which happens in the thread).
+
+    @param local_homes: the L{LocalHomes} deciding which homes open here;
+        L{None} keeps every open in the thread.  By default one watching
+        this process's mount table, where there is one.
     """
 
-    def __init__(self, store: Any, *, fsync: bool = False) -> None:
+    def __init__(self, store: Any, *, fsync: bool = False,
+                 local_homes: Any = _DEFAULT) -> None:
         self.store = store
         self.fsync = fsync
+        self.local_homes: LocalHomes | None = (
+            default_local_homes() if local_homes is _DEFAULT else local_homes)
 
     def requestAvatar(self, avatarId: bytes | str, mind: Any,
                       *interfaces: Any) -> defer.Deferred[tuple[Any, Any, Any]]:
@@ -63,6 +78,15 @@ class FTPRealm:
             return IFileShell, shell, shell.logout
 
         account = getattr(avatarId, "account", None)
+        homes = self.local_homes
+        if (account is not None and homes is not None and homes.known(account.home)
+                and homes.check_open(account.home)):
+            try:
+                fs = JailedFS(account.home, frozenset(account.perms), fsync=self.fsync)
+            except HomeUnavailable:
+                pass  # gone since: made again in the thread
+            else:
+                return defer.succeed(made(fs))
         return run(self._open_home, name, account).addCallback(made)
 
     def _open_home(self, name: str, account: Any = None) -> JailedFS:
@@ -75,7 +99,10 @@ class FTPRealm:
         home = account.home
         perms = frozenset(account.perms)
         try:
-            return JailedFS(home, perms, fsync=self.fsync)
+            fs = JailedFS(home, perms, fsync=self.fsync)
         except HomeUnavailable:
             home.mkdir(parents=True, exist_ok=True, mode=HOME_MODE)
-            return JailedFS(home, perms, fsync=self.fsync)
+            fs = JailedFS(home, perms, fsync=self.fsync)
+        if self.local_homes is not None:
+            self.local_homes.learn(home)
+        return fs

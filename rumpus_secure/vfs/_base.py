@@ -112,7 +112,8 @@ class JailCore:
         unknown = set(perms) - ALL_PERMISSIONS
         if unknown:
             raise ValueError(f"unknown permissions: {sorted(unknown)}")
-        self.home = Path(home)
+        # A Path is kept as it is: Path(path) parses it again (issue #18).
+        self.home = home if isinstance(home, Path) else Path(home)
         self.perms = frozenset(perms)
         self.fsync = fsync
         os.close(self._open_home())
