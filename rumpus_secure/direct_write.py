@@ -103,6 +103,7 @@ def _send(connection: Any, data: bytes) -> None:
     held = connection._held
     if held is not None:
         held.append(data)  # sent (or dropped, if the connection is gone) on release
+        connection._held_bytes += len(data)
         return
     if not data or not connection.connected or connection._writeDisconnected:
         return
@@ -181,6 +182,9 @@ class DirectWriteServer(tcp.Server):
     #: Bytes written during the current read, or None outside a read.
     _held: list[bytes] | None = None
 
+    #: How many bytes L{_held} holds (L{rumpus_secure.ftp.reply_backlog}).
+    _held_bytes = 0
+
     #: No C{shutdown(SHUT_RDWR)} before C{close()}: the socket was accepted
     #: close-on-exec (C{accept4(SOCK_CLOEXEC)}, Python's default) and no
     #: other descriptor of it exists, so C{close()} ends the connection the
@@ -216,6 +220,7 @@ class DirectWriteServer(tcp.Server):
 
     def _release(self) -> None:
         held, self._held = self._held, None
+        self._held_bytes = 0
         if held:
             _send(self, b"".join(held) if len(held) > 1 else held[0])
 

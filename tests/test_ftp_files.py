@@ -375,6 +375,26 @@ def test_stat_with_and_without_path(tmp_path: Path) -> None:
     assert listed[1].startswith(" -rw") and listed[1].endswith(" a.txt")
 
 
+def test_stat_of_a_big_folder_lists_the_first_entries_and_says_where_the_rest_is(
+        tmp_path: Path) -> None:
+    from rumpus_secure.ftp.files import STAT_MAX_ENTRIES
+    s = Session(tmp_path)
+    big = s.home / "big"
+    big.mkdir()
+    for i in range(STAT_MAX_ENTRIES + 5):
+        (big / f"f{i:05d}").write_bytes(b"")
+    listed = s.send("STAT big")
+    assert listed[0].startswith("213-") and listed[-1] == "213 End of status."
+    entries = [line for line in listed[1:-1] if line.startswith(" -rw")]
+    assert len(entries) == STAT_MAX_ENTRIES
+    assert "LIST or MLSD" in listed[-2]
+    # A folder at the cap is listed whole, with no note.
+    for i in range(5):
+        (big / f"f{i:05d}").unlink()
+    listed = s.send("STAT big")
+    assert len(listed) == STAT_MAX_ENTRIES + 2 and "MLSD" not in listed[-2]
+
+
 # -- metadata ---------------------------------------------------------------
 
 

@@ -51,6 +51,7 @@ from rumpus_secure.ftp.client_cert_login import ClientCertLogin
 from rumpus_secure.ftp.files import FileCommands
 from rumpus_secure.ftp.login import LoginCommands
 from rumpus_secure.ftp.policy import ControlPolicy, Verdict, split_command
+from rumpus_secure.ftp.reply_backlog import REPLY_BACKLOG_LIMIT, ReplyGate, output_backlog
 from rumpus_secure.ftp.tls_commands import TLSCommands
 from rumpus_secure.guard import FTP_OFFENCES, normalise_address
 
@@ -120,6 +121,10 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
         self._busy = False
         self._drain_call: Any = None
         self._reading_paused = False
+        # Replies the client has not read stop the next commands
+        # (rumpus_secure.ftp.reply_backlog).
+        self._gate = ReplyGate(self._replies_sent)
+        self._replies_waiting = False
         self._watch: CleartextWatch | None = None
         self._closing = False
         self._user: str | None = None
@@ -224,6 +229,9 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
         self._pending.clear()
         self._cancel_login_timer()
         if self.transport is not None:
+            # A paused producer would keep the close waiting for its resume.
+            if getattr(self.transport, "producer", None) is self._gate:
+                self.transport.unregisterProducer()
             self.transport.loseConnection()
             if self._abort_timer is None:
                 # A TLS connection closes only once its close_notify is
@@ -241,6 +249,12 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
     def connectionMade(self) -> None:
         self.state = self.UNAUTH
         self.setTimeout(self.timeOut)
+        register = getattr(self.transport, "registerProducer", None)
+        if register is not None:
+            try:
+                register(self._gate, True)
+            except RuntimeError:
+                pass  # a producer is already registered: no gate
         # Replies are small writes that answer the client's last line:
         # with Nagle's algorithm on, a reply written while the previous
         # one waits for the client's (delayed, up to 40 ms) ACK is held
@@ -355,15 +369,49 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
         if self._watch is not None:
             self._watch.line(text)
             return
-        if self._busy:
-            if self.state == self.AUTHED and self.urgent_command(*split_command(text)):
+        if self._busy or self._replies_waiting:
+            if (self._busy and self.state == self.AUTHED
+                    and self.urgent_command(*split_command(text))):
                 return  # ABOR or STAT during a transfer
             self._pending.append(text)
             if len(self._pending) >= MAX_PENDING_LINES and not self._reading_paused:
                 self._reading_paused = True
                 self.transport.pauseProducing()
             return
+        if self._replies_unread():
+            self._pending.append(text)
+            return
         self._handle(text)
+
+    def _replies_unread(self) -> bool:
+        """
+        Whether more than L{REPLY_BACKLOG_LIMIT} bytes of replies wait to be
+        sent; if so, stop reading until they are (L{_replies_sent}).
+        """
+        if not self._gate.paused and output_backlog(self.transport) <= REPLY_BACKLOG_LIMIT:
+            return False
+        self._replies_waiting = True
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+        if not self._gate.paused:
+            # Held by the read being handled: look again once it is sent.
+            self.reactor.callLater(0, self._replies_sent)
+        return True
+
+    def _replies_sent(self) -> None:
+        """
+        The transport's buffer drained (the gate resumed), or the read that
+        held the replies is over: go on with the waiting commands.
+        """
+        if self._closing or not self._replies_waiting or self._gate.paused:
+            return
+        if output_backlog(self.transport) > REPLY_BACKLOG_LIMIT:
+            self.reactor.callLater(0.1, self._replies_sent)
+            return
+        self._replies_waiting = False
+        if not self._busy:
+            self._drain()
 
     def _has_buffered_input(self) -> bool:
         return bool(self._pending) or bool(getattr(self, "_buffer", b""))
@@ -451,12 +499,15 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
         self._drain_call = None
         self._busy = False
         while self._pending and not self._busy and not self._closing:
+            if self._replies_waiting or self._replies_unread():
+                return  # resumed by _replies_sent
             text = self._pending.popleft()
             if self._watch is not None:
                 self._watch.line(text)
                 continue
             self._handle(text)
-        if self._reading_paused and not self._busy and not self._closing:
+        if (self._reading_paused and not self._busy and not self._closing
+                and not self._replies_waiting):
             self._reading_paused = False
             if self.transport is not None:
                 self.transport.resumeProducing()
