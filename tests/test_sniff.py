@@ -7,6 +7,7 @@ C{tests/integration/test_wrong_port.py}.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -101,6 +102,57 @@ def test_silent_client_on_implicit_ftps_gets_421_after_the_silence() -> None:
     )
     assert transport.disconnecting and inner.built == []
     assert FTPS_SILENCE < 1.0  # "every wrong-port case within a second"
+
+
+class SocketStringTransport(StringTransport):
+    """A StringTransport whose getHandle is a real socket (for the peek)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(peerAddress=ADDR)
+        self.sock = sock
+
+    def getHandle(self) -> socket.socket:
+        return self.sock
+
+
+@pytest.mark.parametrize("waiting", [b"\x16\x03\x01", b""])
+def test_a_client_whose_bytes_wait_unread_is_not_called_silent(waiting: bytes) -> None:
+    """
+    A busy reactor may read a ClientHello after the silence deadline: the
+    bytes are in the socket, so the client is not told it was silent.  An
+    end of stream waiting is not answered either.
+    """
+    clock, inner = Clock(), RecordingFactory()
+    factory = wrap_implicit_ftps(inner, config(), clock)
+    ours, client = socket.socketpair()
+    try:
+        p = factory.buildProtocol(ADDR)
+        transport = SocketStringTransport(ours)
+        p.makeConnection(transport)
+        if waiting:
+            client.sendall(waiting)
+        else:
+            client.shutdown(socket.SHUT_WR)
+        clock.advance(FTPS_SILENCE + 0.1)
+        assert transport.value() == b"" and not transport.disconnecting
+        # A second connection, silent for real, is still told where to go.
+        ours2, client2 = socket.socketpair()
+        try:
+            p2 = factory.buildProtocol(ADDR)
+            transport2 = SocketStringTransport(ours2)
+            p2.makeConnection(transport2)
+            clock.advance(FTPS_SILENCE + 0.1)
+            assert transport2.value().startswith(b"421 ") and transport2.disconnecting
+        finally:
+            ours2.close()
+            client2.close()
+        if waiting:
+            p.dataReceived(waiting)  # read at last: handed over as TLS
+            [wrapped] = inner.built
+            assert wrapped.received == waiting
+    finally:
+        ours.close()
+        client.close()
 
 
 def test_plain_command_on_implicit_ftps_gets_421_at_once() -> None:
