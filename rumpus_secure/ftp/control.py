@@ -125,6 +125,7 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
         # (rumpus_secure.ftp.reply_backlog).
         self._gate = ReplyGate(self._replies_sent)
         self._replies_waiting = False
+        self._gate_registered = False
         self._watch: CleartextWatch | None = None
         self._closing = False
         self._user: str | None = None
@@ -229,8 +230,10 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
         self._pending.clear()
         self._cancel_login_timer()
         if self.transport is not None:
-            # A paused producer would keep the close waiting for its resume.
-            if getattr(self.transport, "producer", None) is self._gate:
+            # A registered producer keeps a TLS close waiting (Twisted's
+            # TLS layer sends close_notify once it is unregistered).
+            if self._gate_registered:
+                self._gate_registered = False
                 self.transport.unregisterProducer()
             self.transport.loseConnection()
             if self._abort_timer is None:
@@ -253,6 +256,7 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
         if register is not None:
             try:
                 register(self._gate, True)
+                self._gate_registered = True
             except RuntimeError:
                 pass  # a producer is already registered: no gate
         # Replies are small writes that answer the client's last line:
