@@ -110,3 +110,38 @@ def test_close_while_replies_wait_does_not_wait_for_the_reader(tmp_path: Path) -
     # The gate is gone: a TLS layer would otherwise hold its close_notify
     # (and the close) until the producer is unregistered.
     assert transport.producer is None
+
+
+def test_a_pipelining_client_takes_turns_with_the_others(tmp_path: Path) -> None:
+    """
+    Thousands of commands in one read run COMMANDS_PER_TURN at a time, one
+    batch per turn of the reactor; the rest of the read is kept uncut (not
+    one queued string per line); another client of the same address is
+    answered in between; every command is answered, in order.
+    """
+    from rumpus_secure.ftp.control import COMMANDS_PER_TURN
+    server = make_server(tmp_path)
+    flood, flood_transport, reactor = connect(server)
+    other, other_transport, _ = connect(server, reactor=reactor)
+    flood_transport.clear()
+    flood.dataReceived(b"".join(b"HELP %d\r\n" % i for i in range(5000)))
+    first = flood_transport.value().count(b"\r\n214 ")
+    assert 0 < first <= COMMANDS_PER_TURN
+    assert len(flood._pending) <= 1  # the rest waits as one buffer
+    other_transport.clear()
+    other.dataReceived(HELP)
+    assert b"214 " in other_transport.value()
+    turns, answered = 0, first
+    while answered < 5000 and turns < 1000:
+        # One turn: run the calls due now, not those they schedule.
+        due = [c for c in reactor.getDelayedCalls() if c.getTime() <= reactor.seconds()]
+        assert due, "the flood stalled"
+        for call in due:
+            reactor.calls.remove(call)
+            call.func(*call.args, **call.kw)
+        now = flood_transport.value().count(b"\r\n214 ")
+        assert now - answered <= COMMANDS_PER_TURN
+        answered, turns = now, turns + 1
+    assert answered == 5000
+    assert turns >= 5000 // COMMANDS_PER_TURN - 1
+    assert flood_transport.producerState == "producing"

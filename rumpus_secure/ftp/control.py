@@ -64,6 +64,10 @@ _log = Logger()
 #: Lines we queue while a command runs before we stop reading the socket.
 MAX_PENDING_LINES = 32
 
+#: Commands one connection executes in one turn of the reactor (one read,
+#: or one round of its queue) before the others get theirs.
+COMMANDS_PER_TURN = 32
+
 #: Seconds a closing connection may take to send its last reply (and TLS
 #: close_notify) before it is cut.
 CLOSE_GRACE = 5.0
@@ -123,8 +127,9 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
         self._reading_paused = False
         # Replies the client has not read stop the next commands
         # (rumpus_secure.ftp.reply_backlog).
-        self._gate = ReplyGate(self._replies_sent)
-        self._replies_waiting = False
+        self._gate = ReplyGate(self._go_on)
+        self._held_back = False
+        self._turn_commands = 0
         self._gate_registered = False
         self._watch: CleartextWatch | None = None
         self._closing = False
@@ -373,47 +378,61 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
         if self._watch is not None:
             self._watch.line(text)
             return
-        if self._busy or self._replies_waiting:
+        if self._busy or self._held_back:
             if (self._busy and self.state == self.AUTHED
                     and self.urgent_command(*split_command(text))):
                 return  # ABOR or STAT during a transfer
             self._pending.append(text)
-            if len(self._pending) >= MAX_PENDING_LINES and not self._reading_paused:
-                self._reading_paused = True
-                self.transport.pauseProducing()
+            if len(self._pending) >= MAX_PENDING_LINES or self._held_back:
+                self._hold_input()
             return
-        if self._replies_unread():
+        if self._must_wait():
             self._pending.append(text)
             return
         self._handle(text)
 
-    def _replies_unread(self) -> bool:
+    def _hold_input(self) -> None:
         """
-        Whether more than L{REPLY_BACKLOG_LIMIT} bytes of replies wait to be
-        sent; if so, stop reading until they are (L{_replies_sent}).
+        Stop reading the socket, and stop cutting lines out of what was read:
+        the rest stays in LineReceiver's buffer as one piece (cut line by
+        line into the queue, 64 KiB of 6-byte commands cost 11,000 copies of
+        up to 64 KiB each).  L{_drain} goes on with it.
         """
-        if not self._gate.paused and output_backlog(self.transport) <= REPLY_BACKLOG_LIMIT:
-            return False
-        self._replies_waiting = True
+        self.paused = True
         if not self._reading_paused and self.transport is not None:
             self._reading_paused = True
             self.transport.pauseProducing()
+
+    def _must_wait(self) -> bool:
+        """
+        Whether the next command waits (L{rumpus_secure.ftp.reply_backlog}):
+        for more than L{REPLY_BACKLOG_LIMIT} bytes of replies to be sent, or
+        for the next turn of the reactor after L{COMMANDS_PER_TURN} commands,
+        so that a client pipelining thousands of commands takes its turn
+        with everyone else.  If so, input is held and L{_go_on} resumes.
+        """
+        self._turn_commands += 1
+        if (self._turn_commands <= COMMANDS_PER_TURN and not self._gate.paused
+                and output_backlog(self.transport) <= REPLY_BACKLOG_LIMIT):
+            return False
+        self._held_back = True
+        self._hold_input()
         if not self._gate.paused:
-            # Held by the read being handled: look again once it is sent.
-            self.reactor.callLater(0, self._replies_sent)
+            # The next turn, or the end of the read holding the replies.
+            self.reactor.callLater(0, self._go_on)
         return True
 
-    def _replies_sent(self) -> None:
+    def _go_on(self) -> None:
         """
-        The transport's buffer drained (the gate resumed), or the read that
-        held the replies is over: go on with the waiting commands.
+        A new turn of the reactor, or the transport's buffer drained (the
+        gate resumed): go on with the waiting commands.
         """
-        if self._closing or not self._replies_waiting or self._gate.paused:
+        if self._closing or not self._held_back or self._gate.paused:
             return
         if output_backlog(self.transport) > REPLY_BACKLOG_LIMIT:
-            self.reactor.callLater(0.1, self._replies_sent)
+            self.reactor.callLater(0.1, self._go_on)
             return
-        self._replies_waiting = False
+        self._held_back = False
         if not self._busy:
             self._drain()
 
@@ -502,16 +521,27 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
     def _drain(self) -> None:
         self._drain_call = None
         self._busy = False
+        self._turn_commands = 0
         while self._pending and not self._busy and not self._closing:
-            if self._replies_waiting or self._replies_unread():
-                return  # resumed by _replies_sent
+            if self._held_back:
+                return  # _go_on resumes
+            if self._watch is None and self._must_wait():
+                return
             text = self._pending.popleft()
             if self._watch is not None:
                 self._watch.line(text)
                 continue
             self._handle(text)
-        if (self._reading_paused and not self._busy and not self._closing
-                and not self._replies_waiting):
+        if self._busy or self._closing or self._held_back:
+            return
+        if self.paused:
+            # Lines wait, uncut, in LineReceiver's buffer: go on with them
+            # (they may hold input again).
+            self.paused = False
+            self.dataReceived(b"")
+            if self._busy or self._closing or self._held_back or self.paused:
+                return
+        if self._reading_paused:
             self._reading_paused = False
             if self.transport is not None:
                 self.transport.resumeProducing()
@@ -648,6 +678,8 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return  # closing: nothing more is read, buffered or executed
+        if data:
+            self._turn_commands = 0  # a new read: a new turn
         super().dataReceived(data)
         self._watch_partial_line(b"\n" in data)
 
@@ -659,7 +691,8 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
         bytes of the same line (a slowloris sends one byte at a time).
         """
         timeout = self.config.line_timeout
-        if not getattr(self, "_buffer", b"") or self._closing or timeout <= 0:
+        if (not getattr(self, "_buffer", b"") or self._closing or timeout <= 0
+                or self.paused):  # paused: whole lines wait their turn
             self._cancel_line_timer()
             return
         if self._line_timer is not None and completed_a_line:
