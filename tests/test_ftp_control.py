@@ -430,3 +430,15 @@ async def test_control_socket_has_nagle_off(tmp_path: Path, implicit: bool) -> N
         client.transport.abortConnection()
         built[0].transport.abortConnection()
         await port.stopListening()
+
+
+def test_the_control_protocol_hears_of_completed_handshakes() -> None:
+    """
+    The implicit FTPS greeting is sent from handshakeCompleted, which
+    Twisted's TLS layer calls only on an IHandshakeListener (a decorator
+    once slipped onto a helper function above the class: no greeting).
+    """
+    from twisted.internet.interfaces import IHandshakeListener
+
+    from rumpus_secure.ftp.control import ControlProtocol
+    assert IHandshakeListener.implementedBy(ControlProtocol)

@@ -94,7 +94,6 @@ def _peer_host(transport: Any) -> str:
     return normalise_address(host)
 
 
-@implementer(IHandshakeListener)
 @functools.cache
 def _command_names(cls: type) -> tuple[str, ...]:
     """
@@ -104,6 +103,7 @@ def _command_names(cls: type) -> tuple[str, ...]:
     return tuple(sorted(name[4:] for name in dir(cls) if name.startswith("ftp_")))
 
 
+@implementer(IHandshakeListener)
 class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundSession,
                       FileCommands, ftp.FTP):
     """
