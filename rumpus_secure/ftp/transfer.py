@@ -46,6 +46,27 @@ with vsftpd and pyftpdlib in turn): uploads 2.50 -> 2.19 ms (x8: 2.36 ->
 1.76), downloads 2.12 -> 1.90 ms (x8: 1.95 -> 1.84); vsftpd's 0.7-1.1 ms is
 still 1.6-2.5x below, and most of the rest is per command, on the reactor.
 
+Counted instructions (round 4; C{bench/small_files.py --callgrind}, all
+threads, 100 files, two runs within 0.5%), because CPU time per file swung
+by 20-40% between runs at a load of 20-44: 4.99 M per upload and 4.49 M per
+download on main (pyftpdlib 4.04 M and 8.8-9.9 M).  Of an upload's, by
+library: the interpreter 46% (2.06 M), X25519 21% (0.94 M: the key
+exchange of the data connection's resumed TLS 1.3 handshake, which
+OpenSSL runs as psk_dhe_ke, with a fresh key share, unless told to allow
+psk_ke: one key generation and one shared secret per file; allowing
+psk_ke would trade the data connections' forward secrecy for it, a policy
+choice not made here), libc 11% (mostly the zeroing of the two 64 KiB buffers, which
+callgrind counts byte by byte: a few microseconds really), OpenSSL's other
+work 9%, SHA-256 7% (the handshake's key schedule); a download's split is
+the same.  strace -c -f per upload: 24 futex calls (thread hand-offs and
+the GIL between the reactor and the workers), 7 epoll_wait, 7 send, 7
+write (replies and wakers), 11 recv, 5 openat and 2 accept4.  So the
+per-file hand-offs (open, data handshake, transfer, MFMT: four for an
+upload, three for a download) and the X25519 of the data handshake are
+what is left to win: the console line formatted once
+(L{rumpus_secure.xferlog.TransferConsole}) took 2.3% off an upload's
+instructions and 2.0% off a download's (4.88 M and 4.40 M).
+
 Bytes (target 6).  Server user CPU per GiB with curl, 1 GiB, PROT P
 (bench/ftps_throughput.py, three runs at load 4-7): 0.15-0.16 s down and
 0.14-0.18 s up, 0.37-0.41x and 0.35-0.41x pyftpdlib's.  perf puts about 45%
