@@ -53,9 +53,13 @@ download on main (pyftpdlib 4.04 M and 8.8-9.9 M).  Of an upload's, by
 library: the interpreter 46% (2.06 M), X25519 21% (0.94 M: the key
 exchange of the data connection's resumed TLS 1.3 handshake, which
 OpenSSL runs as psk_dhe_ke, with a fresh key share, unless told to allow
-psk_ke: one key generation and one shared secret per file; allowing
-psk_ke would trade the data connections' forward secrecy for it, a policy
-choice not made here), libc 11% (mostly the zeroing of the two 64 KiB buffers, which
+psk_ke: one key generation and one shared secret per file.  lftp
+(GnuTLS) offers psk_ke too: with SSL_OP_ALLOW_NO_DHE_KEX and
+SSL_OP_PREFER_NO_DHE_KEX set on the context, an experiment, the counts
+fell to 3.91 M and 3.41 M, 20% and 23% less.  But a data connection keyed
+from the resumption secret alone can be decrypted later by whoever gets
+the session ticket key, so that trades the data connections' forward
+secrecy for CPU: a policy choice, not made here), libc 11% (mostly the zeroing of the two 64 KiB buffers, which
 callgrind counts byte by byte: a few microseconds really), OpenSSL's other
 work 9%, SHA-256 7% (the handshake's key schedule); a download's split is
 the same.  strace -c -f per upload: 24 futex calls (thread hand-offs and
