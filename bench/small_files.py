@@ -159,9 +159,17 @@ def main() -> int:
     parser.add_argument("--dir", default="/dev/shm" if Path("/dev/shm").is_dir() else None)
     parser.add_argument("--callgrind", action="store_true",
                         help="instructions per file under callgrind instead (slow)")
+    parser.add_argument("--rumpus-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="pass --NAME VALUE to rumpus-secure, e.g. "
+                             "data-tls-forward-secrecy=off")
     parser.add_argument("--keep", metavar="DIR",
                         help="with --callgrind: copy the callgrind files there")
     args = parser.parse_args()
+    import ftps_throughput
+
+    for option in args.rumpus_option:
+        name, _, value = option.partition("=")
+        ftps_throughput.Rumpus.extra_args += [f"--{name}", value]
     if not shutil.which("lftp"):
         print("lftp is needed", file=sys.stderr)
         return 2

@@ -50,26 +50,27 @@ Counted instructions (round 4; C{bench/small_files.py --callgrind}, all
 threads, 100 files, two runs within 0.5%), because CPU time per file swung
 by 20-40% between runs at a load of 20-44: 4.99 M per upload and 4.49 M per
 download on main (pyftpdlib 4.04 M and 8.8-9.9 M).  Of an upload's, by
-library: the interpreter 46% (2.06 M), X25519 21% (0.94 M: the key
-exchange of the data connection's resumed TLS 1.3 handshake, which
-OpenSSL runs as psk_dhe_ke, with a fresh key share, unless told to allow
-psk_ke: one key generation and one shared secret per file.  lftp
-(GnuTLS) offers psk_ke too: with SSL_OP_ALLOW_NO_DHE_KEX and
-SSL_OP_PREFER_NO_DHE_KEX set on the context, an experiment, the counts
-fell to 3.91 M and 3.41 M, 20% and 23% less.  But a data connection keyed
-from the resumption secret alone can be decrypted later by whoever gets
-the session ticket key, so that trades the data connections' forward
-secrecy for CPU: a policy choice, not made here), libc 11% (mostly the zeroing of the two 64 KiB buffers, which
-callgrind counts byte by byte: a few microseconds really), OpenSSL's other
-work 9%, SHA-256 7% (the handshake's key schedule); a download's split is
-the same.  strace -c -f per upload: 24 futex calls (thread hand-offs and
-the GIL between the reactor and the workers), 7 epoll_wait, 7 send, 7
-write (replies and wakers), 11 recv, 5 openat and 2 accept4.  So the
-per-file hand-offs (open, data handshake, transfer, MFMT: four for an
-upload, three for a download) and the X25519 of the data handshake are
-what is left to win: the console line formatted once
-(L{rumpus_secure.xferlog.TransferConsole}) took 2.3% off an upload's
-instructions and 2.0% off a download's (4.88 M and 4.40 M).
+library: the interpreter 46% (2.06 M); X25519 21% (0.94 M), the key
+exchange of the data connection's resumed TLS 1.3 handshake (OpenSSL
+resumes with psk_dhe_ke, a fresh key share per file); libc 11% (mostly
+the zeroing of the two 64 KiB buffers, which callgrind counts byte by
+byte: a few microseconds really); OpenSSL's other work 9%; SHA-256 7%
+(the handshake's key schedule).  A download's split is the same.  strace
+-c -f per upload: 24 futex calls (thread hand-offs and the GIL between the
+reactor and the workers), 7 epoll_wait, 7 send, 7 write (replies and
+wakers), 11 recv, 5 openat and 2 accept4.
+
+What was cut: the console line, formatted once
+(L{rumpus_secure.xferlog.TransferConsole}), 2.3% of an upload's
+instructions and 2.0% of a download's (4.88 M and 4.40 M).  lftp (GnuTLS)
+offers psk_ke as well, and with ``--data-tls-forward-secrecy off``
+(L{NO_DHE_KEX}, on the data connection's own C{SSL} only) the server takes
+it: 3.89 M and 3.39 M, 20% and 23% less.  A data connection keyed from the
+resumption secret alone can be decrypted later by whoever gets the session
+ticket key, so that trades its forward secrecy for CPU and is off by
+default.  What is left to win: the per-file hand-offs to threads (open,
+data handshake, transfer, and MFMT after an upload: four for an upload,
+three for a download), about 35-50 us of CPU each with their wake-ups.
 
 Bytes (target 6).  Server user CPU per GiB with curl, 1 GiB, PROT P
 (bench/ftps_throughput.py, three runs at load 4-7): 0.15-0.16 s down and
