@@ -150,6 +150,9 @@ class Server:
 
 class Rumpus(Server):
     name = "rumpus-secure"
+    #: More server options, e.g. ["--data-tls-forward-secrecy", "off"]
+    #: (bench/small_files.py --rumpus-option).
+    extra_args: list[str] = []
 
     def __init__(self, work: Path, big: Path) -> None:
         self.port = free_port()
@@ -168,7 +171,7 @@ class Rumpus(Server):
              "-n", "--pidfile=", "rumpus-secure", "--data-dir", str(data),
              "--ftp", f"tcp:{self.port}:interface=127.0.0.1", "--ftps", "none",
              "--http", "none", "--https", f"tcp:{self.https_port}:interface=127.0.0.1",
-             "--public-host", "127.0.0.1"],
+             "--public-host", "127.0.0.1", *self.extra_args],
             cwd=work, env=env, stdout=open(work / "rumpus.log", "w"), stderr=subprocess.STDOUT,
         )
         wait_port(self.port)

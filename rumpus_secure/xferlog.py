@@ -63,6 +63,11 @@ def safe_field(text: str) -> str:
     """
     C{text} as one xferlog field: spaces to ``_``, control characters to ``?``.
     """
+    if " " not in text and text.isprintable():
+        # The usual name, unchanged: isprintable() is false for every
+        # character the loop below replaces (Cc, Zl, Zp), so this is the
+        # loop's own answer, at a tenth of its cost per transfer.
+        return text or "-"
     out = []
     for ch in text:
         if ch == " ":
@@ -156,7 +161,20 @@ class XferLog:
 class TransferConsole:
     """
     An audit observer that logs one line per finished transfer.
+
+    The line is formatted here, once, with C{str.format}, and logged as
+    C{{line}} with every field still in the event as a keyword, so
+    structured observers see the same fields.  Logged with the eight-field
+    format, Twisted's formatter (C{string.Formatter} in Python) built the
+    text again for the console: 21 us of the reactor's time per transfer,
+    about 1.3% of a small file's server CPU (bench/small_files.py); now
+    14 us (thread CPU, 20,000 lines to a text observer), the rest is
+    Twisted's time stamp and the observer's write.
     """
+
+    #: The console line; the same text as before (test_xferlog).
+    FORMAT = ("{protocol} {direction} {outcome}: {account} {path} "
+              "({bytes} bytes, {seconds} s) from {client}")
 
     def __init__(self, log: Logger | None = None) -> None:
         self._log = log or _log
@@ -166,18 +184,17 @@ class TransferConsole:
         if direction is None:
             return
         size = entry.get("bytes", entry.get("size"))
-        self._log.info(
-            "{protocol} {direction} {outcome}: {account} {path} "
-            "({bytes} bytes, {seconds} s) from {client}",
-            protocol=entry.get("protocol", str(entry.get("event")).split(".")[0]),
-            direction=direction,
-            outcome=entry.get("outcome", "complete"),
-            account=entry.get("account", "?"),
-            path=safe_field(str(entry.get("path", "?"))),
-            bytes="?" if size is None else size,
-            seconds=entry.get("seconds", "?"),
-            client=entry.get("client", "?"),
-        )
+        fields = {
+            "protocol": entry.get("protocol", str(entry.get("event")).split(".")[0]),
+            "direction": direction,
+            "outcome": entry.get("outcome", "complete"),
+            "account": entry.get("account", "?"),
+            "path": safe_field(str(entry.get("path", "?"))),
+            "bytes": "?" if size is None else size,
+            "seconds": entry.get("seconds", "?"),
+            "client": entry.get("client", "?"),
+        }
+        self._log.info("{line}", line=self.FORMAT.format_map(fields), **fields)
 
 
 def install(audit: Any, xferlog_path: Path | None) -> Callable[..., None] | None:

@@ -199,3 +199,54 @@ def test_a_dropped_audit_log_closes_its_file(tmp_path: Path) -> None:
     assert len(os.listdir("/proc/self/fd")) == before + 1
     del audit
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def _slow_safe_field(text: str) -> str:
+    """The character loop of L{safe_field}, for comparing its fast path."""
+    out = []
+    for ch in text:
+        if ch == " ":
+            out.append("_")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F or ch in "\u0085\u2028\u2029":
+            out.append("?")
+        else:
+            out.append(ch)
+    return "".join(out) or "-"
+
+
+def test_safe_field_fast_path_gives_the_loops_answer() -> None:
+    """
+    The fast path for printable names changes nothing the loop would
+    change: every replaced character, and names near them, agree.
+    """
+    samples = ["", "a", "/docs/report.pdf", "a b", "a\tb", "x\r\ny", "del\x7f",
+               "nel\x85", "ls\u2028ps\u2029", "nbsp\u00a0", "é/ü/日本.txt",
+               "zw\u200bsp", "\x00", "bidi\u202e", "\U0001f600.png", " "]
+    samples += [chr(c) for c in range(0, 0x3000)]
+    for text in samples:
+        assert safe_field(text) == _slow_safe_field(text), repr(text)
+
+
+def test_console_line_is_the_eight_field_text_with_the_fields_kept() -> None:
+    """
+    The line is formatted once by us: the text is what the eight-field
+    format gave through Twisted's formatter, and each field is still in the
+    event for structured observers.
+    """
+    logged: list[dict[str, Any]] = []
+    TransferConsole(Logger(observer=logged.append))(upload(path="/a b/r\x07.pdf"))
+    [event] = logged
+    fields = ("protocol", "direction", "outcome", "account", "path", "bytes",
+              "seconds", "client")
+    as_before = dict(event, log_format=TransferConsole.FORMAT)
+    assert eventAsText(event, includeTimestamp=False) == eventAsText(
+        as_before, includeTimestamp=False)
+    text = ("ftps-explicit upload complete: alice /a_b/r?.pdf (1048576 bytes, 2.6 s) "
+            "from 192.0.2.7")
+    assert eventAsText(event, includeTimestamp=False, includeSystem=False) == text
+    # Formatted once, before the logger: the observers format one field.
+    assert event["line"] == text and event["log_format"] == "{line}"
+    assert {name: event[name] for name in fields} == {
+        "protocol": "ftps-explicit", "direction": "upload", "outcome": "complete",
+        "account": "alice", "path": "/a_b/r?.pdf", "bytes": 1048576, "seconds": 2.6,
+        "client": "192.0.2.7"}

@@ -46,6 +46,32 @@ with vsftpd and pyftpdlib in turn): uploads 2.50 -> 2.19 ms (x8: 2.36 ->
 1.76), downloads 2.12 -> 1.90 ms (x8: 1.95 -> 1.84); vsftpd's 0.7-1.1 ms is
 still 1.6-2.5x below, and most of the rest is per command, on the reactor.
 
+Counted instructions (round 4; C{bench/small_files.py --callgrind}, all
+threads, 100 files, two runs within 0.5%), because CPU time per file swung
+by 20-40% between runs at a load of 20-44: 4.99 M per upload and 4.49 M per
+download on main (pyftpdlib 4.04 M and 8.8-9.9 M).  Of an upload's, by
+library: the interpreter 46% (2.06 M); X25519 21% (0.94 M), the key
+exchange of the data connection's resumed TLS 1.3 handshake (OpenSSL
+resumes with psk_dhe_ke, a fresh key share per file); libc 11% (mostly
+the zeroing of the two 64 KiB buffers, which callgrind counts byte by
+byte: a few microseconds really); OpenSSL's other work 9%; SHA-256 7%
+(the handshake's key schedule).  A download's split is the same.  strace
+-c -f per upload: 24 futex calls (thread hand-offs and the GIL between the
+reactor and the workers), 7 epoll_wait, 7 send, 7 write (replies and
+wakers), 11 recv, 5 openat and 2 accept4.
+
+What was cut: the console line, formatted once
+(L{rumpus_secure.xferlog.TransferConsole}), 2.3% of an upload's
+instructions and 2.0% of a download's (4.88 M and 4.40 M).  lftp (GnuTLS)
+offers psk_ke as well, and with ``--data-tls-forward-secrecy off``
+(L{NO_DHE_KEX}, on the data connection's own C{SSL} only) the server takes
+it: 3.89 M and 3.39 M, 20% and 23% less.  A data connection keyed from the
+resumption secret alone can be decrypted later by whoever gets the session
+ticket key, so that trades its forward secrecy for CPU and is off by
+default.  What is left to win: the per-file hand-offs to threads (open,
+data handshake, transfer, and MFMT after an upload: four for an upload,
+three for a download), about 35-50 us of CPU each with their wake-ups.
+
 Bytes (target 6).  Server user CPU per GiB with curl, 1 GiB, PROT P
 (bench/ftps_throughput.py, three runs at load 4-7): 0.15-0.16 s down and
 0.14-0.18 s up, 0.37-0.41x and 0.35-0.41x pyftpdlib's.  perf puts about 45%
@@ -173,6 +199,23 @@ class TLSSettings:
     check_client_cert: bool = False
     client_cert: str | None = None
     binding: SessionBinding | None = None
+    #: False (``--data-tls-forward-secrecy off``): resume without a key
+    #: exchange (TLS 1.3 psk_ke) when the client offers it; see
+    #: L{NO_DHE_KEX}.
+    forward_secrecy: bool = True
+
+
+#: SSL_OP_ALLOW_NO_DHE_KEX | SSL_OP_PREFER_NO_DHE_KEX (OpenSSL 3.3+), set
+#: on a data connection's own C{SSL} object under ``--data-tls-forward-secrecy
+#: off``: a TLS 1.3 resumption then skips the X25519 key exchange when the
+#: client offers psk_ke (lftp does).  20-23% of a small file's instructions
+#: (bench/small_files.py --callgrind: 4.89 -> 3.91 M per upload, 4.40 ->
+#: 3.41 M per download), at the price of the data connection's forward
+#: secrecy: whoever later gets the session ticket key can decrypt a recorded
+#: data connection.  The control connection is never affected, and the
+#: session binding check is the same.  pyOpenSSL has no per-connection
+#: C{set_options}; C{SSL_set_options} is in its bindings (tested).
+NO_DHE_KEX = (1 << 10) | (1 << 35)
 
 
 class _Aborted(Exception):
@@ -367,6 +410,8 @@ class _Channel:
         # so one call can encrypt a whole slice (see send_all).
         _lib.SSL_clear_mode(tls._ssl, SSL.MODE_RELEASE_BUFFERS
                             | _lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
+        if not settings.forward_secrecy:
+            _lib.SSL_set_options(tls._ssl, NO_DHE_KEX)
         tls.set_accept_state()
         self.tls = tls
         undecided = settings.require_reuse

@@ -342,3 +342,57 @@ def test_data_connections_resume_across_a_certificate_reload(
         assert [r["reason"] for r in _refusals(server, "rvictim")] == [
             "foreign-session", "foreign-session"]
     assert "Traceback" not in server.log_text(), server.log_text()
+
+
+@pytest.fixture(scope="module")
+def psk_ke_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(tmp_path_factory.mktemp("psk-ke"),
+                           data_tls_forward_secrecy="off", safe_list="127.0.0.0/8")
+    with server:
+        yield server
+
+
+class PskKeControl(Control):
+    """A TLS 1.3 control connection whose client also offers psk_ke."""
+
+    def __init__(self, port: int, user: User | None) -> None:
+        real = _context
+
+        def offering_psk_ke(mode: str) -> ssl.SSLContext:
+            context = real(mode)
+            context.options |= 0x400  # SSL_OP_ALLOW_NO_DHE_KEX: offer psk_ke
+            return context
+
+        globals()["_context"] = offering_psk_ke
+        try:
+            super().__init__(port, "1.3", user)
+        finally:
+            globals()["_context"] = real
+
+
+@pytest.mark.parametrize("kind", ["other-account", "auth-only"])
+def test_without_forward_secrecy_a_thief_still_gets_nothing(
+        psk_ke_server: ServerProcess, kind: str) -> None:
+    """
+    ``--data-tls-forward-secrecy off`` resumes data connections without a
+    key exchange; the binding to the control connection's session is the
+    same: a thief offering psk_ke with its own valid session is refused
+    before and after the victim's 150, and the victim gets its bytes.
+    """
+    server = psk_ke_server
+    make_user = UserFactory(server)
+    victim_user = make_user("victim")
+    secret = os.urandom(100_000)
+    (victim_user.home / "secret.bin").write_bytes(secret)
+    thief_user = make_user("thief") if kind == "other-account" else None
+    with PskKeControl(server.ftp_port, victim_user) as victim, \
+            PskKeControl(server.ftp_port, thief_user) as thief:
+        port = victim.passive_port()
+        assert _steal(thief, port) == (False, b"")
+        victim.send("RETR secret.bin\r\n")
+        assert victim.reply()[0].startswith("150")
+        assert _steal(thief, port) == (False, b"")
+        assert _read_all(victim.data(port)) == secret
+        assert victim.reply()[0].startswith("226")
+    assert [r["reason"] for r in _refusals(server, victim_user.name)] == [
+        "foreign-session", "foreign-session"]
