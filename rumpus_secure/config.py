@@ -336,11 +336,6 @@ OPTIONS: tuple[Option, ...] = (
     Option("data-tls-strict-eof", True, _on_off,
            "An upload that ends without TLS close_notify is truncated and not "
            "committed (on), or is accepted (off).", "on|off"),
-    Option("data-tls-forward-secrecy", True, _on_off,
-           "Data connections resume TLS 1.3 with a key exchange (on), or "
-           "without one when the client offers it (off: about 20% less "
-           "server CPU per small file, but the session ticket key can "
-           "decrypt recorded data connections).", "on|off"),
     Option("data-connect-timeout", 30.0, _seconds,
            "Seconds a client has to open a data connection after PASV/PORT.",
            "SECONDS"),
@@ -485,7 +480,6 @@ class ServerConfig:
     data_tls: str = "required"
     data_tls_reuse: str = "required"
     data_tls_strict_eof: bool = True
-    data_tls_forward_secrecy: bool = True
     data_connect_timeout: float = 30.0
     data_idle_timeout: float = 120.0
     passive_ports: tuple[int, int] | None = None

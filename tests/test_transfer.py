@@ -22,7 +22,6 @@ from twisted.python.threadpool import ThreadPool
 from rumpus_secure.ftp.listing import LineEndDecoder, LineEndEncoder
 from rumpus_secure.ftp.passive import DataConnectionTimeout, PassiveListener
 from rumpus_secure.ftp.transfer import (
-    NO_DHE_KEX,
     Outcome,
     TLSSettings,
     TransferEngine,
@@ -30,12 +29,7 @@ from rumpus_secure.ftp.transfer import (
     send_bytes,
     send_file,
 )
-from rumpus_secure.tls import (
-    TLSContextSource,
-    ensure_certificate,
-    keep_session_resumable,
-    session_reused,
-)
+from rumpus_secure.tls import TLSContextSource, ensure_certificate, keep_session_resumable
 
 
 @pytest.fixture(scope="module")
@@ -769,158 +763,3 @@ async def test_only_bulk_transfers_take_bulk_buffers(
     assert bytes(sink.buffer) == payload
     expected = _Channel.WIRE_CHUNK if grows else _Channel.HANDSHAKE_WIRE
     assert wires == [expected, expected]
-
-
-def _key_share_in_server_hello(flight: bytes) -> bool:
-    """
-    Whether the ServerHello at the start of C{flight} carries a key_share
-    extension (RFC 8446 4.2.8): absent exactly when a TLS 1.3 resumption
-    ran without a key exchange (psk_ke).
-    """
-    assert flight[0] == 22 and flight[5] == 2, flight[:8]  # handshake, ServerHello
-    at = 5 + 4 + 2 + 32  # record and handshake headers, version, random
-    at += 1 + flight[at] + 2 + 1  # session id, cipher suite, compression
-    end = at + 2 + int.from_bytes(flight[at:at + 2], "big")
-    at += 2
-    types = []
-    while at < end:
-        types.append(int.from_bytes(flight[at:at + 2], "big"))
-        at += 4 + int.from_bytes(flight[at + 2:at + 4], "big")
-    assert 41 in types  # pre_shared_key: it did resume
-    return 51 in types
-
-
-def _psk_ke_client(port: int, ctx: SSL.Context, session: SSL.Session | None,
-                   seen: dict[str, Any]) -> bytes:
-    """
-    A TLS 1.3 client that offers psk_ke besides psk_dhe_ke (as lftp's
-    GnuTLS does), over memory BIOs so that it can keep the server's first
-    flight (C{seen["flight"]}); returns what it received.
-    """
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    conn = SSL.Connection(ctx, None)
-    if session is not None:
-        conn.set_session(session)
-    conn.set_connect_state()
-    received = bytearray()
-
-    def flush() -> None:
-        while True:
-            try:
-                sock.sendall(conn.bio_read(65536))
-            except SSL.WantReadError:
-                return
-
-    def feed() -> bool:
-        data = sock.recv(65536)
-        if not data:
-            return False
-        seen.setdefault("flight", data)
-        conn.bio_write(data)
-        return True
-
-    try:
-        while True:
-            try:
-                conn.do_handshake()
-                break
-            except SSL.WantReadError:
-                flush()
-                if not feed():
-                    return b""
-        flush()
-        while True:
-            try:
-                received += conn.recv(65536)
-            except SSL.WantReadError:
-                flush()
-                if not feed():
-                    break
-            except SSL.ZeroReturnError:
-                conn.shutdown()
-                flush()
-                break
-    except (SSL.Error, OSError):
-        pass
-    finally:
-        sock.close()
-    return bytes(received)
-
-
-def _offering_psk_ke() -> SSL.Context:
-    ctx = client_context(SSL.TLS1_3_VERSION)
-    ctx.set_options(NO_DHE_KEX)  # a client sends psk_ke with ALLOW_NO_DHE_KEX
-    return ctx
-
-
-@pytest.mark.parametrize("forward_secrecy", [True, False])
-@pytest_twisted.ensureDeferred
-async def test_data_handshake_skips_the_key_exchange_only_when_configured(
-    engine: TransferEngine, server_context: SSL.Context, forward_secrecy: bool
-) -> None:
-    """
-    ``--data-tls-forward-secrecy off``: a resumed TLS 1.3 data connection
-    has no key exchange (psk_ke: no key_share in the ServerHello) when the
-    client offers it; on (the default), it has one even then.
-    """
-    ctx = _offering_psk_ke()
-    session = control_session(server_context, ctx)
-    passive = listener()
-    seen: dict[str, Any] = {}
-    client = deferToThread(_psk_ke_client, passive.port, ctx, session, seen)
-    sock = await passive.wait()
-    handle = engine.run(lambda: sock, TLSSettings(server_context, require_reuse=True,
-                                                  forward_secrecy=forward_secrecy),
-                        send_bytes(b"payload"))
-    result = await handle.result
-    assert result.outcome is Outcome.COMPLETE, result
-    assert await client == b"payload"
-    assert _key_share_in_server_hello(seen["flight"]) is forward_secrecy
-
-
-@pytest_twisted.ensureDeferred
-async def test_without_forward_secrecy_a_foreign_session_is_still_refused(
-    engine: TransferEngine, server_context: SSL.Context, tmp_path: Any
-) -> None:
-    """
-    The session binding holds without the key exchange: a second client
-    with a valid session of another context (another control connection's
-    session id context), offering psk_ke, is refused and gets no byte; the
-    rightful client, on the same port right after, gets the data.
-    """
-    info = ensure_certificate(tmp_path, "localhost", None, None)
-    other = TLSContextSource(info.cert_path, info.key_path).context_factory(
-        [b"other"]).getContext()
-    ctx = _offering_psk_ke()
-    foreign = control_session(other, ctx)
-    own = control_session(server_context, ctx)
-    settings = TLSSettings(server_context, require_reuse=True, forward_secrecy=False)
-
-    passive = listener()
-    seen: dict[str, Any] = {}
-    intruder = deferToThread(_psk_ke_client, passive.port, ctx, foreign, seen)
-    sock = await passive.wait()
-    result = await engine.run(lambda: sock, settings, send_bytes(b"secret")).result
-    assert result.outcome is Outcome.NOT_RESUMED
-    assert await intruder == b""
-
-    passive = listener()
-    mine: dict[str, Any] = {}
-    client = deferToThread(_psk_ke_client, passive.port, ctx, own, mine)
-    sock = await passive.wait()
-    result = await engine.run(lambda: sock, settings, send_bytes(b"secret")).result
-    assert result.outcome is Outcome.COMPLETE, result
-    assert await client == b"secret"
-    assert not _key_share_in_server_hello(mine["flight"])
-
-
-def test_per_connection_options_are_in_the_bindings() -> None:
-    """
-    NO_DHE_KEX goes through C{SSL_set_options} of pyOpenSSL's private
-    bindings: fail loudly if they lose it or the bits stop sticking.
-    """
-    from OpenSSL._util import lib
-
-    conn = SSL.Connection(SSL.Context(SSL.TLS_SERVER_METHOD), None)
-    lib.SSL_set_options(conn._ssl, NO_DHE_KEX)
-    assert lib.SSL_get_options(conn._ssl) & NO_DHE_KEX == NO_DHE_KEX

@@ -200,7 +200,6 @@ class TransferCommands:
             binding=binding,
             require_reuse=config.data_tls_reuse == "required",
             strict_eof=config.data_tls_strict_eof,
-            forward_secrecy=config.data_tls_forward_secrecy,
         )
 
     def close_data(self) -> None:

@@ -199,23 +199,6 @@ class TLSSettings:
     check_client_cert: bool = False
     client_cert: str | None = None
     binding: SessionBinding | None = None
-    #: False (``--data-tls-forward-secrecy off``): resume without a key
-    #: exchange (TLS 1.3 psk_ke) when the client offers it; see
-    #: L{NO_DHE_KEX}.
-    forward_secrecy: bool = True
-
-
-#: SSL_OP_ALLOW_NO_DHE_KEX | SSL_OP_PREFER_NO_DHE_KEX (OpenSSL 3.3+), set
-#: on a data connection's own C{SSL} object under ``--data-tls-forward-secrecy
-#: off``: a TLS 1.3 resumption then skips the X25519 key exchange when the
-#: client offers psk_ke (lftp does).  20-23% of a small file's instructions
-#: (bench/small_files.py --callgrind: 4.89 -> 3.91 M per upload, 4.40 ->
-#: 3.41 M per download), at the price of the data connection's forward
-#: secrecy: whoever later gets the session ticket key can decrypt a recorded
-#: data connection.  The control connection is never affected, and the
-#: session binding check is the same.  pyOpenSSL has no per-connection
-#: C{set_options}; C{SSL_set_options} is in its bindings (tested).
-NO_DHE_KEX = (1 << 10) | (1 << 35)
 
 
 class _Aborted(Exception):
@@ -410,8 +393,6 @@ class _Channel:
         # so one call can encrypt a whole slice (see send_all).
         _lib.SSL_clear_mode(tls._ssl, SSL.MODE_RELEASE_BUFFERS
                             | _lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
-        if not settings.forward_secrecy:
-            _lib.SSL_set_options(tls._ssl, NO_DHE_KEX)
         tls.set_accept_state()
         self.tls = tls
         undecided = settings.require_reuse
