@@ -150,7 +150,7 @@ class Server:
 
 class Rumpus(Server):
     name = "rumpus-secure"
-    #: More server options, e.g. ["--data-tls-forward-secrecy", "off"]
+    #: More server options, e.g. ["--data-tls-reuse", "optional"]
     #: (bench/small_files.py --rumpus-option).
     extra_args: list[str] = []
 

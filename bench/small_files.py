@@ -161,7 +161,7 @@ def main() -> int:
                         help="instructions per file under callgrind instead (slow)")
     parser.add_argument("--rumpus-option", action="append", default=[], metavar="NAME=VALUE",
                         help="pass --NAME VALUE to rumpus-secure, e.g. "
-                             "data-tls-forward-secrecy=off")
+                             "data-tls-reuse=optional")
     parser.add_argument("--keep", metavar="DIR",
                         help="with --callgrind: copy the callgrind files there")
     args = parser.parse_args()

@@ -63,12 +63,13 @@ wakers), 11 recv, 5 openat and 2 accept4.
 What was cut: the console line, formatted once
 (L{rumpus_secure.xferlog.TransferConsole}), 2.3% of an upload's
 instructions and 2.0% of a download's (4.88 M and 4.40 M).  lftp (GnuTLS)
-offers psk_ke as well, and with ``--data-tls-forward-secrecy off``
-(L{NO_DHE_KEX}, on the data connection's own C{SSL} only) the server takes
-it: 3.89 M and 3.39 M, 20% and 23% less.  A data connection keyed from the
-resumption secret alone can be decrypted later by whoever gets the session
-ticket key, so that trades its forward secrecy for CPU and is off by
-default.  What is left to win: the per-file hand-offs to threads (open,
+offers psk_ke as well; a server taking it (OpenSSL's
+SSL_OP_PREFER_NO_DHE_KEX on the data connection) was measured at 3.89 M and
+3.39 M, 20% and 23% less, and is not offered: a data connection keyed from
+the resumption secret alone can be decrypted later by whoever gets the
+session ticket key (shared by every connection of a context for up to an
+hour), and this server does not trade its users' forward secrecy for CPU.
+What is left to win: the per-file hand-offs to threads (open,
 data handshake, transfer, and MFMT after an upload: four for an upload,
 three for a download), about 35-50 us of CPU each with their wake-ups.
 
