@@ -119,7 +119,7 @@ def test_a_pipelining_client_takes_turns_with_the_others(tmp_path: Path) -> None
     one queued string per line); another client of the same address is
     answered in between; every command is answered, in order.
     """
-    from rumpus_secure.ftp.control import COMMANDS_PER_TURN
+    from rumpus_secure.ftp.reply_backlog import COMMANDS_PER_TURN
     server = make_server(tmp_path)
     flood, flood_transport, reactor = connect(server)
     other, other_transport, _ = connect(server, reactor=reactor)

@@ -52,7 +52,7 @@ from rumpus_secure.ftp.client_cert_login import ClientCertLogin
 from rumpus_secure.ftp.files import FileCommands
 from rumpus_secure.ftp.login import LoginCommands
 from rumpus_secure.ftp.policy import ControlPolicy, Verdict, split_command
-from rumpus_secure.ftp.reply_backlog import REPLY_BACKLOG_LIMIT, ReplyGate, output_backlog
+from rumpus_secure.ftp.reply_backlog import BoundedPipelining, ReplyGate
 from rumpus_secure.ftp.tls_commands import TLSCommands
 from rumpus_secure.guard import FTP_OFFENCES, normalise_address
 
@@ -64,10 +64,6 @@ _log = Logger()
 
 #: Lines we queue while a command runs before we stop reading the socket.
 MAX_PENDING_LINES = 32
-
-#: Commands one connection executes in one turn of the reactor (one read,
-#: or one round of its queue) before the others get theirs.
-COMMANDS_PER_TURN = 32
 
 #: Seconds a closing connection may take to send its last reply (and TLS
 #: close_notify) before it is cut.
@@ -105,6 +101,7 @@ def _command_names(cls: type) -> tuple[str, ...]:
 
 @implementer(IHandshakeListener)
 class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundSession,
+                      BoundedPipelining,
                       FileCommands, ftp.FTP):
     """
     One FTP control connection (plain port or implicit FTPS port).
@@ -138,9 +135,6 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
         # Replies the client has not read stop the next commands
         # (rumpus_secure.ftp.reply_backlog).
         self._gate = ReplyGate(self._go_on)
-        self._held_back = False
-        self._turn_commands = 0
-        self._gate_registered = False
         self._watch: CleartextWatch | None = None
         self._closing = False
         self._user: str | None = None
@@ -245,11 +239,7 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
         self._pending.clear()
         self._cancel_login_timer()
         if self.transport is not None:
-            # A registered producer keeps a TLS close waiting (Twisted's
-            # TLS layer sends close_notify once it is unregistered).
-            if self._gate_registered:
-                self._gate_registered = False
-                self.transport.unregisterProducer()
+            self._stop_reply_gate()
             self.transport.loseConnection()
             if self._abort_timer is None:
                 # A TLS connection closes only once its close_notify is
@@ -267,13 +257,7 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
     def connectionMade(self) -> None:
         self.state = self.UNAUTH
         self.setTimeout(self.timeOut)
-        register = getattr(self.transport, "registerProducer", None)
-        if register is not None:
-            try:
-                register(self._gate, True)
-                self._gate_registered = True
-            except RuntimeError:
-                pass  # a producer is already registered: no gate
+        self._start_reply_gate()
         # Replies are small writes that answer the client's last line:
         # with Nagle's algorithm on, a reply written while the previous
         # one waits for the client's (delayed, up to 40 ms) ACK is held
@@ -400,51 +384,6 @@ class ControlProtocol(LoginCommands, TLSCommands, ClientCertLogin, AccountBoundS
             self._pending.append(text)
             return
         self._handle(text)
-
-    def _hold_input(self) -> None:
-        """
-        Stop reading the socket, and stop cutting lines out of what was read:
-        the rest stays in LineReceiver's buffer as one piece (cut line by
-        line into the queue, 64 KiB of 6-byte commands cost 11,000 copies of
-        up to 64 KiB each).  L{_drain} goes on with it.
-        """
-        self.paused = True
-        if not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
-            self.transport.pauseProducing()
-
-    def _must_wait(self) -> bool:
-        """
-        Whether the next command waits (L{rumpus_secure.ftp.reply_backlog}):
-        for more than L{REPLY_BACKLOG_LIMIT} bytes of replies to be sent, or
-        for the next turn of the reactor after L{COMMANDS_PER_TURN} commands,
-        so that a client pipelining thousands of commands takes its turn
-        with everyone else.  If so, input is held and L{_go_on} resumes.
-        """
-        self._turn_commands += 1
-        if (self._turn_commands <= COMMANDS_PER_TURN and not self._gate.paused
-                and output_backlog(self.transport) <= REPLY_BACKLOG_LIMIT):
-            return False
-        self._held_back = True
-        self._hold_input()
-        if not self._gate.paused:
-            # The next turn, or the end of the read holding the replies.
-            self.reactor.callLater(0, self._go_on)
-        return True
-
-    def _go_on(self) -> None:
-        """
-        A new turn of the reactor, or the transport's buffer drained (the
-        gate resumed): go on with the waiting commands.
-        """
-        if self._closing or not self._held_back or self._gate.paused:
-            return
-        if output_backlog(self.transport) > REPLY_BACKLOG_LIMIT:
-            self.reactor.callLater(0.1, self._go_on)
-            return
-        self._held_back = False
-        if not self._busy:
-            self._drain()
 
     def _has_buffered_input(self) -> bool:
         return bool(self._pending) or bool(getattr(self, "_buffer", b""))
