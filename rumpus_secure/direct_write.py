@@ -68,7 +68,6 @@ from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import directlyProvides, providedBy
-from zope.interface.declarations import Provides
 
 #: Interface specifications pinned for reuse (see L{_provide}): zope keeps
 #: them in a weak cache, so one that no live object holds is built again.
