@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -203,24 +204,35 @@ def _under_callgrind(out: Path) -> Any:
         ftps_throughput.wait_port = real_wait
 
 
-def callgrind_per_login(server: Server, out: Path, logins: int, workers: int) -> float:
+def callgrind_count(server: Server, out: Path, work: Callable[[], Any]) -> tuple[int, list[str]]:
     """
-    Instructions per login, all threads, counted by callgrind.
+    Instructions (all threads) that C{server}, started L{_under_callgrind}
+    with output C{out}, spends while C{work()} runs: instrumentation on,
+    C{work()}, off, dump.  Also returns the dump files read.
     """
     pid = str(server.proc.pid)  # type: ignore[attr-defined]
-    run_logins(server, 8, 1)  # warm, uncounted
     subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
-    run_logins(server, logins, workers)
+    work()
     subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
     subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
     time.sleep(2)  # the dump is written by the server's next turn
     total = 0
-    for name in glob.glob(f"{out}.{pid}*"):
+    files = glob.glob(f"{out}.{pid}*")
+    for name in files:
         # "totals:" closes each dump (its "summary:" line may say 0).
         totals = [line for line in Path(name).read_text(errors="replace").splitlines()
                   if line.startswith("totals:")]
         if totals:
             total += int(totals[-1].split()[1])
+    return total, files
+
+
+def callgrind_per_login(server: Server, out: Path, logins: int, workers: int) -> float:
+    """
+    Instructions per login, all threads, counted by callgrind.
+    """
+    run_logins(server, 8, 1)  # warm, uncounted
+    total, _ = callgrind_count(server, out, lambda: run_logins(server, logins, workers))
     return total / ((logins // workers) * workers)
 
 

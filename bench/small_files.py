@@ -101,7 +101,7 @@ def callgrind_main(args: argparse.Namespace, source: Path, work: Path) -> int:
     """
     import glob
 
-    from login_profile import _under_callgrind
+    from login_profile import _under_callgrind, callgrind_count
 
     out = work / "callgrind.out"
     marker = work / "marker.bin"
@@ -112,18 +112,9 @@ def callgrind_main(args: argparse.Namespace, source: Path, work: Path) -> int:
         for name in glob.glob(f"{out}.{pid}*"):
             os.unlink(name)
         subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
-        subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
-        lftp(server, commands)
-        subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
-        subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
-        time.sleep(2)  # the dump is written by the server's next turn
-        total = 0
-        for name in glob.glob(f"{out}.{pid}*"):
-            totals = [line for line in Path(name).read_text(errors="replace").splitlines()
-                      if line.startswith("totals:")]
-            if totals:
-                total += int(totals[-1].split()[1])
-            if args.keep:
+        total, files = callgrind_count(server, out, lambda: lftp(server, commands))
+        if args.keep:
+            for name in files:
                 shutil.copy(name, Path(args.keep) / f"{server.name}-{label}-{Path(name).name}")
         return total / args.count
 
